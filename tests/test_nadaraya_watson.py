@@ -1,0 +1,76 @@
+import pytest
+import torch
+
+from training.data import load_dataset, prepare_model
+from training.fit import FitConfig, evaluate, fit
+from training.nn import NadarayaWatson, NWConfig, build_model
+
+
+def random_nw(n_keys: int, dims: int, per_feature: bool, seed: int = 0) -> NadarayaWatson:
+    torch.manual_seed(seed)
+    model = NadarayaWatson(NWConfig(in_features=dims, n_keys=n_keys, per_feature=per_feature))
+    with torch.no_grad():
+        model.w.uniform_(0.5, 3.0)
+    model.set_memory(torch.randn(n_keys, dims), torch.randn(n_keys))
+    return model
+
+
+@pytest.mark.parametrize("n_queries,n_keys,dims,per_feature", [
+    (1, 1, 1, False), (50, 50, 1, False), (333, 1000, 1, False), (64, 257, 3, True), (200, 500, 10, False),
+])
+def test_fused_path_equals_direct_path(n_queries, n_keys, dims, per_feature):
+    model = random_nw(n_keys, dims, per_feature)
+    queries = torch.randn(n_queries, dims)
+    fused, _ = model(queries)
+    direct, weights = model(queries, need_weights=True)  # weights force the direct path
+    assert torch.allclose(fused, direct, atol=1e-5)
+    assert torch.allclose(weights.sum(-1), torch.ones(n_queries), atol=1e-5)
+
+
+def test_chunked_queries_equal_one_pass():
+    model = random_nw(300, 2, False)
+    queries = torch.randn(1000, 2)
+    whole, _ = model(queries)
+    model.config.chunk_size = 97
+    chunked, _ = model(queries)
+    assert torch.allclose(whole, chunked, atol=1e-6)
+
+
+def test_leave_one_out_never_attends_to_itself():
+    model = random_nw(20, 1, False)
+    model.config.fused = False
+    index = torch.arange(20)
+    _, weights = model(model.keys, exclude=index, need_weights=True)
+    assert torch.equal(weights.diagonal(), torch.zeros(20))
+    model.config.fused = True
+    fused, _ = model(model.keys, exclude=index)
+    direct = (torch.softmax(model.scores(model.keys, ~torch.eye(20, dtype=torch.bool)), -1) @ model.values)
+    assert torch.allclose(fused, direct, atol=1e-5)
+
+
+def test_laplacian_kernel_weights_are_a_distribution():
+    model = NadarayaWatson(NWConfig(n_keys=10, kernel="laplacian", bandwidth=1.0))
+    model.set_memory(torch.linspace(0, 1, 10), torch.linspace(0, 1, 10))
+    pred, weights = model(torch.tensor([0.0, 1.0]), need_weights=True)
+    assert torch.allclose(weights.sum(-1), torch.ones(2))
+    assert pred[0] < pred[1]
+
+
+def test_unknown_kernel_is_rejected_by_name():
+    with pytest.raises(ValueError, match="kernel"):
+        NWConfig(kernel="cosine")
+
+
+def test_reference_experiment_parametric_beats_nonparametric_beats_average():
+    data = load_dataset("sine", seed=0)
+    average = ((data.train.y.mean() - data.test.y) ** 2).mean().item()
+    fixed = prepare_model(build_model("nw", NWConfig(learn_bandwidth=False, bandwidth=1.0)), data)
+    torch.manual_seed(0)
+    learned = prepare_model(build_model("nw", NWConfig()), data)
+    recipe = FitConfig(epochs=5, lr=0.5, optimizer="sgd", batch_size=50, loss_reduction="sum", patience=0, grad_clip=0)
+    fit(learned, data, recipe)
+    nonparametric = evaluate(fixed, data.test, "regression")["mse"]
+    parametric = evaluate(learned, data.test, "regression")["mse"]
+    assert parametric < nonparametric < average
+    assert average == pytest.approx(0.905, abs=0.01)  # the seeds' reproduction
+    assert nonparametric == pytest.approx(0.428, abs=0.01)

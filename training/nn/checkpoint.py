@@ -1,0 +1,72 @@
+"""Model registry and checkpoints: weights (state_dict) plus the config as JSON, no pickled code.
+
+A checkpoint loads with `torch.load(weights_only=True)` and rebuilds the model from its config,
+so it is safe to read and needs nothing but torch and this package.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .nadaraya_watson import NadarayaWatson, NWConfig
+from .sequence_model import SequenceConfig, SequenceModel
+
+MODELS: dict[str, tuple[type, type[nn.Module]]] = {
+    "nw": (NWConfig, NadarayaWatson),
+    "mha": (SequenceConfig, SequenceModel),
+}
+FORMAT_VERSION = 1
+
+
+def build_model(kind: str, config: NWConfig | SequenceConfig | dict) -> nn.Module:
+    """Build a model of `kind` ("nw" or "mha") from its config dataclass or a dict of its fields."""
+    if kind not in MODELS:
+        raise ValueError(f"unknown model kind {kind!r}; expected one of {sorted(MODELS)}")
+    config_cls, model_cls = MODELS[kind]
+    if isinstance(config, dict):
+        config = config_cls(**config)
+    return model_cls(config)
+
+
+def model_kind(model: nn.Module) -> str:
+    for kind, (_, model_cls) in MODELS.items():
+        if isinstance(model, model_cls):
+            return kind
+    raise TypeError(f"not a model of this package: {type(model).__name__}")
+
+
+def save_checkpoint(model: nn.Module, path: str | Path, metadata: dict | None = None) -> str:
+    """Write the checkpoint and return the sha256 of the file."""
+    payload = {
+        "format": FORMAT_VERSION,
+        "kind": model_kind(model),
+        "config": json.dumps(dataclasses.asdict(model.config)),
+        "metadata": json.dumps(metadata or {}),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+    torch.save(payload, path)
+    return file_sha256(path)
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+    """Rebuild the model (eval mode, on `device`) and return it with the checkpoint's metadata."""
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    if payload.get("format") != FORMAT_VERSION:
+        raise ValueError(f"{path}: unsupported checkpoint format {payload.get('format')!r}")
+    model = build_model(payload["kind"], json.loads(payload["config"]))
+    model.load_state_dict(payload["state_dict"])
+    return model.to(device).eval(), json.loads(payload["metadata"])
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

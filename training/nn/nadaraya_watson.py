@@ -1,0 +1,120 @@
+"""Nadaraya-Watson kernel regression as attention pooling.
+
+f(x) = sum_i softmax_i(score(x, x_i)) * y_i with queries x, keys x_i (training inputs) and values y_i
+(training targets). Gaussian score: -sum_d (x_d - k_d)^2 w_d^2 / 2; the bandwidth w is fixed
+(non-parametric) or learned (parametric), one for all features or one per feature.
+
+The fused path expands the Gaussian score into a dot product,
+    -(x - k)^2 w^2 / 2 = x.(k w^2) - |k|^2 w^2 / 2 - |x|^2 w^2 / 2,
+drops the last term (constant along a softmax row) and runs scaled-dot-product attention on
+q' = [x w^2, 1], k' = [k, -|k|^2 w^2 / 2] with scale 1, so the Q x K matrix is never materialized.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .standardize import Standardize
+
+KERNELS = ("gaussian", "laplacian")
+
+
+@dataclass
+class NWConfig:
+    in_features: int = 1
+    n_keys: int = 50
+    learn_bandwidth: bool = True  # parametric (learned w) or non-parametric (fixed w)
+    per_feature: bool = False  # one bandwidth per input feature
+    bandwidth: float | None = None  # initial / fixed w; None draws U(0, 1) as in the reference recipe
+    kernel: str = "gaussian"
+    fused: bool = True  # gaussian only: attention kernel on augmented queries/keys
+    chunk_size: int = 8192  # queries per chunk, bounds memory for large inputs
+
+    def __post_init__(self) -> None:
+        if self.kernel not in KERNELS:
+            raise ValueError(f"kernel must be one of {KERNELS}, got {self.kernel!r}")
+        if self.in_features < 1 or self.n_keys < 1:
+            raise ValueError("in_features and n_keys must be positive")
+
+
+class NadarayaWatson(nn.Module):
+    supports_bf16 = False  # exp of kernel scores needs float32 precision
+
+    def __init__(self, config: NWConfig):
+        super().__init__()
+        self.config = config
+        n_bandwidths = config.in_features if config.per_feature else 1
+        w = torch.full((n_bandwidths,), config.bandwidth) if config.bandwidth is not None else torch.rand(n_bandwidths)
+        if config.learn_bandwidth:
+            self.w = nn.Parameter(w)
+        else:
+            self.register_buffer("w", w)
+        # The training set is the attention memory: keys (K, D) and values (K,), both standardized.
+        self.register_buffer("keys", torch.zeros(config.n_keys, config.in_features))
+        self.register_buffer("values", torch.zeros(config.n_keys))
+        self.x_scaler = Standardize(config.in_features)
+        self.y_scaler = Standardize(1)
+
+    @torch.no_grad()
+    def set_memory(self, x: Tensor, y: Tensor) -> None:
+        """Store raw training inputs (K, D) and targets (K,) as standardized keys and values."""
+        self.keys.copy_(self.x_scaler(x.reshape(self.config.n_keys, -1)))
+        self.values.copy_(self.y_scaler(y.reshape(-1, 1)).squeeze(-1))
+
+    def forward(
+        self, x: Tensor, *, exclude: Tensor | None = None, need_weights: bool = False
+    ) -> tuple[Tensor, Tensor | None]:
+        """Raw queries (Q,) or (Q, D) -> raw predictions (Q,), and weights (Q, K) when asked.
+
+        `exclude` (Q,) gives for each query the index of a key it must not attend to
+        (leave-one-out training: a training point never attends to itself).
+        """
+        queries = self.x_scaler(x.reshape(x.shape[0], self.config.in_features))  # (Q, D)
+        outs, weights = [], []
+        for start in range(0, queries.shape[0], self.config.chunk_size):
+            chunk = slice(start, start + self.config.chunk_size)
+            skip = None if exclude is None else exclude[chunk]
+            out, w = self._attend(queries[chunk], skip, need_weights)
+            outs.append(out)
+            weights.append(w)
+        pred = self.y_scaler.inverse(torch.cat(outs)[:, None]).squeeze(-1)  # (Q,)
+        return pred, torch.cat(weights) if need_weights else None
+
+    def _attend(self, q: Tensor, exclude: Tensor | None, need_weights: bool) -> tuple[Tensor, Tensor | None]:
+        fused = self.config.fused and self.config.kernel == "gaussian" and not need_weights
+        mask = None
+        if exclude is not None:
+            mask = torch.ones(q.shape[0], self.keys.shape[0], dtype=torch.bool, device=q.device)  # (Q, K)
+            mask[torch.arange(q.shape[0], device=q.device), exclude] = False
+        if fused:
+            return self.fused_attention(q, mask), None
+        weights = F.softmax(self.scores(q, mask), dim=-1)  # (Q, K)
+        return weights @ self.values, weights if need_weights else None
+
+    def scores(self, q: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Direct kernel scores (Q, K) for standardized queries (Q, D); materializes Q x K x D."""
+        diff = q[:, None, :] - self.keys[None, :, :]  # (Q, K, D)
+        if self.config.kernel == "gaussian":
+            s = -((diff * self.w) ** 2).sum(-1) / 2
+        else:
+            s = -(diff.abs() * self.w.abs()).sum(-1)
+        return s if mask is None else s.masked_fill(~mask, torch.finfo(s.dtype).min)
+
+    def fused_attention(self, q: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Gaussian NW via scaled-dot-product attention on augmented queries/keys, (Q, D) -> (Q,)."""
+        # Centre on the keys' mean: the kernel is shift-invariant and the expansion keeps precision.
+        centre = self.keys.mean(0)
+        k = self.keys - centre  # (K, D)
+        q = q - centre  # (Q, D)
+        w2 = self.w**2  # (D,) or (1,)
+        q_aug = torch.cat([q * w2, torch.ones_like(q[:, :1])], dim=-1)  # (Q, D+1)
+        k_aug = torch.cat([k, -(k**2 * w2).sum(-1, keepdim=True) / 2], dim=-1)  # (K, D+1)
+        out = F.scaled_dot_product_attention(
+            q_aug[None, None], k_aug[None, None], self.values[None, None, :, None],
+            attn_mask=None if mask is None else mask[None, None], scale=1.0,
+        )  # (1, 1, Q, 1)
+        return out.view(-1)
