@@ -1,0 +1,1 @@
+"""TorchServe handlers: thin classes over the server-agnostic functions in `contract`."""

@@ -1,0 +1,40 @@
+"""The MLflow model form of a checkpoint: a pyfunc that rebuilds the model without unpickling it.
+
+NW input: a DataFrame with one column per feature (x0, x1, ...). MHA input: a DataFrame with a
+"sequence" column, each cell a list of steps, each step a list of features (lengths may differ).
+"""
+
+from __future__ import annotations
+
+import mlflow
+import numpy as np
+import pandas as pd
+import torch
+
+from .nn import NadarayaWatson, load_checkpoint
+
+
+class CheckpointModel(mlflow.pyfunc.PythonModel):
+    def load_context(self, context) -> None:
+        self.model, self.metadata = load_checkpoint(context.artifacts["checkpoint"])
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> np.ndarray:
+        return predict_frame(self.model, model_input)
+
+
+def to_frame(x: torch.Tensor, lengths: torch.Tensor | None) -> pd.DataFrame:
+    """Rows of a split as the pyfunc's input DataFrame."""
+    if lengths is None:
+        return pd.DataFrame(x.numpy().astype(np.float64), columns=[f"x{i}" for i in range(x.shape[1])])
+    return pd.DataFrame({"sequence": [row[:n].double().tolist() for row, n in zip(x, lengths.tolist())]})
+
+
+@torch.no_grad()
+def predict_frame(model: torch.nn.Module, frame: pd.DataFrame) -> np.ndarray:
+    if isinstance(model, NadarayaWatson):
+        return model(torch.tensor(frame.to_numpy(), dtype=torch.float32))[0].numpy()
+    sequences = [torch.tensor(np.asarray(s.tolist() if hasattr(s, "tolist") else s, dtype=np.float32)) for s in frame["sequence"]]
+    lengths = torch.tensor([len(s) for s in sequences])
+    x = torch.nn.utils.rnn.pad_sequence(sequences, batch_first=True)
+    out = model(x, lengths)[0]
+    return out.argmax(-1).numpy() if model.config.task == "classification" else out.numpy()

@@ -1,0 +1,73 @@
+"""Optuna search spaces, apart from model code: suggest(trial) -> (model config, fit config).
+
+The same functions rebuild the best trial exactly: `suggest(optuna.trial.FixedTrial(best_params), ...)`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import optuna
+
+from .data import Dataset
+from .fit import FitConfig
+from .nn import NWConfig, SequenceConfig
+
+# Epochs per trial unless the user sets --epochs; keeps `make tune` on the CPU short.
+DEFAULT_EPOCHS = {"sine": 30, "diabetes": 60, "adding": 8, "digits": 20}
+
+
+@dataclass
+class TrialSetup:
+    model_kind: str
+    model_config: NWConfig | SequenceConfig
+    fit_config: FitConfig
+
+
+def suggest_nw(trial: optuna.Trial, data: Dataset, epochs: int, seed: int, device: str) -> TrialSetup:
+    """Bandwidth (fixed or learned, shared or per feature), optimizer and learning rate."""
+    parametric = trial.suggest_categorical("parametric", [True, False])
+    bandwidth = trial.suggest_float("bandwidth", 0.05, 20.0, log=True)
+    config = NWConfig(
+        in_features=data.in_features, n_keys=len(data.train), learn_bandwidth=parametric, bandwidth=bandwidth,
+    )
+    fit = FitConfig(epochs=0, seed=seed, device=device)
+    if parametric:
+        if data.in_features > 1:
+            config.per_feature = trial.suggest_categorical("per_feature", [True, False])
+        fit.optimizer = trial.suggest_categorical("optimizer", ["sgd", "adamw"])
+        fit.lr = trial.suggest_float("lr", 1e-3, 1.0, log=True)
+        fit.batch_size = trial.suggest_categorical("batch_size", [16, 64, 256])
+        fit.epochs, fit.patience = epochs, max(3, epochs // 4)
+    return TrialSetup("nw", config, fit)
+
+
+def suggest_mha(trial: optuna.Trial, data: Dataset, epochs: int, seed: int, device: str) -> TrialSetup:
+    """Width, heads, depth, feed-forward size, dropout and AdamW settings."""
+    config = SequenceConfig(
+        in_features=data.in_features,
+        out_features=data.n_classes or 1,
+        task=data.task,
+        d_model=trial.suggest_categorical("d_model", [16, 32, 64]),
+        n_heads=trial.suggest_categorical("n_heads", [1, 2, 4]),
+        n_layers=trial.suggest_int("n_layers", 1, 3),
+        ff_mult=trial.suggest_categorical("ff_mult", [2, 4]),
+        dropout=trial.suggest_float("dropout", 0.0, 0.3),
+    )
+    fit = FitConfig(
+        epochs=epochs,
+        lr=trial.suggest_float("lr", 3e-4, 1e-2, log=True),
+        weight_decay=trial.suggest_float("weight_decay", 1e-6, 1e-1, log=True),
+        batch_size=trial.suggest_categorical("batch_size", [32, 64, 128]),
+        patience=max(3, epochs // 3),
+        seed=seed,
+        device=device,
+    )
+    return TrialSetup("mha", config, fit)
+
+
+SEARCH_SPACES = {"nw": suggest_nw, "mha": suggest_mha}
+
+
+def suggest(model: str, trial: optuna.Trial, data: Dataset, *, epochs: int, seed: int, device: str) -> TrialSetup:
+    return SEARCH_SPACES[model](trial, data, epochs, seed, device)
