@@ -135,7 +135,7 @@ def fit(model: nn.Module, data: Dataset, config: FitConfig, on_epoch: EpochCallb
     for epoch in range(1, config.epochs + 1):
         model.train()
         losses = []
-        for index in torch.randperm(len(train), generator=generator).split(config.batch_size):
+        for index in shuffled_batches(train, config.batch_size, generator):
             index = index.to(device)
             batch = train.subset(index)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
@@ -169,6 +169,18 @@ def fit(model: nn.Module, data: Dataset, config: FitConfig, on_epoch: EpochCallb
     model.eval()
     result.seconds = time.perf_counter() - start
     return result
+
+
+def shuffled_batches(split: Split, batch_size: int, generator: torch.Generator) -> list[Tensor]:
+    """Random batches; sequences are grouped by similar length (within pools of 32 batches) so that
+    little compute goes to padding."""
+    order = torch.randperm(len(split), generator=generator)
+    if split.lengths is None:
+        return list(order.split(batch_size))
+    lengths = split.lengths.cpu()
+    pools = order.split(32 * batch_size)
+    batches = [b for pool in pools for b in pool[lengths[pool].argsort(stable=True)].split(batch_size)]
+    return [batches[i] for i in torch.randperm(len(batches), generator=generator)]
 
 
 def make_optimizer(params: list[nn.Parameter], config: FitConfig) -> torch.optim.Optimizer:

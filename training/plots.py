@@ -18,17 +18,19 @@ from .nn import NadarayaWatson, SequenceModel  # noqa: E402
 def nw_predictions(model: NadarayaWatson, data: Dataset) -> Figure:
     """1-D: prediction and truth over the test grid with the training points; n-D: predicted vs actual."""
     model.cpu().eval()
-    pred = model(data.test.x)[0]
+    pred = model(data.test.x)[0].numpy()
+    test_x, test_y = data.test.x.numpy(), data.test.y.numpy()
+    train_x, train_y = data.train.x.numpy(), data.train.y.numpy()
     fig, ax = plt.subplots(figsize=(6, 4))
     if data.in_features == 1:
-        ax.plot(data.test.x[:, 0], data.test.y, label="truth")
-        ax.plot(data.test.x[:, 0], pred, label="prediction")
-        ax.plot(data.train.x[:, 0], data.train.y, "o", alpha=0.5, label="training points")
+        ax.plot(test_x[:, 0], test_y, label="truth")
+        ax.plot(test_x[:, 0], pred, label="prediction")
+        ax.plot(train_x[:, 0], train_y, "o", alpha=0.5, label="training points")
         ax.set(xlabel="x", ylabel="y")
         ax.legend()
     else:
-        ax.scatter(data.test.y, pred, s=12, alpha=0.7)
-        low, high = float(data.test.y.min()), float(data.test.y.max())
+        ax.scatter(test_y, pred, s=12, alpha=0.7)
+        low, high = float(test_y.min()), float(test_y.max())
         ax.plot([low, high], [low, high], "k--", linewidth=1)
         ax.set(xlabel="actual", ylabel="predicted")
     ax.set_title(f"Nadaraya-Watson on {data.name} (test split)")
@@ -40,7 +42,7 @@ def nw_predictions(model: NadarayaWatson, data: Dataset) -> Figure:
 def nw_attention_heatmap(model: NadarayaWatson, data: Dataset) -> Figure:
     """Attention weights, test queries x training keys (the seeds' heatmap)."""
     model.cpu().eval()
-    weights = model(data.test.x, need_weights=True)[1]  # (Q, K)
+    weights = model(data.test.x, need_weights=True)[1].numpy()  # (Q, K)
     fig, ax = plt.subplots(figsize=(5, 4.5))
     image = ax.imshow(weights, cmap="Reds", aspect="auto")
     ax.set(xlabel="training inputs (keys)", ylabel="test inputs (queries)", title="attention weights")
@@ -58,7 +60,7 @@ def mha_pooling_weights(model: SequenceModel, data: Dataset, n_examples: int = 4
     fig, axes = plt.subplots(len(x), 1, figsize=(7, 1.6 * len(x)), squeeze=False)
     for i, ax in enumerate(axes[:, 0]):
         n = int(lengths[i])
-        ax.bar(range(n), weights["pooling"][i, :n], color="tab:blue")
+        ax.bar(range(n), weights["pooling"][i, :n].numpy(), color="tab:blue")
         if data.name == "adding":
             for step in torch.nonzero(x[i, :n, 1]).flatten().tolist():
                 ax.axvline(step, color="tab:red", linestyle="--", linewidth=1)

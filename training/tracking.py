@@ -26,7 +26,11 @@ def default_optuna_storage() -> str:
     return f"sqlite:///{MLRUNS / 'optuna.db'}"
 
 
-def artifact_root() -> Path:
+def artifact_root(tracking_uri: str | None = None) -> Path:
+    """Artifacts live beside a SQLite tracking database: mlruns/artifacts by default."""
+    uri = tracking_uri or default_tracking_uri()
+    if uri.startswith("sqlite:///"):
+        return Path(uri.removeprefix("sqlite:///")).parent / "artifacts"
     return MLRUNS / "artifacts"
 
 
@@ -47,8 +51,8 @@ def experiment_id(client: MlflowClient, name: str) -> str:
     if found is not None:
         return found.experiment_id
     location = None
-    if client.tracking_uri.startswith("sqlite:///") or client.tracking_uri.startswith("file:"):
-        location = (artifact_root() / name).as_uri()
+    if client.tracking_uri.startswith("sqlite:///"):
+        location = (artifact_root(client.tracking_uri) / name).as_uri()
     return client.create_experiment(name, artifact_location=location)
 
 

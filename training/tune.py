@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +25,9 @@ from .data import KINDS, Dataset, load_dataset, prepare_model
 from .fit import PRIMARY_METRIC, FitResult, NonFiniteLossError, evaluate, fit, resolve_device
 from .nn import build_model, model_kind, save_checkpoint
 from .search_space import DEFAULT_EPOCHS, SEARCH_SPACES, suggest
+
+# Heartbeats (retrying trials whose process died) are marked experimental in Optuna; we rely on them.
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 DATA_SEED = 0  # the splits never change between invocations, so a study compares like with like
 
@@ -88,7 +92,7 @@ def open_study(options: TuneOptions, direction: str) -> optuna.Study:
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
     storage = optuna.storages.RDBStorage(
         url, engine_kwargs=engine, heartbeat_interval=30, grace_period=120,
-        failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=2),
+        heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2),
     )
     existing = {s.study_name: s for s in optuna.get_all_study_summaries(storage)}
     previous = existing[options.name].n_trials if options.name in existing else 0

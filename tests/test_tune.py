@@ -1,0 +1,128 @@
+import math
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+from mlflow import MlflowClient
+
+from training import tracking, tune as tune_module
+from training.tune import TuneError, TuneOptions, tune
+
+
+def options(stores, **overrides):
+    base = dict(model="nw", dataset="sine", trials=12, storage=stores["storage"], tracking_uri=stores["tracking_uri"],
+                progress=False)
+    return TuneOptions(**{**base, **overrides})
+
+
+@pytest.fixture(scope="module")
+def first(stores):
+    return tune(options(stores))
+
+
+def child_runs(client, result):
+    return client.search_runs([result.experiment_id], f"tags.mlflow.parentRunId = '{result.parent_run_id}'",
+                              max_results=1000)
+
+
+def test_parent_and_child_runs_with_per_epoch_metrics(stores, first):
+    client = MlflowClient(stores["tracking_uri"])
+    parent = client.get_run(first.parent_run_id)
+    assert parent.info.status == "FINISHED"
+    assert parent.data.params["study"] == "nw-sine" and "version.torch" in parent.data.tags
+    assert "test_mse" in parent.data.metrics and "best_val_mse" in parent.data.metrics
+    children = child_runs(client, first)
+    assert len(children) == 12
+    trained = [r for r in children if r.data.params["parametric"] == "True"]
+    assert trained, "the seeded search should try the parametric model"
+    history = client.get_metric_history(trained[0].info.run_id, "val_mse")
+    assert [m.step for m in history] == list(range(1, len(history) + 1)) and len(history) >= 1
+    assert all(r.data.params["device"] == "cpu" and r.data.params["seed"] == "0" for r in children)
+
+
+def test_pruned_trials_are_marked_in_optuna_and_mlflow(stores, first):
+    client = MlflowClient(stores["tracking_uri"])
+    study = optuna.load_study(study_name="nw-sine", storage=stores["storage"])
+    pruned = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
+    assert pruned, "the median pruner should stop some trials of a 12-trial study"
+    for trial in pruned:
+        run = client.get_run(trial.user_attrs["mlflow_run_id"])
+        assert run.info.status == "KILLED" and run.data.tags["optuna.state"] == "PRUNED"
+        assert "pruned at epoch" in run.data.tags["optuna.reason"]
+    assert first.states["pruned"] == len(pruned)
+
+
+def test_artifacts_are_present_and_not_empty(stores, first):
+    client = MlflowClient(stores["tracking_uri"])
+    local = Path(mlflow.artifacts.download_artifacts(run_id=first.parent_run_id, artifact_path="",
+                                                     tracking_uri=stores["tracking_uri"]))
+    for name in ["optuna/optimization_history.html", "optuna/param_importances.html", "optuna/intermediate_values.html",
+                 "plots/nw_predictions.png", "plots/nw_attention_heatmap.png", "data/description.json"]:
+        assert (local / name).stat().st_size > 500 if name.endswith((".png", ".html")) else (local / name).exists(), name
+    run = client.get_run(first.parent_run_id)
+    assert run.inputs.dataset_inputs and run.inputs.dataset_inputs[0].dataset.name == "sine-train"
+
+
+def test_winner_is_registered_as_champion_with_its_test_metric(stores, first):
+    client = MlflowClient(stores["tracking_uri"])
+    champion = client.get_model_version_by_alias("nw-sine", "champion")
+    assert str(champion.version) == first.model_version and first.promoted
+    assert float(champion.tags["test_mse"]) == pytest.approx(first.test_metrics["mse"])
+    model = mlflow.pyfunc.load_model("models:/nw-sine@champion")
+    import pandas as pd
+
+    predictions = model.predict(pd.DataFrame({"x0": [0.5, 2.5]}))
+    assert predictions.shape == (2,) and all(math.isfinite(p) for p in predictions)
+
+
+def test_running_again_continues_the_same_study(stores, first):
+    second = tune(options(stores, trials=3))
+    summaries = optuna.get_all_study_summaries(stores["storage"])
+    assert [s.study_name for s in summaries] == ["nw-sine"]
+    assert summaries[0].n_trials == 15 and second.states["new_trials"] == 3
+    assert second.parent_run_id != first.parent_run_id
+
+
+def test_a_diverging_trial_fails_cleanly_and_the_study_goes_on(stores, monkeypatch):
+    real_fit, calls = tune_module.fit, []
+
+    def poisoned_fit(model, data, config, on_epoch=None):
+        calls.append(1)
+        if len(calls) == 2:  # the second trial's data goes NaN
+            model.values.fill_(float("nan"))
+        return real_fit(model, data, config, on_epoch)
+
+    monkeypatch.setattr(tune_module, "fit", poisoned_fit)
+    result = tune(options(stores, dataset="diabetes", trials=4))
+    study = optuna.load_study(study_name="nw-diabetes", storage=stores["storage"])
+    failed = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
+    assert len(failed) == 1 and "nan" in failed[0].user_attrs["fail_reason"].lower()
+    run = MlflowClient(stores["tracking_uri"]).get_run(failed[0].user_attrs["mlflow_run_id"])
+    assert run.info.status == "FAILED" and "nan" in run.data.tags["optuna.reason"].lower()
+    assert len(study.trials) == 4 and result.states["complete"] >= 2
+
+
+def test_champion_alias_does_not_move_to_a_worse_model(stores):
+    client = tracking.configure(stores["tracking_uri"])
+    client.create_registered_model("toy-model")
+    versions = [client.create_model_version("toy-model", source="file:///nowhere") for _ in range(3)]
+    decide = lambda v, mse: tracking.promote_if_better(client, "toy-model", v.version, "mse", mse, "minimize")  # noqa: E731
+    for version, mse in zip(versions, [0.5, 0.9, 0.2]):
+        client.set_model_version_tag("toy-model", version.version, "test_mse", str(mse))
+    assert decide(versions[0], 0.5).promoted
+    worse = decide(versions[1], 0.9)
+    assert not worse.promoted and "not beaten" in worse.reason
+    assert str(client.get_model_version_by_alias("toy-model", "champion").version) == str(versions[0].version)
+    assert decide(versions[2], 0.2).promoted
+    assert str(client.get_model_version_by_alias("toy-model", "champion").version) == str(versions[2].version)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (dict(model="nw", dataset="digits"), "tabular"),
+    (dict(model="mha", dataset="sine"), "sequence"),
+    (dict(trials=0), "at least 1"),
+])
+def test_bad_requests_are_refused_by_name(stores, overrides, message):
+    with pytest.raises(TuneError, match=message):
+        tune(options(stores, **overrides))

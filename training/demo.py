@@ -1,0 +1,82 @@
+"""`make demo`: small tunes of nw-sine and mha-adding, archive the champions, serve them, ask, stop."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import optuna
+
+from . import serve
+from .archive import archive_champions
+from .report import print_tune_summary
+from .tune import TuneOptions, tune
+
+DEMO_TUNES = [TuneOptions(model="nw", dataset="sine", trials=20), TuneOptions(model="mha", dataset="adding", trials=4, epochs=3)]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def free_ports() -> dict[str, int]:
+    """The demo runs beside anything already on TorchServe's default ports."""
+    keys = ["inference_address", "management_address", "metrics_address", "grpc_inference_port", "grpc_management_port"]
+    return {key: free_port() for key in keys}
+
+
+def banner(text: str) -> None:
+    print(f"\n=== {text} " + "=" * max(0, 70 - len(text)))
+
+
+def demo() -> int:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    for options in DEMO_TUNES:
+        banner(f"tune {options.name}: {options.trials} trials")
+        print_tune_summary(tune(options), options)
+
+    banner("archive the champions")
+    for path in archive_champions():
+        print(f"built {path.relative_to(serve.ROOT)}")
+
+    names = [options.name for options in DEMO_TUNES]
+    banner("serve")
+    server = serve.start(models=names, run_dir=serve.RUN_DIR / "demo", ports=free_ports(), quiet=True)
+    print(f"TorchServe is up on {server.inference_url} with {', '.join(names)}")
+    try:
+        ask(server)
+    finally:
+        serve.stop(server.run_dir, quiet=True)
+        print("\nTorchServe stopped. Next: `make ui` to review the runs, `make serve` to serve the archives.")
+    return 0
+
+
+def ask(server: serve.Server) -> None:
+    banner("nw-sine: predict y = 2 sin x + x^0.8 at x = 0.5, 2.5, 4.5")
+    show(server, "nw-sine", [0.5, 2.5, 4.5])
+    banner("nw-sine: explain x = 2.5 (attention over the training points)")
+    status, body, _ = server.predict("nw-sine", [2.5], explain=True)
+    explanation = body["explanations"][0] if status == 200 else body
+    print(f"HTTP {status}: prediction {explanation['prediction']:.3f}; the 5 most attended training points:")
+    for key in explanation["top_keys"]:
+        print(f"  x={key['key'][0]:.3f}  y={key['value']:.3f}  weight={key['weight']:.3f}")
+
+    short = [[0.3, 1], [0.9, 0], [0.2, 0], [0.5, 1]]  # marked: 0.3 + 0.5 = 0.8
+    long = [[0.1, 0]] * 6 + [[0.7, 1]] + [[0.4, 0]] * 10 + [[0.6, 1], [0.2, 0]]  # marked: 0.7 + 0.6 = 1.3
+    banner("mha-adding: two sequences of different lengths (true sums 0.8 and 1.3)")
+    show(server, "mha-adding", [short, long])
+    banner("mha-adding: explain the short one (pooling weights over its 4 steps; steps 0 and 3 are marked)")
+    status, body, _ = server.predict("mha-adding", [short], explain=True)
+    weights = body["explanations"][0]["pooling_weights"] if status == 200 else body
+    print(f"HTTP {status}: " + ", ".join(f"step {t}: {w:.3f}" for t, w in enumerate(weights)))
+
+    banner("a bad request gets a 4xx naming the problem")
+    show(server, "nw-sine", [1.0, "two"])
+
+
+def show(server: serve.Server, name: str, instances: list) -> None:
+    status, body, _ = server.predict(name, instances)
+    print(f"POST /predictions/{name} {json.dumps({'instances': instances})}")
+    print(f"HTTP {status}: {json.dumps(body)}")
