@@ -1,0 +1,178 @@
+"""The handler in-process with a mock TorchServe context (no server)."""
+
+import json
+
+import pytest
+import torch
+
+from handlers.attention_handler import AttentionHandler
+from handlers.contract import Limits, RequestError, answer_batch, parse_request, predict
+from training.nn import NWConfig, SequenceConfig, build_model, save_checkpoint
+
+
+class MockContext:
+    """What TorchServe hands a handler: properties, manifest, per-request headers and response slots."""
+
+    def __init__(self, model_dir, explain=(), limits=None):
+        self.system_properties = {"model_dir": str(model_dir), "gpu_id": None}
+        self.manifest = {"model": {"serializedFile": "checkpoint.pt"}}
+        self.model_yaml_config = {"handler": limits or {}}
+        self.explain = set(explain)
+        self.status, self.headers = {}, {}
+
+    def get_request_header(self, idx, key):
+        return "True" if key == "explain" and idx in self.explain else None
+
+    def set_response_status(self, code=200, phrase="", idx=0):
+        self.status[idx] = code
+
+    def set_response_content_type(self, idx, value):
+        self.headers.setdefault(idx, {})["content-type"] = value
+
+    def set_response_header(self, idx, key, value):
+        self.headers.setdefault(idx, {})[key] = value
+
+
+@torch.no_grad()
+def make_model_dir(path, kind):
+    torch.manual_seed(0)
+    if kind == "nw":
+        model = build_model("nw", NWConfig(in_features=1, n_keys=20, bandwidth=2.0))
+        model.set_memory(torch.linspace(0, 5, 20), torch.sin(torch.linspace(0, 5, 20)))
+    else:
+        model = build_model("mha", SequenceConfig(in_features=2, out_features=3, task="classification", d_model=8,
+                                                  n_heads=2, n_layers=1))
+    save_checkpoint(model.eval(), path / "checkpoint.pt")
+    (path / "model_info.json").write_text(json.dumps({"name": f"{kind}-toy", "version": "7", "run_id": "r1", "kind": kind}))
+    return model.eval()
+
+
+@pytest.fixture
+def nw(tmp_path):
+    model = make_model_dir(tmp_path, "nw")
+    handler = AttentionHandler()
+    handler.initialize(MockContext(tmp_path, limits={"max_instances": 4}))
+    return handler, model, tmp_path
+
+
+@pytest.fixture
+def mha(tmp_path):
+    model = make_model_dir(tmp_path, "mha")
+    handler = AttentionHandler()
+    handler.initialize(MockContext(tmp_path))
+    return handler, model, tmp_path
+
+
+def call(handler, model_dir, bodies, explain=()):
+    context = MockContext(model_dir, explain)
+    out = handler.handle([{"body": b} for b in bodies], context)
+    return [json.loads(o) for o in out], context
+
+
+def test_nw_predictions_equal_the_model_and_carry_model_info(nw):
+    handler, model, path = nw
+    (answer,), context = call(handler, path, [{"instances": [0.5, [2.0], 4]}])
+    expected = model(torch.tensor([[0.5], [2.0], [4.0]]))[0]
+    assert context.status[0] == 200 and context.headers[0]["content-type"] == "application/json"
+    assert answer["predictions"] == pytest.approx(expected.tolist(), abs=1e-6)
+    assert answer["model"] == {"name": "nw-toy", "version": "7", "run_id": "r1"}
+
+
+def test_nw_explanations_are_weights_over_training_keys_summing_to_one(nw):
+    handler, _, path = nw
+    (answer,), _ = call(handler, path, [{"instances": [2.5]}], explain={0})
+    explanation = answer["explanations"][0]
+    assert len(explanation["weights"]) == 20 and sum(explanation["weights"]) == pytest.approx(1.0, abs=1e-5)
+    assert explanation["top_keys"][0]["weight"] == max(explanation["weights"])
+
+
+def test_mha_variable_length_classification_and_heads_on_request(mha):
+    handler, model, path = mha
+    seqs = [[[0.1, 1.0], [0.2, 0.0]], [[0.5, 0.5]] * 5]
+    (answer,), _ = call(handler, path, [{"instances": seqs}])
+    for seq, prediction in zip(seqs, answer["predictions"]):
+        logits = model(torch.tensor([seq]), torch.tensor([len(seq)]))[0][0]
+        assert prediction["label"] == int(logits.argmax())
+        assert prediction["probabilities"] == pytest.approx(torch.softmax(logits, -1).tolist(), abs=1e-5)
+    (plain, with_heads), _ = call(handler, path, [{"instances": seqs}, {"instances": seqs, "heads": True}], explain={0, 1})
+    assert "head_weights" not in plain["explanations"][0]
+    first = with_heads["explanations"][0]
+    assert len(first["pooling_weights"]) == 2 and sum(first["pooling_weights"]) == pytest.approx(1.0, abs=1e-5)
+    assert torch.tensor(first["head_weights"]).shape == (1, 2, 2, 2)  # (L, H, T, T) over valid steps
+
+
+BAD_NW = [
+    (b"{not json", 400, "invalid JSON"),
+    (b"\xff\xfe", 400, "invalid body"),
+    ([1, 2], 400, "invalid body"),
+    ({"inputs": [1]}, 400, "missing instances"),
+    ({"instances": []}, 400, "empty instances"),
+    ({"instances": [1, 2, 3, 4, 5]}, 413, "too many instances"),
+    ({"instances": [[1, 2]]}, 400, "wrong feature count"),
+    ({"instances": ["1"]}, 400, "invalid instance"),
+    ({"instances": [True]}, 400, "invalid instance"),
+    ({"instances": [float("inf")]}, 400, "non-finite number"),
+    ({"instances": [1], "heads": "yes"}, 400, "invalid heads"),
+]
+
+
+@pytest.mark.parametrize("body,status,error", BAD_NW)
+def test_each_bad_input_fails_alone_with_a_named_error(nw, body, status, error):
+    handler, _, path = nw
+    answers, context = call(handler, path, [{"instances": [1.0]}, body, {"instances": [2.0, 3.0]}])
+    assert context.status == {0: 200, 1: status, 2: 200}
+    assert answers[1]["error"] == error and answers[1]["detail"]
+    assert len(answers[0]["predictions"]) == 1 and len(answers[2]["predictions"]) == 2
+
+
+def test_sequence_limits_and_shapes_are_checked(mha):
+    handler, _, path = mha
+    bad = [
+        {"instances": [[]]},  # empty sequence
+        {"instances": [[[0.1, 0.2, 0.3]]]},  # three features, model takes two
+        {"instances": [[0.1, 0.2]]},  # steps are single numbers, the model takes two features
+        {"instances": [[[0.0, 0.0]] * 1001]},  # over max_steps
+    ]
+    answers, context = call(handler, path, bad + [{"instances": [[[0.0, 1.0]]]}])
+    assert [a["error"] for a in answers[:4]] == ["empty sequence", "wrong feature count", "wrong feature count",
+                                                "sequence too long"]
+    assert "instances[0][0] has 1 features" in answers[2]["detail"]
+    assert context.status[3] == 413 and context.status[4] == 200
+
+
+def test_a_mixed_batch_runs_one_forward_pass(nw, monkeypatch):
+    handler, model, path = nw
+    import handlers.contract as contract
+
+    sizes = []
+    real = contract.predict
+
+    def counting(model, instances, **kwargs):
+        sizes.append(len(instances))
+        return real(model, instances, **kwargs)
+
+    monkeypatch.setattr(contract, "predict", counting)
+    answers, context = call(handler, path, [{"instances": [1.0, 2.0]}, {"instances": []}, {"instances": [3.0]}])
+    assert sizes == [3] and context.headers[0]["X-Batch-Size"] == "3"
+    assert answers[2]["predictions"][0] == pytest.approx(model(torch.tensor([[3.0]]))[0].item(), abs=1e-6)
+
+
+def test_an_internal_failure_answers_500_and_keeps_the_handler_alive(nw, monkeypatch):
+    handler, _, path = nw
+    import handlers.contract as contract
+
+    monkeypatch.setattr(contract, "predict", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
+    answers, context = call(handler, path, [{"instances": [1.0]}])
+    assert context.status[0] == 500 and "boom" in answers[0]["detail"]
+    monkeypatch.undo()
+    answers, context = call(handler, path, [{"instances": [1.0]}])
+    assert context.status[0] == 200
+
+
+def test_contract_functions_work_without_torchserve():
+    model = build_model("nw", NWConfig(in_features=2, n_keys=4, bandwidth=1.0))
+    with pytest.raises(RequestError) as error:
+        parse_request({"instances": [[1.0]]}, model, Limits())
+    assert error.value.status == 400 and "takes 2" in error.value.detail
+    answers = answer_batch([{"instances": [[1.0, 2.0]]}], [False], model, Limits(), {"name": "x"})
+    assert answers[0][0] == 200 and len(predict(model, [torch.zeros(2)])) == 1

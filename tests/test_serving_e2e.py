@@ -1,0 +1,130 @@
+"""End to end: real stores, real archives built from the registry, a real TorchServe on free loopback ports."""
+
+import json
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+
+import mlflow
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+from training import serve
+from training.archive import archive_champions
+from training.demo import free_ports
+from training.tune import TuneOptions, tune
+
+pytestmark = pytest.mark.e2e
+SEQUENCES = [[[0.3, 1], [0.9, 0], [0.5, 1]], [[0.1, 0]] * 7 + [[0.7, 1], [0.2, 1]]]
+
+
+@pytest.fixture(scope="module")
+def served(stores):
+    common = dict(storage=stores["storage"], tracking_uri=stores["tracking_uri"], progress=False)
+    tune(TuneOptions(model="nw", dataset="sine", trials=6, **common))
+    tune(TuneOptions(model="mha", dataset="adding", trials=1, epochs=1, **common))
+    archives = archive_champions(out_dir=stores["root"] / "archives", tracking_uri=stores["tracking_uri"])
+    server = serve.start(run_dir=stores["root"] / "run", model_store=stores["root"] / "archives",
+                         ports=free_ports(), quiet=True)
+    yield server, archives
+    serve.stop(server.run_dir, quiet=True)
+
+
+def champion(stores, name):
+    mlflow.set_tracking_uri(stores["tracking_uri"])
+    return mlflow.pyfunc.load_model(f"models:/{name}@champion")
+
+
+def test_served_predictions_equal_in_process_predictions(stores, served):
+    server, _ = served
+    status, body, _ = server.predict("nw-sine", [0.5, 2.5, 4.9])
+    expected = champion(stores, "nw-sine").predict(pd.DataFrame({"x0": [0.5, 2.5, 4.9]}))
+    assert status == 200 and body["predictions"] == pytest.approx(expected.tolist(), abs=1e-5)
+    version = MlflowClient(stores["tracking_uri"]).get_model_version_by_alias("nw-sine", "champion")
+    assert body["model"] == {"name": "nw-sine", "version": str(version.version), "run_id": version.run_id}
+
+    status, body, _ = server.predict("mha-adding", SEQUENCES)
+    expected = champion(stores, "mha-adding").predict(pd.DataFrame({"sequence": SEQUENCES}))
+    assert status == 200 and body["predictions"] == pytest.approx(expected.tolist(), abs=1e-4)
+
+
+def test_explanations_are_attention_weights_summing_to_one(served):
+    server, _ = served
+    status, body, _ = server.predict("nw-sine", [1.0, 3.0], explain=True)
+    assert status == 200 and len(body["explanations"]) == 2
+    for item in body["explanations"]:
+        assert len(item["weights"]) == 50 and sum(item["weights"]) == pytest.approx(1.0, abs=1e-5)
+    status, body, _ = server.predict("mha-adding", SEQUENCES, explain=True, heads=True)
+    assert status == 200
+    for seq, item in zip(SEQUENCES, body["explanations"]):
+        assert len(item["pooling_weights"]) == len(seq) and sum(item["pooling_weights"]) == pytest.approx(1.0, abs=1e-5)
+        assert len(item["head_weights"][0][0]) == len(seq)
+
+
+def test_requests_without_a_valid_token_are_refused(served):
+    server, _ = served
+    url = f"{server.inference_url}/predictions/nw-sine"
+    for token in (None, "wrong-token"):
+        status, body, _ = server.request("POST", url, {"instances": [1.0]}, token=token)
+        assert status in (400, 401, 403) and "Token" in json.dumps(body)
+    status, _, _ = server.request("GET", f"{server.inference_url}/ping")
+    assert status != 200  # token auth guards /ping too
+
+
+def test_bad_inputs_get_4xx_and_the_server_stays_healthy(served):
+    server, _ = served
+    bad = [("nw-sine", ["x"]), ("nw-sine", []), ("nw-sine", [[1.0, 2.0]]), ("nw-sine", [float("nan")]),
+           ("mha-adding", [[[0.1]]]), ("mha-adding", [[]]), ("mha-adding", [[[0.0, 0.0]] * 1001])]
+    for name, instances in bad:
+        status, answer, _ = server.predict(name, instances)  # NaN goes out as the JSON literal NaN
+        assert 400 <= status < 500 and answer["error"] and answer["detail"], (name, instances, answer)
+    assert server.health() == "Healthy"
+    assert server.predict("nw-sine", [1.0])[0] == 200
+
+
+def test_concurrent_requests_are_batched_and_all_answered_correctly(served):
+    server, _ = served
+    xs = [i / 10 for i in range(48)]
+    expected = server.predict("nw-sine", xs)[1]["predictions"]
+    with ThreadPoolExecutor(max_workers=48) as pool:
+        answers = list(pool.map(lambda x: server.predict("nw-sine", [x]), xs))
+    assert all(status == 200 for status, _, _ in answers)
+    assert [body["predictions"][0] for _, body, _ in answers] == pytest.approx(expected, abs=1e-5)
+    batch_sizes = [int(headers.get("X-Batch-Size", headers.get("x-batch-size", 1))) for _, _, headers in answers]
+    assert max(batch_sizes) > 1
+
+
+def test_archives_are_self_contained_and_record_their_provenance(stores, served):
+    _, archives = served
+    client = MlflowClient(stores["tracking_uri"])
+    for path in archives:
+        with zipfile.ZipFile(path) as archive:
+            names = set(archive.namelist())
+            info = json.loads(archive.read("model_info.json"))
+            manifest = json.loads(archive.read("MAR-INF/MANIFEST.json"))
+        assert {"training/nn/attention.py", "handlers/contract.py", "checkpoint.pt", "model-config.yaml"} <= names
+        assert not any(n.endswith((".pkl", ".pickle")) for n in names)
+        assert not any(n.startswith("training/") and "nn/" not in n and not n.endswith("__init__.py") for n in names)
+        version = client.get_model_version_by_alias(info["name"], "champion")
+        assert info["version"] == str(version.version) == manifest["model"]["modelVersion"]
+        assert info["run_id"] == version.run_id and info["sha256"] == version.tags["checkpoint_sha256"]
+        assert any(k.startswith("test_") for k in info)
+
+
+def test_the_model_api_is_off_and_everything_binds_to_loopback(served):
+    server, _ = served
+    url = f"{server.management_url}/models?url=nw-sine.mar&model_name=again"
+    status, _, _ = server.request("POST", url, token=server.token("management"))
+    assert status >= 400
+    for address in (server.inference_url, server.management_url, server.metrics_url):
+        assert address.startswith("http://127.0.0.1:")
+    status, metrics, _ = server.request("GET", f"{server.metrics_url}/metrics", token=server.token())
+    assert status == 200 and "ts_inference_requests_total" in metrics
+
+
+def test_serve_explains_what_is_missing(tmp_path, monkeypatch):
+    with pytest.raises(RuntimeError, match="make archive"):
+        serve.start(run_dir=tmp_path / "run", model_store=tmp_path)
+    monkeypatch.setattr(serve.shutil, "which", lambda name: None)
+    with pytest.raises(RuntimeError, match="Java 17"):
+        serve.start(run_dir=tmp_path / "run", model_store=tmp_path)
