@@ -119,31 +119,50 @@ def trial_device(options: TuneOptions, trial_number: int) -> str:
     return str(device)
 
 
-class Objective:
-    """Train one trial's configuration, logging it to its own MLflow child run."""
+class MlflowTrialLog:
+    """Each trial as an MLflow child run of the tuning invocation's parent run."""
 
-    def __init__(self, options: TuneOptions, data: Dataset, client: mlflow.MlflowClient, experiment_id: str, parent: str):
-        self.options, self.data, self.client = options, data, client
-        self.experiment_id, self.parent = experiment_id, parent
+    def __init__(self, client: mlflow.MlflowClient, experiment_id: str, parent: str, study: str):
+        self.client, self.experiment_id, self.parent, self.study = client, experiment_id, parent, study
+
+    def start(self, trial: optuna.Trial, params: dict) -> str:
+        run = self.client.create_run(
+            self.experiment_id, run_name=f"trial-{trial.number}",
+            tags={MLFLOW_PARENT_RUN_ID: self.parent, "optuna.study": self.study, "optuna.trial": str(trial.number)},
+        )
+        trial.set_user_attr("mlflow_run_id", run.info.run_id)
+        self.client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
+        return run.info.run_id
+
+    def metrics(self, run_id: str, values: dict[str, float], step: int) -> None:
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, float(v), now, step) for k, v in values.items() if math.isfinite(v)]
+        self.client.log_batch(run_id, metrics=metrics)
+
+    def finish(self, run_id: str, state: str, status: str, reason: str | None = None) -> None:
+        self.client.set_tag(run_id, "optuna.state", state)
+        if reason:
+            self.client.set_tag(run_id, "optuna.reason", reason)
+        self.client.set_terminated(run_id, status)
+
+
+class Objective:
+    """Train one trial's configuration: report every epoch to the pruner, record it in `log` when given."""
+
+    def __init__(self, options: TuneOptions, data: Dataset, log: MlflowTrialLog | None = None):
+        self.options, self.data, self.log = options, data, log
         self.metric, self.direction = PRIMARY_METRIC[data.task]
         self.epochs = options.epochs or DEFAULT_EPOCHS[data.name]
 
     def __call__(self, trial: optuna.Trial) -> float:
         device = trial_device(self.options, trial.number)
         setup = suggest(self.options.model, trial, self.data, epochs=self.epochs, seed=self.options.seed, device=device)
-        run = self.client.create_run(
-            self.experiment_id, run_name=f"trial-{trial.number}",
-            tags={MLFLOW_PARENT_RUN_ID: self.parent, "optuna.study": self.options.name, "optuna.trial": str(trial.number)},
-        )
-        run_id = run.info.run_id
-        trial.set_user_attr("mlflow_run_id", run_id)
         params = {**trial.params, "device": device, "seed": self.options.seed, "max_epochs": setup.fit_config.epochs}
-        self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
+        run_id = self.log.start(trial, params) if self.log else None
 
         def on_epoch(epoch: int, row: dict[str, float]) -> None:
-            now = int(time.time() * 1000)
-            metrics = [Metric(k, float(v), now, epoch) for k, v in row.items() if k != "epoch" and math.isfinite(v)]
-            self.client.log_batch(run_id, metrics=metrics)
+            if self.log:
+                self.log.metrics(run_id, {k: v for k, v in row.items() if k != "epoch"}, epoch)
             value = row[f"val_{self.metric}"]
             trial.report(value, epoch)
             if trial.should_prune():
@@ -167,18 +186,16 @@ class Objective:
         except BaseException as error:
             self._finish(run_id, "FAIL", "FAILED", reason=f"{type(error).__name__}: {error}")
             raise
-        metrics = {f"best_val_{k}": v for k, v in result.val_metrics.items()}
-        metrics |= {"epochs_run": len(result.history), "best_epoch": result.best_epoch, "fit_seconds": result.seconds}
-        now = int(time.time() * 1000)
-        self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
+        if self.log:
+            metrics = {f"best_val_{k}": v for k, v in result.val_metrics.items()}
+            metrics |= {"epochs_run": len(result.history), "best_epoch": result.best_epoch, "fit_seconds": result.seconds}
+            self.log.metrics(run_id, metrics, 0)
         self._finish(run_id, "COMPLETE", "FINISHED")
         return value
 
-    def _finish(self, run_id: str, state: str, status: str, reason: str | None = None) -> None:
-        self.client.set_tag(run_id, "optuna.state", state)
-        if reason:
-            self.client.set_tag(run_id, "optuna.reason", reason)
-        self.client.set_terminated(run_id, status)
+    def _finish(self, run_id: str | None, state: str, status: str, reason: str | None = None) -> None:
+        if self.log:
+            self.log.finish(run_id, state, status, reason)
 
 
 # the invocation
@@ -197,7 +214,7 @@ def tune(options: TuneOptions) -> TuneResult:
         tags={"optuna.study": options.name, "kind": "tuning"},
     ).info.run_id
     log_invocation(client, parent, options, study, data)
-    objective = Objective(options, data, client, experiment_id, parent)
+    objective = Objective(options, data, MlflowTrialLog(client, experiment_id, parent, options.name))
     try:
         study.optimize(
             objective, n_trials=options.trials, timeout=options.timeout, n_jobs=options.jobs,

@@ -113,8 +113,10 @@ class NadarayaWatson(nn.Module):
         w2 = self.w**2  # (D,) or (1,)
         q_aug = torch.cat([q * w2, torch.ones_like(q[:, :1])], dim=-1)  # (Q, D+1)
         k_aug = torch.cat([k, -(k**2 * w2).sum(-1, keepdim=True) / 2], dim=-1)  # (K, D+1)
+        # Values padded to the query/key width: fused (flash) kernels need one head size for q, k and v.
+        v_aug = F.pad(self.values[:, None], (0, k_aug.shape[1] - 1))  # (K, D+1), y in column 0
         out = F.scaled_dot_product_attention(
-            q_aug[None, None], k_aug[None, None], self.values[None, None, :, None],
+            q_aug[None, None], k_aug[None, None], v_aug[None, None],
             attn_mask=None if mask is None else mask[None, None], scale=1.0,
-        )  # (1, 1, Q, 1)
-        return out.view(-1)
+        )  # (1, 1, Q, D+1)
+        return out[0, 0, :, 0]
