@@ -77,25 +77,28 @@ def parse_request(raw: Any, model: nn.Module, limits: Limits) -> Parsed:
     if not isinstance(heads, bool):
         raise RequestError("invalid heads", '"heads" must be true or false')
     n_features = model.config.in_features
+    # Validate in plain Python, then build one tensor per request (NW) or per sequence (MHA).
     if isinstance(model, NadarayaWatson):
-        parsed = [parse_vector(item, n_features, f"instances[{i}]") for i, item in enumerate(instances)]
-    else:
-        parsed = [parse_sequence(item, n_features, limits, f"instances[{i}]") for i, item in enumerate(instances)]
-    return Parsed(parsed, heads)
+        rows = [parse_vector(item, n_features, f"instances[{i}]") for i, item in enumerate(instances)]
+        return Parsed(list(torch.tensor(rows, dtype=torch.float32).unbind(0)), heads)
+    sequences = [parse_sequence(item, n_features, limits, f"instances[{i}]") for i, item in enumerate(instances)]
+    return Parsed([torch.tensor(steps, dtype=torch.float32) for steps in sequences], heads)
 
 
-def parse_vector(item: Any, n_features: int, where: str) -> Tensor:
-    """A number (1-D models) or a list of `n_features` numbers."""
+def parse_vector(item: Any, n_features: int, where: str) -> list[float]:
+    """A number (1-D models) or a list of `n_features` finite numbers."""
     values = [item] if is_number(item) else item
     if not isinstance(values, list) or not all(is_number(v) for v in values):
         shape = "a number or a list of numbers" if n_features == 1 else f"a list of {n_features} numbers"
         raise RequestError("invalid instance", f"{where} must be {shape}, got {json.dumps(item)[:80]}")
     if len(values) != n_features:
         raise RequestError("wrong feature count", f"{where} has {len(values)} features; the model takes {n_features}")
-    return finite_tensor(values, where)
+    if not all(math.isfinite(v) for v in values):
+        raise RequestError("non-finite number", f"{where} contains NaN or infinity")
+    return values
 
 
-def parse_sequence(item: Any, n_features: int, limits: Limits, where: str) -> Tensor:
+def parse_sequence(item: Any, n_features: int, limits: Limits, where: str) -> list[list[float]]:
     """A list of steps, each a list of `n_features` numbers."""
     if not isinstance(item, list):
         raise RequestError("invalid instance", f"{where} must be a list of steps, each a list of {n_features} numbers")
@@ -103,18 +106,11 @@ def parse_sequence(item: Any, n_features: int, limits: Limits, where: str) -> Te
         raise RequestError("empty sequence", f"{where} has no steps")
     if len(item) > limits.max_steps:
         raise RequestError("sequence too long", f"{where} has {len(item)} steps; at most {limits.max_steps}", status=413)
-    steps = [parse_vector(step, n_features, f"{where}[{t}]") for t, step in enumerate(item)]
-    return torch.stack(steps)
+    return [parse_vector(step, n_features, f"{where}[{t}]") for t, step in enumerate(item)]
 
 
 def is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def finite_tensor(values: list, where: str) -> Tensor:
-    if not all(math.isfinite(v) for v in values):
-        raise RequestError("non-finite number", f"{where} contains NaN or infinity")
-    return torch.tensor(values, dtype=torch.float32)
 
 
 # predict

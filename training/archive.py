@@ -29,7 +29,7 @@ MODEL_CONFIG = {
     "minWorkers": 1,
     "maxWorkers": 1,
     "batchSize": 32,  # requests per forward pass (dynamic batching)
-    "maxBatchDelay": 20,  # ms to wait for a batch to fill
+    "maxBatchDelay": 5,  # ms to wait for a batch to fill; short, so low concurrency is not held back
     "responseTimeout": 30,  # s per batch
     "startupTimeout": 120,  # s to load the model
     "handler": {"max_instances": 256, "max_steps": 1000},
@@ -49,7 +49,10 @@ def archive_champions(name: str | None = None, out_dir: str | Path | None = None
     return [archive_champion(client, n, Path(out_dir or ARCHIVES), model_config or MODEL_CONFIG) for n in names]
 
 
-def archive_champion(client, name: str, out_dir: Path, model_config: dict) -> Path:
+def archive_champion(client, name: str, out_dir: Path, model_config: dict, archive_name: str | None = None,
+                     handler: Path = HANDLER) -> Path:
+    """`archive_name` and `handler` let benchmarks pack variants (unbatched, bare baseline) of a champion."""
+    archive_name = archive_name or name
     version = tracking.champion_version(client, name)
     if version is None:
         raise RuntimeError(f"{name!r} has no @champion in the registry at {client.tracking_uri}: run `make tune` first")
@@ -73,12 +76,12 @@ def archive_champion(client, name: str, out_dir: Path, model_config: dict) -> Pa
         config_file = tmp / "model-config.yaml"
         config_file.write_text(yaml.safe_dump(model_config, sort_keys=False))
         command = [
-            str(Path(sys.executable).with_name("torch-model-archiver")), "--model-name", name,
-            "--version", str(version.version), "--serialized-file", str(checkpoint), "--handler", str(HANDLER),
+            str(Path(sys.executable).with_name("torch-model-archiver")), "--model-name", archive_name,
+            "--version", str(version.version), "--serialized-file", str(checkpoint), "--handler", str(handler),
             "--extra-files", str(payload), "--config-file", str(config_file), "--export-path", str(out_dir), "--force",
         ]
         subprocess.run(command, check=True, capture_output=True, text=True)
-    return out_dir / f"{name}.mar"
+    return out_dir / f"{archive_name}.mar"
 
 
 def stage_payload(target: Path) -> Path:

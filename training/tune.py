@@ -251,12 +251,7 @@ def conclude(client, experiment_id, parent, options, study, data, epochs) -> Tun
         raise TuneError(f"study {options.name!r} has no completed trial: {reasons}")
     best = study.best_trial
     metric, direction = PRIMARY_METRIC[data.task]
-    setup = suggest(options.model, optuna.trial.FixedTrial(best.params), data, epochs=epochs, seed=options.seed,
-                    device=str(resolve_device(options.device)))
-    torch.manual_seed(options.seed)
-    model = prepare_model(build_model(setup.model_kind, setup.model_config), data)
-    history = fit(model, data, setup.fit_config)
-    model.cpu().eval()
+    model, history = refit(options, best.params, data, epochs)
     test = evaluate(model, data.test, data.task)
 
     with mlflow.start_run(run_id=parent):
@@ -275,6 +270,16 @@ def conclude(client, experiment_id, parent, options, study, data, epochs) -> Tun
         options.name, experiment_id, parent, best.number, best.value, best.params, test,
         version, decision.promoted, decision.reason, states,
     )
+
+
+def refit(options: TuneOptions, params: dict, data: Dataset, epochs: int) -> tuple[torch.nn.Module, FitResult]:
+    """Rebuild and train a trial's configuration exactly as the trial did; the model comes back on the CPU."""
+    setup = suggest(options.model, optuna.trial.FixedTrial(params), data, epochs=epochs, seed=options.seed,
+                    device=str(resolve_device(options.device)))
+    torch.manual_seed(options.seed)
+    model = prepare_model(build_model(setup.model_kind, setup.model_config), data)
+    result = fit(model, data, setup.fit_config)
+    return model.cpu().eval(), result
 
 
 def log_study_plots(study: optuna.Study) -> None:

@@ -1,0 +1,55 @@
+"""`python -m benchmarks [--quick] [--only ROWS] [--out DIR] [--client auto|wrk|python]`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks import mha, nw_kernel, quality, serving, tuning
+from benchmarks.common import ROOT, machine
+from benchmarks.report import write_markdown
+
+ROWS = ["nw_kernel", "mha", "serving", "tuning", "quality"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="small sizes and budgets (a smoke test, not a result)")
+    parser.add_argument("--only", default=",".join(ROWS), help=f"comma-separated subset of {','.join(ROWS)}")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks"), help="where results.md and results.json go")
+    parser.add_argument("--client", default="auto", choices=["auto", "wrk", "python"], help="serving load generator")
+    args = parser.parse_args(argv)
+    only = args.only.split(",")
+    unknown = sorted(set(only) - set(ROWS))
+    if unknown:
+        parser.error(f"unknown rows {unknown}; choose from {ROWS}")
+
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    results: dict[str, object] = {"machine": machine(), "quick": args.quick, "rows": {}, "seconds": {}}
+    runners = {
+        "nw_kernel": lambda: [r for d in devices for r in nw_kernel.run(args.quick, d)],
+        "mha": lambda: [r for d in devices for r in mha.run(args.quick, d)],
+        "serving": lambda: serving.run(args.quick, args.client),
+        "tuning": lambda: tuning.run(args.quick),
+        "quality": lambda: quality.run(args.quick),
+    }
+    for name in ROWS:
+        if name in only:
+            print(f"benchmark {name} ...", flush=True)
+            start = time.perf_counter()
+            results["rows"][name] = runners[name]()
+            results["seconds"][name] = round(time.perf_counter() - start, 1)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    write_markdown(results, out / "results.md")
+    print(f"wrote {out / 'results.md'} and {out / 'results.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,39 @@
+"""The serving benchmark's anchor: a bare TorchServe handler over the same checkpoint.
+
+It trusts its input (no validation, no per-request errors, no model metadata): the least a handler
+can do and still answer. Archived by benchmarks/serving.py, never served in production.
+"""
+
+import json
+import os
+
+import torch
+from torch import nn
+from ts.torch_handler.base_handler import BaseHandler
+
+from training.nn import NadarayaWatson, load_checkpoint
+
+
+class BaselineHandler(BaseHandler):
+    def initialize(self, context) -> None:
+        model_dir = context.system_properties["model_dir"]
+        self.model, _ = load_checkpoint(os.path.join(model_dir, context.manifest["model"]["serializedFile"]))
+        self.initialized = True
+
+    @torch.no_grad()
+    def handle(self, data, context):
+        bodies = [row.get("data", row.get("body")) for row in data]
+        bodies = [json.loads(b) if isinstance(b, (bytes, bytearray, str)) else b for b in bodies]
+        counts = [len(b["instances"]) for b in bodies]
+        instances = [torch.tensor(x, dtype=torch.float32) for b in bodies for x in b["instances"]]
+        if isinstance(self.model, NadarayaWatson):
+            out = self.model(torch.stack(instances).reshape(len(instances), -1))[0]
+        else:
+            lengths = torch.tensor([len(x) for x in instances])
+            out = self.model(nn.utils.rnn.pad_sequence(instances, batch_first=True), lengths)[0]
+        results, start = out.tolist(), 0
+        responses = []
+        for n in counts:
+            responses.append(json.dumps({"predictions": results[start : start + n]}))
+            start += n
+        return responses

@@ -1,0 +1,98 @@
+"""Load generators for loopback HTTP: wrk when installed, else a keep-alive asyncio client.
+
+Both send the same POST for a fixed time from `concurrency` connections and report throughput,
+p50/p99 latency and the count of non-200 answers. Traffic goes to 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+
+def run_load(url: str, body: bytes, token: str, concurrency: int, seconds: float, client: str = "auto") -> dict:
+    """`client`: "auto" (wrk when installed), "wrk" or "python"."""
+    host = urlsplit(url).hostname
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        raise ValueError(f"load tests target loopback only, not {host}")
+    if client == "wrk" or (client == "auto" and shutil.which("wrk")):
+        return wrk(url, body, token, concurrency, seconds)
+    return asyncio.run(async_load(url, body, token, concurrency, seconds))
+
+
+async def async_load(url: str, body: bytes, token: str, concurrency: int, seconds: float) -> dict:
+    parts = urlsplit(url)
+    request = (
+        f"POST {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\nContent-Type: application/json\r\n"
+        f"Authorization: Bearer {token}\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    latencies: list[float] = []
+    errors = [0]
+    deadline = time.perf_counter() + seconds
+
+    async def connection() -> None:
+        reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+        try:
+            while time.perf_counter() < deadline:
+                start = time.perf_counter()
+                writer.write(request)
+                await writer.drain()
+                status = int((await reader.readline()).split()[1])
+                length = 0
+                while (line := await reader.readline()) not in (b"\r\n", b""):
+                    name, _, value = line.decode().partition(":")
+                    if name.strip().lower() == "content-length":
+                        length = int(value)
+                await reader.readexactly(length)
+                latencies.append(time.perf_counter() - start)
+                errors[0] += status != 200
+        finally:
+            writer.close()
+
+    start = time.perf_counter()
+    await asyncio.gather(*(connection() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - start
+    ordered = sorted(latencies)
+    return {
+        "client": "python-asyncio", "requests": len(latencies), "rps": len(latencies) / elapsed,
+        "p50_ms": 1e3 * statistics.median(ordered) if ordered else float("nan"),
+        "p99_ms": 1e3 * ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))] if ordered else float("nan"),
+        "errors": errors[0],
+    }
+
+
+def wrk(url: str, body: bytes, token: str, concurrency: int, seconds: float) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        script = Path(tmp) / "post.lua"
+        escaped = body.decode().replace("\\", "\\\\").replace('"', '\\"')
+        script.write_text(
+            'wrk.method = "POST"\n'
+            f'wrk.body = "{escaped}"\n'
+            'wrk.headers["Content-Type"] = "application/json"\n'
+            f'wrk.headers["Authorization"] = "Bearer {token}"\n'
+        )
+        command = ["wrk", f"-t{min(2, concurrency)}", f"-c{concurrency}", f"-d{max(1, round(seconds))}s",
+                   "--latency", "-s", str(script), url]
+        out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    total = int(re.search(r"(\d+) requests in", out).group(1))
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    return {
+        "client": "wrk", "requests": total, "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+        "p50_ms": wrk_ms(re.search(r"50%\s+([\d.]+\w+)", out).group(1)),
+        "p99_ms": wrk_ms(re.search(r"99%\s+([\d.]+\w+)", out).group(1)),
+        "errors": (int(non_2xx.group(1)) if non_2xx else 0)
+        + (sum(int(g) for g in socket_errors.groups()) if socket_errors else 0),
+    }
+
+
+def wrk_ms(text: str) -> float:
+    value, unit = re.match(r"([\d.]+)(\w+)", text).groups()
+    return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4}[unit]

@@ -1,0 +1,56 @@
+"""Row 2: our MultiHeadAttention vs torch.nn.MultiheadAttention, same shapes and weights."""
+
+from __future__ import annotations
+
+import torch
+
+from benchmarks.common import median_seconds
+from training.nn.attention import MultiHeadAttention
+
+SHAPES = [(32, 128, 64, 4), (16, 512, 128, 8)]  # (B, T, D, H)
+QUICK_SHAPES = [(8, 32, 32, 4)]
+
+
+def paired(d_model: int, n_heads: int, device: str) -> tuple[MultiHeadAttention, torch.nn.MultiheadAttention]:
+    torch.manual_seed(0)
+    ours = MultiHeadAttention(d_model=d_model, n_heads=n_heads).to(device)
+    reference = torch.nn.MultiheadAttention(d_model, n_heads, batch_first=True).to(device)
+    with torch.no_grad():
+        reference.in_proj_weight.copy_(ours.in_proj.weight)
+        reference.in_proj_bias.copy_(ours.in_proj.bias)
+        reference.out_proj.weight.copy_(ours.out_proj.weight)
+        reference.out_proj.bias.copy_(ours.out_proj.bias)
+    return ours, reference
+
+
+def run(quick: bool = False, device: str = "cpu") -> list[dict]:
+    rows = []
+    for B, T, D, H in QUICK_SHAPES if quick else SHAPES:
+        ours, reference = paired(D, H, device)
+        x = torch.randn(B, T, D, device=device)
+        lengths = torch.randint(T // 2, T + 1, (B,), device=device)
+        padding = torch.arange(T, device=device)[None, :] >= lengths[:, None]  # True = ignore (torch's convention)
+
+        def ours_step():
+            ours(x, x, x, lengths)[0].sum().backward()
+
+        def reference_step():
+            reference(x, x, x, key_padding_mask=padding, need_weights=False)[0].sum().backward()
+
+        def infer(module, call):
+            module.eval()
+            with torch.inference_mode():
+                return median_seconds(call, repeats=20, warmup=3)
+
+        inference = {
+            "ours": infer(ours, lambda: ours(x, x, x, lengths)),
+            "torch": infer(reference, lambda: reference(x, x, x, key_padding_mask=padding, need_weights=False)),
+        }
+        ours.train(), reference.train()
+        training = {"ours": median_seconds(ours_step, repeats=10, warmup=2),
+                    "torch": median_seconds(reference_step, repeats=10, warmup=2)}
+        for mode, times in (("inference", inference), ("training step", training)):
+            rows.append({"device": device, "shape": f"B{B} T{T} D{D} H{H}", "mode": mode,
+                         "ours_ms": times["ours"] * 1e3, "torch_ms": times["torch"] * 1e3,
+                         "ratio": times["ours"] / times["torch"]})
+    return rows

@@ -1,0 +1,78 @@
+"""Row 3: TorchServe throughput and latency for nw-sine and mha-adding at several concurrencies,
+with and without dynamic batching, against a bare baseline handler on the same server."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import optuna
+
+from benchmarks.common import ROOT
+from benchmarks.load import run_load
+from training import serve, tracking
+from training.archive import MODEL_CONFIG, archive_champion
+from training.demo import free_ports
+from training.tune import TuneOptions, tune
+
+CONCURRENCY = [1, 16, 64]
+ADDING_SEQUENCE = [[round((i * 37 % 100) / 100, 2), float(i in (5, 30))] for i in range(50)]
+PAYLOADS = {"nw-sine": {"instances": [2.5]}, "mha-adding": {"instances": [ADDING_SEQUENCE]}}
+VARIANTS = {  # archive suffix -> (handler, batch size)
+    "": (ROOT / "handlers" / "attention_handler.py", MODEL_CONFIG["batchSize"]),
+    "-unbatched": (ROOT / "handlers" / "attention_handler.py", 1),
+    "-baseline": (ROOT / "benchmarks" / "baseline_handler.py", MODEL_CONFIG["batchSize"]),
+}
+
+
+def build_archives(root: Path, quick: bool) -> Path:
+    """Champions of nw-sine and mha-adding in private stores, packed in each variant."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    stores = dict(storage=f"sqlite:///{root / 'optuna.db'}", tracking_uri=f"sqlite:///{root / 'mlflow.db'}", progress=False)
+    tune(TuneOptions(model="nw", dataset="sine", trials=5 if quick else 20, **stores))
+    tune(TuneOptions(model="mha", dataset="adding", trials=1, epochs=1 if quick else 3, **stores))
+    client = tracking.configure(stores["tracking_uri"])
+    store = root / "archives"
+    for name in PAYLOADS:
+        for suffix, (handler, batch_size) in VARIANTS.items():
+            config = {**MODEL_CONFIG, "batchSize": batch_size}
+            archive_champion(client, name, store, config, archive_name=name + suffix, handler=handler)
+    return store
+
+
+def run(quick: bool = False, client: str = "auto") -> list[dict]:
+    """Variants are interleaved and each cell repeated; a cell reports its median-throughput run."""
+    seconds, repeats = (1.0, 1) if quick else (3.0, 3)
+    concurrency = [1, 16] if quick else CONCURRENCY
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        store = build_archives(Path(tmp), quick)
+        server = serve.start(run_dir=Path(tmp) / "run", model_store=store, ports=free_ports(), quiet=True)
+        try:
+            for name, payload in PAYLOADS.items():
+                body = json.dumps(payload).encode()
+                urls = {suffix: f"{server.inference_url}/predictions/{name}{suffix}" for suffix in VARIANTS}
+                for c in concurrency:
+                    for url in urls.values():  # warm-up at this concurrency
+                        run_load(url, body, server.token(), c, 1.0, client)
+                    runs = {suffix: [] for suffix in VARIANTS}
+                    for _ in range(repeats):
+                        for suffix, url in urls.items():
+                            runs[suffix].append(run_load(url, body, server.token(), c, seconds, client))
+                    for suffix, results in runs.items():
+                        median = sorted(results, key=lambda r: r["rps"])[len(results) // 2]
+                        rows.append({"model": name, "variant": VARIANTS_LABEL[suffix], "concurrency": c,
+                                     "repeats": len(results), **median})
+        finally:
+            serve.stop(server.run_dir, quiet=True)
+    return rows
+
+
+VARIANTS_LABEL[suffix], "concurrency": c, **result})
+        finally:
+            serve.stop(server.run_dir, quiet=True)
+    return rows
+
+
+VARIANTS_LABEL = {"": "ours, batched", "-unbatched": "ours, unbatched", "-baseline": "bare baseline, batched"}

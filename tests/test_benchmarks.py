@@ -1,0 +1,34 @@
+"""`make bench` in its quick mode (a smoke test: real server, real load, small sizes)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks.load import run_load, wrk_ms
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_quick_benchmark_writes_every_row(tmp_path):
+    subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--out", str(tmp_path), "--client", "python"],
+                   cwd=ROOT, check=True, capture_output=True)
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert set(results["rows"]) == {"nw_kernel", "mha", "serving", "tuning", "quality"}
+    assert all(r["fused_ms"] > 0 and r["direct_ms"] > 0 for r in results["rows"]["nw_kernel"])
+    serving = results["rows"]["serving"]
+    assert {r["variant"] for r in serving} == {"ours, batched", "ours, unbatched", "bare baseline, batched"}
+    assert all(r["requests"] > 0 and r["errors"] == 0 for r in serving)
+    markdown = (tmp_path / "results.md").read_text()
+    assert "QUICK smoke run" in markdown and "## 5. Model quality" in markdown and results["machine"]["versions"]
+
+
+def test_load_generator_refuses_non_loopback_targets():
+    with pytest.raises(ValueError, match="loopback"):
+        run_load("http://10.0.0.1:8080/predictions/x", b"{}", "t", 1, 0.1)
+
+
+def test_wrk_latency_units():
+    assert wrk_ms("250.00us") == pytest.approx(0.25) and wrk_ms("1.50s") == pytest.approx(1500)
