@@ -25,8 +25,8 @@ def verdict(ok: bool) -> str:
 
 def nw_section(rows: list[dict]) -> str:
     out = ["## 1. Nadaraya-Watson: fused attention kernel vs the direct Q × K kernel", "",
-           "Median time of one forward pass over all queries; peak memory above the inputs (RSS on CPU, "
-           "allocator peak on CUDA). Each case runs in its own process.", ""]
+           "Median time of one forward pass over all queries; peak memory above what was resident before the "
+           "passes (peak RSS on CPU, allocator peak on CUDA). Each case runs in its own process.", ""]
     headers = ["device", "queries × keys × dims", "fused ms", "direct ms", "speed-up", "fused peak MiB",
                "direct peak MiB", "Q×K float32 MiB"]
     out.append(table(headers, [[r["device"], f"{r['queries']} × {r['keys']:,} × {r['dims']}", r["fused_ms"], r["direct_ms"],

@@ -69,10 +69,4 @@ def run(quick: bool = False, client: str = "auto") -> list[dict]:
     return rows
 
 
-VARIANTS_LABEL[suffix], "concurrency": c, **result})
-        finally:
-            serve.stop(server.run_dir, quiet=True)
-    return rows
-
-
 VARIANTS_LABEL = {"": "ours, batched", "-unbatched": "ours, unbatched", "-baseline": "bare baseline, batched"}

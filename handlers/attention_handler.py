@@ -15,6 +15,7 @@ import torch
 from ts.torch_handler.base_handler import BaseHandler
 
 from handlers.contract import Limits, answer_batch, predict
+import training.nn
 from training.nn import load_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -33,10 +34,12 @@ class AttentionHandler(BaseHandler):
         self.model_info = {"name": info["name"], "version": info["version"], "run_id": info["run_id"]}
         options = (getattr(context, "model_yaml_config", None) or {}).get("handler", {})
         self.limits = Limits(**{k: int(v) for k, v in options.items() if k in Limits.__dataclass_fields__})
-        warm_up = torch.zeros(1, self.model.config.in_features)  # one step / one query
-        predict(self.model, [warm_up[0] if info["kind"] == "nw" else warm_up])
+        step = [0.0] * self.model.config.in_features  # one query, or a one-step sequence
+        predict(self.model, [step if info["kind"] == "nw" else [step]])
         self.initialized = True
-        logger.info("loaded %s version %s on %s", info["name"], info["version"], self.device)
+        # Where the code came from: the archive's own copy, never a repository checkout.
+        logger.info("loaded %s version %s on %s; code from %s and %s", info["name"], info["version"], self.device,
+                    os.path.dirname(os.path.abspath(__file__)), os.path.dirname(os.path.abspath(training.nn.__file__)))
 
     def handle(self, data, context):
         bodies = [row.get("data", row.get("body")) for row in data]

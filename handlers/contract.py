@@ -38,7 +38,7 @@ class RequestError(ValueError):
 
 @dataclass
 class Parsed:
-    instances: list[Tensor]  # (D,) for NW, (T, D) for sequences
+    instances: list[list]  # validated numbers: [D] for NW, [T][D] for sequences
     heads: bool = False  # explanations: include per-head self-attention weights
 
 
@@ -77,12 +77,10 @@ def parse_request(raw: Any, model: nn.Module, limits: Limits) -> Parsed:
     if not isinstance(heads, bool):
         raise RequestError("invalid heads", '"heads" must be true or false')
     n_features = model.config.in_features
-    # Validate in plain Python, then build one tensor per request (NW) or per sequence (MHA).
+    # Validated in plain Python; tensors are built once per batch in `predict`.
     if isinstance(model, NadarayaWatson):
-        rows = [parse_vector(item, n_features, f"instances[{i}]") for i, item in enumerate(instances)]
-        return Parsed(list(torch.tensor(rows, dtype=torch.float32).unbind(0)), heads)
-    sequences = [parse_sequence(item, n_features, limits, f"instances[{i}]") for i, item in enumerate(instances)]
-    return Parsed([torch.tensor(steps, dtype=torch.float32) for steps in sequences], heads)
+        return Parsed([parse_vector(item, n_features, f"instances[{i}]") for i, item in enumerate(instances)], heads)
+    return Parsed([parse_sequence(item, n_features, limits, f"instances[{i}]") for i, item in enumerate(instances)], heads)
 
 
 def parse_vector(item: Any, n_features: int, where: str) -> list[float]:
@@ -117,16 +115,18 @@ def is_number(value: Any) -> bool:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, instances: list[Tensor], *, explain: bool = False, heads: bool = False) -> list[Any]:
-    """One forward pass over instances from any number of requests; one result per instance."""
+def predict(model: nn.Module, instances: list[list], *, explain: bool = False, heads: bool = False) -> list[Any]:
+    """One forward pass over validated instances from any number of requests; one result per instance."""
     device = next(model.buffers()).device
     if isinstance(model, NadarayaWatson):
-        out, weights = model(torch.stack(instances).to(device), need_weights=explain)  # (N,), (N, K)
+        x = torch.tensor(instances, dtype=torch.float32, device=device)  # (N, D)
+        out, weights = model(x, need_weights=explain)  # (N,), (N, K)
         if not explain:
-            return [float(v) for v in out]
-        return [nw_explanation(model, float(v), w) for v, w in zip(out, weights)]
+            return out.tolist()
+        return [nw_explanation(model, v, w) for v, w in zip(out.tolist(), weights)]
     lengths = torch.tensor([len(s) for s in instances], device=device)
-    x = nn.utils.rnn.pad_sequence(instances, batch_first=True).to(device)  # (N, T, D)
+    sequences = [torch.tensor(s, dtype=torch.float32) for s in instances]
+    x = nn.utils.rnn.pad_sequence(sequences, batch_first=True).to(device)  # (N, T, D)
     out, weights = model(x, lengths, need_weights=explain)
     predictions = [sequence_prediction(model, row) for row in out]
     if not explain:
@@ -138,7 +138,7 @@ def predict(model: nn.Module, instances: list[Tensor], *, explain: bool = False,
 
 def sequence_prediction(model: nn.Module, row: Tensor) -> Any:
     if model.config.task == "regression":
-        return float(row)
+        return row.item()
     probabilities = torch.softmax(row.float(), dim=-1)
     return {"label": int(probabilities.argmax()), "probabilities": [round(float(p), 6) for p in probabilities]}
 

@@ -111,6 +111,17 @@ def test_archives_are_self_contained_and_record_their_provenance(stores, served)
         assert any(k.startswith("test_") for k in info)
 
 
+def test_workers_run_the_archived_code_not_the_checkout(served):
+    server, _ = served
+    log = (server.run_dir / "logs" / "model_log.log").read_text()
+    loaded = [line for line in log.splitlines() if "code from" in line]
+    assert loaded, "the handler logs where its code came from"
+    checkout = str(serve.ROOT)
+    for line in loaded:
+        sources = line.split("code from ", 1)[1].split(" and ")
+        assert all(not s.strip().startswith(checkout) for s in sources), line
+
+
 def test_the_model_api_is_off_and_everything_binds_to_loopback(served):
     server, _ = served
     url = f"{server.management_url}/models?url=nw-sine.mar&model_name=again"

@@ -38,7 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("stop", help="stop TorchServe")
     token = commands.add_parser("token", help="print the running server's inference token")
     token.add_argument("--refresh", action="store_true", help="ask TorchServe for a new one first")
-    commands.add_parser("ui", help="MLflow UI on http://127.0.0.1:5000 over mlruns/")
+    ui = commands.add_parser("ui", help="MLflow UI on http://127.0.0.1:5000 over mlruns/")
+    ui.add_argument("--port", type=int, default=5000)
+    ui.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI or mlruns/")
     commands.add_parser("demo", help="tune, archive, serve, query and stop: the whole product in one go")
     return parser
 
@@ -107,10 +109,11 @@ def run_token(args) -> int:
 def run_ui(args) -> int:
     from . import tracking
 
-    uri = tracking.default_tracking_uri()
-    print(f"MLflow UI on http://127.0.0.1:5000 over {uri} (Ctrl-C to stop)")
-    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
-               "--default-artifact-root", tracking.artifact_root().as_uri(), "--host", "127.0.0.1", "--port", "5000"]
+    uri = args.tracking_uri or tracking.default_tracking_uri()
+    tracking.configure(uri)  # creates mlruns/ on a fresh checkout
+    print(f"MLflow UI on http://127.0.0.1:{args.port} over {uri} (Ctrl-C to stop)", flush=True)
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--default-artifact-root",
+               tracking.artifact_root(uri).as_uri(), "--host", "127.0.0.1", "--port", str(args.port)]
     return subprocess.call(command, env={**os.environ, "MLFLOW_TRACKING_URI": uri})
 
 
