@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -36,12 +35,22 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
+def reset_peak_rss() -> int:
+    """Reset this process's peak resident memory (Linux: clear_refs 5) and return the resident bytes now."""
+    Path("/proc/self/clear_refs").write_text("5")
+    return _status_bytes("VmRSS")
+
+
 def peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    """Peak resident memory since the last reset (or since start)."""
+    return _status_bytes("VmHWM")
 
 
-def current_rss_bytes() -> int:
-    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+def _status_bytes(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024  # reported in kB
+    raise RuntimeError(f"{field} not in /proc/self/status")
 
 
 def run_isolated(module: str, args: list[str]) -> dict:

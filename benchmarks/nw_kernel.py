@@ -11,7 +11,7 @@ import sys
 
 import torch
 
-from benchmarks.common import current_rss_bytes, median_seconds, peak_rss_bytes, run_isolated
+from benchmarks.common import median_seconds, peak_rss_bytes, reset_peak_rss, run_isolated
 from training.nn import NadarayaWatson, NWConfig
 
 SIZES = [(50, 50, 1), (1024, 4096, 1), (4096, 16384, 1), (4096, 65536, 1), (2048, 16384, 8)]
@@ -32,8 +32,8 @@ def measure_case(n_queries: int, n_keys: int, dims: int, path: str, device: str)
         if device == "cuda":
             torch.cuda.reset_peak_memory_stats()
             base = torch.cuda.memory_allocated()
-        else:  # resident memory now; the run's peak above it is what the kernel added
-            base = current_rss_bytes()
+        else:  # the peak resident memory of the passes above what was resident before them
+            base = reset_peak_rss()
         repeats = 3 if n_queries * n_keys > 2**26 else 7
         seconds = median_seconds(lambda: model(queries), repeats=repeats)
         peak = (torch.cuda.max_memory_allocated() if device == "cuda" else peak_rss_bytes()) - base
