@@ -9,6 +9,7 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from .data import Dataset  # noqa: E402
 from .nn import NadarayaWatson, SequenceModel  # noqa: E402
@@ -74,12 +75,13 @@ def mha_pooling_weights(model: SequenceModel, data: Dataset, n_examples: int = 4
 def learning_curve(history: list[dict[str, float]], metric: str) -> Figure:
     fig, ax = plt.subplots(figsize=(6, 4))
     epochs = [row["epoch"] for row in history]
-    ax.plot(epochs, [row["train_loss"] for row in history], label="train loss")
+    (train,) = ax.plot(epochs, [row["train_loss"] for row in history], label="train loss")
     ax.set(xlabel="epoch", ylabel="train loss")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     other = ax.twinx()
-    other.plot(epochs, [row[f"val_{metric}"] for row in history], color="tab:orange", label=f"val {metric}")
+    (val,) = other.plot(epochs, [row[f"val_{metric}"] for row in history], color="tab:orange", label=f"val {metric}")
     other.set_ylabel(f"validation {metric}")
-    fig.legend(loc="upper right")
+    ax.legend(handles=[train, val], loc="upper right")
     ax.set_title("learning curve (refit of the best trial)")
     fig.tight_layout()
     return fig
