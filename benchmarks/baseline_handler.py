@@ -18,6 +18,9 @@ class BaselineHandler(BaseHandler):
     def initialize(self, context) -> None:
         model_dir = context.system_properties["model_dir"]
         self.model, _ = load_checkpoint(os.path.join(model_dir, context.manifest["model"]["serializedFile"]))
+        options = (getattr(context, "model_yaml_config", None) or {}).get("handler", {})
+        if "torch_threads" in options:  # the same worker settings as the handler it is compared with
+            torch.set_num_threads(int(options["torch_threads"]))
         self.initialized = True
 
     @torch.no_grad()

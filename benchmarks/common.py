@@ -30,6 +30,24 @@ def median_seconds(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) 
     return statistics.median(times)
 
 
+def paired_median_seconds(first: Callable[[], object], second: Callable[[], object], rounds: int = 15,
+                          calls: int = 3, warmup: int = 3) -> tuple[float, float]:
+    """Median per-call time of two functions measured in alternating rounds, so drifts in machine load
+    (other processes, frequency changes) hit both alike."""
+    for _ in range(warmup):
+        first(), second()
+    times: tuple[list[float], list[float]] = ([], [])
+    for _ in range(rounds):
+        for fn, bucket in ((first, times[0]), (second, times[1])):
+            sync()
+            start = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            sync()
+            bucket.append((time.perf_counter() - start) / calls)
+    return statistics.median(times[0]), statistics.median(times[1])
+
+
 def sync() -> None:
     if torch.cuda.is_available():
         torch.cuda.synchronize()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from benchmarks.common import median_seconds
+from benchmarks.common import paired_median_seconds
 from training.nn.attention import MultiHeadAttention
 
 SHAPES = [(32, 128, 64, 4), (16, 512, 128, 8)]  # (B, T, D, H)
@@ -37,20 +37,13 @@ def run(quick: bool = False, device: str = "cpu") -> list[dict]:
         def reference_step():
             reference(x, x, x, key_padding_mask=padding, need_weights=False)[0].sum().backward()
 
-        def infer(module, call):
-            module.eval()
-            with torch.inference_mode():
-                return median_seconds(call, repeats=20, warmup=3)
-
-        inference = {
-            "ours": infer(ours, lambda: ours(x, x, x, lengths)),
-            "torch": infer(reference, lambda: reference(x, x, x, key_padding_mask=padding, need_weights=False)),
-        }
+        ours.eval(), reference.eval()
+        with torch.inference_mode():
+            inference = paired_median_seconds(lambda: ours(x, x, x, lengths),
+                                              lambda: reference(x, x, x, key_padding_mask=padding, need_weights=False))
         ours.train(), reference.train()
-        training = {"ours": median_seconds(ours_step, repeats=10, warmup=2),
-                    "torch": median_seconds(reference_step, repeats=10, warmup=2)}
+        training = paired_median_seconds(ours_step, reference_step)
         for mode, times in (("inference", inference), ("training step", training)):
             rows.append({"device": device, "shape": f"B{B} T{T} D{D} H{H}", "mode": mode,
-                         "ours_ms": times["ours"] * 1e3, "torch_ms": times["torch"] * 1e3,
-                         "ratio": times["ours"] / times["torch"]})
+                         "ours_ms": times[0] * 1e3, "torch_ms": times[1] * 1e3, "ratio": times[0] / times[1]})
     return rows

@@ -34,6 +34,9 @@ class AttentionHandler(BaseHandler):
         self.model_info = {"name": info["name"], "version": info["version"], "run_id": info["run_id"]}
         options = (getattr(context, "model_yaml_config", None) or {}).get("handler", {})
         self.limits = Limits(**{k: int(v) for k, v in options.items() if k in Limits.__dataclass_fields__})
+        if self.device.type == "cpu" and "torch_threads" in options:
+            # A few threads per worker: idle OpenMP threads spinning beside the frontend cost tail latency.
+            torch.set_num_threads(int(options["torch_threads"]))
         step = [0.0] * self.model.config.in_features  # one query, or a one-step sequence
         predict(self.model, [step if info["kind"] == "nw" else [step]])
         self.initialized = True

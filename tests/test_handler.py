@@ -176,3 +176,14 @@ def test_contract_functions_work_without_torchserve():
     assert error.value.status == 400 and "takes 2" in error.value.detail
     answers = answer_batch([{"instances": [[1.0, 2.0]]}], [False], model, Limits(), {"name": "x"})
     assert answers[0][0] == 200 and len(predict(model, [[0.0, 0.0]])) == 1
+
+
+def test_worker_settings_come_from_the_model_config(tmp_path):
+    make_model_dir(tmp_path, "nw")
+    before = torch.get_num_threads()
+    try:
+        handler = AttentionHandler()
+        handler.initialize(MockContext(tmp_path, limits={"max_steps": 7, "torch_threads": 1}))
+        assert handler.limits.max_steps == 7 and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

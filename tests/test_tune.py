@@ -123,6 +123,7 @@ def test_champion_alias_does_not_move_to_a_worse_model(stores):
     (dict(model="nw", dataset="digits"), "tabular"),
     (dict(model="mha", dataset="sine"), "sequence"),
     (dict(trials=0), "at least 1"),
+    (dict(jobs=-1), "jobs at least 0"),
 ])
 def test_bad_requests_are_refused_by_name(stores, overrides, message):
     with pytest.raises(TuneError, match=message):
@@ -156,3 +157,30 @@ def test_the_ui_serves_the_store_on_loopback(stores, first):
 
         os.killpg(ui.pid, signal.SIGTERM)
         ui.wait(timeout=30)
+
+
+def test_device_pool_gives_each_running_trial_its_own_device():
+    import threading
+    import time as clock
+
+    from training.tune import DevicePool
+
+    pool, lock, running, overlaps = DevicePool(["cuda:0", "cuda:1"]), threading.Lock(), {}, []
+
+    def trial():
+        with pool.acquire() as device:
+            with lock:
+                running[device] = running.get(device, 0) + 1
+                overlaps.append(running[device])
+                assert sum(running.values()) <= 2
+            clock.sleep(0.02)
+            with lock:
+                running[device] -= 1
+
+    threads = [threading.Thread(target=trial) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert max(overlaps) == 1 and set(running) == {"cuda:0", "cuda:1"}
+    assert DevicePool.for_option("cpu").devices == ["cpu"]

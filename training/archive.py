@@ -32,7 +32,7 @@ MODEL_CONFIG = {
     "maxBatchDelay": 5,  # ms to wait for a batch to fill; short, so low concurrency is not held back
     "responseTimeout": 30,  # s per batch
     "startupTimeout": 120,  # s to load the model
-    "handler": {"max_instances": 256, "max_steps": 1000},
+    "handler": {"max_instances": 256, "max_steps": 1000, "torch_threads": 1},  # per worker, on CPU
 }
 
 

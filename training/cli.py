@@ -20,7 +20,8 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--dataset", required=True, choices=sorted(KINDS))
     tune.add_argument("--trials", type=int, default=20, help="trials to add to the study")
     tune.add_argument("--timeout", type=float, default=None, help="stop starting new trials after this many seconds")
-    tune.add_argument("--jobs", type=int, default=1, help="trials in parallel (threads; one per GPU on multi-GPU hosts)")
+    tune.add_argument("--jobs", type=int, default=0,
+                      help="trials in parallel (threads); 0 = one per GPU on multi-GPU hosts, else 1")
     tune.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     tune.add_argument("--storage", default=None, help="Optuna storage URL (default: sqlite under mlruns/)")
     tune.add_argument("--seed", type=int, default=0)

@@ -8,9 +8,12 @@ current champion on the test metric.
 from __future__ import annotations
 
 import math
+import queue
 import tempfile
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,7 +45,7 @@ class TuneOptions:
     dataset: str
     trials: int = 20
     timeout: float | None = None
-    jobs: int = 1
+    jobs: int = 0  # trials in parallel; 0 = one per GPU on multi-GPU hosts, else 1
     device: str = "auto"
     storage: str | None = None
     seed: int = 0
@@ -63,8 +66,8 @@ class TuneOptions:
         if KINDS[self.dataset] != wanted:
             fits = sorted(d for d, kind in KINDS.items() if kind == wanted)
             raise TuneError(f"model {self.model!r} takes {wanted} data ({', '.join(fits)}), not {self.dataset!r}")
-        if self.trials < 1 or self.jobs < 1:
-            raise TuneError("trials and jobs must be at least 1")
+        if self.trials < 1 or self.jobs < 0:
+            raise TuneError("trials must be at least 1 and jobs at least 0 (0: one per GPU, else 1)")
         resolve_device(self.device)
 
 
@@ -111,12 +114,33 @@ def open_study(options: TuneOptions, direction: str) -> optuna.Study:
     return study
 
 
-def trial_device(options: TuneOptions, trial_number: int) -> str:
-    """Trials go to the GPU when there is one; with several GPUs, round-robin (one trial per GPU with JOBS=n)."""
-    device = resolve_device(options.device)
-    if device.type == "cuda" and device.index is None and torch.cuda.device_count() > 1:
-        return f"cuda:{trial_number % torch.cuda.device_count()}"
-    return str(device)
+class DevicePool:
+    """Hands each running trial a device of its own when there are several (one trial per GPU);
+    with a single device, every trial uses it."""
+
+    def __init__(self, devices: list[str]):
+        self.devices = devices
+        self._free: queue.Queue[str] = queue.Queue()
+        for device in devices:
+            self._free.put(device)
+
+    @classmethod
+    def for_option(cls, option: str) -> DevicePool:
+        device = resolve_device(option)
+        if device.type == "cuda" and device.index is None and torch.cuda.device_count() > 1:
+            return cls([f"cuda:{i}" for i in range(torch.cuda.device_count())])
+        return cls([str(device)])
+
+    @contextmanager
+    def acquire(self) -> Iterator[str]:
+        if len(self.devices) == 1:
+            yield self.devices[0]
+            return
+        device = self._free.get()
+        try:
+            yield device
+        finally:
+            self._free.put(device)
 
 
 class MlflowTrialLog:
@@ -153,9 +177,13 @@ class Objective:
         self.options, self.data, self.log = options, data, log
         self.metric, self.direction = PRIMARY_METRIC[data.task]
         self.epochs = options.epochs or DEFAULT_EPOCHS[data.name]
+        self.devices = DevicePool.for_option(options.device)
 
     def __call__(self, trial: optuna.Trial) -> float:
-        device = trial_device(self.options, trial.number)
+        with self.devices.acquire() as device:
+            return self.train(trial, device)
+
+    def train(self, trial: optuna.Trial, device: str) -> float:
         setup = suggest(self.options.model, trial, self.data, epochs=self.epochs, seed=self.options.seed, device=device)
         params = {**trial.params, "device": device, "seed": self.options.seed, "max_epochs": setup.fit_config.epochs}
         run_id = self.log.start(trial, params) if self.log else None
@@ -204,7 +232,7 @@ class Objective:
 def tune(options: TuneOptions) -> TuneResult:
     options.validate()
     data = load_dataset(options.dataset, seed=DATA_SEED)
-    metric, direction = PRIMARY_METRIC[data.task]
+    _, direction = PRIMARY_METRIC[data.task]
     client = tracking.configure(options.tracking_uri)
     experiment_id = tracking.experiment_id(client, options.name)
     study = open_study(options, direction)
@@ -217,7 +245,8 @@ def tune(options: TuneOptions) -> TuneResult:
     objective = Objective(options, data, MlflowTrialLog(client, experiment_id, parent, options.name))
     try:
         study.optimize(
-            objective, n_trials=options.trials, timeout=options.timeout, n_jobs=options.jobs,
+            objective, n_trials=options.trials, timeout=options.timeout,
+            n_jobs=options.jobs or len(objective.devices.devices),
             catch=(torch.OutOfMemoryError,), show_progress_bar=options.progress,
         )
         result = conclude(client, experiment_id, parent, options, study, data, objective.epochs)
