@@ -104,7 +104,14 @@ def parse_sequence(item: Any, n_features: int, limits: Limits, where: str) -> li
         raise RequestError("empty sequence", f"{where} has no steps")
     if len(item) > limits.max_steps:
         raise RequestError("sequence too long", f"{where} has {len(item)} steps; at most {limits.max_steps}", status=413)
-    return [parse_vector(step, n_features, f"{where}[{t}]") for t, step in enumerate(item)]
+    if all(is_finite_vector(step, n_features) for step in item):  # the common case, checked cheaply
+        return item
+    return [parse_vector(step, n_features, f"{where}[{t}]") for t, step in enumerate(item)]  # names the bad step
+
+
+def is_finite_vector(value: Any, n_features: int) -> bool:
+    return (type(value) is list and len(value) == n_features
+            and all(type(v) in (int, float) and math.isfinite(v) for v in value))
 
 
 def is_number(value: Any) -> bool:
