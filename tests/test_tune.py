@@ -184,3 +184,23 @@ def test_device_pool_gives_each_running_trial_its_own_device():
         t.join()
     assert max(overlaps) == 1 and set(running) == {"cuda:0", "cuda:1"}
     assert DevicePool.for_option("cpu").devices == ["cpu"]
+
+
+def test_a_trial_whose_process_died_is_retried(tmp_path, monkeypatch):
+    import time as clock
+
+    monkeypatch.setattr(tune_module, "HEARTBEAT_SECONDS", 1)
+    monkeypatch.setattr(tune_module, "GRACE_SECONDS", 2)
+    stores = {"storage": f"sqlite:///{tmp_path / 'optuna.db'}", "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    study = tune_module.open_study(options(stores), "minimize")
+    dead = study.ask({"parametric": optuna.distributions.CategoricalDistribution([True, False]),
+                      "bandwidth": optuna.distributions.FloatDistribution(0.05, 20.0, log=True)})
+    study._storage.record_heartbeat(dead._trial_id)  # a worker started it, then its process died
+    clock.sleep(3)
+    tune(options(stores, trials=2))
+    trials = optuna.load_study(study_name="nw-sine", storage=stores["storage"]).trials
+    assert trials[0].state == optuna.trial.TrialState.FAIL
+    retried_from = optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number
+    retried = [t for t in trials if retried_from(t) == trials[0].number]
+    assert retried and retried[0].state == optuna.trial.TrialState.COMPLETE
+    assert all(retried[0].params[k] == v for k, v in trials[0].params.items())

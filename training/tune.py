@@ -33,6 +33,7 @@ from .search_space import DEFAULT_EPOCHS, SEARCH_SPACES, suggest
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 DATA_SEED = 0  # the splits never change between invocations, so a study compares like with like
+HEARTBEAT_SECONDS, GRACE_SECONDS = 30, 120  # a RUNNING trial silent for the grace period is failed and retried
 
 
 class TuneError(RuntimeError):
@@ -94,7 +95,7 @@ def open_study(options: TuneOptions, direction: str) -> optuna.Study:
     url = options.storage or tracking.default_optuna_storage()
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
     storage = optuna.storages.RDBStorage(
-        url, engine_kwargs=engine, heartbeat_interval=30, grace_period=120,
+        url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS,
         heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2),
     )
     existing = {s.study_name: s for s in optuna.get_all_study_summaries(storage)}
