@@ -47,8 +47,13 @@ java: ## Check for Java 17+ (TorchServe); install openjdk-17-jre-headless with a
 	fi
 
 .PHONY: test
-test: install ## Run the whole test suite (installs what it needs)
+test: install lint ## Run the whole test suite (installs what it needs)
 	$(PYTHON) -m pytest $(PYTEST_ARGS)
+
+.PHONY: lint
+lint: $(STAMP) ## Lint and format check (ruff)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 .PHONY: tune
 tune: $(STAMP) ## Tune: make tune MODEL=nw|mha DATASET=sine|diabetes|adding|digits TRIALS=20 [TIMEOUT= JOBS= DEVICE= STORAGE= SEED= EPOCHS=]

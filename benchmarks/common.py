@@ -30,8 +30,9 @@ def median_seconds(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) 
     return statistics.median(times)
 
 
-def paired_median_seconds(first: Callable[[], object], second: Callable[[], object], rounds: int = 15,
-                          calls: int = 3, warmup: int = 3) -> tuple[float, float]:
+def paired_median_seconds(
+    first: Callable[[], object], second: Callable[[], object], rounds: int = 15, calls: int = 3, warmup: int = 3
+) -> tuple[float, float]:
     """Median per-call time of two functions measured in alternating rounds, so drifts in machine load
     (other processes, frequency changes) hit both alike."""
     for _ in range(warmup):

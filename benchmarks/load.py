@@ -61,7 +61,9 @@ async def async_load(url: str, body: bytes, token: str, concurrency: int, second
     elapsed = time.perf_counter() - start
     ordered = sorted(latencies)
     return {
-        "client": "python-asyncio", "requests": len(latencies), "rps": len(latencies) / elapsed,
+        "client": "python-asyncio",
+        "requests": len(latencies),
+        "rps": len(latencies) / elapsed,
         "p50_ms": 1e3 * statistics.median(ordered) if ordered else float("nan"),
         "p99_ms": 1e3 * ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))] if ordered else float("nan"),
         "errors": errors[0],
@@ -78,14 +80,24 @@ def wrk(url: str, body: bytes, token: str, concurrency: int, seconds: float) -> 
             'wrk.headers["Content-Type"] = "application/json"\n'
             f'wrk.headers["Authorization"] = "Bearer {token}"\n'
         )
-        command = ["wrk", f"-t{min(2, concurrency)}", f"-c{concurrency}", f"-d{max(1, round(seconds))}s",
-                   "--latency", "-s", str(script), url]
+        command = [
+            "wrk",
+            f"-t{min(2, concurrency)}",
+            f"-c{concurrency}",
+            f"-d{max(1, round(seconds))}s",
+            "--latency",
+            "-s",
+            str(script),
+            url,
+        ]
         out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     total = int(re.search(r"(\d+) requests in", out).group(1))
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     return {
-        "client": "wrk", "requests": total, "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+        "client": "wrk",
+        "requests": total,
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
         "p50_ms": wrk_ms(re.search(r"50%\s+([\d.]+\w+)", out).group(1)),
         "p99_ms": wrk_ms(re.search(r"99%\s+([\d.]+\w+)", out).group(1)),
         "errors": (int(non_2xx.group(1)) if non_2xx else 0)

@@ -39,11 +39,20 @@ def run(quick: bool = False, device: str = "cpu") -> list[dict]:
 
         ours.eval(), reference.eval()
         with torch.inference_mode():
-            inference = paired_median_seconds(lambda: ours(x, x, x, lengths),
-                                              lambda: reference(x, x, x, key_padding_mask=padding, need_weights=False))
+            inference = paired_median_seconds(
+                lambda: ours(x, x, x, lengths), lambda: reference(x, x, x, key_padding_mask=padding, need_weights=False)
+            )
         ours.train(), reference.train()
         training = paired_median_seconds(ours_step, reference_step)
         for mode, times in (("inference", inference), ("training step", training)):
-            rows.append({"device": device, "shape": f"B{B} T{T} D{D} H{H}", "mode": mode,
-                         "ours_ms": times[0] * 1e3, "torch_ms": times[1] * 1e3, "ratio": times[0] / times[1]})
+            rows.append(
+                {
+                    "device": device,
+                    "shape": f"B{B} T{T} D{D} H{H}",
+                    "mode": mode,
+                    "ours_ms": times[0] * 1e3,
+                    "torch_ms": times[1] * 1e3,
+                    "ratio": times[0] / times[1],
+                }
+            )
     return rows

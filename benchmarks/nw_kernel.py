@@ -20,8 +20,16 @@ QUICK_SIZES = [(50, 50, 1), (512, 2048, 1), (256, 1024, 4)]
 
 def build(n_queries: int, n_keys: int, dims: int, fused: bool, device: str) -> tuple[NadarayaWatson, torch.Tensor]:
     torch.manual_seed(0)
-    model = NadarayaWatson(NWConfig(in_features=dims, n_keys=n_keys, bandwidth=2.0, learn_bandwidth=False,
-                                    fused=fused, chunk_size=max(n_queries, 1)))
+    model = NadarayaWatson(
+        NWConfig(
+            in_features=dims,
+            n_keys=n_keys,
+            bandwidth=2.0,
+            learn_bandwidth=False,
+            fused=fused,
+            chunk_size=max(n_queries, 1),
+        )
+    )
     model.set_memory(torch.randn(n_keys, dims), torch.randn(n_keys))
     return model.to(device).eval(), torch.randn(n_queries, dims, device=device)
 
@@ -45,15 +53,24 @@ def measure_case(n_queries: int, n_keys: int, dims: int, path: str, device: str)
 def run(quick: bool = False, device: str = "cpu") -> list[dict]:
     rows = []
     for q, k, d in QUICK_SIZES if quick else SIZES:
-        result = {p: run_isolated("benchmarks.nw_kernel", [str(q), str(k), str(d), p, device]) for p in ("fused", "direct")}
+        result = {
+            p: run_isolated("benchmarks.nw_kernel", [str(q), str(k), str(d), p, device]) for p in ("fused", "direct")
+        }
         fused, direct = result["fused"], result["direct"]
-        rows.append({
-            "device": device, "queries": q, "keys": k, "dims": d,
-            "fused_ms": fused["seconds"] * 1e3, "direct_ms": direct["seconds"] * 1e3,
-            "speedup": direct["seconds"] / fused["seconds"],
-            "fused_peak_mib": fused["peak_bytes"] / 2**20, "direct_peak_mib": direct["peak_bytes"] / 2**20,
-            "fused_gb_per_s": fused["bytes_moved"] / fused["seconds"] / 1e9,
-        })
+        rows.append(
+            {
+                "device": device,
+                "queries": q,
+                "keys": k,
+                "dims": d,
+                "fused_ms": fused["seconds"] * 1e3,
+                "direct_ms": direct["seconds"] * 1e3,
+                "speedup": direct["seconds"] / fused["seconds"],
+                "fused_peak_mib": fused["peak_bytes"] / 2**20,
+                "direct_peak_mib": direct["peak_bytes"] / 2**20,
+                "fused_gb_per_s": fused["bytes_moved"] / fused["seconds"] / 1e9,
+            }
+        )
     return rows
 
 

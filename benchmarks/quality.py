@@ -30,8 +30,11 @@ def ours(model: str, dataset: str, trials: int, epochs: int | None, seed: int = 
     options = TuneOptions(model=model, dataset=dataset, trials=trials, epochs=epochs, seed=seed, progress=False)
     metric, direction = PRIMARY_METRIC[data.task]
     start = time.perf_counter()
-    study = optuna.create_study(direction=direction, sampler=optuna.samplers.TPESampler(seed=seed),
-                                pruner=optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=3))
+    study = optuna.create_study(
+        direction=direction,
+        sampler=optuna.samplers.TPESampler(seed=seed),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=3),
+    )
     study.optimize(Objective(options, data), n_trials=trials)
     model_, _ = refit(options, study.best_params, data, epochs or DEFAULT_EPOCHS[dataset])
     return evaluate(model_, data.test, data.task), time.perf_counter() - start
@@ -68,29 +71,53 @@ def run(quick: bool = False) -> list[dict]:
     trials, epochs = budgets["nw-diabetes"]
     metrics, seconds = ours("nw", "diabetes", trials, epochs)
     splits = arrays("diabetes")
-    knn, knn_params = grid_search(KNeighborsRegressor, {"n_neighbors": range(1, 51), "weights": ["uniform", "distance"]},
-                                  splits, r2_score)
-    ridge, ridge_params = grid_search(centred_kernel_ridge, {"alpha": np.geomspace(1e-3, 10, 9),
-                                                             "gamma": np.geomspace(1e-4, 1, 9)}, splits, r2_score)
-    rows.append({"task": "nw-diabetes", "metric": "test R² (higher is better)", "ours": metrics["r2"],
-                 "peers": {"KNeighborsRegressor": knn, "KernelRidge (rbf)": ridge},
-                 "ours_budget": f"{trials} trials, {seconds:.0f} s", "peer_params": {"knn": knn_params, "kernel_ridge": ridge_params}})
+    knn, knn_params = grid_search(
+        KNeighborsRegressor, {"n_neighbors": range(1, 51), "weights": ["uniform", "distance"]}, splits, r2_score
+    )
+    ridge, ridge_params = grid_search(
+        centred_kernel_ridge, {"alpha": np.geomspace(1e-3, 10, 9), "gamma": np.geomspace(1e-4, 1, 9)}, splits, r2_score
+    )
+    rows.append(
+        {
+            "task": "nw-diabetes",
+            "metric": "test R² (higher is better)",
+            "ours": metrics["r2"],
+            "peers": {"KNeighborsRegressor": knn, "KernelRidge (rbf)": ridge},
+            "ours_budget": f"{trials} trials, {seconds:.0f} s",
+            "peer_params": {"knn": knn_params, "kernel_ridge": ridge_params},
+        }
+    )
 
     trials, epochs = budgets["mha-digits"]
     metrics, seconds = ours("mha", "digits", trials, epochs)
     splits = arrays("digits")
-    svc, svc_params = grid_search(SVC, {"C": np.geomspace(0.1, 100, 7), "gamma": ["scale", 1e-3, 1e-2]}, splits,
-                                  accuracy_score)
+    svc, svc_params = grid_search(
+        SVC, {"C": np.geomspace(0.1, 100, 7), "gamma": ["scale", 1e-3, 1e-2]}, splits, accuracy_score
+    )
     knn, knn_params = grid_search(KNeighborsClassifier, {"n_neighbors": range(1, 16)}, splits, accuracy_score)
-    rows.append({"task": "mha-digits", "metric": "test accuracy (higher is better)", "ours": metrics["accuracy"],
-                 "peers": {"SVC (rbf)": svc, "KNeighborsClassifier": knn},
-                 "ours_budget": f"{trials} trials x {epochs} epochs, {seconds:.0f} s", "peer_params": {"svc": svc_params, "knn": knn_params}})
+    rows.append(
+        {
+            "task": "mha-digits",
+            "metric": "test accuracy (higher is better)",
+            "ours": metrics["accuracy"],
+            "peers": {"SVC (rbf)": svc, "KNeighborsClassifier": knn},
+            "ours_budget": f"{trials} trials x {epochs} epochs, {seconds:.0f} s",
+            "peer_params": {"svc": svc_params, "knn": knn_params},
+        }
+    )
 
     trials, epochs = budgets["mha-adding"]
     metrics, seconds = ours("mha", "adding", trials, epochs)
     data = load_dataset("adding", seed=DATA_SEED)
     constant = float(((data.train.y.mean() - data.test.y) ** 2).mean())
-    rows.append({"task": "mha-adding", "metric": "test MSE (lower is better)", "ours": metrics["mse"],
-                 "peers": {"constant predictor (train mean)": constant},
-                 "ours_budget": f"{trials} trials x {epochs} epochs, {seconds:.0f} s", "peer_params": {}})
+    rows.append(
+        {
+            "task": "mha-adding",
+            "metric": "test MSE (lower is better)",
+            "ours": metrics["mse"],
+            "peers": {"constant predictor (train mean)": constant},
+            "ours_budget": f"{trials} trials x {epochs} epochs, {seconds:.0f} s",
+            "peer_params": {},
+        }
+    )
     return rows

@@ -24,34 +24,76 @@ def verdict(ok: bool) -> str:
 
 
 def nw_section(rows: list[dict]) -> str:
-    out = ["## 1. Nadaraya-Watson: fused attention kernel vs the direct Q × K kernel", "",
-           "Median time of one forward pass over all queries; peak memory above what was resident before the "
-           "passes (peak RSS on CPU, allocator peak on CUDA). Each case runs in its own process.", ""]
-    headers = ["device", "queries × keys × dims", "fused ms", "direct ms", "speed-up", "fused peak MiB",
-               "direct peak MiB", "Q×K float32 MiB"]
-    out.append(table(headers, [[r["device"], f"{r['queries']} × {r['keys']:,} × {r['dims']}", r["fused_ms"], r["direct_ms"],
-                                r["speedup"], r["fused_peak_mib"], r["direct_peak_mib"], r["queries"] * r["keys"] * 4 / 2**20]
-                               for r in rows]))
+    out = [
+        "## 1. Nadaraya-Watson: fused attention kernel vs the direct Q × K kernel",
+        "",
+        "Median time of one forward pass over all queries; peak memory above what was resident before the "
+        "passes (peak RSS on CPU, allocator peak on CUDA). Each case runs in its own process.",
+        "",
+    ]
+    headers = [
+        "device",
+        "queries × keys × dims",
+        "fused ms",
+        "direct ms",
+        "speed-up",
+        "fused peak MiB",
+        "direct peak MiB",
+        "Q×K float32 MiB",
+    ]
+    out.append(
+        table(
+            headers,
+            [
+                [
+                    r["device"],
+                    f"{r['queries']} × {r['keys']:,} × {r['dims']}",
+                    r["fused_ms"],
+                    r["direct_ms"],
+                    r["speedup"],
+                    r["fused_peak_mib"],
+                    r["direct_peak_mib"],
+                    r["queries"] * r["keys"] * 4 / 2**20,
+                ]
+                for r in rows
+            ],
+        )
+    )
     for device in sorted({r["device"] for r in rows}):
         one_d = [r for r in rows if r["device"] == device and r["dims"] == 1]
         largest = max(one_d, key=lambda r: r["queries"] * r["keys"])
         qk_mib = largest["queries"] * largest["keys"] * 4 / 2**20
-        out += ["", f"Target ({device}): ≥ 1.5× faster at the largest size — {largest['speedup']:.2f}× "
-                    f"{verdict(largest['speedup'] >= 1.5)}; memory that grows with Q + K, not Q × K — fused peak "
-                    f"{largest['fused_peak_mib']:.1f} MiB against {qk_mib:,.0f} MiB for one Q × K matrix "
-                    f"{verdict(largest['fused_peak_mib'] < 0.05 * qk_mib)}."]
+        out += [
+            "",
+            f"Target ({device}): ≥ 1.5× faster at the largest size — {largest['speedup']:.2f}× "
+            f"{verdict(largest['speedup'] >= 1.5)}; memory that grows with Q + K, not Q × K — fused peak "
+            f"{largest['fused_peak_mib']:.1f} MiB against {qk_mib:,.0f} MiB for one Q × K matrix "
+            f"{verdict(largest['fused_peak_mib'] < 0.05 * qk_mib)}.",
+        ]
         if device == "cuda":
-            out.append("Achieved bandwidth (fused, inputs read once): "
-                       + ", ".join(f"{r['queries']}×{r['keys']}: {r['fused_gb_per_s']:.1f} GB/s" for r in rows if r["device"] == "cuda"))
+            out.append(
+                "Achieved bandwidth (fused, inputs read once): "
+                + ", ".join(
+                    f"{r['queries']}×{r['keys']}: {r['fused_gb_per_s']:.1f} GB/s" for r in rows if r["device"] == "cuda"
+                )
+            )
     return "\n".join(out)
 
 
 def mha_section(rows: list[dict]) -> str:
-    out = ["## 2. Multi-head attention: ours vs `torch.nn.MultiheadAttention`", "",
-           "Same shapes and weights, self-attention with a key-padding mask; median time per call, the two "
-           "measured in alternating rounds.", ""]
-    out.append(table(["device", "shape", "mode", "ours ms", "torch ms", "ratio"],
-                     [[r["device"], r["shape"], r["mode"], r["ours_ms"], r["torch_ms"], r["ratio"]] for r in rows]))
+    out = [
+        "## 2. Multi-head attention: ours vs `torch.nn.MultiheadAttention`",
+        "",
+        "Same shapes and weights, self-attention with a key-padding mask; median time per call, the two "
+        "measured in alternating rounds.",
+        "",
+    ]
+    out.append(
+        table(
+            ["device", "shape", "mode", "ours ms", "torch ms", "ratio"],
+            [[r["device"], r["shape"], r["mode"], r["ours_ms"], r["torch_ms"], r["ratio"]] for r in rows],
+        )
+    )
     worst = max(r["ratio"] for r in rows)
     out += ["", f"Target: ≤ 1.0× — worst ratio {worst:.2f}× {verdict(worst <= 1.0)}."]
     return "\n".join(out)
@@ -59,35 +101,72 @@ def mha_section(rows: list[dict]) -> str:
 
 def serving_section(rows: list[dict]) -> str:
     client = rows[0]["client"] if rows else "?"
-    out = ["## 3. Serving: TorchServe on loopback", "",
-           f"Load generator: {client}; each cell a fixed-time run after a warm-up. Variants: our handler with "
-           "dynamic batching (`batchSize` 32, `maxBatchDelay` 5 ms), our handler unbatched (`batchSize` 1), and a "
-           "bare baseline handler (same checkpoint and server config, no validation or metadata). Load generator, "
-           "TorchServe frontend and workers share the machine's cores.", ""]
-    out.append(table(["model", "variant", "concurrency", "req/s", "p50 ms", "p99 ms", "errors"],
-                     [[r["model"], r["variant"], r["concurrency"], r["rps"], r["p50_ms"], r["p99_ms"], r["errors"]]
-                      for r in rows]))
+    out = [
+        "## 3. Serving: TorchServe on loopback",
+        "",
+        f"Load generator: {client}; each cell a fixed-time run after a warm-up. Variants: our handler with "
+        "dynamic batching (`batchSize` 32, `maxBatchDelay` 5 ms), our handler unbatched (`batchSize` 1), and a "
+        "bare baseline handler (same checkpoint and server config, no validation or metadata). Load generator, "
+        "TorchServe frontend and workers share the machine's cores.",
+        "",
+    ]
+    out.append(
+        table(
+            ["model", "variant", "concurrency", "req/s", "p50 ms", "p99 ms", "errors"],
+            [
+                [r["model"], r["variant"], r["concurrency"], r["rps"], r["p50_ms"], r["p99_ms"], r["errors"]]
+                for r in rows
+            ],
+        )
+    )
     top = max(r["concurrency"] for r in rows)
     for model in dict.fromkeys(r["model"] for r in rows):
         cell = {r["variant"]: r["rps"] for r in rows if r["model"] == model and r["concurrency"] == top}
         vs_base = cell["ours, batched"] / cell["bare baseline, batched"]
         vs_unbatched = cell["ours, batched"] / cell["ours, unbatched"]
-        out += ["", f"`{model}` at c{top}: ours / baseline = {vs_base:.2f}× (target ≥ 0.9×) {verdict(vs_base >= 0.9)}; "
-                    f"batched / unbatched = {vs_unbatched:.1f}× (target ≥ 5×) {verdict(vs_unbatched >= 5)}."]
+        out += [
+            "",
+            f"`{model}` at c{top}: ours / baseline = {vs_base:.2f}× (target ≥ 0.9×) {verdict(vs_base >= 0.9)}; "
+            f"batched / unbatched = {vs_unbatched:.1f}× (target ≥ 5×) {verdict(vs_unbatched >= 5)}.",
+        ]
     return "\n".join(out)
 
 
 def tuning_section(rows: list[dict]) -> str:
     anchor = rows[0]
-    out = ["## 4. Tuning efficiency on `nw-sine`", "",
-           f"Anchor: best single bandwidth on a dense grid, w = {anchor['anchor_bandwidth']:.2f}, test MSE "
-           f"{anchor['anchor_test_mse']:.4f}. Target: the tuner's best trial (chosen on validation) within 10% of it "
-           "on test. Seeded studies of the project's search space, with the median pruner and without.", ""]
-    out.append(table(["pruning", "studies reaching target", "median trials", "median seconds", "epochs trained (mean)",
-                      "pruned trials (mean)", "study seconds (mean)"],
-                     [["on" if r["pruning"] else "off", r["reached"], r["median_trials_to_target"],
-                       r["median_seconds_to_target"], r["mean_epochs_trained"], r["mean_pruned"], r["mean_study_seconds"]]
-                      for r in rows]))
+    out = [
+        "## 4. Tuning efficiency on `nw-sine`",
+        "",
+        f"Anchor: best single bandwidth on a dense grid, w = {anchor['anchor_bandwidth']:.2f}, test MSE "
+        f"{anchor['anchor_test_mse']:.4f}. Target: the tuner's best trial (chosen on validation) within 10% of it "
+        "on test. Seeded studies of the project's search space, with the median pruner and without.",
+        "",
+    ]
+    out.append(
+        table(
+            [
+                "pruning",
+                "studies reaching target",
+                "median trials",
+                "median seconds",
+                "epochs trained (mean)",
+                "pruned trials (mean)",
+                "study seconds (mean)",
+            ],
+            [
+                [
+                    "on" if r["pruning"] else "off",
+                    r["reached"],
+                    r["median_trials_to_target"],
+                    r["median_seconds_to_target"],
+                    r["mean_epochs_trained"],
+                    r["mean_pruned"],
+                    r["mean_study_seconds"],
+                ]
+                for r in rows
+            ],
+        )
+    )
     return "\n".join(out)
 
 
@@ -96,29 +175,49 @@ def quality_section(rows: list[dict]) -> str:
     table_rows = []
     for r in rows:
         best_peer = max(r["peers"].values()) if "higher" in r["metric"] else min(r["peers"].values())
-        table_rows.append([r["task"], r["metric"], r["ours"], ", ".join(f"{k} {v:.3f}" for k, v in r["peers"].items()),
-                           r["ours"] / best_peer, r["ours_budget"]])
+        table_rows.append(
+            [
+                r["task"],
+                r["metric"],
+                r["ours"],
+                ", ".join(f"{k} {v:.3f}" for k, v in r["peers"].items()),
+                r["ours"] / best_peer,
+                r["ours_budget"],
+            ]
+        )
     out.append(table(["task", "metric", "ours", "peers", "ours / best peer", "our budget"], table_rows))
     return "\n".join(out)
 
 
-SECTIONS = {"nw_kernel": nw_section, "mha": mha_section, "serving": serving_section, "tuning": tuning_section,
-            "quality": quality_section}
+SECTIONS = {
+    "nw_kernel": nw_section,
+    "mha": mha_section,
+    "serving": serving_section,
+    "tuning": tuning_section,
+    "quality": quality_section,
+}
 
 
 def write_markdown(results: dict, path: Path) -> None:
     m = results["machine"]
     versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items())
     lines = [
-        "# Benchmark results", "",
+        "# Benchmark results",
+        "",
         f"Produced by `make bench` ({'QUICK smoke run — not a result' if results['quick'] else 'full run'}) on "
-        f"{m['date']}.", "",
-        f"- machine: {m['cpu']}, {m['cores']} cores ({m['torch_threads']} torch threads), {m['memory_gib']} GiB, GPU: {m['gpu']}",
+        f"{m['date']}.",
+        "",
+        f"- machine: {m['cpu']}, {m['cores']} cores ({m['torch_threads']} torch threads), "
+        f"{m['memory_gib']} GiB, GPU: {m['gpu']}",
         f"- python {m['python']}; {versions}",
-        f"- seconds per row: {', '.join(f'{k} {v}' for k, v in results['seconds'].items())}", "",
+        f"- seconds per row: {', '.join(f'{k} {v}' for k, v in results['seconds'].items())}",
+        "",
     ]
     if m["gpu"] == "none":
-        lines += ["CUDA rows (1 and 2 on a GPU, with achieved bandwidth) were not run: this machine has no CUDA device.", ""]
+        lines += [
+            "CUDA rows (1 and 2 on a GPU, with achieved bandwidth) were not run: this machine has no CUDA device.",
+            "",
+        ]
     for name, rows in results["rows"].items():
         lines += [SECTIONS[name](rows), ""]
     path.write_text("\n".join(lines))

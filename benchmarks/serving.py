@@ -29,7 +29,9 @@ VARIANTS = {  # archive suffix -> (handler, batch size)
 def build_archives(root: Path, quick: bool) -> Path:
     """Champions of nw-sine and mha-adding in private stores, packed in each variant."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    stores = dict(storage=f"sqlite:///{root / 'optuna.db'}", tracking_uri=f"sqlite:///{root / 'mlflow.db'}", progress=False)
+    stores = dict(
+        storage=f"sqlite:///{root / 'optuna.db'}", tracking_uri=f"sqlite:///{root / 'mlflow.db'}", progress=False
+    )
     tune(TuneOptions(model="nw", dataset="sine", trials=5 if quick else 20, **stores))
     tune(TuneOptions(model="mha", dataset="adding", trials=1, epochs=1 if quick else 3, **stores))
     client = tracking.configure(stores["tracking_uri"])
@@ -62,8 +64,15 @@ def run(quick: bool = False, client: str = "auto") -> list[dict]:
                             runs[suffix].append(run_load(url, body, server.token(), c, seconds, client))
                     for suffix, results in runs.items():
                         median = sorted(results, key=lambda r: r["rps"])[len(results) // 2]
-                        rows.append({"model": name, "variant": VARIANTS_LABEL[suffix], "concurrency": c,
-                                     "repeats": len(results), **median})
+                        rows.append(
+                            {
+                                "model": name,
+                                "variant": VARIANTS_LABEL[suffix],
+                                "concurrency": c,
+                                "repeats": len(results),
+                                **median,
+                            }
+                        )
         finally:
             serve.stop(server.run_dir, quiet=True)
     return rows

@@ -40,9 +40,12 @@ def test_mse_of(params: dict, data, options: TuneOptions) -> float:
 def one_study(data, anchor_mse: float, pruning: bool, seed: int, trials: int) -> dict:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     options = TuneOptions(model="nw", dataset="sine", seed=seed, progress=False)
-    pruner = optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=3) if pruning else optuna.pruners.NopPruner()
-    study = optuna.create_study(direction="minimize", sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=5),
-                                pruner=pruner)
+    pruner = (
+        optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=3) if pruning else optuna.pruners.NopPruner()
+    )
+    study = optuna.create_study(
+        direction="minimize", sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=5), pruner=pruner
+    )
     reached = {"trials": None, "seconds": None}
     start, cache = time.perf_counter(), {}
 
@@ -60,8 +63,12 @@ def one_study(data, anchor_mse: float, pruning: bool, seed: int, trials: int) ->
 
     study.optimize(Objective(options, data), n_trials=trials, callbacks=[check])
     epochs = sum(len(t.intermediate_values) for t in study.trials)
-    return {**reached, "epochs": epochs, "pruned": sum(t.state.name == "PRUNED" for t in study.trials),
-            "total_seconds": time.perf_counter() - start}
+    return {
+        **reached,
+        "epochs": epochs,
+        "pruned": sum(t.state.name == "PRUNED" for t in study.trials),
+        "total_seconds": time.perf_counter() - start,
+    }
 
 
 def run(quick: bool = False) -> list[dict]:
@@ -72,14 +79,19 @@ def run(quick: bool = False) -> list[dict]:
     for pruning in (True, False):
         runs = [one_study(data, anchor, pruning, seed, trials) for seed in seeds]
         hit = [r for r in runs if r["trials"] is not None]
-        rows.append({
-            "pruning": pruning, "studies": len(runs), "trials_per_study": trials,
-            "anchor_bandwidth": bandwidth, "anchor_test_mse": anchor,
-            "reached": f"{len(hit)}/{len(runs)}",
-            "median_trials_to_target": statistics.median(r["trials"] for r in hit) if hit else None,
-            "median_seconds_to_target": statistics.median(r["seconds"] for r in hit) if hit else None,
-            "mean_epochs_trained": statistics.mean(r["epochs"] for r in runs),
-            "mean_pruned": statistics.mean(r["pruned"] for r in runs),
-            "mean_study_seconds": statistics.mean(r["total_seconds"] for r in runs),
-        })
+        rows.append(
+            {
+                "pruning": pruning,
+                "studies": len(runs),
+                "trials_per_study": trials,
+                "anchor_bandwidth": bandwidth,
+                "anchor_test_mse": anchor,
+                "reached": f"{len(hit)}/{len(runs)}",
+                "median_trials_to_target": statistics.median(r["trials"] for r in hit) if hit else None,
+                "median_seconds_to_target": statistics.median(r["seconds"] for r in hit) if hit else None,
+                "mean_epochs_trained": statistics.mean(r["epochs"] for r in runs),
+                "mean_pruned": statistics.mean(r["pruned"] for r in runs),
+                "mean_study_seconds": statistics.mean(r["total_seconds"] for r in runs),
+            }
+        )
     return rows

@@ -14,8 +14,8 @@ from http import HTTPStatus
 import torch
 from ts.torch_handler.base_handler import BaseHandler
 
-from handlers.contract import Limits, answer_batch, predict
 import training.nn
+from handlers.contract import Limits, answer_batch, predict
 from training.nn import load_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -41,8 +41,14 @@ class AttentionHandler(BaseHandler):
         predict(self.model, [step if info["kind"] == "nw" else [step]])
         self.initialized = True
         # Where the code came from: the archive's own copy, never a repository checkout.
-        logger.info("loaded %s version %s on %s; code from %s and %s", info["name"], info["version"], self.device,
-                    os.path.dirname(os.path.abspath(__file__)), os.path.dirname(os.path.abspath(training.nn.__file__)))
+        logger.info(
+            "loaded %s version %s on %s; code from %s and %s",
+            info["name"],
+            info["version"],
+            self.device,
+            os.path.dirname(os.path.abspath(__file__)),
+            os.path.dirname(os.path.abspath(training.nn.__file__)),
+        )
 
     def handle(self, data, context):
         bodies = [row.get("data", row.get("body")) for row in data]

@@ -80,7 +80,9 @@ def parse_request(raw: Any, model: nn.Module, limits: Limits) -> Parsed:
     # Validated in plain Python; tensors are built once per batch in `predict`.
     if isinstance(model, NadarayaWatson):
         return Parsed([parse_vector(item, n_features, f"instances[{i}]") for i, item in enumerate(instances)], heads)
-    return Parsed([parse_sequence(item, n_features, limits, f"instances[{i}]") for i, item in enumerate(instances)], heads)
+    return Parsed(
+        [parse_sequence(item, n_features, limits, f"instances[{i}]") for i, item in enumerate(instances)], heads
+    )
 
 
 def parse_vector(item: Any, n_features: int, where: str) -> list[float]:
@@ -103,15 +105,20 @@ def parse_sequence(item: Any, n_features: int, limits: Limits, where: str) -> li
     if not item:
         raise RequestError("empty sequence", f"{where} has no steps")
     if len(item) > limits.max_steps:
-        raise RequestError("sequence too long", f"{where} has {len(item)} steps; at most {limits.max_steps}", status=413)
+        raise RequestError(
+            "sequence too long", f"{where} has {len(item)} steps; at most {limits.max_steps}", status=413
+        )
     if all(is_finite_vector(step, n_features) for step in item):  # the common case, checked cheaply
         return item
     return [parse_vector(step, n_features, f"{where}[{t}]") for t, step in enumerate(item)]  # names the bad step
 
 
 def is_finite_vector(value: Any, n_features: int) -> bool:
-    return (type(value) is list and len(value) == n_features
-            and all(type(v) in (int, float) and math.isfinite(v) for v in value))
+    return (
+        type(value) is list
+        and len(value) == n_features
+        and all(type(v) in (int, float) and math.isfinite(v) for v in value)
+    )
 
 
 def is_number(value: Any) -> bool:
@@ -138,9 +145,7 @@ def predict(model: nn.Module, instances: list[list], *, explain: bool = False, h
     predictions = [sequence_prediction(model, row) for row in out]
     if not explain:
         return predictions
-    return [
-        sequence_explanation(p, weights, i, int(n), heads) for i, (p, n) in enumerate(zip(predictions, lengths))
-    ]
+    return [sequence_explanation(p, weights, i, int(n), heads) for i, (p, n) in enumerate(zip(predictions, lengths))]
 
 
 def sequence_prediction(model: nn.Module, row: Tensor) -> Any:

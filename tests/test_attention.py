@@ -2,7 +2,12 @@ import pytest
 import torch
 
 from training.nn.attention import (
-    AdditiveAttention, AttentionPooling, DotProductAttention, MultiHeadAttention, masked_softmax, weighted_sum,
+    AdditiveAttention,
+    AttentionPooling,
+    DotProductAttention,
+    MultiHeadAttention,
+    masked_softmax,
+    weighted_sum,
 )
 
 
@@ -19,7 +24,7 @@ def test_masked_softmax_per_query_valid_lengths():
     weights = masked_softmax(torch.randn(2, 2, 5), lens)
     for b in range(2):
         for q in range(2):
-            assert (weights[b, q, lens[b, q]:] == 0).all()
+            assert (weights[b, q, lens[b, q] :] == 0).all()
             assert weights[b, q, : lens[b, q]].sum().item() == pytest.approx(1.0, abs=1e-6)
 
 

@@ -13,8 +13,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_quick_benchmark_writes_every_row(tmp_path):
-    subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--out", str(tmp_path), "--client", "python"],
-                   cwd=ROOT, check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--out", str(tmp_path), "--client", "python"],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    )
     results = json.loads((tmp_path / "results.json").read_text())
     assert set(results["rows"]) == {"nw_kernel", "mha", "serving", "tuning", "quality"}
     assert all(r["fused_ms"] > 0 and r["direct_ms"] > 0 for r in results["rows"]["nw_kernel"])

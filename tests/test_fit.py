@@ -15,7 +15,9 @@ def mha_for(data, **overrides):
 
 def test_parametric_nw_on_diabetes_beats_the_mean_predictor():
     data = load_dataset("diabetes")
-    model = prepare_model(build_model("nw", NWConfig(in_features=10, n_keys=len(data.train), per_feature=True, bandwidth=0.5)), data)
+    model = prepare_model(
+        build_model("nw", NWConfig(in_features=10, n_keys=len(data.train), per_feature=True, bandwidth=0.5)), data
+    )
     result = fit(model, data, FitConfig(epochs=30, lr=0.05))
     baseline = ((data.train.y.mean() - data.test.y) ** 2).mean().item()
     assert evaluate(model, data.test, data.task)["mse"] < 0.7 * baseline

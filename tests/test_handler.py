@@ -40,10 +40,14 @@ def make_model_dir(path, kind):
         model = build_model("nw", NWConfig(in_features=1, n_keys=20, bandwidth=2.0))
         model.set_memory(torch.linspace(0, 5, 20), torch.sin(torch.linspace(0, 5, 20)))
     else:
-        model = build_model("mha", SequenceConfig(in_features=2, out_features=3, task="classification", d_model=8,
-                                                  n_heads=2, n_layers=1))
+        model = build_model(
+            "mha",
+            SequenceConfig(in_features=2, out_features=3, task="classification", d_model=8, n_heads=2, n_layers=1),
+        )
     save_checkpoint(model.eval(), path / "checkpoint.pt")
-    (path / "model_info.json").write_text(json.dumps({"name": f"{kind}-toy", "version": "7", "run_id": "r1", "kind": kind}))
+    (path / "model_info.json").write_text(
+        json.dumps({"name": f"{kind}-toy", "version": "7", "run_id": "r1", "kind": kind})
+    )
     return model.eval()
 
 
@@ -94,7 +98,9 @@ def test_mha_variable_length_classification_and_heads_on_request(mha):
         logits = model(torch.tensor([seq]), torch.tensor([len(seq)]))[0][0]
         assert prediction["label"] == int(logits.argmax())
         assert prediction["probabilities"] == pytest.approx(torch.softmax(logits, -1).tolist(), abs=1e-5)
-    (plain, with_heads), _ = call(handler, path, [{"instances": seqs}, {"instances": seqs, "heads": True}], explain={0, 1})
+    (plain, with_heads), _ = call(
+        handler, path, [{"instances": seqs}, {"instances": seqs, "heads": True}], explain={0, 1}
+    )
     assert "head_weights" not in plain["explanations"][0]
     first = with_heads["explanations"][0]
     assert len(first["pooling_weights"]) == 2 and sum(first["pooling_weights"]) == pytest.approx(1.0, abs=1e-5)
@@ -134,8 +140,12 @@ def test_sequence_limits_and_shapes_are_checked(mha):
         {"instances": [[[0.0, 0.0]] * 1001]},  # over max_steps
     ]
     answers, context = call(handler, path, bad + [{"instances": [[[0.0, 1.0]]]}])
-    assert [a["error"] for a in answers[:4]] == ["empty sequence", "wrong feature count", "wrong feature count",
-                                                "sequence too long"]
+    assert [a["error"] for a in answers[:4]] == [
+        "empty sequence",
+        "wrong feature count",
+        "wrong feature count",
+        "sequence too long",
+    ]
     assert "instances[0][0] has 1 features" in answers[2]["detail"]
     assert context.status[3] == 413 and context.status[4] == 200
 

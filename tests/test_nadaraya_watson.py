@@ -15,9 +15,16 @@ def random_nw(n_keys: int, dims: int, per_feature: bool, seed: int = 0) -> Nadar
     return model
 
 
-@pytest.mark.parametrize("n_queries,n_keys,dims,per_feature", [
-    (1, 1, 1, False), (50, 50, 1, False), (333, 1000, 1, False), (64, 257, 3, True), (200, 500, 10, False),
-])
+@pytest.mark.parametrize(
+    "n_queries,n_keys,dims,per_feature",
+    [
+        (1, 1, 1, False),
+        (50, 50, 1, False),
+        (333, 1000, 1, False),
+        (64, 257, 3, True),
+        (200, 500, 10, False),
+    ],
+)
 def test_fused_path_equals_direct_path(n_queries, n_keys, dims, per_feature):
     model = random_nw(n_keys, dims, per_feature)
     queries = torch.randn(n_queries, dims)
@@ -44,7 +51,7 @@ def test_leave_one_out_never_attends_to_itself():
     assert torch.equal(weights.diagonal(), torch.zeros(20))
     model.config.fused = True
     fused, _ = model(model.keys, exclude=index)
-    direct = (torch.softmax(model.scores(model.keys, ~torch.eye(20, dtype=torch.bool)), -1) @ model.values)
+    direct = torch.softmax(model.scores(model.keys, ~torch.eye(20, dtype=torch.bool)), -1) @ model.values
     assert torch.allclose(fused, direct, atol=1e-5)
 
 

@@ -19,8 +19,11 @@ def test_every_direct_dependency_is_pinned_identically_in_the_lock():
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     direct = project["dependencies"] + project["optional-dependencies"]["test"]
-    lock = {line.split("==")[0].lower(): line.strip() for line in (ROOT / "requirements.lock").read_text().splitlines()
-            if "==" in line and not line.startswith("#")}
+    lock = {
+        line.split("==")[0].lower(): line.strip()
+        for line in (ROOT / "requirements.lock").read_text().splitlines()
+        if "==" in line and not line.startswith("#")
+    }
     for requirement in direct:
         name = requirement.split("==")[0].lower()
         assert "==" in requirement, f"{requirement} is not pinned"

@@ -24,8 +24,9 @@ def served(stores):
     tune(TuneOptions(model="nw", dataset="sine", trials=6, **common))
     tune(TuneOptions(model="mha", dataset="adding", trials=1, epochs=1, **common))
     archives = archive_champions(out_dir=stores["root"] / "archives", tracking_uri=stores["tracking_uri"])
-    server = serve.start(run_dir=stores["root"] / "run", model_store=stores["root"] / "archives",
-                         ports=free_ports(), quiet=True)
+    server = serve.start(
+        run_dir=stores["root"] / "run", model_store=stores["root"] / "archives", ports=free_ports(), quiet=True
+    )
     yield server, archives
     serve.stop(server.run_dir, quiet=True)
 
@@ -73,8 +74,15 @@ def test_requests_without_a_valid_token_are_refused(served):
 
 def test_bad_inputs_get_4xx_and_the_server_stays_healthy(served):
     server, _ = served
-    bad = [("nw-sine", ["x"]), ("nw-sine", []), ("nw-sine", [[1.0, 2.0]]), ("nw-sine", [float("nan")]),
-           ("mha-adding", [[[0.1]]]), ("mha-adding", [[]]), ("mha-adding", [[[0.0, 0.0]] * 1001])]
+    bad = [
+        ("nw-sine", ["x"]),
+        ("nw-sine", []),
+        ("nw-sine", [[1.0, 2.0]]),
+        ("nw-sine", [float("nan")]),
+        ("mha-adding", [[[0.1]]]),
+        ("mha-adding", [[]]),
+        ("mha-adding", [[[0.0, 0.0]] * 1001]),
+    ]
     for name, instances in bad:
         status, answer, _ = server.predict(name, instances)  # NaN goes out as the JSON literal NaN
         assert 400 <= status < 500 and answer["error"] and answer["detail"], (name, instances, answer)

@@ -7,13 +7,20 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 
-from training import tracking, tune as tune_module
+from training import tracking
+from training import tune as tune_module
 from training.tune import TuneError, TuneOptions, tune
 
 
 def options(stores, **overrides):
-    base = dict(model="nw", dataset="sine", trials=12, storage=stores["storage"], tracking_uri=stores["tracking_uri"],
-                progress=False)
+    base = dict(
+        model="nw",
+        dataset="sine",
+        trials=12,
+        storage=stores["storage"],
+        tracking_uri=stores["tracking_uri"],
+        progress=False,
+    )
     return TuneOptions(**{**base, **overrides})
 
 
@@ -23,8 +30,9 @@ def first(stores):
 
 
 def child_runs(client, result):
-    return client.search_runs([result.experiment_id], f"tags.mlflow.parentRunId = '{result.parent_run_id}'",
-                              max_results=1000)
+    return client.search_runs(
+        [result.experiment_id], f"tags.mlflow.parentRunId = '{result.parent_run_id}'", max_results=1000
+    )
 
 
 def test_parent_and_child_runs_with_per_epoch_metrics(stores, first):
@@ -56,11 +64,22 @@ def test_pruned_trials_are_marked_in_optuna_and_mlflow(stores, first):
 
 def test_artifacts_are_present_and_not_empty(stores, first):
     client = MlflowClient(stores["tracking_uri"])
-    local = Path(mlflow.artifacts.download_artifacts(run_id=first.parent_run_id, artifact_path="",
-                                                     tracking_uri=stores["tracking_uri"]))
-    for name in ["optuna/optimization_history.html", "optuna/param_importances.html", "optuna/intermediate_values.html",
-                 "plots/nw_predictions.png", "plots/nw_attention_heatmap.png", "data/description.json"]:
-        assert (local / name).stat().st_size > 500 if name.endswith((".png", ".html")) else (local / name).exists(), name
+    local = Path(
+        mlflow.artifacts.download_artifacts(
+            run_id=first.parent_run_id, artifact_path="", tracking_uri=stores["tracking_uri"]
+        )
+    )
+    for name in [
+        "optuna/optimization_history.html",
+        "optuna/param_importances.html",
+        "optuna/intermediate_values.html",
+        "plots/nw_predictions.png",
+        "plots/nw_attention_heatmap.png",
+        "data/description.json",
+    ]:
+        assert (local / name).stat().st_size > 500 if name.endswith((".png", ".html")) else (local / name).exists(), (
+            name
+        )
     run = client.get_run(first.parent_run_id)
     assert run.inputs.dataset_inputs and run.inputs.dataset_inputs[0].dataset.name == "sine-train"
 
@@ -119,12 +138,15 @@ def test_champion_alias_does_not_move_to_a_worse_model(stores):
     assert str(client.get_model_version_by_alias("toy-model", "champion").version) == str(versions[2].version)
 
 
-@pytest.mark.parametrize("overrides,message", [
-    (dict(model="nw", dataset="digits"), "tabular"),
-    (dict(model="mha", dataset="sine"), "sequence"),
-    (dict(trials=0), "at least 1"),
-    (dict(jobs=-1), "jobs at least 0"),
-])
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (dict(model="nw", dataset="digits"), "tabular"),
+        (dict(model="mha", dataset="sine"), "sequence"),
+        (dict(trials=0), "at least 1"),
+        (dict(jobs=-1), "jobs at least 0"),
+    ],
+)
 def test_bad_requests_are_refused_by_name(stores, overrides, message):
     with pytest.raises(TuneError, match=message):
         tune(options(stores, **overrides))
@@ -139,9 +161,13 @@ def test_the_ui_serves_the_store_on_loopback(stores, first):
     from training.demo import free_port
 
     port = free_port()
-    ui = subprocess.Popen([sys.executable, "-m", "training", "ui", "--port", str(port), "--tracking-uri",
-                           stores["tracking_uri"]], cwd=Path(__file__).resolve().parents[1],
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    ui = subprocess.Popen(
+        [sys.executable, "-m", "training", "ui", "--port", str(port), "--tracking-uri", stores["tracking_uri"]],
+        cwd=Path(__file__).resolve().parents[1],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         deadline, body = time.monotonic() + 90, None
         while time.monotonic() < deadline and body is None:
@@ -193,8 +219,12 @@ def test_a_trial_whose_process_died_is_retried(tmp_path, monkeypatch):
     monkeypatch.setattr(tune_module, "GRACE_SECONDS", 2)
     stores = {"storage": f"sqlite:///{tmp_path / 'optuna.db'}", "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}
     study = tune_module.open_study(options(stores), "minimize")
-    dead = study.ask({"parametric": optuna.distributions.CategoricalDistribution([True, False]),
-                      "bandwidth": optuna.distributions.FloatDistribution(0.05, 20.0, log=True)})
+    dead = study.ask(
+        {
+            "parametric": optuna.distributions.CategoricalDistribution([True, False]),
+            "bandwidth": optuna.distributions.FloatDistribution(0.05, 20.0, log=True),
+        }
+    )
     study._storage.record_heartbeat(dead._trial_id)  # a worker started it, then its process died
     clock.sleep(3)
     tune(options(stores, trials=2))

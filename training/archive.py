@@ -40,8 +40,12 @@ def champion_names(client) -> list[str]:
     return sorted(m.name for m in client.search_registered_models() if tracking.CHAMPION in (m.aliases or {}))
 
 
-def archive_champions(name: str | None = None, out_dir: str | Path | None = None, tracking_uri: str | None = None,
-                      model_config: dict | None = None) -> list[Path]:
+def archive_champions(
+    name: str | None = None,
+    out_dir: str | Path | None = None,
+    tracking_uri: str | None = None,
+    model_config: dict | None = None,
+) -> list[Path]:
     client = tracking.configure(tracking_uri)
     names = [name] if name else champion_names(client)
     if not names:
@@ -49,8 +53,9 @@ def archive_champions(name: str | None = None, out_dir: str | Path | None = None
     return [archive_champion(client, n, Path(out_dir or ARCHIVES), model_config or MODEL_CONFIG) for n in names]
 
 
-def archive_champion(client, name: str, out_dir: Path, model_config: dict, archive_name: str | None = None,
-                     handler: Path = HANDLER) -> Path:
+def archive_champion(
+    client, name: str, out_dir: Path, model_config: dict, archive_name: str | None = None, handler: Path = HANDLER
+) -> Path:
     """`archive_name` and `handler` let benchmarks pack variants (unbatched, bare baseline) of a champion."""
     archive_name = archive_name or name
     version = tracking.champion_version(client, name)
@@ -59,26 +64,47 @@ def archive_champion(client, name: str, out_dir: Path, model_config: dict, archi
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}@{tracking.CHAMPION}", dst_path=str(tmp / "mlflow")))
+        local = Path(
+            mlflow.artifacts.download_artifacts(f"models:/{name}@{tracking.CHAMPION}", dst_path=str(tmp / "mlflow"))
+        )
         checkpoint = local / "artifacts" / "checkpoint.pt"
         sha = file_sha256(checkpoint)
         expected = version.tags.get("checkpoint_sha256")
         if expected and expected != sha:
-            raise RuntimeError(f"{name} version {version.version}: checkpoint sha256 {sha} differs from the registry's {expected}")
+            raise RuntimeError(
+                f"{name} version {version.version}: checkpoint sha256 {sha} differs from the registry's {expected}"
+            )
         model, _ = load_checkpoint(checkpoint)  # proves it loads with weights_only=True
         payload = stage_payload(tmp / "payload")
         info = {
-            "name": name, "version": str(version.version), "run_id": version.run_id, "kind": model_kind(model),
-            "sha256": sha, "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "name": name,
+            "version": str(version.version),
+            "run_id": version.run_id,
+            "kind": model_kind(model),
+            "sha256": sha,
+            "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             **{k: float(v) for k, v in version.tags.items() if k.startswith("test_")},
         }
         (payload / "model_info.json").write_text(json.dumps(info, indent=2))
         config_file = tmp / "model-config.yaml"
         config_file.write_text(yaml.safe_dump(model_config, sort_keys=False))
         command = [
-            str(Path(sys.executable).with_name("torch-model-archiver")), "--model-name", archive_name,
-            "--version", str(version.version), "--serialized-file", str(checkpoint), "--handler", str(handler),
-            "--extra-files", str(payload), "--config-file", str(config_file), "--export-path", str(out_dir), "--force",
+            str(Path(sys.executable).with_name("torch-model-archiver")),
+            "--model-name",
+            archive_name,
+            "--version",
+            str(version.version),
+            "--serialized-file",
+            str(checkpoint),
+            "--handler",
+            str(handler),
+            "--extra-files",
+            str(payload),
+            "--config-file",
+            str(config_file),
+            "--export-path",
+            str(out_dir),
+            "--force",
         ]
         subprocess.run(command, check=True, capture_output=True, text=True)
     return out_dir / f"{archive_name}.mar"
@@ -90,4 +116,3 @@ def stage_payload(target: Path) -> Path:
     shutil.copytree(ROOT / "training" / "nn", target / "training" / "nn", ignore=shutil.ignore_patterns("__pycache__"))
     (target / "training" / "__init__.py").write_text('"""The torch-only part of the training package, as served."""\n')
     return target
-

@@ -20,13 +20,16 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--dataset", required=True, choices=sorted(KINDS))
     tune.add_argument("--trials", type=int, default=20, help="trials to add to the study")
     tune.add_argument("--timeout", type=float, default=None, help="stop starting new trials after this many seconds")
-    tune.add_argument("--jobs", type=int, default=0,
-                      help="trials in parallel (threads); 0 = one per GPU on multi-GPU hosts, else 1")
+    tune.add_argument(
+        "--jobs", type=int, default=0, help="trials in parallel (threads); 0 = one per GPU on multi-GPU hosts, else 1"
+    )
     tune.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     tune.add_argument("--storage", default=None, help="Optuna storage URL (default: sqlite under mlruns/)")
     tune.add_argument("--seed", type=int, default=0)
     tune.add_argument("--epochs", type=int, default=None, help="max epochs per trial (default per data set)")
-    tune.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or mlruns/)")
+    tune.add_argument(
+        "--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or mlruns/)"
+    )
     tune.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     archive = commands.add_parser("archive", help="build archives/<name>.mar from the registry's @champion")
@@ -67,9 +70,17 @@ def run_tune(args) -> int:
     if not args.no_progress:  # the bar shows progress; per-trial lines are in MLflow
         optuna.logging.set_verbosity(optuna.logging.WARNING)
     options = TuneOptions(
-        model=args.model, dataset=args.dataset, trials=args.trials, timeout=args.timeout, jobs=args.jobs,
-        device=args.device, storage=args.storage, seed=args.seed, epochs=args.epochs,
-        tracking_uri=args.tracking_uri, progress=not args.no_progress,
+        model=args.model,
+        dataset=args.dataset,
+        trials=args.trials,
+        timeout=args.timeout,
+        jobs=args.jobs,
+        device=args.device,
+        storage=args.storage,
+        seed=args.seed,
+        epochs=args.epochs,
+        tracking_uri=args.tracking_uri,
+        progress=not args.no_progress,
     )
     print_tune_summary(tune(options), options)
     return 0
@@ -113,8 +124,20 @@ def run_ui(args) -> int:
     uri = args.tracking_uri or tracking.default_tracking_uri()
     tracking.configure(uri)  # creates mlruns/ on a fresh checkout
     print(f"MLflow UI on http://127.0.0.1:{args.port} over {uri} (Ctrl-C to stop)", flush=True)
-    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--default-artifact-root",
-               tracking.artifact_root(uri).as_uri(), "--host", "127.0.0.1", "--port", str(args.port)]
+    command = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "ui",
+        "--backend-store-uri",
+        uri,
+        "--default-artifact-root",
+        tracking.artifact_root(uri).as_uri(),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(args.port),
+    ]
     return subprocess.call(command, env={**os.environ, "MLFLOW_TRACKING_URI": uri})
 
 
@@ -125,5 +148,11 @@ def run_demo(args) -> int:
 
 
 COMMANDS = {
-    "tune": run_tune, "archive": run_archive, "serve": run_serve, "stop": run_stop, "token": run_token, "ui": run_ui, "demo": run_demo,
+    "tune": run_tune,
+    "archive": run_archive,
+    "serve": run_serve,
+    "stop": run_stop,
+    "token": run_token,
+    "ui": run_ui,
+    "demo": run_demo,
 }

@@ -56,8 +56,14 @@ class Dataset:
 
     def describe(self) -> dict[str, object]:
         return {
-            "name": self.name, "task": self.task, "kind": self.kind, "in_features": self.in_features,
-            "n_train": len(self.train), "n_val": len(self.val), "n_test": len(self.test), "n_classes": self.n_classes,
+            "name": self.name,
+            "task": self.task,
+            "kind": self.kind,
+            "in_features": self.in_features,
+            "n_train": len(self.train),
+            "n_val": len(self.val),
+            "n_test": len(self.test),
+            "n_classes": self.n_classes,
         }
 
 
@@ -130,8 +136,11 @@ def load_adding(
     full = Split(x, y, lengths)
     cuts = torch.arange(n)
     return Dataset(
-        "adding", "regression", full.subset(cuts[:n_train]),
-        full.subset(cuts[n_train : n_train + n_val]), full.subset(cuts[n_train + n_val :]),
+        "adding",
+        "regression",
+        full.subset(cuts[:n_train]),
+        full.subset(cuts[n_train : n_train + n_val]),
+        full.subset(cuts[n_train + n_val :]),
     )
 
 
@@ -147,7 +156,10 @@ def load_digits(seed: int = 0) -> Dataset:
 
 
 LOADERS: dict[str, Callable[..., Dataset]] = {
-    "sine": load_sine, "diabetes": load_diabetes, "adding": load_adding, "digits": load_digits,
+    "sine": load_sine,
+    "diabetes": load_diabetes,
+    "adding": load_adding,
+    "digits": load_digits,
 }
 
 

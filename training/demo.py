@@ -12,7 +12,10 @@ from .archive import archive_champions
 from .report import print_tune_summary
 from .tune import TuneOptions, tune
 
-DEMO_TUNES = [TuneOptions(model="nw", dataset="sine", trials=20), TuneOptions(model="mha", dataset="adding", trials=4, epochs=5)]
+DEMO_TUNES = [
+    TuneOptions(model="nw", dataset="sine", trials=20),
+    TuneOptions(model="mha", dataset="adding", trials=4, epochs=5),
+]
 
 
 def free_port() -> int:

@@ -96,7 +96,9 @@ def loss_fn(model: nn.Module, out: Tensor, y: Tensor, task: str, reduction: str)
 def evaluate(model: nn.Module, split: Split, task: str, batch_size: int = 1024) -> dict[str, float]:
     """MSE / RMSE / R^2 for regression, accuracy / NLL for classification, in raw units."""
     model.eval()
-    out = torch.cat([model_outputs(model, split.subset(slice(i, i + batch_size))) for i in range(0, len(split), batch_size)])
+    out = torch.cat(
+        [model_outputs(model, split.subset(slice(i, i + batch_size))) for i in range(0, len(split), batch_size)]
+    )
     y = split.y
     if task == "classification":
         return {

@@ -33,7 +33,9 @@ def to_frame(x: torch.Tensor, lengths: torch.Tensor | None) -> pd.DataFrame:
 def predict_frame(model: torch.nn.Module, frame: pd.DataFrame) -> np.ndarray:
     if isinstance(model, NadarayaWatson):
         return model(torch.tensor(frame.to_numpy(), dtype=torch.float32))[0].numpy()
-    sequences = [torch.tensor(np.asarray(s.tolist() if hasattr(s, "tolist") else s, dtype=np.float32)) for s in frame["sequence"]]
+    sequences = [
+        torch.tensor(np.asarray(s.tolist() if hasattr(s, "tolist") else s, dtype=np.float32)) for s in frame["sequence"]
+    ]
     lengths = torch.tensor([len(s) for s in sequences])
     x = torch.nn.utils.rnn.pad_sequence(sequences, batch_first=True)
     out = model(x, lengths)[0]

@@ -23,7 +23,10 @@ def print_tune_summary(result, options) -> None:
         ("test (refit)", test),
         ("registered", f"models:/{result.name}/{result.model_version}"),
         ("champion", ("moved: " if result.promoted else "unchanged: ") + result.decision),
-        ("review", f"make ui -> http://127.0.0.1:5000/#/experiments/{result.experiment_id}/runs/{result.parent_run_id}"),
+        (
+            "review",
+            f"make ui -> http://127.0.0.1:5000/#/experiments/{result.experiment_id}/runs/{result.parent_run_id}",
+        ),
         ("store", uri),
     ]
     print("\nTuning summary\n" + table(rows))

@@ -29,7 +29,10 @@ def suggest_nw(trial: optuna.Trial, data: Dataset, epochs: int, seed: int, devic
     parametric = trial.suggest_categorical("parametric", [True, False])
     bandwidth = trial.suggest_float("bandwidth", 0.05, 20.0, log=True)
     config = NWConfig(
-        in_features=data.in_features, n_keys=len(data.train), learn_bandwidth=parametric, bandwidth=bandwidth,
+        in_features=data.in_features,
+        n_keys=len(data.train),
+        learn_bandwidth=parametric,
+        bandwidth=bandwidth,
     )
     fit = FitConfig(epochs=0, seed=seed, device=device)
     if parametric:

@@ -37,8 +37,9 @@ class Server:
         """The current token of `kind` (inference | management | API) from key_file.json."""
         return json.loads((self.run_dir / "key_file.json").read_text())[kind]["key"]
 
-    def request(self, method: str, url: str, body: dict | None = None, token: str | None = None,
-                timeout: float = 30) -> tuple[int, dict | str, dict]:
+    def request(
+        self, method: str, url: str, body: dict | None = None, token: str | None = None, timeout: float = 30
+    ) -> tuple[int, dict | str, dict]:
         """(status, JSON or text body, headers); HTTP errors are returned, not raised."""
         data = None if body is None else json.dumps(body).encode()
         headers = {"Content-Type": "application/json"} if data is not None else {}
@@ -57,8 +58,9 @@ class Server:
 
     def predict(self, name: str, instances: list, explain: bool = False, **extra) -> tuple[int, dict | str, dict]:
         route = "explanations" if explain else "predictions"
-        return self.request("POST", f"{self.inference_url}/{route}/{name}", {"instances": instances, **extra},
-                            token=self.token())
+        return self.request(
+            "POST", f"{self.inference_url}/{route}/{name}", {"instances": instances, **extra}, token=self.token()
+        )
 
     def health(self) -> str:
         status, body, _ = self.request("GET", f"{self.inference_url}/ping", token=self.token(), timeout=5)
@@ -91,8 +93,9 @@ def read_properties(path: Path) -> dict[str, str]:
     return properties
 
 
-def resolve_config(run_dir: Path, model_store: Path, ports: dict[str, int] | None = None,
-                   overrides: dict[str, str] | None = None) -> tuple[Path, dict[str, str]]:
+def resolve_config(
+    run_dir: Path, model_store: Path, ports: dict[str, int] | None = None, overrides: dict[str, str] | None = None
+) -> tuple[Path, dict[str, str]]:
     """Write the run's config: the base file with an absolute model store and, when given, other ports."""
     properties = read_properties(BASE_CONFIG)
     properties["model_store"] = str(model_store)
@@ -108,8 +111,9 @@ def resolve_config(run_dir: Path, model_store: Path, ports: dict[str, int] | Non
 def server_for(run_dir: Path = RUN_DIR) -> Server:
     """The server whose config lives in `run_dir` (it may or may not be running)."""
     properties = read_properties(run_dir / "config.properties")
-    return Server(run_dir, properties["inference_address"], properties["management_address"],
-                  properties["metrics_address"])
+    return Server(
+        run_dir, properties["inference_address"], properties["management_address"], properties["metrics_address"]
+    )
 
 
 # start / stop
@@ -118,17 +122,25 @@ def server_for(run_dir: Path = RUN_DIR) -> Server:
 def check_java() -> None:
     java = shutil.which("java")
     if java is None:
-        raise RuntimeError("TorchServe needs Java 17+ and `java` is not on PATH: run `make install` "
-                           "(installs openjdk-17-jre-headless with apt) or install a JDK 17 yourself")
+        raise RuntimeError(
+            "TorchServe needs Java 17+ and `java` is not on PATH: run `make install` "
+            "(installs openjdk-17-jre-headless with apt) or install a JDK 17 yourself"
+        )
     version = subprocess.run([java, "-version"], capture_output=True, text=True).stderr
     match = re.search(r'version "(\d+)', version)
     if not match or int(match.group(1)) < 17:
         raise RuntimeError(f"TorchServe needs Java 17+; found: {version.splitlines()[0] if version else 'unknown'}")
 
 
-def start(models: list[str] | None = None, run_dir: Path = RUN_DIR, model_store: Path = ARCHIVES,
-          ports: dict[str, int] | None = None, overrides: dict[str, str] | None = None, timeout: float = 180,
-          quiet: bool = False) -> Server:
+def start(
+    models: list[str] | None = None,
+    run_dir: Path = RUN_DIR,
+    model_store: Path = ARCHIVES,
+    ports: dict[str, int] | None = None,
+    overrides: dict[str, str] | None = None,
+    timeout: float = 180,
+    quiet: bool = False,
+) -> Server:
     check_java()
     model_store = Path(model_store).resolve()
     archives = sorted(p.stem for p in model_store.glob("*.mar"))
@@ -144,15 +156,29 @@ def start(models: list[str] | None = None, run_dir: Path = RUN_DIR, model_store:
     (run_dir / "key_file.json").unlink(missing_ok=True)
     config, _ = resolve_config(run_dir, model_store, ports, overrides)
     names = models or archives
-    command = [str(Path(sys.executable).with_name("torchserve")), "--start", "--foreground", "--ncs",
-               "--ts-config", str(config), "--model-store", str(model_store),
-               "--models", ",".join(f"{n}={n}.mar" for n in names)]
-    env = {**os.environ, "TMPDIR": str(run_dir), "LOG_LOCATION": str(run_dir / "logs"),
-           "METRICS_LOCATION": str(run_dir / "logs")}
+    command = [
+        str(Path(sys.executable).with_name("torchserve")),
+        "--start",
+        "--foreground",
+        "--ncs",
+        "--ts-config",
+        str(config),
+        "--model-store",
+        str(model_store),
+        "--models",
+        ",".join(f"{n}={n}.mar" for n in names),
+    ]
+    env = {
+        **os.environ,
+        "TMPDIR": str(run_dir),
+        "LOG_LOCATION": str(run_dir / "logs"),
+        "METRICS_LOCATION": str(run_dir / "logs"),
+    }
     env.pop("PYTHONPATH", None)  # workers import only what the archives carry
     with open(run_dir / "logs" / "torchserve.out", "ab") as log:
-        process = subprocess.Popen(command, cwd=run_dir, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+        process = subprocess.Popen(
+            command, cwd=run_dir, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
     (run_dir / "server.pid").write_text(str(process.pid))
     server = server_for(run_dir)
     try:
@@ -236,6 +262,8 @@ def print_usage(server: Server, names: list[str]) -> None:
     print(f"  inference   {server.inference_url}   metrics {server.metrics_url}/metrics")
     print(f"  tokens      {server.run_dir / 'key_file.json'} (secret; expire, see README)")
     print("  token       TOKEN=$(.venv/bin/python -m training token)")
-    print(f"  try         curl -s -H \"Authorization: Bearer $TOKEN\" -H 'Content-Type: application/json' "
-          f"-d '{{\"instances\": [...]}}' {server.inference_url}/predictions/{example}")
+    print(
+        f"  try         curl -s -H \"Authorization: Bearer $TOKEN\" -H 'Content-Type: application/json' "
+        f"-d '{{\"instances\": [...]}}' {server.inference_url}/predictions/{example}"
+    )
     print("  stop        make stop")

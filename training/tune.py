@@ -95,7 +95,10 @@ def open_study(options: TuneOptions, direction: str) -> optuna.Study:
     url = options.storage or tracking.default_optuna_storage()
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
     storage = optuna.storages.RDBStorage(
-        url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS,
+        url,
+        engine_kwargs=engine,
+        heartbeat_interval=HEARTBEAT_SECONDS,
+        grace_period=GRACE_SECONDS,
         heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2),
     )
     existing = {s.study_name: s for s in optuna.get_all_study_summaries(storage)}
@@ -106,7 +109,11 @@ def open_study(options: TuneOptions, direction: str) -> optuna.Study:
     sampler = optuna.samplers.TPESampler(seed=options.seed + previous, n_startup_trials=5)
     pruner = optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=3)
     study = optuna.create_study(
-        storage=storage, study_name=options.name, direction=direction, sampler=sampler, pruner=pruner,
+        storage=storage,
+        study_name=options.name,
+        direction=direction,
+        sampler=sampler,
+        pruner=pruner,
         load_if_exists=True,
     )
     study.set_user_attr("model", options.model)
@@ -152,7 +159,8 @@ class MlflowTrialLog:
 
     def start(self, trial: optuna.Trial, params: dict) -> str:
         run = self.client.create_run(
-            self.experiment_id, run_name=f"trial-{trial.number}",
+            self.experiment_id,
+            run_name=f"trial-{trial.number}",
             tags={MLFLOW_PARENT_RUN_ID: self.parent, "optuna.study": self.study, "optuna.trial": str(trial.number)},
         )
         trial.set_user_attr("mlflow_run_id", run.info.run_id)
@@ -217,7 +225,11 @@ class Objective:
             raise
         if self.log:
             metrics = {f"best_val_{k}": v for k, v in result.val_metrics.items()}
-            metrics |= {"epochs_run": len(result.history), "best_epoch": result.best_epoch, "fit_seconds": result.seconds}
+            metrics |= {
+                "epochs_run": len(result.history),
+                "best_epoch": result.best_epoch,
+                "fit_seconds": result.seconds,
+            }
             self.log.metrics(run_id, metrics, 0)
         self._finish(run_id, "COMPLETE", "FINISHED")
         return value
@@ -239,16 +251,20 @@ def tune(options: TuneOptions) -> TuneResult:
     study = open_study(options, direction)
     before = len(study.trials)
     parent = client.create_run(
-        experiment_id, run_name=f"tune-{time.strftime('%Y%m%d-%H%M%S')}",
+        experiment_id,
+        run_name=f"tune-{time.strftime('%Y%m%d-%H%M%S')}",
         tags={"optuna.study": options.name, "kind": "tuning"},
     ).info.run_id
     log_invocation(client, parent, options, study, data)
     objective = Objective(options, data, MlflowTrialLog(client, experiment_id, parent, options.name))
     try:
         study.optimize(
-            objective, n_trials=options.trials, timeout=options.timeout,
+            objective,
+            n_trials=options.trials,
+            timeout=options.timeout,
             n_jobs=options.jobs or len(objective.devices.devices),
-            catch=(torch.OutOfMemoryError,), show_progress_bar=options.progress,
+            catch=(torch.OutOfMemoryError,),
+            show_progress_bar=options.progress,
         )
         result = conclude(client, experiment_id, parent, options, study, data, objective.epochs)
     except BaseException:
@@ -261,10 +277,18 @@ def tune(options: TuneOptions) -> TuneResult:
 
 def log_invocation(client, run_id: str, options: TuneOptions, study: optuna.Study, data: Dataset) -> None:
     params = {
-        "model": options.model, "dataset": options.dataset, "study": options.name, "trials_requested": options.trials,
-        "timeout_s": options.timeout, "jobs": options.jobs, "device": str(resolve_device(options.device)),
-        "seed": options.seed, "data_seed": DATA_SEED, "sampler": type(study.sampler).__name__,
-        "pruner": type(study.pruner).__name__, "storage": tracking.redact(options.storage or tracking.default_optuna_storage()),
+        "model": options.model,
+        "dataset": options.dataset,
+        "study": options.name,
+        "trials_requested": options.trials,
+        "timeout_s": options.timeout,
+        "jobs": options.jobs,
+        "device": str(resolve_device(options.device)),
+        "seed": options.seed,
+        "data_seed": DATA_SEED,
+        "sampler": type(study.sampler).__name__,
+        "pruner": type(study.pruner).__name__,
+        "storage": tracking.redact(options.storage or tracking.default_optuna_storage()),
         "trials_before": len(study.trials),
     }
     client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
@@ -294,18 +318,39 @@ def conclude(client, experiment_id, parent, options, study, data, epochs) -> Tun
         log_data_input(data)
         version, sha = log_and_register(client, model, data, options.name, parent, test, metric)
         decision = tracking.promote_if_better(client, options.name, version, metric, test[metric], direction)
-        mlflow.set_tags({"registered_version": version, "champion_promoted": decision.promoted,
-                         "champion_decision": decision.reason, "checkpoint_sha256": sha})
+        mlflow.set_tags(
+            {
+                "registered_version": version,
+                "champion_promoted": decision.promoted,
+                "champion_decision": decision.reason,
+                "checkpoint_sha256": sha,
+            }
+        )
     return TuneResult(
-        options.name, experiment_id, parent, best.number, best.value, best.params, test,
-        version, decision.promoted, decision.reason, states,
+        options.name,
+        experiment_id,
+        parent,
+        best.number,
+        best.value,
+        best.params,
+        test,
+        version,
+        decision.promoted,
+        decision.reason,
+        states,
     )
 
 
 def refit(options: TuneOptions, params: dict, data: Dataset, epochs: int) -> tuple[torch.nn.Module, FitResult]:
     """Rebuild and train a trial's configuration exactly as the trial did; the model comes back on the CPU."""
-    setup = suggest(options.model, optuna.trial.FixedTrial(params), data, epochs=epochs, seed=options.seed,
-                    device=str(resolve_device(options.device)))
+    setup = suggest(
+        options.model,
+        optuna.trial.FixedTrial(params),
+        data,
+        epochs=epochs,
+        seed=options.seed,
+        device=str(resolve_device(options.device)),
+    )
     torch.manual_seed(options.seed)
     model = prepare_model(build_model(setup.model_kind, setup.model_config), data)
     result = fit(model, data, setup.fit_config)
@@ -316,9 +361,11 @@ def log_study_plots(study: optuna.Study) -> None:
     """Optuna's interactive plots as HTML; a plot the study cannot draw yet (too few trials) is skipped."""
     import optuna.visualization as vis
 
-    for name, draw in [("optimization_history", vis.plot_optimization_history),
-                       ("param_importances", vis.plot_param_importances),
-                       ("intermediate_values", vis.plot_intermediate_values)]:
+    for name, draw in [
+        ("optimization_history", vis.plot_optimization_history),
+        ("param_importances", vis.plot_param_importances),
+        ("intermediate_values", vis.plot_intermediate_values),
+    ]:
         try:
             figure = draw(study)
         except (ValueError, RuntimeError) as error:
@@ -363,8 +410,12 @@ def log_and_register(client, model, data: Dataset, name: str, run_id: str, test:
         checkpoint = Path(tmp) / "checkpoint.pt"
         sha = save_checkpoint(model, checkpoint, {"name": name, "run_id": run_id, f"test_{metric}": test[metric]})
         info = mlflow.pyfunc.log_model(
-            name="model", python_model=str(tracking.ROOT / "training" / "mlflow_model.py"), artifacts={"checkpoint": str(checkpoint)},
-            code_paths=[str(tracking.ROOT / "training")], signature=signature, input_example=example,
+            name="model",
+            python_model=str(tracking.ROOT / "training" / "mlflow_model.py"),
+            artifacts={"checkpoint": str(checkpoint)},
+            code_paths=[str(tracking.ROOT / "training")],
+            signature=signature,
+            input_example=example,
             pip_requirements=[f"torch=={versions['torch']}", f"mlflow=={versions['mlflow']}"],
         )
     registered = mlflow.register_model(info.model_uri, name)

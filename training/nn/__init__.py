@@ -5,6 +5,13 @@ from .nadaraya_watson import NadarayaWatson, NWConfig
 from .sequence_model import SequenceConfig, SequenceModel
 
 __all__ = [
-    "MODELS", "NWConfig", "NadarayaWatson", "SequenceConfig", "SequenceModel",
-    "build_model", "load_checkpoint", "model_kind", "save_checkpoint",
+    "MODELS",
+    "NWConfig",
+    "NadarayaWatson",
+    "SequenceConfig",
+    "SequenceModel",
+    "build_model",
+    "load_checkpoint",
+    "model_kind",
+    "save_checkpoint",
 ]

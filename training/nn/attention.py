@@ -60,8 +60,13 @@ class AdditiveAttention(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(
-        self, queries: Tensor, keys: Tensor, values: Tensor, valid_lens: Tensor | None = None,
-        *, need_weights: bool = False,
+        self,
+        queries: Tensor,
+        keys: Tensor,
+        values: Tensor,
+        valid_lens: Tensor | None = None,
+        *,
+        need_weights: bool = False,
     ) -> tuple[Tensor, Tensor | None]:
         features = self.W_q(queries)[:, :, None, :] + self.W_k(keys)[:, None, :, :]  # (B, Q, K, h)
         scores = self.w_v(torch.tanh(features)).squeeze(-1)  # (B, Q, K)
@@ -78,18 +83,33 @@ class DotProductAttention(nn.Module):
         self.dropout = dropout
 
     def forward(
-        self, queries: Tensor, keys: Tensor, values: Tensor, valid_lens: Tensor | None = None,
-        *, need_weights: bool = False,
+        self,
+        queries: Tensor,
+        keys: Tensor,
+        values: Tensor,
+        valid_lens: Tensor | None = None,
+        *,
+        need_weights: bool = False,
     ) -> tuple[Tensor, Tensor | None]:
         return scaled_dot_product(
-            queries, keys, values, valid_lens,
-            dropout=self.dropout if self.training else 0.0, need_weights=need_weights,
+            queries,
+            keys,
+            values,
+            valid_lens,
+            dropout=self.dropout if self.training else 0.0,
+            need_weights=need_weights,
         )
 
 
 def scaled_dot_product(
-    queries: Tensor, keys: Tensor, values: Tensor, valid_lens: Tensor | None = None,
-    *, dropout: float = 0.0, need_weights: bool = False, scale: float | None = None,
+    queries: Tensor,
+    keys: Tensor,
+    values: Tensor,
+    valid_lens: Tensor | None = None,
+    *,
+    dropout: float = 0.0,
+    need_weights: bool = False,
+    scale: float | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """(..., Q, D) x (..., K, D) x (..., K, Dv) -> (..., Q, Dv); leading dims are (B,) or (B, H)."""
     mask = key_mask(valid_lens, queries.shape[-2], keys.shape[-2])  # (B, Q, K)
@@ -122,8 +142,13 @@ class MultiHeadAttention(nn.Module):
         self.out_proj = nn.Linear(d_model, d_model, bias=bias)
 
     def forward(
-        self, queries: Tensor, keys: Tensor, values: Tensor, valid_lens: Tensor | None = None,
-        *, need_weights: bool = False,
+        self,
+        queries: Tensor,
+        keys: Tensor,
+        values: Tensor,
+        valid_lens: Tensor | None = None,
+        *,
+        need_weights: bool = False,
     ) -> tuple[Tensor, Tensor | None]:
         if queries is keys and keys is values:  # self-attention: one matmul for q, k, v
             q, k, v = self.in_proj(queries).chunk(3, dim=-1)  # 3 x (B, T, D)
@@ -132,8 +157,12 @@ class MultiHeadAttention(nn.Module):
             b_q, b_k, b_v = self.in_proj.bias.chunk(3) if self.in_proj.bias is not None else (None,) * 3
             q, k, v = F.linear(queries, w_q, b_q), F.linear(keys, w_k, b_k), F.linear(values, w_v, b_v)
         out, weights = scaled_dot_product(
-            self._split_heads(q), self._split_heads(k), self._split_heads(v), valid_lens,
-            dropout=self.dropout if self.training else 0.0, need_weights=need_weights,
+            self._split_heads(q),
+            self._split_heads(k),
+            self._split_heads(v),
+            valid_lens,
+            dropout=self.dropout if self.training else 0.0,
+            need_weights=need_weights,
         )  # (B, H, Q, D/H), (B, H, Q, K)
         B, H, Q, Dh = out.shape
         out = out.transpose(1, 2).reshape(B, Q, H * Dh)  # (B, Q, D)

@@ -116,7 +116,10 @@ class NadarayaWatson(nn.Module):
         # Values padded to the query/key width: fused (flash) kernels need one head size for q, k and v.
         v_aug = F.pad(self.values[:, None], (0, k_aug.shape[1] - 1))  # (K, D+1), y in column 0
         out = F.scaled_dot_product_attention(
-            q_aug[None, None], k_aug[None, None], v_aug[None, None],
-            attn_mask=None if mask is None else mask[None, None], scale=1.0,
+            q_aug[None, None],
+            k_aug[None, None],
+            v_aug[None, None],
+            attn_mask=None if mask is None else mask[None, None],
+            scale=1.0,
         )  # (1, 1, Q, D+1)
         return out[0, 0, :, 0]
