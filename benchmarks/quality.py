@@ -64,6 +64,17 @@ def grid_search(make, grid: dict, splits, score) -> tuple[float, dict]:
     return score(y_test, make(**best_params).fit(x_train, y_train).predict(x_test)), best_params
 
 
+def row(task: str, metric: str, ours: float, peers: dict, budget: str, peer_params: dict) -> dict:
+    return {
+        "task": task,
+        "metric": metric,
+        "ours": ours,
+        "peers": peers,
+        "ours_budget": budget,
+        "peer_params": peer_params,
+    }
+
+
 def run(quick: bool = False) -> list[dict]:
     budgets = QUICK_BUDGETS if quick else BUDGETS
     rows = []
@@ -77,15 +88,17 @@ def run(quick: bool = False) -> list[dict]:
     ridge, ridge_params = grid_search(
         centred_kernel_ridge, {"alpha": np.geomspace(1e-3, 10, 9), "gamma": np.geomspace(1e-4, 1, 9)}, splits, r2_score
     )
+    peers = {"KNeighborsRegressor": knn, "KernelRidge (rbf)": ridge}
+    budget = f"{trials} trials, {seconds:.0f} s"
     rows.append(
-        {
-            "task": "nw-diabetes",
-            "metric": "test R² (higher is better)",
-            "ours": metrics["r2"],
-            "peers": {"KNeighborsRegressor": knn, "KernelRidge (rbf)": ridge},
-            "ours_budget": f"{trials} trials, {seconds:.0f} s",
-            "peer_params": {"knn": knn_params, "kernel_ridge": ridge_params},
-        }
+        row(
+            "nw-diabetes",
+            "test R² (higher is better)",
+            metrics["r2"],
+            peers,
+            budget,
+            {"knn": knn_params, "kernel_ridge": ridge_params},
+        )
     )
 
     trials, epochs = budgets["mha-digits"]
@@ -95,29 +108,32 @@ def run(quick: bool = False) -> list[dict]:
         SVC, {"C": np.geomspace(0.1, 100, 7), "gamma": ["scale", 1e-3, 1e-2]}, splits, accuracy_score
     )
     knn, knn_params = grid_search(KNeighborsClassifier, {"n_neighbors": range(1, 16)}, splits, accuracy_score)
+    peers = {"SVC (rbf)": svc, "KNeighborsClassifier": knn}
+    budget = f"{trials} trials x {epochs} epochs, {seconds:.0f} s"
     rows.append(
-        {
-            "task": "mha-digits",
-            "metric": "test accuracy (higher is better)",
-            "ours": metrics["accuracy"],
-            "peers": {"SVC (rbf)": svc, "KNeighborsClassifier": knn},
-            "ours_budget": f"{trials} trials x {epochs} epochs, {seconds:.0f} s",
-            "peer_params": {"svc": svc_params, "knn": knn_params},
-        }
+        row(
+            "mha-digits",
+            "test accuracy (higher is better)",
+            metrics["accuracy"],
+            peers,
+            budget,
+            {"svc": svc_params, "knn": knn_params},
+        )
     )
 
     trials, epochs = budgets["mha-adding"]
     metrics, seconds = ours("mha", "adding", trials, epochs)
     data = load_dataset("adding", seed=DATA_SEED)
     constant = float(((data.train.y.mean() - data.test.y) ** 2).mean())
+    budget = f"{trials} trials x {epochs} epochs, {seconds:.0f} s"
     rows.append(
-        {
-            "task": "mha-adding",
-            "metric": "test MSE (lower is better)",
-            "ours": metrics["mse"],
-            "peers": {"constant predictor (train mean)": constant},
-            "ours_budget": f"{trials} trials x {epochs} epochs, {seconds:.0f} s",
-            "peer_params": {},
-        }
+        row(
+            "mha-adding",
+            "test MSE (lower is better)",
+            metrics["mse"],
+            {"constant predictor (train mean)": constant},
+            budget,
+            {},
+        )
     )
     return rows
