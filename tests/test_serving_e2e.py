@@ -147,3 +147,13 @@ def test_serve_explains_what_is_missing(tmp_path, monkeypatch):
     monkeypatch.setattr(serve.shutil, "which", lambda name: None)
     with pytest.raises(RuntimeError, match="Java 17"):
         serve.start(run_dir=tmp_path / "run", model_store=tmp_path)
+
+
+def test_a_refreshed_token_replaces_the_old_one(served):
+    server, _ = served
+    old = server.token()
+    new = server.refresh_token()
+    assert new != old
+    url = f"{server.inference_url}/predictions/nw-sine"
+    assert server.request("POST", url, {"instances": [1.0]}, token=old)[0] != 200
+    assert server.request("POST", url, {"instances": [1.0]}, token=new)[0] == 200
