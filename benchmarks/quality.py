@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import optuna
 from sklearn.compose import TransformedTargetRegressor
+from sklearn.dummy import DummyRegressor
 from sklearn.kernel_ridge import KernelRidge
-from sklearn.metrics import accuracy_score, r2_score
+from sklearn.metrics import accuracy_score, mean_squared_error, r2_score
 from sklearn.neighbors import KNeighborsClassifier, KNeighborsRegressor
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
@@ -17,10 +20,74 @@ from sklearn.svm import SVC
 from training.data import load_dataset
 from training.fit import PRIMARY_METRIC, evaluate
 from training.search_space import DEFAULT_EPOCHS
-from training.tune import DATA_SEED, Objective, TuneOptions, refit
+from training.tune import DATA_SEED, Objective, TuneOptions, refit, study_pruner, study_sampler
 
-BUDGETS = {"nw-diabetes": (40, None), "mha-digits": (8, 15), "mha-adding": (4, 8)}  # (trials, epochs)
-QUICK_BUDGETS = {"nw-diabetes": (4, None), "mha-digits": (1, 2), "mha-adding": (1, 1)}
+
+@dataclass(frozen=True)
+class Task:
+    model: str
+    dataset: str
+    metric: str  # our metric key, and the peers' score below
+    label: str
+    score: Callable  # sklearn-style score(y_true, y_pred)
+    maximize: bool
+    peers: dict[str, tuple[Callable, dict]]  # name -> (estimator factory, grid searched on validation)
+    budget: tuple[int, int | None]  # our (trials, epochs); None: the data set's default epochs
+    quick_budget: tuple[int, int | None]
+
+
+def centred_kernel_ridge(**params) -> TransformedTargetRegressor:
+    """KernelRidge has no intercept: standardize the target around it."""
+    return TransformedTargetRegressor(KernelRidge(kernel="rbf", **params), transformer=StandardScaler())
+
+
+TASKS = {
+    "nw-diabetes": Task(
+        model="nw",
+        dataset="diabetes",
+        metric="r2",
+        label="test R² (higher is better)",
+        score=r2_score,
+        maximize=True,
+        peers={
+            "KNeighborsRegressor": (
+                KNeighborsRegressor,
+                {"n_neighbors": range(1, 51), "weights": ["uniform", "distance"]},
+            ),
+            "KernelRidge (rbf)": (
+                centred_kernel_ridge,
+                {"alpha": np.geomspace(1e-3, 10, 9), "gamma": np.geomspace(1e-4, 1, 9)},
+            ),
+        },
+        budget=(40, None),
+        quick_budget=(4, None),
+    ),
+    "mha-digits": Task(
+        model="mha",
+        dataset="digits",
+        metric="accuracy",
+        label="test accuracy (higher is better)",
+        score=accuracy_score,
+        maximize=True,
+        peers={
+            "SVC (rbf)": (SVC, {"C": np.geomspace(0.1, 100, 7), "gamma": ["scale", 1e-3, 1e-2]}),
+            "KNeighborsClassifier": (KNeighborsClassifier, {"n_neighbors": range(1, 16)}),
+        },
+        budget=(8, 15),
+        quick_budget=(1, 2),
+    ),
+    "mha-adding": Task(
+        model="mha",
+        dataset="adding",
+        metric="mse",
+        label="test MSE (lower is better)",
+        score=mean_squared_error,
+        maximize=False,
+        peers={"constant predictor (train mean)": (DummyRegressor, {})},
+        budget=(4, 8),
+        quick_budget=(1, 1),
+    ),
+}
 
 
 def ours(model: str, dataset: str, trials: int, epochs: int | None, seed: int = 0) -> tuple[dict, float]:
@@ -30,11 +97,7 @@ def ours(model: str, dataset: str, trials: int, epochs: int | None, seed: int = 
     options = TuneOptions(model=model, dataset=dataset, trials=trials, epochs=epochs, seed=seed, progress=False)
     metric, direction = PRIMARY_METRIC[data.task]
     start = time.perf_counter()
-    study = optuna.create_study(
-        direction=direction,
-        sampler=optuna.samplers.TPESampler(seed=seed),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=3),
-    )
+    study = optuna.create_study(direction=direction, sampler=study_sampler(seed), pruner=study_pruner())
     study.optimize(Objective(options, data), n_trials=trials)
     model_, _ = refit(options, study.best_params, data, epochs or DEFAULT_EPOCHS[dataset])
     return evaluate(model_, data.test, data.task), time.perf_counter() - start
@@ -47,93 +110,38 @@ def arrays(dataset: str):
     return [(scaler.transform(x), y) for x, y in flat]
 
 
-def centred_kernel_ridge(**params) -> TransformedTargetRegressor:
-    """KernelRidge has no intercept: standardize the target around it."""
-    return TransformedTargetRegressor(KernelRidge(kernel="rbf", **params), transformer=StandardScaler())
-
-
-def grid_search(make, grid: dict, splits, score) -> tuple[float, dict]:
+def grid_search(make, grid: dict, splits, score, maximize: bool) -> tuple[float, dict]:
     """Select on validation, refit on train, score once on test."""
     (x_train, y_train), (x_val, y_val), (x_test, y_test) = splits
+    sign = 1 if maximize else -1
     best_params, best = None, -np.inf
     for values in itertools.product(*grid.values()):
         params = dict(zip(grid, values))
-        value = score(y_val, make(**params).fit(x_train, y_train).predict(x_val))
+        value = sign * score(y_val, make(**params).fit(x_train, y_train).predict(x_val))
         if value > best:
             best_params, best = params, value
     return score(y_test, make(**best_params).fit(x_train, y_train).predict(x_test)), best_params
 
 
-def row(task: str, metric: str, ours: float, peers: dict, budget: str, peer_params: dict) -> dict:
-    return {
-        "task": task,
-        "metric": metric,
-        "ours": ours,
-        "peers": peers,
-        "ours_budget": budget,
-        "peer_params": peer_params,
-    }
-
-
 def run(quick: bool = False) -> list[dict]:
-    budgets = QUICK_BUDGETS if quick else BUDGETS
     rows = []
-
-    trials, epochs = budgets["nw-diabetes"]
-    metrics, seconds = ours("nw", "diabetes", trials, epochs)
-    splits = arrays("diabetes")
-    knn, knn_params = grid_search(
-        KNeighborsRegressor, {"n_neighbors": range(1, 51), "weights": ["uniform", "distance"]}, splits, r2_score
-    )
-    ridge, ridge_params = grid_search(
-        centred_kernel_ridge, {"alpha": np.geomspace(1e-3, 10, 9), "gamma": np.geomspace(1e-4, 1, 9)}, splits, r2_score
-    )
-    peers = {"KNeighborsRegressor": knn, "KernelRidge (rbf)": ridge}
-    budget = f"{trials} trials, {seconds:.0f} s"
-    rows.append(
-        row(
-            "nw-diabetes",
-            "test R² (higher is better)",
-            metrics["r2"],
-            peers,
-            budget,
-            {"knn": knn_params, "kernel_ridge": ridge_params},
+    for name, task in TASKS.items():
+        trials, epochs = task.quick_budget if quick else task.budget
+        metrics, seconds = ours(task.model, task.dataset, trials, epochs)
+        splits = arrays(task.dataset)
+        searched = {
+            peer: grid_search(make, grid, splits, task.score, task.maximize)
+            for peer, (make, grid) in task.peers.items()
+        }
+        budget = f"{trials} trials" + (f" x {epochs} epochs" if epochs else "") + f", {seconds:.0f} s"
+        rows.append(
+            {
+                "task": name,
+                "metric": task.label,
+                "ours": metrics[task.metric],
+                "peers": {peer: value for peer, (value, _) in searched.items()},
+                "ours_budget": budget,
+                "peer_params": {peer: params for peer, (_, params) in searched.items()},
+            }
         )
-    )
-
-    trials, epochs = budgets["mha-digits"]
-    metrics, seconds = ours("mha", "digits", trials, epochs)
-    splits = arrays("digits")
-    svc, svc_params = grid_search(
-        SVC, {"C": np.geomspace(0.1, 100, 7), "gamma": ["scale", 1e-3, 1e-2]}, splits, accuracy_score
-    )
-    knn, knn_params = grid_search(KNeighborsClassifier, {"n_neighbors": range(1, 16)}, splits, accuracy_score)
-    peers = {"SVC (rbf)": svc, "KNeighborsClassifier": knn}
-    budget = f"{trials} trials x {epochs} epochs, {seconds:.0f} s"
-    rows.append(
-        row(
-            "mha-digits",
-            "test accuracy (higher is better)",
-            metrics["accuracy"],
-            peers,
-            budget,
-            {"svc": svc_params, "knn": knn_params},
-        )
-    )
-
-    trials, epochs = budgets["mha-adding"]
-    metrics, seconds = ours("mha", "adding", trials, epochs)
-    data = load_dataset("adding", seed=DATA_SEED)
-    constant = float(((data.train.y.mean() - data.test.y) ** 2).mean())
-    budget = f"{trials} trials x {epochs} epochs, {seconds:.0f} s"
-    rows.append(
-        row(
-            "mha-adding",
-            "test MSE (lower is better)",
-            metrics["mse"],
-            {"constant predictor (train mean)": constant},
-            budget,
-            {},
-        )
-    )
     return rows

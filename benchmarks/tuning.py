@@ -17,7 +17,7 @@ from training.data import load_dataset, prepare_model
 from training.fit import evaluate
 from training.nn import NWConfig, build_model
 from training.search_space import DEFAULT_EPOCHS
-from training.tune import Objective, TuneOptions, refit
+from training.tune import Objective, TuneOptions, refit, study_pruner, study_sampler
 
 TARGET = 1.10  # within 10% of the anchor
 
@@ -40,12 +40,8 @@ def test_mse_of(params: dict, data, options: TuneOptions) -> float:
 def one_study(data, anchor_mse: float, pruning: bool, seed: int, trials: int) -> dict:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     options = TuneOptions(model="nw", dataset="sine", seed=seed, progress=False)
-    pruner = (
-        optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=3) if pruning else optuna.pruners.NopPruner()
-    )
-    study = optuna.create_study(
-        direction="minimize", sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=5), pruner=pruner
-    )
+    pruner = study_pruner() if pruning else optuna.pruners.NopPruner()
+    study = optuna.create_study(direction="minimize", sampler=study_sampler(seed), pruner=pruner)
     reached = {"trials": None, "seconds": None}
     start, cache = time.perf_counter(), {}
 

@@ -17,6 +17,8 @@ from torch import Tensor, nn
 
 from training.nn import NadarayaWatson
 
+NUMBER_TYPES = (int, float)  # what JSON numbers decode to; `type(...) in` keeps bools (true/false) out
+
 
 @dataclass(frozen=True)
 class Limits:
@@ -117,12 +119,12 @@ def is_finite_vector(value: Any, n_features: int) -> bool:
     return (
         type(value) is list
         and len(value) == n_features
-        and all(type(v) in (int, float) and math.isfinite(v) for v in value)
+        and all(type(v) in NUMBER_TYPES and math.isfinite(v) for v in value)
     )
 
 
 def is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return type(value) in NUMBER_TYPES
 
 
 # predict

@@ -90,6 +90,15 @@ class TuneResult:
 # the study
 
 
+def study_sampler(seed: int) -> optuna.samplers.BaseSampler:
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=5)
+
+
+def study_pruner() -> optuna.pruners.BasePruner:
+    """Median pruning once 4 trials finished, from epoch 3 on: weak trials stop early."""
+    return optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=3)
+
+
 def open_study(options: TuneOptions, direction: str) -> optuna.Study:
     """Create the study, or continue it: the same name in the same storage is never duplicated."""
     url = options.storage or tracking.default_optuna_storage()
@@ -106,14 +115,12 @@ def open_study(options: TuneOptions, direction: str) -> optuna.Study:
     if options.name in existing and existing[options.name].direction.name.lower() != direction:
         raise TuneError(f"study {options.name!r} in {tracking.redact(url)} optimizes the other direction")
     # The sampler seed moves with the trial count, so a continued study does not replay its first draws.
-    sampler = optuna.samplers.TPESampler(seed=options.seed + previous, n_startup_trials=5)
-    pruner = optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=3)
     study = optuna.create_study(
         storage=storage,
         study_name=options.name,
         direction=direction,
-        sampler=sampler,
-        pruner=pruner,
+        sampler=study_sampler(options.seed + previous),
+        pruner=study_pruner(),
         load_if_exists=True,
     )
     study.set_user_attr("model", options.model)
