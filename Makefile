@@ -67,8 +67,13 @@ archive: $(STAMP) ## Build archives/<name>.mar from the registry's @champion: ma
 serve: install ## Start TorchServe in the background with every archive, wait until healthy
 	$(PYTHON) -m training serve
 
+.PHONY: deploy
+deploy: $(STAMP) ## Roll the newly archived champion into the running server, no request dropped: make deploy NAME=nw-sine
+	@test -n "$(NAME)" || { echo "NAME is required, e.g. make deploy NAME=nw-sine"; exit 2; }
+	$(PYTHON) -m training deploy --name $(NAME)
+
 .PHONY: stop
-stop: $(STAMP) ## Stop TorchServe
+stop: $(STAMP) ## Stop TorchServe (returns when the whole server process tree is gone)
 	$(PYTHON) -m training stop
 
 .PHONY: ui

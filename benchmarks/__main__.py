@@ -9,11 +9,11 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import mha, nw_kernel, quality, serving, tuning
+from benchmarks import mha, nw_kernel, quality, serving, serving_ops, tuning
 from benchmarks.common import ROOT, machine
 from benchmarks.report import write_markdown
 
-ROWS = ["nw_kernel", "mha", "serving", "tuning", "quality"]
+ROWS = ["nw_kernel", "mha", "serving", "tuning", "quality", "batch_delay", "soak"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
         "serving": lambda: serving.run(args.quick, args.client),
         "tuning": lambda: tuning.run(args.quick),
         "quality": lambda: quality.run(args.quick),
+        "batch_delay": lambda: serving_ops.run_delays(args.quick, args.client),
+        "soak": lambda: serving_ops.run_soak(args.quick, args.client),
     }
     for name in ROWS:
         if name in only:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from benchmarks.serving_ops import SOAK_CONCURRENCY, choose_delay
+from training.archive import MODEL_CONFIG
+
 
 def fmt(value, digits: int = 3) -> str:
     if value is None:
@@ -189,12 +192,55 @@ def quality_section(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+def delay_section(rows: list[dict]) -> str:
+    shipped = MODEL_CONFIG["maxBatchDelay"]
+    out = [
+        "## 6. Batching delay: low-load latency vs high-load throughput",
+        "",
+        "`maxBatchDelay` is how long TorchServe waits for a batch to fill. Each cell: the median of the runs.",
+        "",
+        table(
+            ["model", "maxBatchDelay ms", "concurrency", "req/s", "p50 ms", "p99 ms", "errors"],
+            [
+                [r["model"], r["delay_ms"], r["concurrency"], r["rps"], r["p50_ms"], r["p99_ms"], r["errors"]]
+                for r in rows
+            ],
+        ),
+    ]
+    for model in dict.fromkeys(r["model"] for r in rows):
+        chosen = choose_delay(rows, model)
+        out += [
+            "",
+            f"`{model}`: delays meeting both targets (c64 ≥ 0.9× best, c1 p50 ≤ 2 ms): largest {chosen} ms; "
+            f"shipped default {shipped} ms {verdict(chosen is not None and shipped <= chosen)}.",
+        ]
+    return "\n".join(out)
+
+
+def soak_section(rows: list[dict]) -> str:
+    errors = sum(r["errors"] for r in rows)
+    return "\n".join(
+        [
+            f"## 7. Soak: concurrency {SOAK_CONCURRENCY} for {rows[0]['seconds']:.0f} s per model",
+            "",
+            table(
+                ["model", "requests", "req/s", "p50 ms", "p99 ms", "errors"],
+                [[r["model"], r["requests"], r["rps"], r["p50_ms"], r["p99_ms"], r["errors"]] for r in rows],
+            ),
+            "",
+            f"Target: 0 errors — {errors} {verdict(errors == 0)}.",
+        ]
+    )
+
+
 SECTIONS = {
     "nw_kernel": nw_section,
     "mha": mha_section,
     "serving": serving_section,
     "tuning": tuning_section,
     "quality": quality_section,
+    "batch_delay": delay_section,
+    "soak": soak_section,
 }
 
 

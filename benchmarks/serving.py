@@ -26,8 +26,9 @@ VARIANTS = {  # archive suffix -> (handler, batch size)
 }
 
 
-def build_archives(root: Path, quick: bool) -> Path:
-    """Champions of nw-sine and mha-adding in private stores, packed in each variant."""
+def build_archives(root: Path, quick: bool, variants: dict[str, dict] | None = None) -> Path:
+    """Champions of nw-sine and mha-adding in private stores, packed in each variant (suffix -> handler and
+    model-config overrides; default: the three variants of this row)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     stores = dict(
         storage=f"sqlite:///{root / 'optuna.db'}", tracking_uri=f"sqlite:///{root / 'mlflow.db'}", progress=False
@@ -36,9 +37,13 @@ def build_archives(root: Path, quick: bool) -> Path:
     tune(TuneOptions(model="mha", dataset="adding", trials=1, epochs=1 if quick else 3, **stores))
     client = tracking.configure(stores["tracking_uri"])
     store = root / "archives"
+    variants = variants or {
+        suffix: {"handler": handler, "batchSize": batch_size} for suffix, (handler, batch_size) in VARIANTS.items()
+    }
     for name in PAYLOADS:
-        for suffix, (handler, batch_size) in VARIANTS.items():
-            config = {**MODEL_CONFIG, "batchSize": batch_size}
+        for suffix, overrides in variants.items():
+            handler = overrides.get("handler", VARIANTS[""][0])
+            config = {**MODEL_CONFIG, **{k: v for k, v in overrides.items() if k != "handler"}}
             archive_champion(client, name, store, config, archive_name=name + suffix, handler=handler)
     return store
 

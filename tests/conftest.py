@@ -1,3 +1,5 @@
+import shutil
+
 import pytest
 
 
@@ -10,3 +12,31 @@ def stores(tmp_path_factory):
         "storage": f"sqlite:///{root / 'optuna.db'}",
         "root": root,
     }
+
+
+@pytest.fixture(scope="session")
+def champions(tmp_path_factory):
+    """nw-sine and mha-adding tuned briefly in real stores and archived from the registry's @champion,
+    shared by the serving tests (each starts its own TorchServe over a copy of the model store)."""
+    from training.archive import archive_champions
+    from training.tune import TuneOptions, tune
+
+    root = tmp_path_factory.mktemp("champions")
+    stores = {"tracking_uri": f"sqlite:///{root / 'mlflow.db'}", "storage": f"sqlite:///{root / 'optuna.db'}"}
+    tune(TuneOptions(model="nw", dataset="sine", trials=6, progress=False, **stores))
+    tune(TuneOptions(model="mha", dataset="adding", trials=1, epochs=1, progress=False, **stores))
+    archives = archive_champions(out_dir=root / "archives", tracking_uri=stores["tracking_uri"])
+    return {**stores, "root": root, "archives": archives}
+
+
+@pytest.fixture(scope="session")
+def model_store_copy(champions):
+    """Makes a private model store holding the champions' archives (for tests that add or alter archives)."""
+
+    def copy(target):
+        target.mkdir(parents=True)
+        for archive in champions["archives"]:
+            shutil.copy(archive, target / archive.name)
+        return target
+
+    return copy

@@ -20,7 +20,9 @@ def test_quick_benchmark_writes_every_row(tmp_path):
         capture_output=True,
     )
     results = json.loads((tmp_path / "results.json").read_text())
-    assert set(results["rows"]) == {"nw_kernel", "mha", "serving", "tuning", "quality"}
+    assert set(results["rows"]) == {"nw_kernel", "mha", "serving", "tuning", "quality", "batch_delay", "soak"}
+    assert {r["delay_ms"] for r in results["rows"]["batch_delay"]} == {0, 5}
+    assert all(r["errors"] == 0 and r["requests"] > 0 for r in results["rows"]["soak"])
     assert all(r["fused_ms"] > 0 and r["direct_ms"] > 0 for r in results["rows"]["nw_kernel"])
     serving = results["rows"]["serving"]
     assert {r["variant"] for r in serving} == {"ours, batched", "ours, unbatched", "bare baseline, batched"}

@@ -10,42 +10,35 @@ import pytest
 from mlflow import MlflowClient
 
 from training import serve
-from training.archive import archive_champions
 from training.demo import free_ports
-from training.tune import TuneOptions, tune
 
 pytestmark = pytest.mark.e2e
 SEQUENCES = [[[0.3, 1], [0.9, 0], [0.5, 1]], [[0.1, 0]] * 7 + [[0.7, 1], [0.2, 1]]]
 
 
 @pytest.fixture(scope="module")
-def served(stores):
-    common = dict(storage=stores["storage"], tracking_uri=stores["tracking_uri"], progress=False)
-    tune(TuneOptions(model="nw", dataset="sine", trials=6, **common))
-    tune(TuneOptions(model="mha", dataset="adding", trials=1, epochs=1, **common))
-    archives = archive_champions(out_dir=stores["root"] / "archives", tracking_uri=stores["tracking_uri"])
-    server = serve.start(
-        run_dir=stores["root"] / "run", model_store=stores["root"] / "archives", ports=free_ports(), quiet=True
-    )
-    yield server, archives
+def served(champions, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("e2e-run")
+    server = serve.start(run_dir=run_dir, model_store=champions["root"] / "archives", ports=free_ports(), quiet=True)
+    yield server, champions["archives"]
     serve.stop(server.run_dir, quiet=True)
 
 
-def champion(stores, name):
-    mlflow.set_tracking_uri(stores["tracking_uri"])
+def champion(champions, name):
+    mlflow.set_tracking_uri(champions["tracking_uri"])
     return mlflow.pyfunc.load_model(f"models:/{name}@champion")
 
 
-def test_served_predictions_equal_in_process_predictions(stores, served):
+def test_served_predictions_equal_in_process_predictions(champions, served):
     server, _ = served
     status, body, _ = server.predict("nw-sine", [0.5, 2.5, 4.9])
-    expected = champion(stores, "nw-sine").predict(pd.DataFrame({"x0": [0.5, 2.5, 4.9]}))
+    expected = champion(champions, "nw-sine").predict(pd.DataFrame({"x0": [0.5, 2.5, 4.9]}))
     assert status == 200 and body["predictions"] == pytest.approx(expected.tolist(), abs=1e-5)
-    version = MlflowClient(stores["tracking_uri"]).get_model_version_by_alias("nw-sine", "champion")
+    version = MlflowClient(champions["tracking_uri"]).get_model_version_by_alias("nw-sine", "champion")
     assert body["model"] == {"name": "nw-sine", "version": str(version.version), "run_id": version.run_id}
 
     status, body, _ = server.predict("mha-adding", SEQUENCES)
-    expected = champion(stores, "mha-adding").predict(pd.DataFrame({"sequence": SEQUENCES}))
+    expected = champion(champions, "mha-adding").predict(pd.DataFrame({"sequence": SEQUENCES}))
     assert status == 200 and body["predictions"] == pytest.approx(expected.tolist(), abs=1e-4)
 
 
@@ -102,9 +95,9 @@ def test_concurrent_requests_are_batched_and_all_answered_correctly(served):
     assert max(batch_sizes) > 1
 
 
-def test_archives_are_self_contained_and_record_their_provenance(stores, served):
+def test_archives_are_self_contained_and_record_their_provenance(champions, served):
     _, archives = served
-    client = MlflowClient(stores["tracking_uri"])
+    client = MlflowClient(champions["tracking_uri"])
     for path in archives:
         with zipfile.ZipFile(path) as archive:
             names = set(archive.namelist())
@@ -130,11 +123,21 @@ def test_workers_run_the_archived_code_not_the_checkout(served):
         assert all(not s.strip().startswith(checkout) for s in sources), line
 
 
-def test_the_model_api_is_off_and_everything_binds_to_loopback(served):
+def test_model_registration_is_token_guarded_and_limited_to_the_model_store(served, tmp_path):
     server, _ = served
-    url = f"{server.management_url}/models?url=nw-sine.mar&model_name=again"
-    status, _, _ = server.request("POST", url, token=server.token("management"))
-    assert status >= 400
+    outside = tmp_path / "elsewhere.mar"
+    outside.write_bytes(b"not an archive")
+    for url in (outside.as_uri(), "http://127.0.0.1:9/x.mar", "../nw-sine.mar"):
+        status, body, _ = server.manage("POST", "/models", url=url)
+        assert status >= 400, (url, body)
+    register = f"{server.management_url}/models?url=nw-sine.mar"
+    for token in (None, server.token()):  # none, or the inference token
+        assert server.request("POST", register, token=token)[0] >= 400
+    assert sorted(server.models()) == ["mha-adding", "nw-sine"]
+
+
+def test_everything_binds_to_loopback(served):
+    server, _ = served
     for address in (server.inference_url, server.management_url, server.metrics_url):
         assert address.startswith("http://127.0.0.1:")
     status, metrics, _ = server.request("GET", f"{server.metrics_url}/metrics", token=server.token())

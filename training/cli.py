@@ -39,9 +39,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="start TorchServe in the background with every archive")
     serve.add_argument("--models", default=None, help="comma-separated model names (default: every archive)")
+    deploy = commands.add_parser("deploy", help="roll archives/<name>.mar into the running server, no request dropped")
+    deploy.add_argument("--name", required=True, help="e.g. nw-sine (run `make archive NAME=...` first)")
+    deploy.add_argument("--tracking-uri", default=None, help="registry whose @serving alias moves (default: mlruns/)")
     commands.add_parser("stop", help="stop TorchServe")
     token = commands.add_parser("token", help="print the running server's inference token")
     token.add_argument("--refresh", action="store_true", help="ask TorchServe for a new one first")
+    token.add_argument("--run-dir", default=None, help="the server's run directory (default: .serve/)")
     ui = commands.add_parser("ui", help="MLflow UI on http://127.0.0.1:5000 over mlruns/")
     ui.add_argument("--port", type=int, default=5000)
     ui.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI or mlruns/")
@@ -95,9 +99,24 @@ def run_archive(args) -> int:
 
 
 def run_serve(args) -> int:
-    from .serve import start
+    from .deploy import archive_info, mark_serving
+    from .serve import ARCHIVES, start
 
-    start(models=args.models.split(",") if args.models else None)
+    names = args.models.split(",") if args.models else None
+    start(models=names)
+    for name in names or sorted(p.stem for p in ARCHIVES.glob("*.mar")):
+        version = str(archive_info(ARCHIVES / f"{name}.mar")["version"])
+        print(f"  registry    {name}: {mark_serving(name, version, None)}")
+    return 0
+
+
+def run_deploy(args) -> int:
+    from .deploy import deploy
+
+    rollout = deploy(args.name, tracking_uri=args.tracking_uri)
+    replaced = f" (replaced version {', '.join(rollout.previous)})" if rollout.previous else ""
+    print(f"{rollout.name} now serves version {rollout.version}{replaced} in {rollout.seconds:.1f} s")
+    print(f"registry: {rollout.registry}")
     return 0
 
 
@@ -109,11 +128,18 @@ def run_stop(args) -> int:
 
 
 def run_token(args) -> int:
+    from pathlib import Path
+
     from .serve import RUN_DIR, running_pid, server_for
 
-    if not running_pid(RUN_DIR):
-        raise RuntimeError("TorchServe is not running: `make serve` first")
-    server = server_for(RUN_DIR)
+    run_dir = Path(args.run_dir) if args.run_dir else RUN_DIR
+    if not running_pid(run_dir):
+        raise RuntimeError(f"TorchServe is not running from {run_dir}: `make serve` first")
+    server = server_for(run_dir)
+    if not args.refresh and server.token_expired():
+        expired = server.token_expiry().strftime("%H:%M:%S UTC")
+        print(f"the inference token expired at {expired}; issuing a fresh one", file=sys.stderr)
+        args.refresh = True
     print(server.refresh_token() if args.refresh else server.token())
     return 0
 
@@ -151,6 +177,7 @@ COMMANDS = {
     "tune": run_tune,
     "archive": run_archive,
     "serve": run_serve,
+    "deploy": run_deploy,
     "stop": run_stop,
     "token": run_token,
     "ui": run_ui,

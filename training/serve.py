@@ -6,91 +6,31 @@ logs, pid file and `key_file.json` (TorchServe's tokens: a secret).
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
+
+from .server import Server, read_properties, server_for
 from .tracking import ROOT
+
+__all__ = ["RUN_DIR", "Server", "running_pid", "server_for", "start", "stop"]
 
 RUN_DIR = ROOT / ".serve"
 ARCHIVES = ROOT / "archives"
 BASE_CONFIG = ROOT / "config.properties"
-
-
-@dataclass
-class Server:
-    run_dir: Path
-    inference_url: str
-    management_url: str
-    metrics_url: str
-
-    def token(self, kind: str = "inference") -> str:
-        """The current token of `kind` (inference | management | API) from key_file.json."""
-        return json.loads((self.run_dir / "key_file.json").read_text())[kind]["key"]
-
-    def request(
-        self, method: str, url: str, body: dict | None = None, token: str | None = None, timeout: float = 30
-    ) -> tuple[int, dict | str, dict]:
-        """(status, JSON or text body, headers); HTTP errors are returned, not raised."""
-        data = None if body is None else json.dumps(body).encode()
-        headers = {"Content-Type": "application/json"} if data is not None else {}
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
-        req = urllib.request.Request(url, data=data, method=method, headers=headers)
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as response:
-                status, raw, response_headers = response.status, response.read(), dict(response.headers)
-        except urllib.error.HTTPError as error:
-            status, raw, response_headers = error.code, error.read(), dict(error.headers)
-        try:
-            return status, json.loads(raw), response_headers
-        except json.JSONDecodeError:
-            return status, raw.decode(errors="replace"), response_headers
-
-    def predict(self, name: str, instances: list, explain: bool = False, **extra) -> tuple[int, dict | str, dict]:
-        route = "explanations" if explain else "predictions"
-        return self.request(
-            "POST", f"{self.inference_url}/{route}/{name}", {"instances": instances, **extra}, token=self.token()
-        )
-
-    def health(self) -> str:
-        status, body, _ = self.request("GET", f"{self.inference_url}/ping", token=self.token(), timeout=5)
-        return body.get("status", "") if status == 200 and isinstance(body, dict) else f"HTTP {status}"
-
-    def models(self) -> list[str]:
-        status, body, _ = self.request("GET", f"{self.management_url}/models", token=self.token("management"))
-        return [m["modelName"] for m in body["models"]] if status == 200 else []
-
-    def workers_ready(self, name: str) -> bool:
-        status, body, _ = self.request("GET", f"{self.management_url}/models/{name}", token=self.token("management"))
-        return status == 200 and any(w.get("status") == "READY" for w in body[0].get("workers", []))
-
-    def refresh_token(self, kind: str = "inference") -> str:
-        """Ask TorchServe for a new token of `kind` (with the API key) and return it."""
-        self.request("POST", f"{self.management_url}/token?type={kind}", token=self.token("API"))
-        return self.token(kind)
+LOG_CONFIG = ROOT / "training" / "log4j2.xml"  # size-capped, rotating logs; nothing per request on stdout
+REFUSAL = "refusing to load"  # what a worker logs when an archive fails its sha256 check (handlers/integrity.py)
 
 
 # config
-
-
-def read_properties(path: Path) -> dict[str, str]:
-    properties = {}
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if line and not line.startswith("#") and "=" in line:
-            key, value = line.split("=", 1)
-            properties[key.strip()] = value.strip()
-    return properties
 
 
 def resolve_config(
@@ -106,14 +46,6 @@ def resolve_config(
     path = run_dir / "config.properties"
     path.write_text("".join(f"{k}={v}\n" for k, v in properties.items()))
     return path, properties
-
-
-def server_for(run_dir: Path = RUN_DIR) -> Server:
-    """The server whose config lives in `run_dir` (it may or may not be running)."""
-    properties = read_properties(run_dir / "config.properties")
-    return Server(
-        run_dir, properties["inference_address"], properties["management_address"], properties["metrics_address"]
-    )
 
 
 # start / stop
@@ -154,7 +86,8 @@ def start(
         raise RuntimeError(f"TorchServe is already running from {run_dir}: `make stop` first")
     (run_dir / "logs").mkdir(parents=True, exist_ok=True)
     (run_dir / "key_file.json").unlink(missing_ok=True)
-    config, _ = resolve_config(run_dir, model_store, ports, overrides)
+    config, properties = resolve_config(run_dir, model_store, ports, overrides)
+    check_ports_free(properties)
     names = models or archives
     command = [
         str(Path(sys.executable).with_name("torchserve")),
@@ -163,6 +96,8 @@ def start(
         "--ncs",
         "--ts-config",
         str(config),
+        "--log-config",
+        str(LOG_CONFIG),
         "--model-store",
         str(model_store),
         "--models",
@@ -191,11 +126,30 @@ def start(
     return server
 
 
+def check_ports_free(properties: dict[str, str]) -> None:
+    """Refuse to start on a busy port with the port's name, instead of a server that exits at once."""
+    for key, value in properties.items():
+        listens = key.endswith("_port") or (key.endswith("_address") and not key.startswith("grpc_"))
+        if not listens:
+            continue
+        port = int(value.rsplit(":", 1)[-1])
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                raise RuntimeError(
+                    f"port {port} ({key}) is in use by another process: stop it, or change {key} in config.properties"
+                ) from None
+
+
 def wait_healthy(server: Server, process: subprocess.Popen, names: list[str], timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"TorchServe exited with code {process.returncode}; see {log_hint(server)}")
+            raise RuntimeError(f"TorchServe stopped during start-up: {last_error(server)}; see {log_hint(server)}")
+        refusal = archive_refusal(server)
+        if refusal:
+            raise RuntimeError(f"{refusal}; see {log_hint(server)}")
         try:
             if server.health() == "Healthy" and all(server.workers_ready(n) for n in names):
                 return
@@ -203,6 +157,24 @@ def wait_healthy(server: Server, process: subprocess.Popen, names: list[str], ti
             pass
         time.sleep(0.5)
     raise RuntimeError(f"TorchServe was not healthy within {timeout:.0f}s; see {log_hint(server)}")
+
+
+def archive_refusal(server: Server) -> str | None:
+    """The first archive a worker refused to load (tampered checkpoint), from the model log."""
+    log = server.run_dir / "logs" / "model_log.log"
+    if not log.exists():
+        return None
+    for line in log.read_text(errors="replace").splitlines():
+        if REFUSAL in line and "ArchiveIntegrityError" not in line:
+            return line[line.index(REFUSAL) :]
+    return None
+
+
+def last_error(server: Server) -> str:
+    out = server.run_dir / "logs" / "torchserve.out"
+    lines = out.read_text(errors="replace").splitlines() if out.exists() else []
+    errors = [line for line in lines if "Exception" in line or "ERROR" in line or "error" in line.lower()]
+    return (errors or lines or ["no output"])[-1].strip()[:300]
 
 
 def log_hint(server: Server) -> str:
@@ -214,46 +186,70 @@ def running_pid(run_dir: Path) -> int | None:
     if not pid_file.exists():
         return None
     pid = int(pid_file.read_text())
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        pid_file.unlink()
+    if not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+        reap(pid)
+        pid_file.unlink(missing_ok=True)
         return None
     return pid
 
 
 def stop(run_dir: Path = RUN_DIR, quiet: bool = False, timeout: float = 30) -> bool:
-    """Stop the server started from `run_dir` (its whole process group); False if none was running."""
-    pid = running_pid(Path(run_dir))
+    """Stop the server started from `run_dir` and return only when its whole process tree is gone
+    (the launcher, Java and every worker): SIGTERM, a bounded wait, then SIGKILL."""
+    run_dir = Path(run_dir)
+    pid = running_pid(run_dir)
     if pid is None:
         if not quiet:
             print("TorchServe is not running")
         return False
-    os.killpg(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and process_alive(pid):
-        time.sleep(0.2)
-    if process_alive(pid):
-        os.killpg(pid, signal.SIGKILL)
-    (Path(run_dir) / "server.pid").unlink(missing_ok=True)
-    (Path(run_dir) / "key_file.json").unlink(missing_ok=True)
+    tree = process_tree(pid)
+    signal_all(pid, tree, signal.SIGTERM)
+    _, alive = psutil.wait_procs(tree, timeout=timeout)
+    if alive:
+        signal_all(pid, alive, signal.SIGKILL)
+        psutil.wait_procs(alive, timeout=10)
+    reap(pid)
+    (run_dir / "server.pid").unlink(missing_ok=True)
+    (run_dir / "key_file.json").unlink(missing_ok=True)
     if not quiet:
         print("TorchServe stopped")
     return True
 
 
-def process_alive(pid: int) -> bool:
+def process_tree(pid: int) -> list[psutil.Process]:
+    """The launcher, its descendants, and anything left in its process group (workers Java re-parented)."""
     try:
-        finished, _ = os.waitpid(pid, os.WNOHANG)  # reap if it is our child
-        if finished:
-            return False
+        root = psutil.Process(pid)
+        tree = {p.pid: p for p in [root, *root.children(recursive=True)]}
+    except psutil.NoSuchProcess:
+        tree = {}
+    for process in psutil.process_iter():
+        try:
+            if os.getpgid(process.pid) == pid:
+                tree.setdefault(process.pid, process)
+        except (ProcessLookupError, psutil.Error):
+            continue
+    return list(tree.values())
+
+
+def signal_all(group: int, processes: list[psutil.Process], sig: signal.Signals) -> None:
+    try:
+        os.killpg(group, sig)
+    except ProcessLookupError:
+        pass
+    for process in processes:
+        try:
+            process.send_signal(sig)
+        except psutil.Error:
+            pass
+
+
+def reap(pid: int) -> None:
+    """Collect the exit status of a server this process started, so it leaves no zombie."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:
         pass
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def print_usage(server: Server, names: list[str]) -> None:

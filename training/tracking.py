@@ -15,6 +15,7 @@ from mlflow.exceptions import MlflowException
 ROOT = Path(__file__).resolve().parents[1]
 MLRUNS = ROOT / "mlruns"
 CHAMPION = "champion"
+SERVING = "serving"  # moves on `make deploy`: the version TorchServe answers with
 VERSIONED_PACKAGES = ("torch", "mlflow", "optuna", "scikit-learn", "torchserve", "torch-model-archiver", "numpy")
 
 

@@ -1,0 +1,73 @@
+"""Rows 6 and 7: the batching delay that serves both low and high load, and a soak at concurrency 64.
+
+Row 6 measures `maxBatchDelay` 0/1/2/5 ms on nw-sine at concurrency 1 and 64 and names the delay that keeps
+c64 throughput within 90% of the best while c1's median latency stays at or under 2 ms. Row 7 holds
+concurrency 64 for 60 s against the shipped configuration and counts every non-200 answer.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+from benchmarks.load import run_load
+from benchmarks.serving import PAYLOADS, build_archives
+from training import serve
+from training.demo import free_ports
+
+DELAYS_MS = [0, 1, 2, 5]
+SOAK_SECONDS, SOAK_CONCURRENCY = 60, 64
+
+
+def run_delays(quick: bool = False, client: str = "auto") -> list[dict]:
+    delays = [0, 5] if quick else DELAYS_MS
+    seconds, repeats = (1.0, 1) if quick else (3.0, 3)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        store = build_archives(Path(tmp), quick, {f"-d{d}": {"maxBatchDelay": d} for d in delays})
+        server = serve.start(run_dir=Path(tmp) / "run", model_store=store, ports=free_ports(), quiet=True)
+        try:
+            for name, payload in PAYLOADS.items():
+                body = json.dumps(payload).encode()
+                for concurrency in (1, 64):
+                    for delay in delays:
+                        url = f"{server.inference_url}/predictions/{name}-d{delay}"
+                        run_load(url, body, server.token(), concurrency, 1.0, client)  # warm-up
+                        runs = [
+                            run_load(url, body, server.token(), concurrency, seconds, client) for _ in range(repeats)
+                        ]
+                        median = sorted(runs, key=lambda r: r["rps"])[len(runs) // 2]
+                        rows.append({"model": name, "delay_ms": delay, "concurrency": concurrency, **median})
+        finally:
+            serve.stop(server.run_dir, quiet=True)
+    return rows
+
+
+def choose_delay(rows: list[dict], model: str) -> int | None:
+    """The largest delay with c64 throughput >= 0.9x the best and c1 p50 <= 2 ms (None if none qualifies)."""
+    cells = {(r["delay_ms"], r["concurrency"]): r for r in rows if r["model"] == model}
+    best = max(r["rps"] for (_, c), r in cells.items() if c == 64)
+    fits = [
+        d for d in sorted({d for d, _ in cells}) if cells[(d, 64)]["rps"] >= 0.9 * best and cells[(d, 1)]["p50_ms"] <= 2
+    ]
+    return max(fits) if fits else None
+
+
+def run_soak(quick: bool = False, client: str = "auto") -> list[dict]:
+    seconds = 2.0 if quick else SOAK_SECONDS
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        store = build_archives(Path(tmp), quick, {"": {}})
+        server = serve.start(run_dir=Path(tmp) / "run", model_store=store, ports=free_ports(), quiet=True)
+        try:
+            for name, payload in PAYLOADS.items():
+                url = f"{server.inference_url}/predictions/{name}"
+                result = run_load(url, json.dumps(payload).encode(), server.token(), SOAK_CONCURRENCY, seconds, client)
+                pids = [w["pid"] for w in server.workers(name)]
+                rows.append(
+                    {"model": name, "seconds": seconds, "concurrency": SOAK_CONCURRENCY, **result, "pids": pids}
+                )
+        finally:
+            serve.stop(server.run_dir, quiet=True)
+    return rows

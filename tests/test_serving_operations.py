@@ -1,0 +1,173 @@
+"""Operating a real TorchServe: rollout under load, verified archives, stop, busy ports, logs, tokens."""
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import zipfile
+from collections import Counter
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+
+from training import serve, tracking
+from training.archive import archive_champions
+from training.demo import free_ports
+from training.deploy import deploy
+from training.nn import load_checkpoint, save_checkpoint
+
+pytestmark = pytest.mark.e2e
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def running(model_store_copy, tmp_path_factory):
+    root = tmp_path_factory.mktemp("operations")
+    store = model_store_copy(root / "archives")
+    server = serve.start(run_dir=root / "run", model_store=store, ports=free_ports(), quiet=True)
+    yield server, store, root
+    serve.stop(server.run_dir, quiet=True)
+
+
+def new_champion_version(champions, root: Path, name: str) -> tuple[str, str]:
+    """A private copy of the registry with a new @champion version of `name` (same weights): (uri, version)."""
+    db = root / "registry.db"
+    shutil.copy(champions["tracking_uri"].removeprefix("sqlite:///"), db)
+    uri = f"sqlite:///{db}"
+    client = tracking.configure(uri)
+    current = client.get_model_version_by_alias(name, tracking.CHAMPION)
+    new = client.create_model_version(name, source=current.source, run_id=current.run_id)
+    for key, value in current.tags.items():
+        client.set_model_version_tag(name, new.version, key, value)
+    client.set_registered_model_alias(name, tracking.CHAMPION, new.version)
+    return uri, str(new.version)
+
+
+def test_a_new_champion_rolls_out_under_load_with_zero_failed_requests(running, champions):
+    server, store, root = running
+    uri, version = new_champion_version(champions, root, "nw-sine")
+    archive_champions("nw-sine", out_dir=store, tracking_uri=uri)
+    old_version = server.predict("nw-sine", [2.5])[1]["model"]["version"]
+    stop, seen = threading.Event(), []
+
+    def load():
+        while not stop.is_set():
+            status, body, _ = server.predict("nw-sine", [2.5])
+            seen.append((status, body["model"]["version"] if status == 200 else json.dumps(body)))
+
+    threads = [threading.Thread(target=load) for _ in range(6)]
+    for t in threads:
+        t.start()
+    time.sleep(1.0)
+    rollout = deploy("nw-sine", run_dir=server.run_dir, model_store=store, tracking_uri=uri)
+    time.sleep(1.0)
+    stop.set()
+    for t in threads:
+        t.join()
+    counts = Counter(seen)
+    assert all(status == 200 for status, _ in counts), counts
+    assert counts[(200, old_version)] > 0 and counts[(200, version)] > 0
+    last = seen[-6:]
+    assert all(v == version for _, v in last), "answers switch to the new version and stay there"
+    assert rollout.version == version and rollout.previous == [old_version]
+    assert [v["modelVersion"] for v in server.versions("nw-sine")] == [version]
+    client = tracking.configure(uri)
+    assert str(client.get_model_version_by_alias("nw-sine", tracking.SERVING).version) == version
+    again = deploy("nw-sine", run_dir=server.run_dir, model_store=store, tracking_uri=uri)
+    assert again.previous == [] and server.predict("nw-sine", [2.5])[0] == 200
+
+
+def test_deploy_names_what_is_missing(running, tmp_path):
+    server, store, _ = running
+    with pytest.raises(RuntimeError, match="make archive NAME=nw-sinee"):
+        deploy("nw-sinee", run_dir=server.run_dir, model_store=store, mark_registry=False)
+    with pytest.raises(RuntimeError, match="make serve"):
+        deploy("nw-sine", run_dir=tmp_path, model_store=store, mark_registry=False)
+
+
+def tampered_copy(archive: Path, target: Path) -> Path:
+    """The same archive with its checkpoint swapped: every training target set to 42."""
+    with zipfile.ZipFile(archive) as original:
+        members = {name: original.read(name) for name in original.namelist()}
+    checkpoint = target.parent / "checkpoint.pt"
+    checkpoint.write_bytes(members["checkpoint.pt"])
+    model, metadata = load_checkpoint(checkpoint)
+    with torch.no_grad():
+        model.values.fill_(42.0)
+    save_checkpoint(model, checkpoint, metadata)
+    members["checkpoint.pt"] = checkpoint.read_bytes()
+    with zipfile.ZipFile(target, "w") as forged:
+        for name, data in members.items():
+            forged.writestr(name, data)
+    return target
+
+
+def test_a_tampered_archive_is_refused_and_the_model_does_not_come_up(champions, tmp_path):
+    store = tmp_path / "archives"
+    store.mkdir()
+    original = next(a for a in champions["archives"] if a.stem == "nw-sine")
+    tampered_copy(original, store / "nw-sine.mar")
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match="refusing to load nw-sine version .*differs from model_info.json"):
+        serve.start(run_dir=tmp_path / "run", model_store=store, ports=free_ports(), quiet=True, timeout=120)
+    assert time.monotonic() - started < 100, "the refusal is reported as soon as a worker logs it"
+    assert serve.running_pid(tmp_path / "run") is None and not (tmp_path / "run" / "key_file.json").exists()
+
+
+def test_stop_returns_when_the_whole_process_tree_is_gone_and_start_works_right_after(model_store_copy, tmp_path):
+    store = model_store_copy(tmp_path / "archives")
+    ports = free_ports()
+    server = serve.start(models=["nw-sine"], run_dir=tmp_path / "run", model_store=store, ports=ports, quiet=True)
+    pid = serve.running_pid(server.run_dir)
+    tree = [pid] + [p.pid for p in psutil.Process(pid).children(recursive=True)]
+    assert len(tree) >= 3, "launcher, Java and at least one worker"
+    assert serve.stop(server.run_dir, quiet=True)
+    assert not [p for p in tree if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+    again = serve.start(models=["nw-sine"], run_dir=tmp_path / "run", model_store=store, ports=ports, quiet=True)
+    try:
+        assert again.predict("nw-sine", [1.0])[0] == 200
+    finally:
+        serve.stop(again.run_dir, quiet=True)
+
+
+def test_a_busy_port_is_named_and_leaves_no_stale_state(model_store_copy, tmp_path):
+    store = model_store_copy(tmp_path / "archives")
+    ports = free_ports()
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", ports["inference_address"]))
+        squatter.listen()
+        with pytest.raises(RuntimeError, match=f"port {ports['inference_address']} \\(inference_address\\) is in use"):
+            serve.start(run_dir=tmp_path / "run", model_store=store, ports=ports, quiet=True)
+    assert serve.running_pid(tmp_path / "run") is None and not (tmp_path / "run" / "key_file.json").exists()
+
+
+def test_logs_rotate_by_size_and_requests_do_not_reach_stdout(running):
+    server, _, _ = running
+    out = server.run_dir / "logs" / "torchserve.out"
+    before = out.stat().st_size
+    for _ in range(200):
+        assert server.predict("nw-sine", [1.0])[0] == 200
+    assert out.stat().st_size - before < 1000, "per-request lines go to rotating files, not stdout"
+    assert (server.run_dir / "logs" / "access_log.log").stat().st_size > 200 * 50
+    config = serve.LOG_CONFIG.read_text()
+    assert config.count("SizeBasedTriggeringPolicy") >= 1 and config.count("<RollingFile") == 5
+    assert "TimeBasedTriggeringPolicy" not in config
+
+
+def test_the_token_command_replaces_an_expired_token_and_says_so(running):
+    server, _, _ = running
+    keys = server.keys()
+    keys["inference"]["expiration time"] = "2000-01-01T00:00:00.000000000Z"
+    (server.run_dir / "key_file.json").write_text(json.dumps(keys))
+    command = [sys.executable, "-m", "training", "token", "--run-dir", str(server.run_dir)]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "expired" in result.stderr
+    fresh = result.stdout.strip()
+    assert fresh and fresh != keys["inference"]["key"] and not server.token_expired()
+    url = f"{server.inference_url}/predictions/nw-sine"
+    assert server.request("POST", url, {"instances": [1.0]}, token=fresh)[0] == 200
