@@ -77,6 +77,13 @@ def postgres_bin() -> Path:
     candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"), key=lambda p: int(p.parts[-3]))
     if candidates:
         return candidates[-1].parent
+    if os.geteuid() == 0 and shutil.which("apt-get") and not getattr(postgres_bin, "tried_apt", False):
+        postgres_bin.tried_apt = True  # once per process; Debian/Ubuntu put the binaries in /usr/lib/postgresql
+        print("PostgreSQL not found; trying apt-get install postgresql ...", flush=True)
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "update", "-qq"], env=env, capture_output=True)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "postgresql"], env=env, capture_output=True)
+        return postgres_bin()
     raise TrackingServerError(
         "PostgreSQL server binaries (initdb, pg_ctl) not found: install them "
         "(Debian/Ubuntu: apt-get install postgresql; macOS: brew install postgresql@15) and run again"
