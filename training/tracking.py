@@ -32,7 +32,8 @@ def default_optuna_storage() -> str:
 
 
 def artifact_root(tracking_uri: str | None = None) -> Path:
-    """Artifacts live beside a SQLite tracking database: mlruns/artifacts by default."""
+    """Artifacts live beside a SQLite tracking database (mlruns/artifacts by default); a PostgreSQL tracking
+    database used directly keeps them in mlruns/artifacts of this checkout (a tracking server proxies them)."""
     uri = tracking_uri or default_tracking_uri()
     if uri.startswith("sqlite:///"):
         return Path(uri.removeprefix("sqlite:///")).parent / "artifacts"
@@ -87,7 +88,7 @@ def experiment_id(client: MlflowClient, name: str) -> str:
     if found is not None:
         return found.experiment_id
     location = None
-    if client.tracking_uri.startswith("sqlite:///"):
+    if not client.tracking_uri.startswith(("http://", "https://", "databricks")):  # a server knows its own
         location = (artifact_root(client.tracking_uri) / name).as_uri()
     try:
         return client.create_experiment(name, artifact_location=location)
