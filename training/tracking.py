@@ -77,8 +77,6 @@ def check_tracking_uri(uri: str) -> None:
         except psycopg.Error as error:
             line = (str(error).strip().splitlines() or [""])[0]
             raise TrackingError(f"cannot reach MLflow tracking database {redact(uri)}: {line}") from None
-    elif "://" not in uri and not uri.startswith("databricks"):
-        raise TrackingError(f"MLflow tracking URI {uri!r} has no scheme (sqlite:///..., postgresql://..., http://...)")
 
 
 def experiment_id(client: MlflowClient, name: str) -> str:
