@@ -63,7 +63,8 @@ def server():
     state = Path(tempfile.mkdtemp(prefix="tracking-"))
     state.chmod(0o755)  # PostgreSQL runs as an unprivileged user when the tests run as root
     try:
-        yield tracking_server.start(state, pg_port=tracking_server.free_port(), mlflow_port=tracking_server.free_port())
+        ports = dict(pg_port=tracking_server.free_port(), mlflow_port=tracking_server.free_port())
+        yield tracking_server.start(state, **ports, workers=1)
     finally:
         tracking_server.stop(state)
         shutil.rmtree(state, ignore_errors=True)

@@ -193,7 +193,7 @@ def stop_postgres(server: TrackingServer) -> None:
 # the MLflow server
 
 
-def start_mlflow(server: TrackingServer, allowed_hosts: list[str]) -> int:
+def start_mlflow(server: TrackingServer, allowed_hosts: list[str], workers: int) -> int:
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
     artifacts = Path(server.state_dir) / "artifacts"
@@ -203,7 +203,7 @@ def start_mlflow(server: TrackingServer, allowed_hosts: list[str]) -> int:
     hosts = [f"{h}:{server.mlflow_port}" for h in ["127.0.0.1", "localhost", server.host, *allowed_hosts]]
     command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend]
     command += ["--serve-artifacts", "--artifacts-destination", artifacts.as_uri()]
-    command += ["--host", server.host, "--port", str(server.mlflow_port), "--workers", "2"]
+    command += ["--host", server.host, "--port", str(server.mlflow_port), "--workers", str(workers)]
     command += ["--allowed-hosts", ",".join(dict.fromkeys(hosts))]
     log = open(Path(server.state_dir) / "mlflow.log", "ab")
     process = subprocess.Popen(command, stdout=log, stderr=log, start_new_session=True, cwd=server.state_dir)
@@ -222,7 +222,7 @@ def stop_process(pid: int) -> None:
         os.killpg(pid, signal.SIGTERM)
     except (ProcessLookupError, PermissionError):
         return
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 5  # uvicorn waits for idle keep-alive clients; requests are committed already
     while pid_alive(pid) and time.monotonic() < deadline:
         try:
             os.waitpid(pid, os.WNOHANG)  # reap it when it is our child (tests), else it is just gone
@@ -242,6 +242,7 @@ def start(
     pg_port: int | None = None,
     mlflow_port: int | None = None,
     allowed_hosts: list[str] | None = None,
+    workers: int = 2,
 ) -> TrackingServer:
     """Start (or find running) PostgreSQL + mlflow server with their state in `state_dir`."""
     state = Path(state_dir).resolve()
@@ -260,7 +261,7 @@ def start(
         stop_postgres(previous)  # a half-stopped server from before: start clean
     start_postgres(server)
     try:
-        server.mlflow_pid = start_mlflow(server, allowed_hosts or [])
+        server.mlflow_pid = start_mlflow(server, allowed_hosts or [], workers)
     except BaseException:
         stop_postgres(server)
         raise
