@@ -15,10 +15,19 @@ STORAGE ?=
 SEED ?= 0
 EPOCHS ?=
 NAME ?=
+CONCLUDE ?= 1
+HEARTBEAT ?=
+GRACE ?=
+HOST ?= 127.0.0.1
+PORT ?= 5000
+PG_PORT ?= 5433
+ALLOWED_HOSTS ?=
 PYTEST_ARGS ?=
 
 TUNE_ARGS = --model $(MODEL) --dataset $(DATASET) --trials $(TRIALS) --jobs $(JOBS) --device $(DEVICE) --seed $(SEED) \
-	$(if $(TIMEOUT),--timeout $(TIMEOUT)) $(if $(STORAGE),--storage '$(STORAGE)') $(if $(EPOCHS),--epochs $(EPOCHS))
+	$(if $(TIMEOUT),--timeout $(TIMEOUT)) $(if $(STORAGE),--storage '$(STORAGE)') $(if $(EPOCHS),--epochs $(EPOCHS)) \
+	$(if $(filter 0,$(CONCLUDE)),--no-conclude) $(HEARTBEAT_ARGS)
+HEARTBEAT_ARGS = $(if $(HEARTBEAT),--heartbeat $(HEARTBEAT)) $(if $(GRACE),--grace $(GRACE))
 
 .PHONY: help
 help: ## Show this help
@@ -56,8 +65,21 @@ lint: $(STAMP) ## Lint and format check (ruff)
 	$(VENV)/bin/ruff format --check .
 
 .PHONY: tune
-tune: $(STAMP) ## Tune: make tune MODEL=nw|mha DATASET=sine|diabetes|adding|digits TRIALS=20 [TIMEOUT= JOBS= DEVICE= STORAGE= SEED= EPOCHS=]
+tune: $(STAMP) ## Tune: make tune MODEL=nw|mha DATASET=sine|diabetes|adding|digits TRIALS=20 [TIMEOUT= JOBS= DEVICE= STORAGE= SEED= EPOCHS= CONCLUDE=0|1 HEARTBEAT= GRACE=]
 	$(PYTHON) -m training tune $(TUNE_ARGS)
+
+.PHONY: conclude
+conclude: $(STAMP) ## Refit a study's best trial, register it if new, @champion by validation: make conclude NAME=nw-sine [STORAGE=]
+	$(if $(NAME),,$(error NAME is required: make conclude NAME=nw-sine))
+	$(PYTHON) -m training conclude --name $(NAME) --device $(DEVICE) $(if $(STORAGE),--storage '$(STORAGE)') $(HEARTBEAT_ARGS)
+
+.PHONY: tracking-server
+tracking-server: $(STAMP) ## Local PostgreSQL + mlflow server for many workers: [PORT=5000 PG_PORT=5433 HOST=127.0.0.1 ALLOWED_HOSTS=]
+	$(PYTHON) -m training tracking-server --host $(HOST) --port $(PORT) --pg-port $(PG_PORT) $(if $(ALLOWED_HOSTS),--allowed-hosts $(ALLOWED_HOSTS))
+
+.PHONY: tracking-server-stop
+tracking-server-stop: $(STAMP) ## Stop the tracking server started by make tracking-server (its data stays in .tracking/)
+	$(PYTHON) -m training tracking-server-stop
 
 .PHONY: archive
 archive: $(STAMP) ## Build archives/<name>.mar from the registry's @champion: make archive [NAME=nw-sine] (default: every champion)
@@ -77,7 +99,7 @@ stop: $(STAMP) ## Stop TorchServe (returns when the whole server process tree is
 	$(PYTHON) -m training stop
 
 .PHONY: ui
-ui: $(STAMP) ## MLflow UI on http://127.0.0.1:5000 over mlruns/
+ui: $(STAMP) ## MLflow UI on http://127.0.0.1:5000 over mlruns/ (with an http MLFLOW_TRACKING_URI: prints that server's URL)
 	$(PYTHON) -m training ui
 
 .PHONY: demo

@@ -17,10 +17,11 @@ from sklearn.neighbors import KNeighborsClassifier, KNeighborsRegressor
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
+from training.conclude import DATA_SEED, refit
 from training.data import load_dataset
 from training.fit import PRIMARY_METRIC, evaluate
 from training.search_space import DEFAULT_EPOCHS
-from training.tune import DATA_SEED, Objective, TuneOptions, refit, study_pruner, study_sampler
+from training.tune import Objective, TuneOptions, study_pruner, study_sampler
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,7 @@ def ours(model: str, dataset: str, trials: int, epochs: int | None, seed: int = 
     start = time.perf_counter()
     study = optuna.create_study(direction=direction, sampler=study_sampler(seed), pruner=study_pruner())
     study.optimize(Objective(options, data), n_trials=trials)
-    model_, _ = refit(options, study.best_params, data, epochs or DEFAULT_EPOCHS[dataset])
+    model_, _ = refit(model, study.best_params, data, epochs or DEFAULT_EPOCHS[dataset], seed, options.device)
     return evaluate(model_, data.test, data.task), time.perf_counter() - start
 
 

@@ -13,11 +13,12 @@ import time
 import numpy as np
 import optuna
 
+from training.conclude import refit
 from training.data import load_dataset, prepare_model
 from training.fit import evaluate
 from training.nn import NWConfig, build_model
 from training.search_space import DEFAULT_EPOCHS
-from training.tune import Objective, TuneOptions, refit, study_pruner, study_sampler
+from training.tune import Objective, TuneOptions, study_pruner, study_sampler
 
 TARGET = 1.10  # within 10% of the anchor
 
@@ -33,7 +34,7 @@ def grid_anchor(data) -> tuple[float, float]:
 
 
 def test_mse_of(params: dict, data, options: TuneOptions) -> float:
-    model, _ = refit(options, params, data, epochs=DEFAULT_EPOCHS["sine"])
+    model, _ = refit(options.model, params, data, DEFAULT_EPOCHS["sine"], options.seed, options.device)
     return evaluate(model, data.test, data.task)["mse"]
 
 

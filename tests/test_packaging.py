@@ -38,3 +38,12 @@ def test_makefile_targets_are_documented_and_point_at_commands_that_exist():
         assert f"\n{target}:" in makefile and f".PHONY: {target}" in makefile, target
     for command in ["tune", "archive", "serve", "deploy", "stop", "ui", "demo"]:
         assert f"-m training {command}" in makefile and command in COMMANDS
+
+
+def test_scale_out_targets_are_documented_and_point_at_commands_that_exist():
+    from training.cli import COMMANDS
+
+    makefile = (ROOT / "Makefile").read_text()
+    for target in ["conclude", "tracking-server", "tracking-server-stop"]:
+        assert f"\n{target}:" in makefile and f".PHONY: {target}" in makefile, target
+        assert f"-m training {target}" in makefile and target in COMMANDS

@@ -87,8 +87,12 @@ def test_artifacts_are_present_and_not_empty(stores, first):
 def test_winner_is_registered_as_champion_with_its_test_metric(stores, first):
     client = MlflowClient(stores["tracking_uri"])
     champion = client.get_model_version_by_alias("nw-sine", "champion")
-    assert str(champion.version) == first.model_version and first.promoted
-    assert float(champion.tags["test_mse"]) == pytest.approx(first.test_metrics["mse"])
+    conclusion = first.conclusion
+    assert str(champion.version) == conclusion.model_version and conclusion.promoted and conclusion.registered
+    assert float(champion.tags["test_mse"]) == pytest.approx(conclusion.test_metrics["mse"])
+    study = optuna.load_study(study_name="nw-sine", storage=stores["storage"])
+    assert float(champion.tags["val_mse"]) == pytest.approx(study.best_value)  # selected on validation
+    assert champion.tags["optuna.trial"] == str(study.best_trial.number)
     model = mlflow.pyfunc.load_model("models:/nw-sine@champion")
     import pandas as pd
 
@@ -100,8 +104,10 @@ def test_running_again_continues_the_same_study(stores, first):
     second = tune(options(stores, trials=3))
     summaries = optuna.get_all_study_summaries(stores["storage"])
     assert [s.study_name for s in summaries] == ["nw-sine"]
-    assert summaries[0].n_trials == 15 and second.states["new_trials"] == 3
+    assert summaries[0].n_trials == 15 and sum(second.states.values()) == 3
+    assert sum(second.study_states.values()) == 15  # the summary tells this invocation's trials from the study's
     assert second.parent_run_id != first.parent_run_id
+    assert second.sampler_seed != first.sampler_seed == 0  # a continued study does not replay its first draws
 
 
 def test_a_diverging_trial_fails_cleanly_and_the_study_goes_on(stores, monkeypatch):
@@ -123,19 +129,22 @@ def test_a_diverging_trial_fails_cleanly_and_the_study_goes_on(stores, monkeypat
     assert len(study.trials) == 4 and result.states["complete"] >= 2
 
 
-def test_champion_alias_does_not_move_to_a_worse_model(stores):
+def test_champion_is_the_best_version_by_validation_never_by_test(stores):
     client = tracking.configure(stores["tracking_uri"])
     client.create_registered_model("toy-model")
-    versions = [client.create_model_version("toy-model", source="file:///nowhere") for _ in range(3)]
-    decide = lambda v, mse: tracking.promote_if_better(client, "toy-model", v.version, "mse", mse, "minimize")  # noqa: E731
-    for version, mse in zip(versions, [0.5, 0.9, 0.2]):
-        client.set_model_version_tag("toy-model", version.version, "test_mse", str(mse))
-    assert decide(versions[0], 0.5).promoted
-    worse = decide(versions[1], 0.9)
-    assert not worse.promoted and "not beaten" in worse.reason
-    assert str(client.get_model_version_by_alias("toy-model", "champion").version) == str(versions[0].version)
-    assert decide(versions[2], 0.2).promoted
-    assert str(client.get_model_version_by_alias("toy-model", "champion").version) == str(versions[2].version)
+    # (validation, test): the test metric points the other way and must not decide
+    scores = [(0.5, 0.1), (0.9, 0.05), (0.2, 0.8)]
+    versions = []
+    for val, test in scores:
+        tags = {"val_mse": str(val), "test_mse": str(test)}
+        versions.append(client.create_model_version("toy-model", source="file:///nowhere", tags=tags).version)
+        decision = tracking.promote_best(client, "toy-model", "mse", "minimize")
+        if len(versions) == 2:
+            assert not decision.promoted and decision.version == str(versions[0]) and "stays" in decision.reason
+    assert decision.promoted and decision.version == str(versions[2]) and "beats" in decision.reason
+    assert str(client.get_model_version_by_alias("toy-model", "champion").version) == str(versions[2])
+    again = tracking.promote_best(client, "toy-model", "mse", "minimize")
+    assert not again.promoted and again.version == str(versions[2])  # idempotent
 
 
 @pytest.mark.parametrize(
@@ -212,25 +221,39 @@ def test_device_pool_gives_each_running_trial_its_own_device():
     assert DevicePool.for_option("cpu").devices == ["cpu"]
 
 
-def test_a_trial_whose_process_died_is_retried(tmp_path, monkeypatch):
+def test_a_trial_whose_process_died_is_retried_and_its_runs_closed(tmp_path):
     import time as clock
 
-    monkeypatch.setattr(tune_module, "HEARTBEAT_SECONDS", 1)
-    monkeypatch.setattr(tune_module, "GRACE_SECONDS", 2)
+    from training.trial_log import MlflowTrialLog, StaleTrialCallback
+
     stores = {"storage": f"sqlite:///{tmp_path / 'optuna.db'}", "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}
-    study = tune_module.open_study(options(stores), "minimize")
+    quick = dict(heartbeat=1, grace=2)
+    client = tracking.configure(stores["tracking_uri"])
+    experiment = tracking.experiment_id(client, "nw-sine")
+    study, _ = tune_module.open_study(options(stores, **quick), "minimize", StaleTrialCallback())
     dead = study.ask(
         {
             "parametric": optuna.distributions.CategoricalDistribution([True, False]),
             "bandwidth": optuna.distributions.FloatDistribution(0.05, 20.0, log=True),
         }
     )
-    study._storage.record_heartbeat(dead._trial_id)  # a worker started it, then its process died
+    # a worker started the trial and its parent run, then its process died (kill -9)
+    dead_parent = client.create_run(experiment, tags={"optuna.study": "nw-sine", "kind": "tuning"}).info.run_id
+    client.set_tag(dead_parent, "heartbeat", f"{clock.time():.3f}")
+    dead_run = MlflowTrialLog(client, experiment, dead_parent, "nw-sine").start(dead, dead.params)
+    study._storage.record_heartbeat(dead._trial_id)
     clock.sleep(3)
-    tune(options(stores, trials=2))
+    tune(options(stores, trials=2, **quick))
     trials = optuna.load_study(study_name="nw-sine", storage=stores["storage"]).trials
     assert trials[0].state == optuna.trial.TrialState.FAIL
     retried_from = optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number
     retried = [t for t in trials if retried_from(t) == trials[0].number]
     assert retried and retried[0].state == optuna.trial.TrialState.COMPLETE
     assert all(retried[0].params[k] == v for k, v in trials[0].params.items())
+    run = client.get_run(dead_run)
+    assert run.info.status == "FAILED" and run.data.tags["optuna.state"] == "FAIL"
+    assert "heartbeat" in run.data.tags["optuna.reason"]
+    parent = client.get_run(dead_parent)
+    assert parent.info.status == "KILLED" and "no heartbeat" in parent.data.tags["killed_reason"]
+    running = client.search_runs([experiment], "attributes.status = 'RUNNING'")
+    assert not running

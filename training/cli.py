@@ -31,6 +31,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or mlruns/)"
     )
     tune.add_argument("--no-progress", action="store_true", help="no progress bar")
+    tune.add_argument(
+        "--no-conclude",
+        action="store_true",
+        help="only add trials; leave refit/register/promote to `conclude` (many workers, one conclusion)",
+    )
+    add_heartbeat_arguments(tune)
+
+    conclude = commands.add_parser("conclude", help="refit the study's best trial, register it, pick @champion")
+    conclude.add_argument("--name", required=True, help="the study, e.g. nw-sine")
+    conclude.add_argument("--storage", default=None, help="Optuna storage URL (default: sqlite under mlruns/)")
+    conclude.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI or mlruns/")
+    conclude.add_argument("--device", default="auto")
+    add_heartbeat_arguments(conclude)
 
     archive = commands.add_parser("archive", help="build archives/<name>.mar from the registry's @champion")
     archive.add_argument("--name", default=None, help="e.g. nw-sine (default: every registered champion)")
@@ -49,8 +62,33 @@ def build_parser() -> argparse.ArgumentParser:
     ui = commands.add_parser("ui", help="MLflow UI on http://127.0.0.1:5000 over mlruns/")
     ui.add_argument("--port", type=int, default=5000)
     ui.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI or mlruns/")
+    server = commands.add_parser("tracking-server", help="local PostgreSQL + mlflow server for many tuning workers")
+    server.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
+    server.add_argument("--port", type=int, default=5000, help="mlflow server port")
+    server.add_argument("--pg-port", type=int, default=5433, help="PostgreSQL port")
+    server.add_argument("--allowed-hosts", default="", help="extra host names workers use, comma-separated")
+    server.add_argument("--state-dir", default=None, help="default: .tracking/")
+    stop_server = commands.add_parser("tracking-server-stop", help="stop the tracking server (its data stays)")
+    stop_server.add_argument("--state-dir", default=None, help="default: .tracking/")
     commands.add_parser("demo", help="tune, archive, serve, query and stop: the whole product in one go")
     return parser
+
+
+def add_heartbeat_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--heartbeat", type=int, default=None, help="seconds between liveness beats ($TUNE_HEARTBEAT, 30)"
+    )
+    parser.add_argument(
+        "--grace",
+        type=int,
+        default=None,
+        help="seconds without a beat before a trial is failed and retried, a run closed ($TUNE_GRACE, 120)",
+    )
+
+
+def heartbeat_arguments(args) -> dict[str, int]:
+    """The heartbeat settings given on the command line; the rest keep their defaults (env or built in)."""
+    return {k: v for k, v in {"heartbeat": args.heartbeat, "grace": args.grace}.items() if v is not None}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,8 +123,44 @@ def run_tune(args) -> int:
         epochs=args.epochs,
         tracking_uri=args.tracking_uri,
         progress=not args.no_progress,
+        conclude=not args.no_conclude,
+        **heartbeat_arguments(args),
     )
     print_tune_summary(tune(options), options)
+    return 0
+
+
+def run_conclude(args) -> int:
+    from .report import print_conclusion
+    from .tune import conclude_study
+
+    conclusion, client, experiment_id, run_id = conclude_study(
+        args.name, args.storage, args.tracking_uri, args.device, **heartbeat_arguments(args)
+    )
+    print_conclusion(args.name, conclusion, client.tracking_uri, experiment_id, run_id)
+    return 0
+
+
+def run_tracking_server(args) -> int:
+    from . import tracking_server
+
+    hosts = [h for h in args.allowed_hosts.split(",") if h]
+    where = args.state_dir or tracking_server.STATE
+    server = tracking_server.start(where, args.host, args.pg_port, args.port, hosts)
+    print(f"PostgreSQL on {server.host}:{server.pg_port} and mlflow server on {server.tracking_uri} (state: {where})")
+    print("Give every tuning worker these two (the storage URL holds the database password):")
+    print(f"  STORAGE='{server.storage_url}'")
+    print(f"  MLFLOW_TRACKING_URI={server.tracking_uri}")
+    print(f"e.g. MLFLOW_TRACKING_URI={server.tracking_uri} make tune STORAGE='{server.storage_url}' CONCLUDE=0")
+    print("Stop both with `make tracking-server-stop`.")
+    return 0
+
+
+def run_tracking_server_stop(args) -> int:
+    from . import tracking_server
+
+    stopped = tracking_server.stop(args.state_dir or tracking_server.STATE)
+    print("tracking server stopped" if stopped else "no tracking server was running")
     return 0
 
 
@@ -148,6 +222,10 @@ def run_ui(args) -> int:
     from . import tracking
 
     uri = args.tracking_uri or tracking.default_tracking_uri()
+    if uri.startswith(("http://", "https://")):  # a tracking server already is the UI
+        tracking.check_tracking_uri(uri)
+        print(f"MLflow UI: {tracking.redact(uri)} (the tracking server in use serves it)")
+        return 0
     tracking.configure(uri)  # creates mlruns/ on a fresh checkout
     print(f"MLflow UI on http://127.0.0.1:{args.port} over {uri} (Ctrl-C to stop)", flush=True)
     command = [
@@ -175,6 +253,9 @@ def run_demo(args) -> int:
 
 COMMANDS = {
     "tune": run_tune,
+    "conclude": run_conclude,
+    "tracking-server": run_tracking_server,
+    "tracking-server-stop": run_tracking_server_stop,
     "archive": run_archive,
     "serve": run_serve,
     "deploy": run_deploy,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import urllib.request
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -19,6 +20,10 @@ SERVING = "serving"  # moves on `make deploy`: the version TorchServe answers wi
 VERSIONED_PACKAGES = ("torch", "mlflow", "optuna", "scikit-learn", "torchserve", "torch-model-archiver", "numpy")
 
 
+class TrackingError(RuntimeError):
+    """An MLflow tracking URI that cannot be used."""
+
+
 def default_tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{MLRUNS / 'mlflow.db'}"
 
@@ -28,7 +33,8 @@ def default_optuna_storage() -> str:
 
 
 def artifact_root(tracking_uri: str | None = None) -> Path:
-    """Artifacts live beside a SQLite tracking database: mlruns/artifacts by default."""
+    """Artifacts live beside a SQLite tracking database (mlruns/artifacts by default); a PostgreSQL tracking
+    database used directly keeps them in mlruns/artifacts of this checkout (a tracking server proxies them)."""
     uri = tracking_uri or default_tracking_uri()
     if uri.startswith("sqlite:///"):
         return Path(uri.removeprefix("sqlite:///")).parent / "artifacts"
@@ -36,25 +42,60 @@ def artifact_root(tracking_uri: str | None = None) -> Path:
 
 
 def configure(tracking_uri: str | None = None) -> MlflowClient:
-    """Point MLflow at the store (default: mlruns/mlflow.db) and return a client for it."""
+    """Point MLflow at the store (default: mlruns/mlflow.db) and return a client for it.
+
+    A tracking server or database that cannot be reached is a one-line `TrackingError` naming it."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     uri = tracking_uri or default_tracking_uri()
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    check_tracking_uri(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    return MlflowClient(uri, uri)
+    client = MlflowClient(uri, uri)
+    if uri.startswith(("postgresql", "postgres:")):
+        from .storage import storage_lock
+
+        # MLflow creates its tables on first use; workers starting together take turns.
+        with storage_lock(uri, "mlflow-schema"):
+            client.search_experiments(max_results=1)
+    return client
+
+
+def check_tracking_uri(uri: str) -> None:
+    """Fail fast on a tracking server that does not answer, instead of MLflow's minutes of retries."""
+    if uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=10) as response:
+                response.read()
+        except (OSError, ValueError) as error:
+            raise TrackingError(f"cannot reach MLflow tracking server {redact(uri)}: {error}") from None
+    elif uri.startswith(("postgresql", "postgres:")):
+        import psycopg
+
+        try:
+            psycopg.connect("postgresql://" + uri.split("://", 1)[1], connect_timeout=10).close()
+        except psycopg.Error as error:
+            line = (str(error).strip().splitlines() or [""])[0]
+            raise TrackingError(f"cannot reach MLflow tracking database {redact(uri)}: {line}") from None
 
 
 def experiment_id(client: MlflowClient, name: str) -> str:
-    """Get or create the experiment `name`; local stores keep artifacts under mlruns/artifacts/<name>."""
+    """Get or create the experiment `name`; local stores keep artifacts under mlruns/artifacts/<name>.
+    Workers starting together may both try to create it: the loser takes the winner's."""
     found = client.get_experiment_by_name(name)
     if found is not None:
         return found.experiment_id
     location = None
-    if client.tracking_uri.startswith("sqlite:///"):
+    if not client.tracking_uri.startswith(("http://", "https://", "databricks")):  # a server knows its own
         location = (artifact_root(client.tracking_uri) / name).as_uri()
-    return client.create_experiment(name, artifact_location=location)
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except MlflowException as error:
+        found = client.get_experiment_by_name(name)
+        if error.error_code != "RESOURCE_ALREADY_EXISTS" or found is None:
+            raise
+        return found.experiment_id
 
 
 def package_versions() -> dict[str, str]:
@@ -91,20 +132,35 @@ def champion_version(client: MlflowClient, name: str):
         return None
 
 
-def promote_if_better(
-    client: MlflowClient, name: str, version: str, metric: str, value: float, direction: str
-) -> ChampionDecision:
-    """Move `@champion` to `version` only if its test metric beats the current champion's."""
+def selection_value(version, metric: str) -> float:
+    """A registered version's selection value: the validation metric of the trial it was refit from."""
+    try:
+        return float(version.tags.get(f"val_{metric}", "nan"))
+    except ValueError:
+        return math.nan
+
+
+def promote_best(client: MlflowClient, name: str, metric: str, direction: str) -> ChampionDecision:
+    """Point `@champion` at the version with the best validation metric (`val_<metric>` tag); the test
+    metric is only reported. Idempotent; callers serialize it (`storage.storage_lock`) so that two
+    conclusions never interleave their read and their set."""
+    versions = [
+        v for v in client.search_model_versions(f"name = '{name}'") if math.isfinite(selection_value(v, metric))
+    ]
+    if not versions:
+        raise ValueError(f"no version of {name!r} has a val_{metric} tag to select on")
+    sign = 1 if direction == "minimize" else -1
+    best = min(versions, key=lambda v: (sign * selection_value(v, metric), int(v.version)))
     current = champion_version(client, name)
-    key = f"test_{metric}"
-    if current is not None and current.version != version:
-        best = float(current.tags.get(key, "nan"))
-        beats = math.isnan(best) or (value < best if direction == "minimize" else value > best)
-        if not beats:
-            reason = f"kept version {current.version}: its {key}={best:.6g} is not beaten by {value:.6g}"
-            return ChampionDecision(version, False, reason)
-        reason = f"version {version} {key}={value:.6g} beats version {current.version} ({best:.6g})"
+    value = selection_value(best, metric)
+    if current is not None and str(current.version) == str(best.version):
+        return ChampionDecision(
+            str(best.version), False, f"version {best.version} stays: best val_{metric}={value:.6g}"
+        )
+    client.set_registered_model_alias(name, CHAMPION, str(best.version))
+    if current is None:
+        reason = f"version {best.version} is the first champion (val_{metric}={value:.6g})"
     else:
-        reason = f"version {version} is the first champion ({key}={value:.6g})"
-    client.set_registered_model_alias(name, CHAMPION, version)
-    return ChampionDecision(version, True, reason)
+        was = selection_value(current, metric)
+        reason = f"version {best.version} val_{metric}={value:.6g} beats version {current.version} ({was:.6g})"
+    return ChampionDecision(str(best.version), True, reason)

@@ -1,39 +1,43 @@
 """Hyperparameter search: an Optuna study per `<model>-<dataset>`, every trial an MLflow child run.
 
-One tuning invocation = one MLflow parent run. The best configuration is refit, evaluated once on
-the test split, logged as an MLflow model, registered, and made `@champion` only if it beats the
-current champion on the test metric.
+One tuning invocation = one MLflow parent run. Any number of invocations (workers, on any number of
+machines) may share one study through one storage; each samples with a seed of its own. At the end an
+invocation concludes the study (`conclude.py`: refit, test, register, `@champion` by validation) unless
+asked not to, so that many workers can leave a single conclusion to `make conclude`.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import queue
-import tempfile
+import socket
+import threading
 import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 
-import mlflow
 import optuna
 import torch
-from mlflow.entities import Metric, Param
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+from mlflow import MlflowClient
 
-from . import plots, tracking
+from . import tracking
+from .conclude import DATA_SEED, Conclusion, conclude, study_states
 from .data import KINDS, Dataset, load_dataset, prepare_model
-from .fit import PRIMARY_METRIC, FitResult, NonFiniteLossError, evaluate, fit, resolve_device
-from .nn import build_model, model_kind, save_checkpoint
+from .fit import PRIMARY_METRIC, NonFiniteLossError, fit, resolve_device
+from .nn import build_model
 from .search_space import DEFAULT_EPOCHS, SEARCH_SPACES, suggest
+from .storage import open_storage, sampler_seed, storage_lock
+from .trial_log import MlflowTrialLog, ParentHeartbeat, StaleTrialCallback, close_dead_runs, log_invocation
 
 # Heartbeats (retrying trials whose process died) are marked experimental in Optuna; we rely on them.
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
-DATA_SEED = 0  # the splits never change between invocations, so a study compares like with like
-HEARTBEAT_SECONDS, GRACE_SECONDS = 30, 120  # a RUNNING trial silent for the grace period is failed and retried
+# A RUNNING trial (or parent run) silent for the grace period is failed (killed) and the trial retried.
+HEARTBEAT_SECONDS = int(os.environ.get("TUNE_HEARTBEAT", 30))
+GRACE_SECONDS = int(os.environ.get("TUNE_GRACE", 120))
 
 
 class TuneError(RuntimeError):
@@ -53,6 +57,9 @@ class TuneOptions:
     epochs: int | None = None
     tracking_uri: str | None = None
     progress: bool = True
+    conclude: bool = True  # False: leave the conclusion to `make conclude` (many workers, one conclusion)
+    heartbeat: int = HEARTBEAT_SECONDS
+    grace: int = GRACE_SECONDS
 
     @property
     def name(self) -> str:
@@ -69,6 +76,8 @@ class TuneOptions:
             raise TuneError(f"model {self.model!r} takes {wanted} data ({', '.join(fits)}), not {self.dataset!r}")
         if self.trials < 1 or self.jobs < 0:
             raise TuneError("trials must be at least 1 and jobs at least 0 (0: one per GPU, else 1)")
+        if self.heartbeat < 1 or self.grace <= self.heartbeat:
+            raise TuneError(f"heartbeat ({self.heartbeat} s) must be at least 1 and below the grace ({self.grace} s)")
         resolve_device(self.device)
 
 
@@ -77,21 +86,19 @@ class TuneResult:
     name: str
     experiment_id: str
     parent_run_id: str
-    best_trial: int
-    best_value: float
-    best_params: dict
-    test_metrics: dict[str, float]
-    model_version: str
-    promoted: bool
-    decision: str
-    states: dict[str, int] = field(default_factory=dict)
+    tracking_uri: str
+    sampler_seed: int
+    conclusion: Conclusion | None  # None when the invocation left the conclusion to `make conclude`
+    states: dict[str, int] = field(default_factory=dict)  # this invocation's trials only
+    study_states: dict[str, int] = field(default_factory=dict)  # every trial of the study, all workers
 
 
 # the study
 
 
 def study_sampler(seed: int) -> optuna.samplers.BaseSampler:
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=5)
+    """Seeded TPE; constant liar: trials running elsewhere count as bad, so parallel workers spread out."""
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=5, constant_liar=True)
 
 
 def study_pruner() -> optuna.pruners.BasePruner:
@@ -99,34 +106,25 @@ def study_pruner() -> optuna.pruners.BasePruner:
     return optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=3)
 
 
-def open_study(options: TuneOptions, direction: str) -> optuna.Study:
-    """Create the study, or continue it: the same name in the same storage is never duplicated."""
+def open_study(options: TuneOptions, direction: str, on_stale=None) -> tuple[optuna.Study, int]:
+    """Create the study or continue it (never a duplicate), and number this invocation of it: the sampler
+    seed comes from (seed, invocation), so simultaneous or later workers do not replay each other."""
     url = options.storage or tracking.default_optuna_storage()
-    engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
-    storage = optuna.storages.RDBStorage(
-        url,
-        engine_kwargs=engine,
-        heartbeat_interval=HEARTBEAT_SECONDS,
-        grace_period=GRACE_SECONDS,
-        heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2),
-    )
-    existing = {s.study_name: s for s in optuna.get_all_study_summaries(storage)}
-    previous = existing[options.name].n_trials if options.name in existing else 0
-    if options.name in existing and existing[options.name].direction.name.lower() != direction:
-        raise TuneError(f"study {options.name!r} in {tracking.redact(url)} optimizes the other direction")
-    # The sampler seed moves with the trial count, so a continued study does not replay its first draws.
-    study = optuna.create_study(
-        storage=storage,
-        study_name=options.name,
-        direction=direction,
-        sampler=study_sampler(options.seed + previous),
-        pruner=study_pruner(),
-        load_if_exists=True,
-    )
-    study.set_user_attr("model", options.model)
-    study.set_user_attr("dataset", options.dataset)
-    study.set_user_attr("data_seed", DATA_SEED)
-    return study
+    storage = open_storage(url, options.heartbeat, options.grace, on_stale)
+    with storage_lock(url, f"open:{options.name}"):
+        study = optuna.create_study(
+            storage=storage, study_name=options.name, direction=direction, pruner=study_pruner(), load_if_exists=True
+        )
+        if study.direction.name.lower() != direction:
+            raise TuneError(f"study {options.name!r} in {tracking.redact(url)} optimizes the other direction")
+        invocation = int(study.user_attrs.get("invocations", 0))
+        study.set_user_attr("invocations", invocation + 1)
+        if not invocation:
+            study.set_user_attr("model", options.model)
+            study.set_user_attr("dataset", options.dataset)
+            study.set_user_attr("data_seed", DATA_SEED)
+    study.sampler = study_sampler(sampler_seed(options.seed, invocation))
+    return study, invocation
 
 
 class DevicePool:
@@ -158,34 +156,6 @@ class DevicePool:
             self._free.put(device)
 
 
-class MlflowTrialLog:
-    """Each trial as an MLflow child run of the tuning invocation's parent run."""
-
-    def __init__(self, client: mlflow.MlflowClient, experiment_id: str, parent: str, study: str):
-        self.client, self.experiment_id, self.parent, self.study = client, experiment_id, parent, study
-
-    def start(self, trial: optuna.Trial, params: dict) -> str:
-        run = self.client.create_run(
-            self.experiment_id,
-            run_name=f"trial-{trial.number}",
-            tags={MLFLOW_PARENT_RUN_ID: self.parent, "optuna.study": self.study, "optuna.trial": str(trial.number)},
-        )
-        trial.set_user_attr("mlflow_run_id", run.info.run_id)
-        self.client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
-        return run.info.run_id
-
-    def metrics(self, run_id: str, values: dict[str, float], step: int) -> None:
-        now = int(time.time() * 1000)
-        metrics = [Metric(k, float(v), now, step) for k, v in values.items() if math.isfinite(v)]
-        self.client.log_batch(run_id, metrics=metrics)
-
-    def finish(self, run_id: str, state: str, status: str, reason: str | None = None) -> None:
-        self.client.set_tag(run_id, "optuna.state", state)
-        if reason:
-            self.client.set_tag(run_id, "optuna.reason", reason)
-        self.client.set_terminated(run_id, status)
-
-
 class Objective:
     """Train one trial's configuration: report every epoch to the pruner, record it in `log` when given."""
 
@@ -194,14 +164,26 @@ class Objective:
         self.metric, self.direction = PRIMARY_METRIC[data.task]
         self.epochs = options.epochs or DEFAULT_EPOCHS[data.name]
         self.devices = DevicePool.for_option(options.device)
+        self.worker = f"{socket.gethostname()}:{os.getpid()}"
+        self.numbers: list[int] = []  # the trials this invocation ran (the study holds every worker's)
+        self._lock = threading.Lock()
 
     def __call__(self, trial: optuna.Trial) -> float:
+        with self._lock:
+            self.numbers.append(trial.number)
         with self.devices.acquire() as device:
             return self.train(trial, device)
 
     def train(self, trial: optuna.Trial, device: str) -> float:
         setup = suggest(self.options.model, trial, self.data, epochs=self.epochs, seed=self.options.seed, device=device)
         params = {**trial.params, "device": device, "seed": self.options.seed, "max_epochs": setup.fit_config.epochs}
+        # what a later conclusion needs to refit this trial exactly, and who ran it
+        for key, value in [
+            ("seed", self.options.seed),
+            ("max_epochs", setup.fit_config.epochs),
+            ("worker", self.worker),
+        ]:
+            trial.set_user_attr(key, value)
         run_id = self.log.start(trial, params) if self.log else None
 
         def on_epoch(epoch: int, row: dict[str, float]) -> None:
@@ -255,35 +237,52 @@ def tune(options: TuneOptions) -> TuneResult:
     _, direction = PRIMARY_METRIC[data.task]
     client = tracking.configure(options.tracking_uri)
     experiment_id = tracking.experiment_id(client, options.name)
-    study = open_study(options, direction)
-    before = len(study.trials)
+    url = options.storage or tracking.default_optuna_storage()
+    on_stale = StaleTrialCallback()
+    on_stale.client = client
+    study, invocation = open_study(options, direction, on_stale)
+    close_dead_runs(client, experiment_id, study, options.grace)
+    seed = sampler_seed(options.seed, invocation)
     parent = client.create_run(
         experiment_id,
-        run_name=f"tune-{time.strftime('%Y%m%d-%H%M%S')}",
-        tags={"optuna.study": options.name, "kind": "tuning"},
+        run_name=f"tune-{time.strftime('%Y%m%d-%H%M%S')}-{invocation}",
+        tags={"optuna.study": options.name, "kind": "tuning", "invocation": str(invocation)},
     ).info.run_id
-    log_invocation(client, parent, options, study, data)
     objective = Objective(options, data, MlflowTrialLog(client, experiment_id, parent, options.name))
+    log_invocation(client, parent, invocation_params(options, study, url, invocation, seed), data.describe())
+    conclusion = None
     try:
-        study.optimize(
-            objective,
-            n_trials=options.trials,
-            timeout=options.timeout,
-            n_jobs=options.jobs or len(objective.devices.devices),
-            catch=(torch.OutOfMemoryError,),
-            show_progress_bar=options.progress,
-        )
-        result = conclude(client, experiment_id, parent, options, study, data, objective.epochs)
+        with ParentHeartbeat(client, parent, options.heartbeat):
+            study.optimize(
+                objective,
+                n_trials=options.trials,
+                timeout=options.timeout,
+                n_jobs=options.jobs or len(objective.devices.devices),
+                catch=(torch.OutOfMemoryError,),
+                show_progress_bar=options.progress,
+            )
+            if options.conclude:
+                conclusion = conclude(client, parent, study, url, options.device)
     except BaseException:
         client.set_terminated(parent, "FAILED")
         raise
-    result.states["new_trials"] = len(study.trials) - before
     client.set_terminated(parent, "FINISHED")
-    return result
+    trials = study.get_trials(deepcopy=False)
+    mine = [t for t in trials if t.number in set(objective.numbers)]
+    return TuneResult(
+        options.name,
+        experiment_id,
+        parent,
+        client.tracking_uri,
+        seed,
+        conclusion,
+        study_states(mine),
+        study_states(trials),
+    )
 
 
-def log_invocation(client, run_id: str, options: TuneOptions, study: optuna.Study, data: Dataset) -> None:
-    params = {
+def invocation_params(options: TuneOptions, study: optuna.Study, url: str, invocation: int, seed: int) -> dict:
+    return {
         "model": options.model,
         "dataset": options.dataset,
         "study": options.name,
@@ -292,141 +291,49 @@ def log_invocation(client, run_id: str, options: TuneOptions, study: optuna.Stud
         "jobs": options.jobs,
         "device": str(resolve_device(options.device)),
         "seed": options.seed,
+        "invocation": invocation,
+        "sampler_seed": seed,
         "data_seed": DATA_SEED,
         "sampler": type(study.sampler).__name__,
         "pruner": type(study.pruner).__name__,
-        "storage": tracking.redact(options.storage or tracking.default_optuna_storage()),
+        "storage": tracking.redact(url),
+        "heartbeat_s": options.heartbeat,
+        "grace_s": options.grace,
+        "concludes": options.conclude,
         "trials_before": len(study.trials),
     }
-    client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
-    for key, value in tracking.package_versions().items():
-        client.set_tag(run_id, f"version.{key}", value)
-    client.log_dict(run_id, data.describe(), "data/description.json")
 
 
-def conclude(client, experiment_id, parent, options, study, data, epochs) -> TuneResult:
-    """Refit the best trial, test it once, log the evidence, register it and decide on the champion."""
-    states = {s.name.lower(): sum(t.state == s for t in study.trials) for s in optuna.trial.TrialState}
-    if not states["complete"]:
-        reasons = {t.number: t.user_attrs.get("fail_reason", t.state.name) for t in study.trials}
-        raise TuneError(f"study {options.name!r} has no completed trial: {reasons}")
-    best = study.best_trial
-    metric, direction = PRIMARY_METRIC[data.task]
-    model, history = refit(options, best.params, data, epochs)
-    test = evaluate(model, data.test, data.task)
-
-    with mlflow.start_run(run_id=parent):
-        mlflow.log_params({f"best.{k}": v for k, v in best.params.items()})
-        mlflow.log_metrics({f"best_val_{metric}": best.value, **{f"test_{k}": v for k, v in test.items()}})
-        mlflow.log_metrics({f"trials_{k}": v for k, v in states.items()})
-        mlflow.set_tags({"best_trial": best.number, "best_trial_run_id": best.user_attrs.get("mlflow_run_id", "")})
-        log_study_plots(study)
-        log_model_plots(model, data, history, metric)
-        log_data_input(data)
-        version, sha = log_and_register(client, model, data, options.name, parent, test, metric)
-        decision = tracking.promote_if_better(client, options.name, version, metric, test[metric], direction)
-        mlflow.set_tags(
-            {
-                "registered_version": version,
-                "champion_promoted": decision.promoted,
-                "champion_decision": decision.reason,
-                "checkpoint_sha256": sha,
-            }
-        )
-    return TuneResult(
-        options.name,
+def conclude_study(
+    name: str,
+    storage: str | None = None,
+    tracking_uri: str | None = None,
+    device: str = "auto",
+    heartbeat: int = HEARTBEAT_SECONDS,
+    grace: int = GRACE_SECONDS,
+) -> tuple[Conclusion, MlflowClient, str, str]:
+    """`make conclude`: close what dead workers left, then conclude the study in a run of its own.
+    Returns the conclusion, the client, the experiment id and the conclusion's run id."""
+    client = tracking.configure(tracking_uri)
+    url = storage or tracking.default_optuna_storage()
+    on_stale = StaleTrialCallback()
+    on_stale.client = client
+    try:
+        study = optuna.load_study(study_name=name, storage=open_storage(url, heartbeat, grace, on_stale))
+    except KeyError:
+        raise TuneError(f"no study {name!r} in {tracking.redact(url)}") from None
+    experiment_id = tracking.experiment_id(client, name)
+    close_dead_runs(client, experiment_id, study, grace)
+    run_id = client.create_run(
         experiment_id,
-        parent,
-        best.number,
-        best.value,
-        best.params,
-        test,
-        version,
-        decision.promoted,
-        decision.reason,
-        states,
-    )
-
-
-def refit(options: TuneOptions, params: dict, data: Dataset, epochs: int) -> tuple[torch.nn.Module, FitResult]:
-    """Rebuild and train a trial's configuration exactly as the trial did; the model comes back on the CPU."""
-    setup = suggest(
-        options.model,
-        optuna.trial.FixedTrial(params),
-        data,
-        epochs=epochs,
-        seed=options.seed,
-        device=str(resolve_device(options.device)),
-    )
-    torch.manual_seed(options.seed)
-    model = prepare_model(build_model(setup.model_kind, setup.model_config), data)
-    result = fit(model, data, setup.fit_config)
-    return model.cpu().eval(), result
-
-
-def log_study_plots(study: optuna.Study) -> None:
-    """Optuna's interactive plots as HTML; a plot the study cannot draw yet (too few trials) is skipped."""
-    import optuna.visualization as vis
-
-    for name, draw in [
-        ("optimization_history", vis.plot_optimization_history),
-        ("param_importances", vis.plot_param_importances),
-        ("intermediate_values", vis.plot_intermediate_values),
-    ]:
-        try:
-            figure = draw(study)
-        except (ValueError, RuntimeError) as error:
-            mlflow.set_tag(f"plot.{name}", f"skipped: {error}")
-            continue
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / f"{name}.html"
-            figure.write_html(path, include_plotlyjs="cdn")
-            mlflow.log_artifact(str(path), "optuna")
-
-
-def log_model_plots(model, data: Dataset, history: FitResult, metric: str) -> None:
-    figures = {}
-    if model_kind(model) == "nw":
-        figures["nw_predictions.png"] = plots.nw_predictions(model, data)
-        figures["nw_attention_heatmap.png"] = plots.nw_attention_heatmap(model, data)
-    else:
-        figures["mha_pooling_weights.png"] = plots.mha_pooling_weights(model, data)
-    if history.history:
-        figures["learning_curve.png"] = plots.learning_curve(history.history, metric)
-    for name, figure in figures.items():
-        mlflow.log_figure(figure, f"plots/{name}")
-        plots.plt.close(figure)
-
-
-def log_data_input(data: Dataset) -> None:
-    train = data.train
-    features = train.x.reshape(len(train), -1).numpy()
-    dataset = mlflow.data.from_numpy(features, targets=train.y.numpy(), name=f"{data.name}-train")
-    mlflow.log_input(dataset, context="training")
-
-
-def log_and_register(client, model, data: Dataset, name: str, run_id: str, test: dict, metric: str) -> tuple[str, str]:
-    from mlflow.models import infer_signature
-
-    from .pyfunc import predict_frame, to_frame
-
-    example = to_frame(data.test.x[:3], None if data.test.lengths is None else data.test.lengths[:3])
-    signature = infer_signature(example, predict_frame(model, example))
-    versions = tracking.package_versions()
-    with tempfile.TemporaryDirectory() as tmp:
-        checkpoint = Path(tmp) / "checkpoint.pt"
-        sha = save_checkpoint(model, checkpoint, {"name": name, "run_id": run_id, f"test_{metric}": test[metric]})
-        info = mlflow.pyfunc.log_model(
-            name="model",
-            python_model=str(tracking.ROOT / "training" / "mlflow_model.py"),
-            artifacts={"checkpoint": str(checkpoint)},
-            code_paths=[str(tracking.ROOT / "training")],
-            signature=signature,
-            input_example=example,
-            pip_requirements=[f"torch=={versions['torch']}", f"mlflow=={versions['mlflow']}"],
-        )
-    registered = mlflow.register_model(info.model_uri, name)
-    tags = {f"test_{k}": str(v) for k, v in test.items()} | {"run_id": run_id, "checkpoint_sha256": sha}
-    for key, value in tags.items():
-        client.set_model_version_tag(name, registered.version, key, value)
-    return str(registered.version), sha
+        run_name=f"conclude-{time.strftime('%Y%m%d-%H%M%S')}",
+        tags={"optuna.study": name, "kind": "conclusion"},
+    ).info.run_id
+    try:
+        with ParentHeartbeat(client, run_id, heartbeat):
+            conclusion = conclude(client, run_id, study, url, device)
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    client.set_terminated(run_id, "FINISHED")
+    return conclusion, client, experiment_id, run_id

@@ -1,0 +1,220 @@
+"""The README's recipe for several machines, for real: a PostgreSQL + `mlflow server` (the code behind
+`make tracking-server`, on free loopback ports), three tuning workers started at the same moment on empty
+databases, one killed with kill -9 in the middle of a trial, then two conclusions at once and an archive
+built through the tracking server."""
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow import MlflowClient
+
+from training import tracking_server
+from training.trial_log import RUN_STATUS
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[1]
+SURVIVOR_TRIALS, HEARTBEAT, GRACE = 5, 1, 3
+
+# A worker is `python -m training tune`, started through this shim: it imports everything first, says it is
+# ready and waits for the go file (so the three really race on the empty databases), optionally holds each
+# trial while a hold file exists, and optionally sleeps per epoch (a slow machine, so it is killed mid-trial).
+WORKER = """
+import os, sys, time
+import training.tune as tune
+from training.cli import main
+
+ready, go, hold, delay = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+real_call, real_fit = tune.Objective.__call__, tune.fit
+
+def held(self, trial):
+    while hold and os.path.exists(hold):
+        time.sleep(0.1)
+    return real_call(self, trial)
+
+def slow(model, data, config, on_epoch=None):
+    def beat(epoch, row):
+        time.sleep(delay)
+        on_epoch(epoch, row)
+    return real_fit(model, data, config, beat if on_epoch else None)
+
+tune.Objective.__call__, tune.fit = held, slow
+open(ready, "w").close()
+while not os.path.exists(go):
+    time.sleep(0.05)
+sys.exit(main(sys.argv[5:]))
+"""
+
+
+@pytest.fixture(scope="module")
+def server():
+    state = Path(tempfile.mkdtemp(prefix="tracking-"))
+    state.chmod(0o755)  # PostgreSQL runs as an unprivileged user when the tests run as root
+    try:
+        ports = dict(pg_port=tracking_server.free_port(), mlflow_port=tracking_server.free_port())
+        yield tracking_server.start(state, **ports, workers=1)
+    finally:
+        tracking_server.stop(state)
+        shutil.rmtree(state, ignore_errors=True)
+
+
+def cli(server, *args: str) -> list[str]:
+    return [*args, "--storage", server.storage_url, "--tracking-uri", server.tracking_uri]
+
+
+def start_worker(server, tmp: Path, index: int, trials: int, hold: str, delay: float) -> subprocess.Popen:
+    tune = ["tune", "--model", "nw", "--dataset", "sine", "--trials", str(trials), "--device", "cpu"]
+    tune += ["--no-conclude", "--no-progress", "--heartbeat", str(HEARTBEAT), "--grace", str(GRACE)]
+    command = [sys.executable, "-c", WORKER, str(tmp / f"ready-{index}"), str(tmp / "go"), hold, str(delay)]
+    return subprocess.Popen(
+        command + cli(server, *tune),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def wait_for(condition, what: str, seconds: float = 120):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        found = condition()
+        if found:
+            return found
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def victim_trial(storage: str, pid: int):
+    """The victim's trial that is running and has reported at least one epoch, if any."""
+    try:
+        trials = optuna.load_study(study_name="nw-sine", storage=storage).get_trials(deepcopy=False)
+    except KeyError:
+        return None
+    worker = f"{socket.gethostname()}:{pid}"
+    running = [t for t in trials if t.user_attrs.get("worker") == worker and t.state.name == "RUNNING"]
+    return next((t for t in running if t.intermediate_values and "mlflow_run_id" in t.user_attrs), None)
+
+
+@pytest.fixture(scope="module")
+def tuned(server, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("workers")
+    hold = tmp / "hold"
+    hold.touch()
+    victim = start_worker(server, tmp, 0, 30, "", delay=0.5)
+    survivors = [start_worker(server, tmp, i, SURVIVOR_TRIALS, str(hold), delay=0.0) for i in (1, 2)]
+    workers = [victim, *survivors]
+    try:
+        wait_for(lambda: all((tmp / f"ready-{i}").exists() for i in range(3)), "the workers to import", 180)
+        (tmp / "go").touch()  # all three open the empty databases at once
+        dead = wait_for(lambda: victim_trial(server.storage_url, victim.pid), "the victim to be mid-trial", 120)
+        os.killpg(victim.pid, signal.SIGKILL)
+        victim.wait(timeout=30)
+        time.sleep(GRACE + HEARTBEAT)  # the dead trial is stale from now on
+        hold.unlink()  # the survivors go on: the next trial one of them starts fails and retries the dead one
+        outputs = [p.communicate(timeout=300)[0] for p in survivors]
+    finally:
+        for process in workers:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+    storage = optuna.storages.RDBStorage(server.storage_url)
+    return {"dead": dead, "victim": victim, "survivors": survivors, "outputs": outputs, "storage": storage}
+
+
+@pytest.fixture(scope="module")
+def concluded(server, tuned):
+    # two conclusions at the same moment: one refits and registers, the other finds it registered
+    command = [sys.executable, "-m", "training", *cli(server, "conclude", "--name", "nw-sine")]
+    command += ["--heartbeat", str(HEARTBEAT), "--grace", str(GRACE), "--device", "cpu"]
+    runs = [subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)]
+    runs.append(subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    outputs = [run.communicate(timeout=300)[0] for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], outputs
+    return outputs
+
+
+def test_workers_started_together_all_ran_and_count_only_their_own_trials(tuned):
+    assert tuned["victim"].returncode == -signal.SIGKILL
+    for process, output in zip(tuned["survivors"], tuned["outputs"]):
+        assert process.returncode == 0, output
+        assert "Traceback" not in output and "UniqueViolation" not in output
+        mine = re.search(r"this worker\s+(\d+) trials", output)
+        assert mine and int(mine.group(1)) == SURVIVOR_TRIALS, output
+        assert "make conclude NAME=nw-sine" in output  # CONCLUDE=0: no refit, no registration here
+
+
+def test_trials_add_up_and_first_draws_differ(tuned):
+    study = optuna.load_study(study_name="nw-sine", storage=tuned["storage"])
+    trials = study.get_trials(deepcopy=False)
+    victim = f"{socket.gethostname()}:{tuned['victim'].pid}"
+    by_victim = [t for t in trials if t.user_attrs.get("worker") == victim]
+    assert len(trials) == 2 * SURVIVOR_TRIALS + len(by_victim)  # the retry is one of a survivor's trials
+    assert all(t.state.is_finished() for t in trials), [t.state for t in trials]
+    retried_from = optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number
+    fresh = [tuple(sorted(t.params.items())) for t in trials if retried_from(t) is None]
+    assert len(fresh) == len(set(fresh)), "parallel workers drew the same parameters"
+    assert len({tuple(sorted(t.params.items())) for t in trials[:3]}) == 3
+
+
+def test_the_killed_trial_failed_and_was_retried(tuned):
+    trials = optuna.load_study(study_name="nw-sine", storage=tuned["storage"]).get_trials(deepcopy=False)
+    dead = trials[tuned["dead"].number]
+    assert dead.state == optuna.trial.TrialState.FAIL
+    retried_from = optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number
+    retries = [t for t in trials if retried_from(t) == dead.number]
+    assert len(retries) == 1 and retries[0].state.is_finished() and retries[0].params == dead.params
+    assert retries[0].user_attrs["worker"] != dead.user_attrs["worker"]
+
+
+def test_every_trial_is_a_closed_child_run_in_step_with_optuna(server, tuned, concluded):
+    client = MlflowClient(server.tracking_uri)
+    trials = optuna.load_study(study_name="nw-sine", storage=tuned["storage"]).get_trials(deepcopy=False)
+    for trial in trials:
+        run = client.get_run(trial.user_attrs["mlflow_run_id"])
+        assert run.info.status == RUN_STATUS[trial.state.name], (trial.number, trial.state, run.info.status)
+        assert run.data.tags["optuna.state"] == trial.state.name
+    dead = client.get_run(tuned["dead"].user_attrs["mlflow_run_id"])
+    assert "heartbeat" in dead.data.tags["optuna.reason"]
+    experiment = client.get_experiment_by_name("nw-sine").experiment_id
+    assert not client.search_runs([experiment], "attributes.status = 'RUNNING'")
+    parents = client.search_runs([experiment], "tags.kind = 'tuning'")
+    assert sorted(r.info.status for r in parents) == ["FINISHED", "FINISHED", "KILLED"]
+    seeds = {r.data.params["sampler_seed"] for r in parents}
+    assert len(seeds) == 3 and "0" in seeds  # one seed per worker; the first invocation keeps the seed given
+
+
+def test_one_conclusion_one_version_and_the_champion_is_the_best_by_validation(server, tuned, concluded):
+    client = MlflowClient(server.tracking_uri)
+    study = optuna.load_study(study_name="nw-sine", storage=tuned["storage"])
+    versions = client.search_model_versions("name = 'nw-sine'")
+    assert len(versions) == 1, [(v.version, v.tags.get("candidate")) for v in versions]
+    champion = client.get_model_version_by_alias("nw-sine", "champion")
+    assert champion.version == versions[0].version
+    assert champion.tags["optuna.trial"] == str(study.best_trial.number)
+    assert float(champion.tags["val_mse"]) == pytest.approx(study.best_value)
+    assert "test_mse" in champion.tags
+    assert sum("(registered before)" in output for output in concluded) == 1
+
+
+def test_archive_builds_the_champion_through_the_tracking_server(server, concluded, tmp_path):
+    command = [sys.executable, "-m", "training", "archive", "--name", "nw-sine", "--out", str(tmp_path)]
+    done = subprocess.run(command + ["--tracking-uri", server.tracking_uri], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    champion = MlflowClient(server.tracking_uri).get_model_version_by_alias("nw-sine", "champion")
+    with zipfile.ZipFile(tmp_path / "nw-sine.mar") as archive:
+        info = json.loads(archive.read("model_info.json"))
+    assert info["version"] == str(champion.version) and info["name"] == "nw-sine"
