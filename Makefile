@@ -15,9 +15,17 @@ STORAGE ?=
 SEED ?= 0
 EPOCHS ?=
 NAME ?=
+DATA ?=
+TARGET ?=
+FEATURES ?=
+TASK ?=
+ID ?=
+ORDER ?=
 PYTEST_ARGS ?=
 
-TUNE_ARGS = --model $(MODEL) --dataset $(DATASET) --trials $(TRIALS) --jobs $(JOBS) --device $(DEVICE) --seed $(SEED) \
+DATA_ARGS = $(if $(DATA),--data '$(DATA)' $(if $(TARGET),--target '$(TARGET)') $(if $(FEATURES),--features '$(FEATURES)') \
+	$(if $(TASK),--task $(TASK)) $(if $(NAME),--name '$(NAME)') $(if $(ID),--id '$(ID)') $(if $(ORDER),--order '$(ORDER)'),--dataset $(DATASET))
+TUNE_ARGS = --model $(MODEL) $(DATA_ARGS) --trials $(TRIALS) --jobs $(JOBS) --device $(DEVICE) --seed $(SEED) \
 	$(if $(TIMEOUT),--timeout $(TIMEOUT)) $(if $(STORAGE),--storage '$(STORAGE)') $(if $(EPOCHS),--epochs $(EPOCHS))
 
 .PHONY: help
@@ -56,7 +64,7 @@ lint: $(STAMP) ## Lint and format check (ruff)
 	$(VENV)/bin/ruff format --check .
 
 .PHONY: tune
-tune: $(STAMP) ## Tune: make tune MODEL=nw|mha DATASET=sine|diabetes|adding|digits TRIALS=20 [TIMEOUT= JOBS= DEVICE= STORAGE= SEED= EPOCHS=]
+tune: $(STAMP) ## Tune: make tune MODEL=nw|mha DATASET=sine|diabetes|adding|digits TRIALS=20 [TIMEOUT= JOBS= DEVICE= STORAGE= SEED= EPOCHS=], or on your file: DATA=file.csv|.parquet TARGET=col [FEATURES=a,b TASK= NAME= ID= ORDER=]
 	$(PYTHON) -m training tune $(TUNE_ARGS)
 
 .PHONY: archive

@@ -23,11 +23,11 @@ import torch
 from mlflow.entities import Metric, Param
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-from . import plots, tracking
+from . import plots, tables, tracking
 from .data import KINDS, Dataset, load_dataset, prepare_model
 from .fit import PRIMARY_METRIC, FitResult, NonFiniteLossError, evaluate, fit, resolve_device
 from .nn import build_model, model_kind, save_checkpoint
-from .search_space import DEFAULT_EPOCHS, SEARCH_SPACES, suggest
+from .search_space import DEFAULT_EPOCHS, FILE_EPOCHS, SEARCH_SPACES, suggest
 
 # Heartbeats (retrying trials whose process died) are marked experimental in Optuna; we rely on them.
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -43,7 +43,7 @@ class TuneError(RuntimeError):
 @dataclass
 class TuneOptions:
     model: str
-    dataset: str
+    dataset: str = ""  # a built-in data set, or "" with `data` (a user's file)
     trials: int = 20
     timeout: float | None = None
     jobs: int = 0  # trials in parallel; 0 = one per GPU on multi-GPU hosts, else 1
@@ -53,12 +53,30 @@ class TuneOptions:
     epochs: int | None = None
     tracking_uri: str | None = None
     progress: bool = True
+    # A user's CSV or Parquet file instead of a built-in data set (training/tables.py).
+    data: str | None = None
+    target: str | None = None
+    features: tuple[str, ...] = ()
+    task: str | None = None
+    study_name: str | None = None  # default: <model>-<file name>
+    id_column: str | None = None  # long-format sequences
+    order_column: str | None = None
 
     @property
     def name(self) -> str:
+        if self.data:
+            return self.study_name or tables.default_name(self.model, self.data)
         return f"{self.model}-{self.dataset}"
 
+    def table(self) -> tables.TableSpec:
+        return tables.TableSpec(
+            self.data, self.target, tuple(self.features), self.task, self.id_column, self.order_column
+        )
+
     def validate(self) -> None:
+        if self.data:
+            self.validate_file()
+            return
         if self.model not in SEARCH_SPACES:
             raise TuneError(f"unknown model {self.model!r}; expected one of {sorted(SEARCH_SPACES)}")
         if self.dataset not in KINDS:
@@ -67,6 +85,20 @@ class TuneOptions:
         if KINDS[self.dataset] != wanted:
             fits = sorted(d for d, kind in KINDS.items() if kind == wanted)
             raise TuneError(f"model {self.model!r} takes {wanted} data ({', '.join(fits)}), not {self.dataset!r}")
+        if self.trials < 1 or self.jobs < 0:
+            raise TuneError("trials must be at least 1 and jobs at least 0 (0: one per GPU, else 1)")
+        resolve_device(self.device)
+
+    def validate_file(self) -> None:
+        if self.model not in SEARCH_SPACES:
+            raise TuneError(f"unknown model {self.model!r}; expected one of {sorted(SEARCH_SPACES)}")
+        if not self.target:
+            raise TuneError("a data file needs TARGET= (the column to predict)")
+        tables.check_name(self.name)
+        wanted = "tabular" if self.model == "nw" else "sequence"
+        if self.table().kind != wanted:
+            hint = "one row per example, no ID=" if wanted == "tabular" else "long format: ID= and ORDER= columns"
+            raise TuneError(f"model {self.model!r} takes {wanted} data ({hint})")
         if self.trials < 1 or self.jobs < 0:
             raise TuneError("trials must be at least 1 and jobs at least 0 (0: one per GPU, else 1)")
         resolve_device(self.device)
@@ -192,7 +224,7 @@ class Objective:
     def __init__(self, options: TuneOptions, data: Dataset, log: MlflowTrialLog | None = None):
         self.options, self.data, self.log = options, data, log
         self.metric, self.direction = PRIMARY_METRIC[data.task]
-        self.epochs = options.epochs or DEFAULT_EPOCHS[data.name]
+        self.epochs = options.epochs or DEFAULT_EPOCHS.get(data.name, FILE_EPOCHS)
         self.devices = DevicePool.for_option(options.device)
 
     def __call__(self, trial: optuna.Trial) -> float:
@@ -251,11 +283,16 @@ class Objective:
 
 def tune(options: TuneOptions) -> TuneResult:
     options.validate()
-    data = load_dataset(options.dataset, seed=DATA_SEED)
+    if options.data:
+        data = tables.load_file_dataset(options.table(), seed=DATA_SEED)
+    else:
+        data = load_dataset(options.dataset, seed=DATA_SEED)
     _, direction = PRIMARY_METRIC[data.task]
     client = tracking.configure(options.tracking_uri)
     experiment_id = tracking.experiment_id(client, options.name)
     study = open_study(options, direction)
+    if isinstance(data, tables.FileDataset):
+        tables.record_on_study(study, data)
     before = len(study.trials)
     parent = client.create_run(
         experiment_id,
@@ -285,7 +322,7 @@ def tune(options: TuneOptions) -> TuneResult:
 def log_invocation(client, run_id: str, options: TuneOptions, study: optuna.Study, data: Dataset) -> None:
     params = {
         "model": options.model,
-        "dataset": options.dataset,
+        "dataset": options.dataset or data.name,
         "study": options.name,
         "trials_requested": options.trials,
         "timeout_s": options.timeout,
@@ -387,7 +424,8 @@ def log_study_plots(study: optuna.Study) -> None:
 def log_model_plots(model, data: Dataset, history: FitResult, metric: str) -> None:
     figures = {}
     if model_kind(model) == "nw":
-        figures["nw_predictions.png"] = plots.nw_predictions(model, data)
+        if data.task == "regression":
+            figures["nw_predictions.png"] = plots.nw_predictions(model, data)
         figures["nw_attention_heatmap.png"] = plots.nw_attention_heatmap(model, data)
     else:
         figures["mha_pooling_weights.png"] = plots.mha_pooling_weights(model, data)
@@ -399,6 +437,9 @@ def log_model_plots(model, data: Dataset, history: FitResult, metric: str) -> No
 
 
 def log_data_input(data: Dataset) -> None:
+    if isinstance(data, tables.FileDataset):
+        tables.log_dataset_input(data)
+        return
     train = data.train
     features = train.x.reshape(len(train), -1).numpy()
     dataset = mlflow.data.from_numpy(features, targets=train.y.numpy(), name=f"{data.name}-train")
@@ -410,7 +451,8 @@ def log_and_register(client, model, data: Dataset, name: str, run_id: str, test:
 
     from .pyfunc import predict_frame, to_frame
 
-    example = to_frame(data.test.x[:3], None if data.test.lengths is None else data.test.lengths[:3])
+    lengths = None if data.test.lengths is None else data.test.lengths[:3]
+    example = to_frame(data.test.x[:3], lengths, model.config.feature_names)
     signature = infer_signature(example, predict_frame(model, example))
     versions = tracking.package_versions()
     with tempfile.TemporaryDirectory() as tmp:
