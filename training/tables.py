@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -236,7 +237,7 @@ def _rare_classes(y: torch.Tensor, labels: tuple, target: str, rows: list) -> No
     counts = torch.bincount(y, minlength=len(labels))
     for c, count in enumerate(counts.tolist()):
         if count < 3:
-            where = [rows[i] for i in torch.flatnonzero(y == c).tolist()]
+            where = [rows[i] for i in torch.nonzero(y == c).flatten().tolist()]
             raise TableError(
                 f"target {target!r} class {labels[c]!r} has {count} example(s) ({', '.join(map(str, where))}); "
                 "each class needs at least 3, one for each split"
@@ -260,7 +261,12 @@ def load_file_dataset(spec: TableSpec, seed: int = 0) -> FileDataset:
         check_column(frame, spec.order_column, "ORDER")
     features, skipped = choose_features(frame, spec)
     task = spec.task or infer_task(frame[spec.target])
-    common = {"source": str(path), "digest": file_sha256(path), "target": spec.target, "features": tuple(features)}
+    common = {
+        "source": str(path.resolve()),
+        "digest": file_sha256(path),
+        "target": spec.target,
+        "features": tuple(features),
+    }
     common |= {"skipped": tuple(skipped), "frame": frame}
     build = _sequences if spec.kind == "sequence" else _tabular
     return build(frame, spec, features, task, seed, common)
@@ -365,9 +371,12 @@ def log_dataset_input(data: FileDataset) -> None:
     """The file as the run's MLflow dataset input: source, digest, schema and row counts."""
     import mlflow
 
-    dataset = mlflow.data.from_pandas(
-        data.frame, source=data.source, targets=data.target, name=data.name, digest=data.digest[:16]
-    )
+    with warnings.catch_warnings():  # MLflow registers its local-file source twice and says so
+        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+        warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
+        dataset = mlflow.data.from_pandas(
+            data.frame, source=data.source, targets=data.target, name=data.name, digest=data.digest[:16]
+        )
     counts = {f"{split}_{'sequences' if data.kind == 'sequence' else 'rows'}": len(r) for split, r in data.rows.items()}
     tags = {k: str(v) for k, v in counts.items()} | {"sha256": data.digest, "file_rows": str(len(data.frame))}
     mlflow.log_input(dataset, context="training", tags=tags)
