@@ -40,7 +40,8 @@ class TabularAdapter:
         if self.n_classes:
             self.values = [self.labels[c] for c in model.values.argmax(-1).tolist()]  # (K,) labels
         else:
-            self.values = model.y_scaler.inverse(model.values[:, None]).squeeze(-1).tolist()  # (K,)
+            values = model.y_scaler.inverse(model.values[:, None]).squeeze(-1).tolist()  # (K,)
+            self.values = [float(f"{v:.7g}") for v in values]  # float32 targets: 7 significant digits
         self.rows = config.key_rows
 
     def example(self) -> bytes:
@@ -118,7 +119,8 @@ class TabularAdapter:
 
     def top_key(self, i: int, weight: float) -> dict:
         """A training key: its place among the keys, its inputs, its target, and its row in the file if known."""
-        key = {"index": i, "key": self.keys[i].tolist(), "value": self.values[i], "weight": weight}
+        inputs = [float(f"{v:.7g}") for v in self.keys[i].tolist()]  # float32 keys: 7 significant digits
+        key = {"index": i, "key": inputs, "value": self.values[i], "weight": weight}
         return key | ({"row": self.rows[i]} if self.rows else {})
 
 
