@@ -209,3 +209,18 @@ def test_a_served_file_model_takes_named_features_and_names_training_rows(tmp_pa
         with pytest.raises(RequestError) as refused:
             adapter.parse([instance])
         assert all(w in f"{refused.value.error} {refused.value.detail}" for w in words), refused.value
+
+
+def test_a_parametric_nw_classifier_trains_on_a_file(tmp_path):
+    from training.fit import evaluate, fit
+
+    rng = np.random.default_rng(0)
+    label = np.repeat(["a", "b", "c"], 30)
+    frame = pd.DataFrame({"u": np.repeat([0.0, 3.0, 6.0], 30) + rng.normal(0, 0.5, 90), "v": rng.normal(size=90)})
+    data = load(frame.assign(kind=label), tmp_path, target="kind")
+    params = {"parametric": True, "bandwidth": 1.0, "per_feature": True, "optimizer": "adamw", "lr": 0.1}
+    setup = suggest("nw", optuna.trial.FixedTrial({**params, "batch_size": 16}), data, epochs=3, seed=0, device="cpu")
+    model = prepare_model(build_model("nw", setup.model_config), data)
+    result = fit(model, data, setup.fit_config)
+    assert len(result.history) == 3 and all(np.isfinite(row["train_loss"]) for row in result.history)
+    assert evaluate(model, data.test, "classification")["accuracy"] > 0.8

@@ -1,6 +1,7 @@
 """End to end on a user's own files: CSV and Parquet tables and a long-format sequence file, each tuned
 briefly in real stores, archived from the registry, served by a real TorchServe and queried by feature name."""
 
+import hashlib
 import json
 
 import mlflow
@@ -141,10 +142,22 @@ def test_a_changed_file_under_the_same_name_is_refused_with_both_digests(served)
     changed = house_prices()
     changed.loc[0, "price"] += 1
     changed.to_csv(root / "house_prices.csv", index=False)
-    options = TuneOptions(model="nw", data=str(root / "house_prices.csv"), target="price", trials=1, progress=False)
+    options = TuneOptions(model="nw", data=str(root / "house_prices.csv"), target="price", trials=1, **stores)
     with pytest.raises(TableError, match="NAME=") as refused:
-        tune(TuneOptions(**{**options.__dict__, **stores}))
+        tune(options)
     client = MlflowClient(stores["tracking_uri"])
-    old = client.get_run(results["houses"].parent_run_id).inputs.dataset_inputs[0].tags
-    assert {t.key: t.value for t in old}["sha256"] in str(refused.value)
-    assert "sha256" in str(refused.value) and str(refused.value).count("sha256") >= 2
+    old = {t.key: t.value for t in client.get_run(results["houses"].parent_run_id).inputs.dataset_inputs[0].tags}
+    new = hashlib.sha256((root / "house_prices.csv").read_bytes()).hexdigest()
+    assert old["sha256"] in str(refused.value) and new in str(refused.value) and old["sha256"] != new
+    assert len(client.search_runs([results["houses"].experiment_id])) == 3  # parent + 2 trials: nothing new
+
+
+def test_a_file_with_a_missing_value_is_refused_before_any_study_starts(served):
+    _, root, stores, _ = served
+    frame = house_prices()
+    frame.loc[7, "area"] = None
+    frame.to_csv(root / "gaps.csv", index=False)
+    options = TuneOptions(model="nw", data=str(root / "gaps.csv"), target="price", trials=1, progress=False, **stores)
+    with pytest.raises(TableError, match="column 'area' has missing values in row 7"):
+        tune(options)
+    assert MlflowClient(stores["tracking_uri"]).get_experiment_by_name("nw-gaps") is None
