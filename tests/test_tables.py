@@ -224,3 +224,21 @@ def test_a_parametric_nw_classifier_trains_on_a_file(tmp_path):
     result = fit(model, data, setup.fit_config)
     assert len(result.history) == 3 and all(np.isfinite(row["train_loss"]) for row in result.history)
     assert evaluate(model, data.test, "classification")["accuracy"] > 0.8
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"model": "mha"}, "takes sequence data"),
+        ({"model": "nw", "id_column": "city", "order_column": "age"}, "takes tabular data"),
+        ({"study_name": "my model"}, "NAME 'my model'"),
+        ({"target": None}, "TARGET="),
+    ],
+)
+def test_tune_refuses_a_file_request_before_reading_it(tmp_path, overrides, message):
+    from training.tune import TuneOptions
+
+    options = TuneOptions(**{"model": "nw", "data": write(table(), tmp_path / "d.csv"), "target": "cost", **overrides})
+    assert TuneOptions(model="nw", data="x/House Prices.csv", target="y").name == "nw-house-prices"
+    with pytest.raises(TableError, match=message):
+        options.validate()

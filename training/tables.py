@@ -96,10 +96,16 @@ def default_name(model: str, path: str) -> str:
     return f"{model}-" + (re.sub(r"[^a-z0-9]+", "-", Path(path).stem.lower()).strip("-") or "data")
 
 
-def check_name(name: str) -> str:
+def check_request(model: str, spec: TableSpec, name: str) -> None:
+    """Before reading the file: a target, a usable NAME, and data of the kind the model takes."""
+    if not spec.target:
+        raise TableError("a data file needs TARGET= (the column to predict)")
     if not NAME_PATTERN.match(name):
         raise TableError(f"NAME {name!r} must be letters, digits, '-' or '_' (it names the archive and the URL)")
-    return name
+    wanted = "tabular" if model == "nw" else "sequence"
+    if spec.kind != wanted:
+        hint = "one row per example, no ID=" if wanted == "tabular" else "long format: ID= and ORDER= columns"
+        raise TableError(f"model {model!r} takes {wanted} data ({hint})")
 
 
 def file_sha256(path: Path) -> str:

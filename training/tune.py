@@ -74,31 +74,16 @@ class TuneOptions:
         )
 
     def validate(self) -> None:
-        if self.data:
-            self.validate_file()
-            return
         if self.model not in SEARCH_SPACES:
             raise TuneError(f"unknown model {self.model!r}; expected one of {sorted(SEARCH_SPACES)}")
-        if self.dataset not in KINDS:
-            raise TuneError(f"unknown data set {self.dataset!r}; expected one of {sorted(KINDS)}")
         wanted = "tabular" if self.model == "nw" else "sequence"
-        if KINDS[self.dataset] != wanted:
+        if self.data:
+            tables.check_request(self.model, self.table(), self.name)
+        elif self.dataset not in KINDS:
+            raise TuneError(f"unknown data set {self.dataset!r}; expected one of {sorted(KINDS)}")
+        elif KINDS[self.dataset] != wanted:
             fits = sorted(d for d, kind in KINDS.items() if kind == wanted)
             raise TuneError(f"model {self.model!r} takes {wanted} data ({', '.join(fits)}), not {self.dataset!r}")
-        if self.trials < 1 or self.jobs < 0:
-            raise TuneError("trials must be at least 1 and jobs at least 0 (0: one per GPU, else 1)")
-        resolve_device(self.device)
-
-    def validate_file(self) -> None:
-        if self.model not in SEARCH_SPACES:
-            raise TuneError(f"unknown model {self.model!r}; expected one of {sorted(SEARCH_SPACES)}")
-        if not self.target:
-            raise TuneError("a data file needs TARGET= (the column to predict)")
-        tables.check_name(self.name)
-        wanted = "tabular" if self.model == "nw" else "sequence"
-        if self.table().kind != wanted:
-            hint = "one row per example, no ID=" if wanted == "tabular" else "long format: ID= and ORDER= columns"
-            raise TuneError(f"model {self.model!r} takes {wanted} data ({hint})")
         if self.trials < 1 or self.jobs < 0:
             raise TuneError("trials must be at least 1 and jobs at least 0 (0: one per GPU, else 1)")
         resolve_device(self.device)
