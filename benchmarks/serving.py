@@ -3,7 +3,10 @@ with and without dynamic batching, against a bare baseline handler on the same s
 
 from __future__ import annotations
 
+import atexit
+import functools
 import json
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -26,16 +29,24 @@ VARIANTS = {  # archive suffix -> (handler, batch size)
 }
 
 
-def build_archives(root: Path, quick: bool, variants: dict[str, dict] | None = None) -> Path:
-    """Champions of nw-sine and mha-adding in private stores, packed in each variant (suffix -> handler and
-    model-config overrides; default: the three variants of this row)."""
+@functools.cache
+def champion_registry(quick: bool) -> str:
+    """Champions of nw-sine and mha-adding, tuned once per benchmark process in private stores: the tracking URI."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    root = Path(tempfile.mkdtemp(prefix="bench-champions-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
     stores = dict(
         storage=f"sqlite:///{root / 'optuna.db'}", tracking_uri=f"sqlite:///{root / 'mlflow.db'}", progress=False
     )
     tune(TuneOptions(model="nw", dataset="sine", trials=5 if quick else 20, **stores))
     tune(TuneOptions(model="mha", dataset="adding", trials=1, epochs=1 if quick else 3, **stores))
-    client = tracking.configure(stores["tracking_uri"])
+    return stores["tracking_uri"]
+
+
+def build_archives(root: Path, quick: bool, variants: dict[str, dict] | None = None) -> Path:
+    """The champions packed in each variant under root/archives (suffix -> handler and model-config
+    overrides; default: the three variants of this row)."""
+    client = tracking.configure(champion_registry(quick))
     store = root / "archives"
     variants = variants or {
         suffix: {"handler": handler, "batchSize": batch_size} for suffix, (handler, batch_size) in VARIANTS.items()

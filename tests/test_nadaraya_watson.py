@@ -81,3 +81,20 @@ def test_reference_experiment_parametric_beats_nonparametric_beats_average():
     assert parametric < nonparametric < average
     assert average == pytest.approx(0.905, abs=0.01)  # the seeds' reproduction
     assert nonparametric == pytest.approx(0.428, abs=0.01)
+
+
+@pytest.mark.parametrize("bandwidth", [0.5, 3.0, 50.0])
+def test_predictions_stay_exact_for_large_bandwidth_times_data_radius(bandwidth):
+    """Issue 12's precision case: w = 50 on 1-D data spanning 100 lost 0.6 on the expanded (fused) form."""
+    torch.manual_seed(0)
+    keys = torch.linspace(0, 100, 200)
+    model = NadarayaWatson(NWConfig(in_features=1, n_keys=200, learn_bandwidth=False, bandwidth=bandwidth))
+    model.set_memory(keys, torch.sin(keys / 7) * 10)
+    queries = torch.rand(500) * 120 - 10
+    reference = model.double()(queries.double())[0]  # direct form in float64
+    model.float()
+    assert (model(queries)[0].double() - reference).abs().max() < 1e-4
+    assert model.fused_is_exact(queries[:, None]) == (bandwidth < 0.5)
+    narrow = NadarayaWatson(NWConfig(in_features=1, n_keys=200, learn_bandwidth=False, bandwidth=bandwidth))
+    narrow.set_memory(keys / 100, keys)  # the same data on [0, 1] keeps the fused path up to w = 3
+    assert narrow.fused_is_exact(queries[:, None] / 100) == (bandwidth <= 3)

@@ -9,6 +9,11 @@ The fused path expands the Gaussian score into a dot product,
 drops the last term (constant along a softmax row) and runs scaled-dot-product attention on
 q' = [x w^2, 1], k' = [k, -|k|^2 w^2 / 2] with scale 1, so the Q x K matrix is never materialized.
 
+The expanded scores are as large as w^2 |x| |k|, and their rounding error grows with them, while the
+direct form -(x - k)^2 w^2 / 2 stays exact where weights matter (near keys). So the fused path is taken
+only while that error stays below `FUSED_MAX_SCORE_ERROR`; past it (large bandwidth x data radius) the
+direct path answers.
+
 Classification (`n_classes` > 0): the values are the keys' one-hot labels, so the pooled output is a
 probability per class, p(c | x) = sum_i softmax_i * [y_i = c]; the model returns log p as its logits.
 """
@@ -24,6 +29,7 @@ from torch import Tensor, nn
 from .standardize import Standardize
 
 KERNELS = ("gaussian", "laplacian")
+FUSED_MAX_SCORE_ERROR = 1e-4  # rounding error of the expanded scores the fused path may carry
 
 
 @dataclass
@@ -106,7 +112,7 @@ class NadarayaWatson(nn.Module):
         return pred, torch.cat(weights) if need_weights else None
 
     def _attend(self, q: Tensor, exclude: Tensor | None, need_weights: bool) -> tuple[Tensor, Tensor | None]:
-        fused = self.config.fused and self.config.kernel == "gaussian" and not need_weights
+        fused = self.config.fused and self.config.kernel == "gaussian" and not need_weights and self.fused_is_exact(q)
         mask = None
         if exclude is not None:
             mask = torch.ones(q.shape[0], self.keys.shape[0], dtype=torch.bool, device=q.device)  # (Q, K)
@@ -115,6 +121,15 @@ class NadarayaWatson(nn.Module):
             return self.fused_attention(q, mask), None
         weights = F.softmax(self.scores(q, mask), dim=-1)  # (Q, K)
         return weights @ self.values, weights if need_weights else None
+
+    def fused_is_exact(self, q: Tensor) -> bool:
+        """Whether the expanded scores' rounding error (about eps x their size) is below FUSED_MAX_SCORE_ERROR."""
+        centre = self.keys.mean(0)
+        w2 = (self.w.detach() ** 2).max()
+        q_radius = (q.detach() - centre).norm(dim=-1).max()
+        k_radius = (self.keys - centre).norm(dim=-1).max()
+        size = w2 * (q_radius * k_radius + k_radius**2 / 2)
+        return bool(size * torch.finfo(q.dtype).eps < FUSED_MAX_SCORE_ERROR)
 
     def scores(self, q: Tensor, mask: Tensor | None = None) -> Tensor:
         """Direct kernel scores (Q, K) for standardized queries (Q, D); materializes Q x K x D."""
