@@ -242,3 +242,18 @@ def test_tune_refuses_a_file_request_before_reading_it(tmp_path, overrides, mess
     assert TuneOptions(model="nw", data="x/House Prices.csv", target="y").name == "nw-house-prices"
     with pytest.raises(TableError, match=message):
         options.validate()
+
+
+def test_a_served_sequence_model_takes_steps_by_name_and_answers_file_labels():
+    from handlers.sequences import SequenceAdapter
+    from training.nn import SequenceConfig, SequenceModel
+
+    config = SequenceConfig(in_features=2, out_features=2, task="classification", d_model=8, n_heads=2, n_layers=1)
+    config.feature_names, config.class_labels = ["value", "flag"], ["low", "high"]
+    adapter = SequenceAdapter(SequenceModel(config), Limits())
+    named = adapter.parse([[{"flag": 1, "value": 0.5}, {"value": 0.2, "flag": 0}]])
+    assert named[0].tolist() == [[0.5, 1.0], [0.2, 0.0]]
+    (answer,) = adapter.run([named], False, False, float("inf"))[0]
+    assert answer["label"] in ("low", "high")
+    with pytest.raises(RequestError, match=r"instances\[0\]\[1\] lacks feature 'flag'"):
+        adapter.parse([[{"flag": 1, "value": 0.5}, {"value": 0.2}]])
