@@ -22,12 +22,20 @@ HOST ?= 127.0.0.1
 PORT ?= 5000
 PG_PORT ?= 5433
 ALLOWED_HOSTS ?=
+DATA ?=
+TARGET ?=
+FEATURES ?=
+TASK ?=
+ID ?=
+ORDER ?=
 PYTEST_ARGS ?=
 
-TUNE_ARGS = --model $(MODEL) --dataset $(DATASET) --trials $(TRIALS) --jobs $(JOBS) --device $(DEVICE) --seed $(SEED) \
+DATA_ARGS = $(if $(DATA),--data '$(DATA)' $(if $(TARGET),--target '$(TARGET)') $(if $(FEATURES),--features '$(FEATURES)') \
+	$(if $(TASK),--task $(TASK)) $(if $(NAME),--name '$(NAME)') $(if $(ID),--id '$(ID)') $(if $(ORDER),--order '$(ORDER)'),--dataset $(DATASET))
+HEARTBEAT_ARGS = $(if $(HEARTBEAT),--heartbeat $(HEARTBEAT)) $(if $(GRACE),--grace $(GRACE))
+TUNE_ARGS = --model $(MODEL) $(DATA_ARGS) --trials $(TRIALS) --jobs $(JOBS) --device $(DEVICE) --seed $(SEED) \
 	$(if $(TIMEOUT),--timeout $(TIMEOUT)) $(if $(STORAGE),--storage '$(STORAGE)') $(if $(EPOCHS),--epochs $(EPOCHS)) \
 	$(if $(filter 0,$(CONCLUDE)),--no-conclude) $(HEARTBEAT_ARGS)
-HEARTBEAT_ARGS = $(if $(HEARTBEAT),--heartbeat $(HEARTBEAT)) $(if $(GRACE),--grace $(GRACE))
 
 .PHONY: help
 help: ## Show this help
@@ -65,7 +73,7 @@ lint: $(STAMP) ## Lint and format check (ruff)
 	$(VENV)/bin/ruff format --check .
 
 .PHONY: tune
-tune: $(STAMP) ## Tune: make tune MODEL=nw|mha DATASET=sine|diabetes|adding|digits TRIALS=20 [TIMEOUT= JOBS= DEVICE= STORAGE= SEED= EPOCHS= CONCLUDE=0|1 HEARTBEAT= GRACE=]
+tune: $(STAMP) ## Tune: make tune MODEL=nw|mha DATASET=sine|diabetes|adding|digits TRIALS=20 [TIMEOUT= JOBS= DEVICE= STORAGE= SEED= EPOCHS= CONCLUDE=0|1 HEARTBEAT= GRACE=], or on your file: DATA=file.csv|.parquet TARGET=col [FEATURES=a,b TASK= NAME= ID= ORDER=]
 	$(PYTHON) -m training tune $(TUNE_ARGS)
 
 .PHONY: conclude

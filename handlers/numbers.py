@@ -44,11 +44,12 @@ class Bounds:
     low: Tensor  # (D,) float64
     high: Tensor  # (D,) float64
     max_abs_z: float
+    names: tuple[str, ...] = ()  # the features' names, when the model has them
 
     @classmethod
-    def from_scaler(cls, scaler, max_abs_z: float) -> Bounds:
+    def from_scaler(cls, scaler, max_abs_z: float, names: list[str] | None = None) -> Bounds:
         mean, std = scaler.mean.detach().double().cpu(), scaler.std.detach().double().cpu()
-        return cls(mean - max_abs_z * std, mean + max_abs_z * std, max_abs_z)
+        return cls(mean - max_abs_z * std, mean + max_abs_z * std, max_abs_z, tuple(names or ()))
 
     def check(self, values: Tensor, where: str) -> None:
         """`values` (..., D) float64; raise naming the first value out of range (NaN/inf included)."""
@@ -61,9 +62,10 @@ class Bounds:
         if not math.isfinite(value):
             raise RequestError("non-finite number", f"{position} contains NaN or infinity")
         low, high = float(self.low[feature]), float(self.high[feature])
+        name = repr(self.names[feature]) if self.names else str(feature)
         raise RequestError(
             "number out of range",
-            f"{position} feature {feature} is {value:.6g}; this model accepts [{low:.6g}, {high:.6g}] "
+            f"{position} feature {name} is {value:.6g}; this model accepts [{low:.6g}, {high:.6g}] "
             f"(the training data's mean ± {self.max_abs_z:g} standard deviations)",
         )
 

@@ -1,4 +1,5 @@
-"""Sequence instances for the multi-head attention model: a list of steps, each a list of numbers.
+"""Sequence instances for the multi-head attention model: a list of steps, each a list of numbers (or,
+for a model tuned on a user's file, an object of numbers by feature name: `{"value": 0.3, "marker": 1}`).
 
 Sequences of every request in a batch are sorted by length and run in passes of similar lengths, so
 padding costs little and one long sequence does not inflate the work of many short ones.
@@ -18,7 +19,7 @@ from training.nn import SequenceModel
 from .contract import Cost, Limits
 from .errors import RequestError
 from .numbers import NUMBER_TYPES, Bounds, preview, to_tensor
-from .tabular import BYTES_PER_NUMBER, WEIGHT_DECIMALS, split_per_request
+from .tabular import BYTES_PER_NUMBER, WEIGHT_DECIMALS, by_name, split_per_request
 
 HEAD_WEIGHT_MAC = 100  # materialized softmax weights cost about this many multiply-adds each
 
@@ -31,13 +32,16 @@ class SequenceAdapter:
         self.n_features, self.classes = config.in_features, config.out_features
         self.d, self.layers, self.heads, self.ff = config.d_model, config.n_layers, config.n_heads, config.ff_mult
         self.regression = config.task == "regression"
-        self.bounds = Bounds.from_scaler(model.x_scaler, limits.max_abs_z)
+        self.names = config.feature_names or []
+        self.labels = config.class_labels or list(range(config.out_features))
+        self.bounds = Bounds.from_scaler(model.x_scaler, limits.max_abs_z, self.names)
 
     # parse
 
     def example(self) -> bytes:
         """A valid one-instance request body: one step at the training data's mean."""
-        return json.dumps({"instances": [[self.model.x_scaler.mean.tolist()]]}).encode()
+        mean = self.model.x_scaler.mean.tolist()
+        return json.dumps({"instances": [[dict(zip(self.names, mean)) if self.names else mean]]}).encode()
 
     def parse(self, instances: list) -> list[Tensor]:
         return [self.parse_sequence(item, f"instances[{i}]") for i, item in enumerate(instances)]
@@ -52,6 +56,8 @@ class SequenceAdapter:
         if len(item) > self.limits.max_steps:
             detail = f"{where} has {len(item)} steps; at most {self.limits.max_steps}"
             raise RequestError("sequence too long", detail, status=413)
+        if self.names and any(type(step) is dict for step in item):
+            item = [by_name(s, self.names, f"{where}[{t}]") if type(s) is dict else s for t, s in enumerate(item)]
         if not all(self.is_step(step) for step in item):  # the common case passes this one cheap check
             for t, step in enumerate(item):
                 self.check_step(step, f"{where}[{t}]")
@@ -138,7 +144,10 @@ class SequenceAdapter:
         if self.regression:
             return row.item()
         probabilities = torch.softmax(row.double(), dim=-1)
-        return {"label": int(probabilities.argmax()), "probabilities": probabilities.round(decimals=6).tolist()}
+        return {
+            "label": self.labels[int(probabilities.argmax())],
+            "probabilities": probabilities.round(decimals=6).tolist(),
+        }
 
     def explanation(self, prediction: Any, weights: dict[str, Tensor], i: int, n: int, heads: bool) -> dict:
         pooling = weights["pooling"][i, :n].double().round(decimals=WEIGHT_DECIMALS)

@@ -1,4 +1,7 @@
-"""Tabular instances for the Nadaraya-Watson model: a number (1-D) or a list of numbers per instance.
+"""Tabular instances for the Nadaraya-Watson model: a number (1-D), a list of numbers, or (for a model
+tuned on a user's file) an object of numbers by feature name, `{"age": 50, "bmi": 31.2}`, per instance.
+
+Explanations name each most-attended training key by its row in the file, when the model was tuned on one.
 
 The model is served in float64: NW is small, and double precision keeps the fused prediction path and
 the direct path behind explanations in agreement over the whole accepted input range.
@@ -27,15 +30,24 @@ class TabularAdapter:
     def __init__(self, model: NadarayaWatson, limits: Limits):
         self.model = model.double().eval()
         self.limits = limits
-        self.n_features, self.n_keys = model.config.in_features, model.config.n_keys
-        self.bounds = Bounds.from_scaler(model.x_scaler, limits.max_abs_z)
+        config = model.config
+        self.n_features, self.n_keys, self.n_classes = config.in_features, config.n_keys, config.n_classes
+        self.names = config.feature_names or []
+        self.labels = config.class_labels or list(range(config.n_classes))
+        self.bounds = Bounds.from_scaler(model.x_scaler, limits.max_abs_z, self.names)
         # Raw training inputs and targets, for naming the most attended keys in explanations.
         self.keys = model.x_scaler.inverse(model.keys)  # (K, D)
-        self.values = model.y_scaler.inverse(model.values[:, None]).squeeze(-1)  # (K,)
+        if self.n_classes:
+            self.values = [self.labels[c] for c in model.values.argmax(-1).tolist()]  # (K,) labels
+        else:
+            values = model.y_scaler.inverse(model.values[:, None]).squeeze(-1).tolist()  # (K,)
+            self.values = [float(f"{v:.7g}") for v in values]  # float32 targets: 7 significant digits
+        self.rows = config.key_rows
 
     def example(self) -> bytes:
-        """A valid one-instance request body: the training data's mean."""
-        return json.dumps({"instances": [self.model.x_scaler.mean.tolist()]}).encode()
+        """A valid one-instance request body: the training data's mean (by name, when features have names)."""
+        mean = self.model.x_scaler.mean.tolist()
+        return json.dumps({"instances": [dict(zip(self.names, mean)) if self.names else mean]}).encode()
 
     def parse(self, instances: list) -> Tensor:
         rows = [self.parse_vector(item, f"instances[{i}]") for i, item in enumerate(instances)]
@@ -44,7 +56,9 @@ class TabularAdapter:
         return x
 
     def parse_vector(self, item: Any, where: str) -> list:
-        """A number (1-D models) or a list of `n_features` numbers."""
+        """A number (1-D models), a list of `n_features` numbers, or an object of numbers by feature name."""
+        if type(item) is dict:
+            return self.parse_named(item, where)
         values = [item] if is_number(item) else item
         if type(values) is not list or not all(is_number(v) for v in values):
             shape = "a number or a list of numbers" if self.n_features == 1 else f"a list of {self.n_features} numbers"
@@ -54,12 +68,15 @@ class TabularAdapter:
             raise RequestError("wrong feature count", detail)
         return values
 
+    def parse_named(self, item: dict, where: str) -> list:
+        return by_name(item, self.names, where)
+
     def cost(self, x: Tensor, explain: bool, heads: bool) -> Cost:
-        n, K, D = len(x), self.n_keys, self.n_features
+        n, K, D, V = len(x), self.n_keys, self.n_features, max(1, self.n_classes)
         if not explain:
-            return Cost(n * K * (D + 1) * 2 / 1e6, n * 30)
+            return Cost(n * K * (D + V) * 2 / 1e6, n * (30 + (V - 1) * BYTES_PER_NUMBER))
         per_instance = K * BYTES_PER_NUMBER + self.limits.top_keys * (60 + D * 25) + 60
-        return Cost(n * K * (3 * D + 4) / 1e6, n * per_instance)
+        return Cost(n * K * (3 * D + 3 + V) / 1e6, n * per_instance)
 
     def budget_hint(self) -> str:
         per_instance = self.cost(torch.zeros(1, self.n_features), explain=True, heads=False).mmac
@@ -74,23 +91,55 @@ class TabularAdapter:
             if time.monotonic() > deadline:
                 break
             out, weights = self.model(x[start : start + rows_per_pass], need_weights=explain)  # (n,), (n, K)
+            predictions = [self.prediction(row) for row in out]
             if explain:
-                results += [self.explanation(p, w) for p, w in zip(out.tolist(), weights)]
+                results += [self.explanation(p, w) for p, w in zip(predictions, weights)]
             else:
-                results += out.tolist()
+                results += predictions
         return split_per_request(results, [len(b) for b in batch])
 
-    def explanation(self, prediction: float, weights: Tensor) -> dict:
+    def prediction(self, out: Tensor) -> Any:
+        """A number (regression), or the class label and probabilities (classification: `out` holds log p)."""
+        if not self.n_classes:
+            return out.item()
+        probabilities = out.exp()
+        return {
+            "label": self.labels[int(probabilities.argmax())],
+            "probabilities": probabilities.round(decimals=6).tolist(),
+        }
+
+    def explanation(self, prediction: Any, weights: Tensor) -> dict:
         weights = weights.round(decimals=WEIGHT_DECIMALS)
         best = torch.topk(weights, min(self.limits.top_keys, weights.numel()))
         return {
             "prediction": prediction,
             "weights": weights.tolist(),  # over the training keys, in stored order; sums to 1
-            "top_keys": [
-                {"index": int(i), "key": self.keys[i].tolist(), "value": float(self.values[i]), "weight": float(w)}
-                for w, i in zip(best.values, best.indices)
-            ],
+            "top_keys": [self.top_key(int(i), float(w)) for w, i in zip(best.values, best.indices)],
         }
+
+    def top_key(self, i: int, weight: float) -> dict:
+        """A training key: its place among the keys, its inputs, its target, and its row in the file if known."""
+        inputs = [float(f"{v:.7g}") for v in self.keys[i].tolist()]  # float32 keys: 7 significant digits
+        key = {"index": i, "key": inputs, "value": self.values[i], "weight": weight}
+        return key | ({"row": self.rows[i]} if self.rows else {})
+
+
+def by_name(item: dict, names: list[str], where: str) -> list:
+    """An object of numbers by feature name as the model's list of numbers, in the model's feature order."""
+    if not names:
+        raise RequestError("unnamed features", f"{where}: this model's features have no names; send a list of numbers")
+    unknown = [k for k in item if k not in names]
+    if unknown:
+        detail = f"{where} has unknown feature {preview(unknown[0])}; the model takes {', '.join(names)}"
+        raise RequestError("unknown feature", detail)
+    missing = [name for name in names if name not in item]
+    if missing:
+        detail = f"{where} lacks feature {', '.join(map(repr, missing))}; the model takes {', '.join(names)}"
+        raise RequestError("missing feature", detail)
+    for name in names:
+        if not is_number(item[name]):
+            raise RequestError("invalid instance", f"{where}[{name!r}] must be a number, got {preview(item[name])}")
+    return [item[name] for name in names]
 
 
 def split_per_request(results: list, counts: list[int]) -> list[list | None]:

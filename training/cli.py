@@ -17,7 +17,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     tune = commands.add_parser("tune", help="run (or continue) an Optuna study, tracked in MLflow")
     tune.add_argument("--model", required=True, choices=["nw", "mha"])
-    tune.add_argument("--dataset", required=True, choices=sorted(KINDS))
+    tune.add_argument("--dataset", choices=sorted(KINDS), help="a built-in data set (or --data FILE)")
+    tune.add_argument("--data", default=None, help="your own CSV or Parquet file instead of --dataset")
+    tune.add_argument("--target", default=None, help="with --data: the column to predict")
+    tune.add_argument("--features", default=None, help="with --data: comma-separated columns (default: numeric ones)")
+    tune.add_argument("--task", choices=["regression", "classification"], default=None, help="default: inferred")
+    tune.add_argument("--name", default=None, help="with --data: study/model name (default: <model>-<file name>)")
+    tune.add_argument("--id", default=None, help="with --data, long-format sequences: the sequence ID column")
+    tune.add_argument("--order", default=None, help="with --data, long-format sequences: the step order column")
     tune.add_argument("--trials", type=int, default=20, help="trials to add to the study")
     tune.add_argument("--timeout", type=float, default=None, help="stop starting new trials after this many seconds")
     tune.add_argument(
@@ -111,9 +118,18 @@ def run_tune(args) -> int:
 
     if not args.no_progress:  # the bar shows progress; per-trial lines are in MLflow
         optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if bool(args.dataset) == bool(args.data):
+        raise ValueError("give either --dataset (built in) or --data FILE --target COLUMN (your own file)")
     options = TuneOptions(
         model=args.model,
-        dataset=args.dataset,
+        dataset=args.dataset or "",
+        data=args.data,
+        target=args.target,
+        features=tuple(f.strip() for f in args.features.split(",") if f.strip()) if args.features else (),
+        task=args.task,
+        study_name=args.name,
+        id_column=args.id,
+        order_column=args.order,
         trials=args.trials,
         timeout=args.timeout,
         jobs=args.jobs,

@@ -15,11 +15,11 @@ import mlflow
 import optuna
 import torch
 
-from . import plots, tracking
+from . import plots, tables, tracking
 from .data import Dataset, load_dataset, prepare_model
 from .fit import PRIMARY_METRIC, FitResult, evaluate, fit, resolve_device
 from .nn import build_model, model_kind, save_checkpoint
-from .search_space import DEFAULT_EPOCHS, suggest
+from .search_space import DEFAULT_EPOCHS, FILE_EPOCHS, suggest
 from .storage import storage_lock
 
 DATA_SEED = 0  # the splits never change between invocations, so a study compares like with like
@@ -58,8 +58,8 @@ def conclude(client, run_id: str, study: optuna.Study, storage_url: str, device:
         if not any(t.state == optuna.trial.TrialState.COMPLETE for t in trials):
             reasons = {t.number: t.user_attrs.get("fail_reason", t.state.name) for t in trials}
             raise ConcludeError(f"study {name!r} has no completed trial: {reasons}")
-        model_name, dataset = study.user_attrs["model"], study.user_attrs["dataset"]
-        data = load_dataset(dataset, seed=study.user_attrs.get("data_seed", DATA_SEED))
+        model_name = study.user_attrs["model"]
+        data = study_data(study)
         metric, direction = PRIMARY_METRIC[data.task]
         best = study.best_trial
         key = candidate_key(study, best)
@@ -76,7 +76,7 @@ def conclude(client, run_id: str, study: optuna.Study, storage_url: str, device:
                 test = {k.removeprefix("test_"): float(v) for k, v in version.tags.items() if k.startswith("test_")}
                 version_number, sha = str(version.version), version.tags.get("checkpoint_sha256", "")
             else:
-                epochs = int(best.user_attrs.get("max_epochs", DEFAULT_EPOCHS[data.name]))
+                epochs = int(best.user_attrs.get("max_epochs", DEFAULT_EPOCHS.get(data.name, FILE_EPOCHS)))
                 seed = int(best.user_attrs.get("seed", 0))
                 model, history = refit(model_name, best.params, data, epochs, seed, device)
                 test = evaluate(model, data.test, data.task)
@@ -99,6 +99,17 @@ def conclude(client, run_id: str, study: optuna.Study, storage_url: str, device:
     return Conclusion(
         best.number, best.value, best.params, test, version_number, not known, decision.promoted, decision.reason
     )
+
+
+def study_data(study: optuna.Study) -> Dataset:
+    """The data set a study was tuned on: a built-in one, or the user's file (refused if it changed since)."""
+    seed = study.user_attrs.get("data_seed", DATA_SEED)
+    spec = tables.spec_from_study(study.user_attrs)
+    if spec is None:
+        return load_dataset(study.user_attrs["dataset"], seed=seed)
+    data = tables.load_file_dataset(spec, seed=seed)
+    tables.record_on_study(study, data)  # the same file and splits as the trials saw
+    return data
 
 
 def refit(
@@ -137,7 +148,8 @@ def log_study_plots(study: optuna.Study) -> None:
 def log_model_plots(model, data: Dataset, history: FitResult, metric: str) -> None:
     figures = {}
     if model_kind(model) == "nw":
-        figures["nw_predictions.png"] = plots.nw_predictions(model, data)
+        if data.task == "regression":
+            figures["nw_predictions.png"] = plots.nw_predictions(model, data)
         figures["nw_attention_heatmap.png"] = plots.nw_attention_heatmap(model, data)
     else:
         figures["mha_pooling_weights.png"] = plots.mha_pooling_weights(model, data)
@@ -149,6 +161,9 @@ def log_model_plots(model, data: Dataset, history: FitResult, metric: str) -> No
 
 
 def log_data_input(data: Dataset) -> None:
+    if isinstance(data, tables.FileDataset):
+        tables.log_dataset_input(data)
+        return
     train = data.train
     features = train.x.reshape(len(train), -1).numpy()
     dataset = mlflow.data.from_numpy(features, targets=train.y.numpy(), name=f"{data.name}-train")
@@ -162,7 +177,8 @@ def log_and_register(
 
     from .pyfunc import predict_frame, to_frame
 
-    example = to_frame(data.test.x[:3], None if data.test.lengths is None else data.test.lengths[:3])
+    lengths = None if data.test.lengths is None else data.test.lengths[:3]
+    example = to_frame(data.test.x[:3], lengths, model.config.feature_names)
     signature = infer_signature(example, predict_frame(model, example))
     versions = tracking.package_versions()
     with tempfile.TemporaryDirectory() as tmp:

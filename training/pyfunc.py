@@ -1,6 +1,7 @@
 """The MLflow model form of a checkpoint: a pyfunc that rebuilds the model without unpickling it.
 
-NW input: a DataFrame with one column per feature (x0, x1, ...). MHA input: a DataFrame with a
+NW input: a DataFrame with one column per feature (the file's column names for a user's file, else
+x0, x1, ...). MHA input: a DataFrame with a
 "sequence" column, each cell a list of steps, each step a list of features (lengths may differ).
 """
 
@@ -22,21 +23,30 @@ class CheckpointModel(mlflow.pyfunc.PythonModel):
         return predict_frame(self.model, model_input)
 
 
-def to_frame(x: torch.Tensor, lengths: torch.Tensor | None) -> pd.DataFrame:
+def to_frame(x: torch.Tensor, lengths: torch.Tensor | None, names: list[str] | None = None) -> pd.DataFrame:
     """Rows of a split as the pyfunc's input DataFrame."""
     if lengths is None:
-        return pd.DataFrame(x.numpy().astype(np.float64), columns=[f"x{i}" for i in range(x.shape[1])])
+        return pd.DataFrame(x.numpy().astype(np.float64), columns=names or [f"x{i}" for i in range(x.shape[1])])
     return pd.DataFrame({"sequence": [row[:n].double().tolist() for row, n in zip(x, lengths.tolist())]})
 
 
 @torch.no_grad()
 def predict_frame(model: torch.nn.Module, frame: pd.DataFrame) -> np.ndarray:
     if isinstance(model, NadarayaWatson):
-        return model(torch.tensor(frame.to_numpy(), dtype=torch.float32))[0].numpy()
+        columns = model.config.feature_names
+        x = torch.tensor((frame[columns] if columns else frame).to_numpy(dtype=np.float64), dtype=torch.float32)
+        out = model(x)[0]
+        return labels(model, out.argmax(-1)) if model.config.n_classes else out.numpy()
     sequences = [
         torch.tensor(np.asarray(s.tolist() if hasattr(s, "tolist") else s, dtype=np.float32)) for s in frame["sequence"]
     ]
     lengths = torch.tensor([len(s) for s in sequences])
     x = torch.nn.utils.rnn.pad_sequence(sequences, batch_first=True)
     out = model(x, lengths)[0]
-    return out.argmax(-1).numpy() if model.config.task == "classification" else out.numpy()
+    return labels(model, out.argmax(-1)) if model.config.task == "classification" else out.numpy()
+
+
+def labels(model: torch.nn.Module, index: torch.Tensor) -> np.ndarray:
+    """Class indices as the file's labels (the indices themselves for built-in data sets)."""
+    names = model.config.class_labels
+    return np.asarray([names[i] for i in index.tolist()]) if names else index.numpy()

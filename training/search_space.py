@@ -12,9 +12,11 @@ import optuna
 from .data import Dataset
 from .fit import FitConfig
 from .nn import NWConfig, SequenceConfig
+from .tables import model_fields
 
 # Epochs per trial unless the user sets --epochs; keeps `make tune` on the CPU short.
 DEFAULT_EPOCHS = {"sine": 30, "diabetes": 60, "adding": 8, "digits": 20}
+FILE_EPOCHS = 30  # a user's file (training/tables.py)
 
 
 @dataclass
@@ -33,6 +35,7 @@ def suggest_nw(trial: optuna.Trial, data: Dataset, epochs: int, seed: int, devic
         n_keys=len(data.train),
         learn_bandwidth=parametric,
         bandwidth=bandwidth,
+        **model_fields(data, "nw"),
     )
     fit = FitConfig(epochs=0, seed=seed, device=device)
     if parametric:
@@ -56,6 +59,7 @@ def suggest_mha(trial: optuna.Trial, data: Dataset, epochs: int, seed: int, devi
         n_layers=trial.suggest_int("n_layers", 1, 3),
         ff_mult=trial.suggest_categorical("ff_mult", [2, 4]),
         dropout=trial.suggest_float("dropout", 0.0, 0.3),
+        **model_fields(data, "mha"),
     )
     fit = FitConfig(
         epochs=epochs,

@@ -23,12 +23,12 @@ import optuna
 import torch
 from mlflow import MlflowClient
 
-from . import tracking
+from . import tables, tracking
 from .conclude import DATA_SEED, Conclusion, conclude, study_states
 from .data import KINDS, Dataset, load_dataset, prepare_model
 from .fit import PRIMARY_METRIC, NonFiniteLossError, fit, resolve_device
 from .nn import build_model
-from .search_space import DEFAULT_EPOCHS, SEARCH_SPACES, suggest
+from .search_space import DEFAULT_EPOCHS, FILE_EPOCHS, SEARCH_SPACES, suggest
 from .storage import open_storage, sampler_seed, storage_lock
 from .trial_log import MlflowTrialLog, ParentHeartbeat, StaleTrialCallback, close_dead_runs, log_invocation
 
@@ -47,7 +47,7 @@ class TuneError(RuntimeError):
 @dataclass
 class TuneOptions:
     model: str
-    dataset: str
+    dataset: str = ""  # a built-in data set, or "" with `data` (a user's file)
     trials: int = 20
     timeout: float | None = None
     jobs: int = 0  # trials in parallel; 0 = one per GPU on multi-GPU hosts, else 1
@@ -60,18 +60,35 @@ class TuneOptions:
     conclude: bool = True  # False: leave the conclusion to `make conclude` (many workers, one conclusion)
     heartbeat: int = HEARTBEAT_SECONDS
     grace: int = GRACE_SECONDS
+    # A user's CSV or Parquet file instead of a built-in data set (training/tables.py).
+    data: str | None = None
+    target: str | None = None
+    features: tuple[str, ...] = ()
+    task: str | None = None
+    study_name: str | None = None  # default: <model>-<file name>
+    id_column: str | None = None  # long-format sequences
+    order_column: str | None = None
 
     @property
     def name(self) -> str:
+        if self.data:
+            return self.study_name or tables.default_name(self.model, self.data)
         return f"{self.model}-{self.dataset}"
+
+    def table(self) -> tables.TableSpec:
+        return tables.TableSpec(
+            self.data, self.target, tuple(self.features), self.task, self.id_column, self.order_column
+        )
 
     def validate(self) -> None:
         if self.model not in SEARCH_SPACES:
             raise TuneError(f"unknown model {self.model!r}; expected one of {sorted(SEARCH_SPACES)}")
-        if self.dataset not in KINDS:
-            raise TuneError(f"unknown data set {self.dataset!r}; expected one of {sorted(KINDS)}")
         wanted = "tabular" if self.model == "nw" else "sequence"
-        if KINDS[self.dataset] != wanted:
+        if self.data:
+            tables.check_request(self.model, self.table(), self.name)
+        elif self.dataset not in KINDS:
+            raise TuneError(f"unknown data set {self.dataset!r}; expected one of {sorted(KINDS)}")
+        elif KINDS[self.dataset] != wanted:
             fits = sorted(d for d, kind in KINDS.items() if kind == wanted)
             raise TuneError(f"model {self.model!r} takes {wanted} data ({', '.join(fits)}), not {self.dataset!r}")
         if self.trials < 1 or self.jobs < 0:
@@ -162,7 +179,7 @@ class Objective:
     def __init__(self, options: TuneOptions, data: Dataset, log: MlflowTrialLog | None = None):
         self.options, self.data, self.log = options, data, log
         self.metric, self.direction = PRIMARY_METRIC[data.task]
-        self.epochs = options.epochs or DEFAULT_EPOCHS[data.name]
+        self.epochs = options.epochs or DEFAULT_EPOCHS.get(data.name, FILE_EPOCHS)
         self.devices = DevicePool.for_option(options.device)
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
         self.numbers: list[int] = []  # the trials this invocation ran (the study holds every worker's)
@@ -233,7 +250,10 @@ class Objective:
 
 def tune(options: TuneOptions) -> TuneResult:
     options.validate()
-    data = load_dataset(options.dataset, seed=DATA_SEED)
+    if options.data:
+        data = tables.load_file_dataset(options.table(), seed=DATA_SEED)
+    else:
+        data = load_dataset(options.dataset, seed=DATA_SEED)
     _, direction = PRIMARY_METRIC[data.task]
     client = tracking.configure(options.tracking_uri)
     experiment_id = tracking.experiment_id(client, options.name)
@@ -241,6 +261,8 @@ def tune(options: TuneOptions) -> TuneResult:
     on_stale = StaleTrialCallback()
     on_stale.client = client
     study, invocation = open_study(options, direction, on_stale)
+    if isinstance(data, tables.FileDataset):
+        tables.record_on_study(study, data)
     close_dead_runs(client, experiment_id, study, options.grace)
     seed = sampler_seed(options.seed, invocation)
     parent = client.create_run(
@@ -284,7 +306,7 @@ def tune(options: TuneOptions) -> TuneResult:
 def invocation_params(options: TuneOptions, study: optuna.Study, url: str, invocation: int, seed: int) -> dict:
     return {
         "model": options.model,
-        "dataset": options.dataset,
+        "dataset": options.dataset or options.data,
         "study": options.name,
         "trials_requested": options.trials,
         "timeout_s": options.timeout,

@@ -13,6 +13,9 @@ The expanded scores are as large as w^2 |x| |k|, and their rounding error grows 
 direct form -(x - k)^2 w^2 / 2 stays exact where weights matter (near keys). So the fused path is taken
 only while that error stays below `FUSED_MAX_SCORE_ERROR`; past it (large bandwidth x data radius) the
 direct path answers.
+
+Classification (`n_classes` > 0): the values are the keys' one-hot labels, so the pooled output is a
+probability per class, p(c | x) = sum_i softmax_i * [y_i = c]; the model returns log p as its logits.
 """
 
 from __future__ import annotations
@@ -39,12 +42,19 @@ class NWConfig:
     kernel: str = "gaussian"
     fused: bool = True  # gaussian only: attention kernel on augmented queries/keys
     chunk_size: int = 8192  # queries per chunk, bounds memory for large inputs
+    n_classes: int = 0  # 0: regression; C > 0: classification over one-hot values
+    # What the inputs are, for data from a user's file (training/tables.py): served by name, explained by row.
+    feature_names: list[str] | None = None  # one per input feature
+    class_labels: list | None = None  # the file's label of each class index
+    key_rows: list[int] | None = None  # each key's row in the file
 
     def __post_init__(self) -> None:
         if self.kernel not in KERNELS:
             raise ValueError(f"kernel must be one of {KERNELS}, got {self.kernel!r}")
         if self.in_features < 1 or self.n_keys < 1:
             raise ValueError("in_features and n_keys must be positive")
+        if self.n_classes < 0 or self.n_classes == 1:
+            raise ValueError(f"n_classes must be 0 (regression) or at least 2, got {self.n_classes}")
 
 
 class NadarayaWatson(nn.Module):
@@ -59,22 +69,29 @@ class NadarayaWatson(nn.Module):
             self.w = nn.Parameter(w)
         else:
             self.register_buffer("w", w)
-        # The training set is the attention memory: keys (K, D) and values (K,), both standardized.
+        # The training set is the attention memory: keys (K, D) and values (K,), both standardized,
+        # or for classification one-hot values (K, C).
         self.register_buffer("keys", torch.zeros(config.n_keys, config.in_features))
-        self.register_buffer("values", torch.zeros(config.n_keys))
+        values = (config.n_keys, config.n_classes) if config.n_classes else (config.n_keys,)
+        self.register_buffer("values", torch.zeros(values))
         self.x_scaler = Standardize(config.in_features)
         self.y_scaler = Standardize(1)
 
     @torch.no_grad()
     def set_memory(self, x: Tensor, y: Tensor) -> None:
-        """Store raw training inputs (K, D) and targets (K,) as standardized keys and values."""
+        """Store raw training inputs (K, D) and targets (K,) as standardized keys and values
+        (class labels (K,) as one-hot values)."""
         self.keys.copy_(self.x_scaler(x.reshape(self.config.n_keys, -1)))
-        self.values.copy_(self.y_scaler(y.reshape(-1, 1)).squeeze(-1))
+        if self.config.n_classes:
+            self.values.copy_(F.one_hot(y.long(), self.config.n_classes))  # (K, C)
+        else:
+            self.values.copy_(self.y_scaler(y.reshape(-1, 1)).squeeze(-1))
 
     def forward(
         self, x: Tensor, *, exclude: Tensor | None = None, need_weights: bool = False
     ) -> tuple[Tensor, Tensor | None]:
-        """Raw queries (Q,) or (Q, D) -> raw predictions (Q,), and weights (Q, K) when asked.
+        """Raw queries (Q,) or (Q, D) -> raw predictions (Q,) or log-probabilities (Q, C), and weights (Q, K)
+        when asked.
 
         `exclude` (Q,) gives for each query the index of a key it must not attend to
         (leave-one-out training: a training point never attends to itself).
@@ -87,7 +104,11 @@ class NadarayaWatson(nn.Module):
             out, w = self._attend(queries[chunk], skip, need_weights)
             outs.append(out)
             weights.append(w)
-        pred = self.y_scaler.inverse(torch.cat(outs)[:, None]).squeeze(-1)  # (Q,)
+        out = torch.cat(outs)  # (Q,) or (Q, C)
+        if self.config.n_classes:
+            pred = torch.log(out.clamp_min(torch.finfo(out.dtype).tiny))  # (Q, C)
+        else:
+            pred = self.y_scaler.inverse(out[:, None]).squeeze(-1)  # (Q,)
         return pred, torch.cat(weights) if need_weights else None
 
     def _attend(self, q: Tensor, exclude: Tensor | None, need_weights: bool) -> tuple[Tensor, Tensor | None]:
@@ -120,7 +141,7 @@ class NadarayaWatson(nn.Module):
         return s if mask is None else s.masked_fill(~mask, torch.finfo(s.dtype).min)
 
     def fused_attention(self, q: Tensor, mask: Tensor | None = None) -> Tensor:
-        """Gaussian NW via scaled-dot-product attention on augmented queries/keys, (Q, D) -> (Q,)."""
+        """Gaussian NW via scaled-dot-product attention on augmented queries/keys, (Q, D) -> (Q,) or (Q, C)."""
         # Centre on the keys' mean: the kernel is shift-invariant and the expansion keeps precision.
         centre = self.keys.mean(0)
         k = self.keys - centre  # (K, D)
@@ -128,13 +149,17 @@ class NadarayaWatson(nn.Module):
         w2 = self.w**2  # (D,) or (1,)
         q_aug = torch.cat([q * w2, torch.ones_like(q[:, :1])], dim=-1)  # (Q, D+1)
         k_aug = torch.cat([k, -(k**2 * w2).sum(-1, keepdim=True) / 2], dim=-1)  # (K, D+1)
-        # Values padded to the query/key width: fused (flash) kernels need one head size for q, k and v.
-        v_aug = F.pad(self.values[:, None], (0, k_aug.shape[1] - 1))  # (K, D+1), y in column 0
+        # One width for q, k and v (fused kernels need one head size): zero columns add nothing to q.k.
+        v = self.values.reshape(k.shape[0], -1)  # (K, V): V = 1, or C one-hot columns
+        width = max(k_aug.shape[1], v.shape[1])
+        q_aug, k_aug = F.pad(q_aug, (0, width - q_aug.shape[1])), F.pad(k_aug, (0, width - k_aug.shape[1]))
+        v_aug = F.pad(v, (0, width - v.shape[1]))  # (K, W), values in the first V columns
         out = F.scaled_dot_product_attention(
             q_aug[None, None],
             k_aug[None, None],
             v_aug[None, None],
             attn_mask=None if mask is None else mask[None, None],
             scale=1.0,
-        )  # (1, 1, Q, D+1)
-        return out[0, 0, :, 0]
+        )  # (1, 1, Q, W)
+        out = out[0, 0, :, : v.shape[1]]  # (Q, V)
+        return out if self.config.n_classes else out[:, 0]

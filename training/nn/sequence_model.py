@@ -27,6 +27,9 @@ class SequenceConfig:
     n_layers: int = 2
     ff_mult: int = 2
     dropout: float = 0.0
+    # What the inputs are, for data from a user's file (training/tables.py): steps served by feature name.
+    feature_names: list[str] | None = None  # one per step feature
+    class_labels: list | None = None  # the file's label of each class index
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
