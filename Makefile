@@ -15,10 +15,13 @@ STORAGE ?=
 SEED ?= 0
 EPOCHS ?=
 NAME ?=
+PROGRESS ?= 1
+PORT ?=
 PYTEST_ARGS ?=
 
 TUNE_ARGS = --model $(MODEL) --dataset $(DATASET) --trials $(TRIALS) --jobs $(JOBS) --device $(DEVICE) --seed $(SEED) \
-	$(if $(TIMEOUT),--timeout $(TIMEOUT)) $(if $(STORAGE),--storage '$(STORAGE)') $(if $(EPOCHS),--epochs $(EPOCHS))
+	$(if $(TIMEOUT),--timeout $(TIMEOUT)) $(if $(STORAGE),--storage '$(STORAGE)') $(if $(EPOCHS),--epochs $(EPOCHS)) \
+	$(if $(filter 0,$(PROGRESS)),--no-progress)
 
 .PHONY: help
 help: ## Show this help
@@ -56,7 +59,7 @@ lint: $(STAMP) ## Lint and format check (ruff)
 	$(VENV)/bin/ruff format --check .
 
 .PHONY: tune
-tune: $(STAMP) ## Tune: make tune MODEL=nw|mha DATASET=sine|diabetes|adding|digits TRIALS=20 [TIMEOUT= JOBS= DEVICE= STORAGE= SEED= EPOCHS=]
+tune: $(STAMP) ## Tune: make tune MODEL=nw|mha DATASET=sine|diabetes|adding|digits TRIALS=20 [TIMEOUT= JOBS= DEVICE= STORAGE= SEED= EPOCHS= PROGRESS=0]
 	$(PYTHON) -m training tune $(TUNE_ARGS)
 
 .PHONY: archive
@@ -72,8 +75,12 @@ stop: $(STAMP) ## Stop TorchServe
 	$(PYTHON) -m training stop
 
 .PHONY: ui
-ui: $(STAMP) ## MLflow UI on http://127.0.0.1:5000 over mlruns/
-	$(PYTHON) -m training ui
+ui: $(STAMP) ## MLflow UI on http://127.0.0.1:5000 over mlruns/: make ui [PORT=5000]
+	$(PYTHON) -m training ui $(if $(PORT),--port $(PORT))
+
+.PHONY: dashboard
+dashboard: $(STAMP) ## optuna-dashboard on http://127.0.0.1:8083 over the Optuna storage: make dashboard [PORT=8083 STORAGE=]
+	$(PYTHON) -m training dashboard $(if $(PORT),--port $(PORT)) $(if $(STORAGE),--storage '$(STORAGE)')
 
 .PHONY: demo
 demo: install ## The main job: tune nw-sine and mha-adding, archive, serve, query, stop

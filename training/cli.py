@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import subprocess
 import sys
 
 from .data import KINDS
@@ -30,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument(
         "--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or mlruns/)"
     )
-    tune.add_argument("--no-progress", action="store_true", help="no progress bar")
+    tune.add_argument("--no-progress", action="store_true", help="no progress bar: one plain line per trial")
 
     archive = commands.add_parser("archive", help="build archives/<name>.mar from the registry's @champion")
     archive.add_argument("--name", default=None, help="e.g. nw-sine (default: every registered champion)")
@@ -45,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     ui = commands.add_parser("ui", help="MLflow UI on http://127.0.0.1:5000 over mlruns/")
     ui.add_argument("--port", type=int, default=5000)
     ui.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI or mlruns/")
+    dashboard = commands.add_parser("dashboard", help="optuna-dashboard on http://127.0.0.1:8083 over the studies")
+    dashboard.add_argument("--port", type=int, default=8083)
+    dashboard.add_argument("--storage", default=None, help="Optuna storage URL (default: sqlite under mlruns/)")
     commands.add_parser("demo", help="tune, archive, serve, query and stop: the whole product in one go")
     return parser
 
@@ -59,16 +60,20 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, RuntimeError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as interrupt:  # Ctrl-C: one line, no traceback
+        print(f"\n{interrupt}" if str(interrupt) else "\ninterrupted", file=sys.stderr)
+        return 130
 
 
 def run_tune(args) -> int:
     import optuna
 
+    from .progress import quiet_libraries
     from .report import print_tune_summary
     from .tune import TuneOptions, tune
 
-    if not args.no_progress:  # the bar shows progress; per-trial lines are in MLflow
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # progress: the bar, or our own line per trial
+    quiet_libraries()
     options = TuneOptions(
         model=args.model,
         dataset=args.dataset,
@@ -119,26 +124,15 @@ def run_token(args) -> int:
 
 
 def run_ui(args) -> int:
-    from . import tracking
+    from .ui import mlflow_ui
 
-    uri = args.tracking_uri or tracking.default_tracking_uri()
-    tracking.configure(uri)  # creates mlruns/ on a fresh checkout
-    print(f"MLflow UI on http://127.0.0.1:{args.port} over {uri} (Ctrl-C to stop)", flush=True)
-    command = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "ui",
-        "--backend-store-uri",
-        uri,
-        "--default-artifact-root",
-        tracking.artifact_root(uri).as_uri(),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(args.port),
-    ]
-    return subprocess.call(command, env={**os.environ, "MLFLOW_TRACKING_URI": uri})
+    return mlflow_ui(args.port, args.tracking_uri)
+
+
+def run_dashboard(args) -> int:
+    from .ui import dashboard
+
+    return dashboard(args.port, args.storage)
 
 
 def run_demo(args) -> int:
@@ -154,5 +148,6 @@ COMMANDS = {
     "stop": run_stop,
     "token": run_token,
     "ui": run_ui,
+    "dashboard": run_dashboard,
     "demo": run_demo,
 }

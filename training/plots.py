@@ -7,11 +7,13 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from .data import Dataset  # noqa: E402
+from .fit import FitResult  # noqa: E402
 from .nn import NadarayaWatson, SequenceModel  # noqa: E402
 
 
@@ -53,35 +55,105 @@ def nw_attention_heatmap(model: NadarayaWatson, data: Dataset) -> Figure:
 
 
 @torch.no_grad()
-def mha_pooling_weights(model: SequenceModel, data: Dataset, n_examples: int = 4) -> Figure:
-    """Pooling weights over steps for a few test sequences; for `adding` the marked steps are shown."""
+def mha_pooling_heatmap(model: SequenceModel, data: Dataset, n_examples: int = 3) -> Figure:
+    """Per test sequence: its input values (features x steps) above the pooling weights over the same steps."""
+    model.cpu().eval()
+    x, lengths, y = data.test.x[:n_examples], data.test.lengths[:n_examples], data.test.y[:n_examples]
+    out, weights = model(x, lengths, need_weights=True)
+    fig, axes = plt.subplots(
+        2 * len(x), 1, figsize=(8, 2.3 * len(x) + 0.6), squeeze=False, height_ratios=[3, 1] * len(x)
+    )
+    for i in range(len(x)):
+        n = int(lengths[i])
+        inputs, pooling = x[i, :n].T.numpy(), weights["pooling"][i : i + 1, :n].numpy()  # (D, T), (1, T)
+        top, bottom = axes[2 * i, 0], axes[2 * i + 1, 0]
+        _heatmap(top, inputs, "Blues", annotate=inputs.size <= 128)
+        top.set_yticks(range(inputs.shape[0]), _feature_names(data, inputs.shape[0]))
+        top.set_xticks([])
+        target, pred = _label(y[i], data), _label(out[i], data)
+        top.set_title(f"test #{i}: target {target}, prediction {pred}", fontsize=10)
+        _heatmap(bottom, pooling, "Reds", annotate=n <= 16, vmin=0.0)
+        bottom.set_yticks([0], ["pooling"])
+        bottom.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes[-1, 0].set_xlabel("step")
+    fig.suptitle("attention pooling: which input steps the prediction is read from", fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+@torch.no_grad()
+def mha_head_maps(model: SequenceModel, data: Dataset, n_examples: int = 2) -> Figure:
+    """Self-attention weights (query step x key step) of every layer and head, for a few test sequences."""
     model.cpu().eval()
     x, lengths = data.test.x[:n_examples], data.test.lengths[:n_examples]
     _, weights = model(x, lengths, need_weights=True)
-    fig, axes = plt.subplots(len(x), 1, figsize=(7, 1.6 * len(x)), squeeze=False)
-    for i, ax in enumerate(axes[:, 0]):
-        n = int(lengths[i])
-        ax.bar(range(n), weights["pooling"][i, :n].numpy(), color="tab:blue")
-        if data.name == "adding":
-            for step in torch.nonzero(x[i, :n, 1]).flatten().tolist():
-                ax.axvline(step, color="tab:red", linestyle="--", linewidth=1)
-        ax.set_ylabel(f"#{i}")
-    axes[-1, 0].set_xlabel("step" + (" (red: marked steps)" if data.name == "adding" else ""))
-    axes[0, 0].set_title("attention pooling weights over steps")
+    heads = weights["heads"]  # (B, L, H, T, T)
+    B, L, H = heads.shape[:3]
+    fig, axes = plt.subplots(B * L, H, figsize=(2.6 * H + 1, 2.4 * B * L + 0.6), squeeze=False)
+    for b in range(B):
+        n = int(lengths[b])
+        for layer in range(L):
+            for h in range(H):
+                ax = axes[b * L + layer, h]
+                ax.imshow(heads[b, layer, h, :n, :n].numpy(), cmap="Reds", vmin=0.0, aspect="auto")
+                ax.set_title(f"test #{b}, layer {layer + 1}, head {h + 1}", fontsize=8)
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=5))
+                ax.yaxis.set_major_locator(MaxNLocator(integer=True, nbins=5))
+                ax.tick_params(labelsize=7)
+    for ax in axes[-1]:
+        ax.set_xlabel("key step", fontsize=8)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("query step", fontsize=8)
+    fig.suptitle("self-attention per layer and head (rows sum to 1)", fontsize=11)
     fig.tight_layout()
     return fig
 
 
-def learning_curve(history: list[dict[str, float]], metric: str) -> Figure:
-    fig, ax = plt.subplots(figsize=(6, 4))
+def learning_curve(result: FitResult, metric: str) -> Figure:
+    """Train loss and validation metric on axes of their own, the restored (best) epoch marked on both."""
+    history, best = result.history, result.best_epoch
     epochs = [row["epoch"] for row in history]
-    (train,) = ax.plot(epochs, [row["train_loss"] for row in history], label="train loss")
-    ax.set(xlabel="epoch", ylabel="train loss")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    other = ax.twinx()
-    (val,) = other.plot(epochs, [row[f"val_{metric}"] for row in history], color="tab:orange", label=f"val {metric}")
-    other.set_ylabel(f"validation {metric}")
-    ax.legend(handles=[train, val], loc="upper right")
-    ax.set_title("learning curve (refit of the best trial)")
+    val_epochs = ([0] if result.initial_val_metrics else []) + epochs
+    val = ([result.initial_val_metrics[metric]] if result.initial_val_metrics else []) + [
+        row[f"val_{metric}"] for row in history
+    ]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    left.plot(epochs, [row["train_loss"] for row in history], marker=".", color="tab:blue")
+    left.set(xlabel="epoch", ylabel="train loss", title="training loss")
+    right.plot(val_epochs, val, marker=".", color="tab:orange")
+    right.set(xlabel="epoch (0: before training)", ylabel=f"validation {metric}", title=f"validation {metric}")
+    if best in val_epochs:
+        right.plot([best], [val[val_epochs.index(best)]], "o", color="tab:red", markersize=9, zorder=3)
+    for ax in (left, right):
+        ax.axvline(best, color="tab:red", linestyle="--", linewidth=1, label=f"restored: epoch {best}")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.legend(loc="best", fontsize=8)
+    fig.suptitle("learning curve of the refit best trial", fontsize=11)
     fig.tight_layout()
     return fig
+
+
+# helpers
+
+
+def _heatmap(ax, values, cmap: str, annotate: bool, vmin: float | None = None) -> None:
+    ax.imshow(values, cmap=cmap, aspect="auto", vmin=vmin, interpolation="nearest")
+    if annotate:
+        high = float(values.max()) if values.size else 0.0
+        for (row, col), value in np.ndenumerate(values):
+            color = "white" if high and value > 0.6 * high else "black"
+            ax.text(col, row, f"{value:.2g}", ha="center", va="center", fontsize=7, color=color)
+
+
+def _feature_names(data: Dataset, n: int) -> list[str]:
+    if data.name == "adding":
+        return ["value", "marker"]
+    if data.name == "digits":
+        return [f"px {j}" for j in range(n)]
+    return [f"x{j}" for j in range(n)]
+
+
+def _label(value: torch.Tensor, data: Dataset) -> str:
+    if data.task == "classification":
+        return str(int(value.argmax())) if value.ndim else str(int(value))
+    return f"{float(value):.3g}"

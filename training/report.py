@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 
 from . import tracking
+from .tracking import redact
+from .ui import review_link
 
 
 def table(rows: list[tuple[str, object]]) -> str:
@@ -18,15 +20,14 @@ def print_tune_summary(result, options) -> None:
     states = ", ".join(f"{k}={v}" for k, v in result.states.items() if v)
     rows = [
         ("study", f"{result.name} ({states})"),
-        ("best trial", f"#{result.best_trial}, validation value {result.best_value:.6g}"),
+        ("best trial", f"#{result.best_trial}, best validation {result.metric} {result.best_value:.6g}"),
         ("best params", json.dumps(result.best_params, default=str)),
         ("test (refit)", test),
         ("registered", f"models:/{result.name}/{result.model_version}"),
         ("champion", ("moved: " if result.promoted else "unchanged: ") + result.decision),
-        (
-            "review",
-            f"make ui -> http://127.0.0.1:5000/#/experiments/{result.experiment_id}/runs/{result.parent_run_id}",
-        ),
-        ("store", uri),
+        ("review", review_link(uri, result.experiment_id, result.parent_run_id)),
+        ("all trials", review_link(uri, result.experiment_id)),
+        ("dashboard", "make dashboard" + (f" STORAGE='{redact(options.storage)}'" if options.storage else "")),
+        ("store", redact(uri)),
     ]
     print("\nTuning summary\n" + table(rows))

@@ -107,3 +107,14 @@ def promote_if_better(
         reason = f"version {version} is the first champion ({key}={value:.6g})"
     client.set_registered_model_alias(name, CHAMPION, version)
     return ChampionDecision(version, True, reason)
+
+
+def mark_version(client: MlflowClient, name: str, version: str, alias: str) -> None:
+    """Point the registry alias `alias` at `version` and stamp the version (tag `<alias>_at`, UTC time).
+
+    Shows in the Models tab which version is where: `archive` marks `@archived` after a successful build,
+    a deploy marks `@serving` once the server answers with it. An alias names one version at a time."""
+    import time
+
+    client.set_registered_model_alias(name, alias, str(version))
+    client.set_model_version_tag(name, str(version), f"{alias}_at", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))

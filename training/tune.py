@@ -23,7 +23,7 @@ import torch
 from mlflow.entities import Metric, Param
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-from . import plots, tracking
+from . import plots, progress, run_notes, study_plots, tracking
 from .data import KINDS, Dataset, load_dataset, prepare_model
 from .fit import PRIMARY_METRIC, FitResult, NonFiniteLossError, evaluate, fit, resolve_device
 from .nn import build_model, model_kind, save_checkpoint
@@ -85,6 +85,8 @@ class TuneResult:
     promoted: bool
     decision: str
     states: dict[str, int] = field(default_factory=dict)
+    metric: str = ""  # the validation metric the study optimizes, e.g. "mse"
+    direction: str = ""
 
 
 # the study
@@ -171,6 +173,7 @@ class MlflowTrialLog:
             tags={MLFLOW_PARENT_RUN_ID: self.parent, "optuna.study": self.study, "optuna.trial": str(trial.number)},
         )
         trial.set_user_attr("mlflow_run_id", run.info.run_id)
+        run_notes.link_trial(trial, self.experiment_id, run.info.run_id, self.client.tracking_uri)
         self.client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
         return run.info.run_id
 
@@ -204,10 +207,13 @@ class Objective:
         params = {**trial.params, "device": device, "seed": self.options.seed, "max_epochs": setup.fit_config.epochs}
         run_id = self.log.start(trial, params) if self.log else None
 
+        seen: list[float] = []
+
         def on_epoch(epoch: int, row: dict[str, float]) -> None:
             if self.log:
                 self.log.metrics(run_id, {k: v for k, v in row.items() if k != "epoch"}, epoch)
             value = row[f"val_{self.metric}"]
+            seen.append(value)
             trial.report(value, epoch)
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at epoch {epoch}: val_{self.metric}={value:.6g} is behind the median")
@@ -220,7 +226,14 @@ class Objective:
             if not math.isfinite(value):
                 raise NonFiniteLossError(f"validation {self.metric} is {value}")
         except optuna.TrialPruned as pruned:
+            if self.log:
+                # Optuna's value of a pruned trial is its last reported one; the run carries the same
+                run_notes.mark_pruned(self.log.client, run_id, self.metric, seen[-1] if seen else None)
             self._finish(run_id, "PRUNED", "KILLED", reason=str(pruned))
+            raise
+        except KeyboardInterrupt:
+            trial.set_user_attr("fail_reason", progress.INTERRUPTED)
+            self._finish(run_id, "FAIL", "KILLED", reason=progress.INTERRUPTED)
             raise
         except NonFiniteLossError as diverged:
             # Returning NaN makes Optuna fail this trial and go on with the study.
@@ -256,6 +269,8 @@ def tune(options: TuneOptions) -> TuneResult:
     client = tracking.configure(options.tracking_uri)
     experiment_id = tracking.experiment_id(client, options.name)
     study = open_study(options, direction)
+    study.set_metric_names([f"best_val_{PRIMARY_METRIC[data.task][0]}"])  # named in optuna-dashboard
+    run_notes.mark_experiment(client, experiment_id)
     before = len(study.trials)
     parent = client.create_run(
         experiment_id,
@@ -264,6 +279,7 @@ def tune(options: TuneOptions) -> TuneResult:
     ).info.run_id
     log_invocation(client, parent, options, study, data)
     objective = Objective(options, data, MlflowTrialLog(client, experiment_id, parent, options.name))
+    bar = progress.show_bar(options.progress)
     try:
         study.optimize(
             objective,
@@ -271,9 +287,12 @@ def tune(options: TuneOptions) -> TuneResult:
             timeout=options.timeout,
             n_jobs=options.jobs or len(objective.devices.devices),
             catch=(torch.OutOfMemoryError,),
-            show_progress_bar=options.progress,
+            show_progress_bar=bar,
+            callbacks=None if bar else [progress.trial_line(f"val_{objective.metric}")],
         )
         result = conclude(client, experiment_id, parent, options, study, data, objective.epochs)
+    except KeyboardInterrupt:
+        raise progress.close_interrupted(client, experiment_id, parent, study, before) from None
     except BaseException:
         client.set_terminated(parent, "FAILED")
         raise
@@ -312,19 +331,24 @@ def conclude(client, experiment_id, parent, options, study, data, epochs) -> Tun
         raise TuneError(f"study {options.name!r} has no completed trial: {reasons}")
     best = study.best_trial
     metric, direction = PRIMARY_METRIC[data.task]
-    model, history = refit(options, best.params, data, epochs)
-    test = evaluate(model, data.test, data.task)
+    with progress.stage(f"refit best trial #{best.number} (up to {epochs} epochs)"):
+        model, history = refit(options, best.params, data, epochs)
+    with progress.stage("test on the test split"):
+        test = evaluate(model, data.test, data.task)
 
     with mlflow.start_run(run_id=parent):
         mlflow.log_params({f"best.{k}": v for k, v in best.params.items()})
         mlflow.log_metrics({f"best_val_{metric}": best.value, **{f"test_{k}": v for k, v in test.items()}})
         mlflow.log_metrics({f"trials_{k}": v for k, v in states.items()})
         mlflow.set_tags({"best_trial": best.number, "best_trial_run_id": best.user_attrs.get("mlflow_run_id", "")})
-        log_study_plots(study)
-        log_model_plots(model, data, history, metric)
-        log_data_input(data)
-        version, sha = log_and_register(client, model, data, options.name, parent, test, metric)
-        decision = tracking.promote_if_better(client, options.name, version, metric, test[metric], direction)
+        with progress.stage("plots (study, learning curve, attention)"):
+            log_study_plots(study, metric)
+            log_model_plots(model, data, history, metric)
+        with progress.stage("log the model"):
+            log_data_input(data)
+            version, sha = log_and_register(client, model, data, options.name, parent, test, metric)
+        with progress.stage(f"champion decision for version {version}"):
+            decision = tracking.promote_if_better(client, options.name, version, metric, test[metric], direction)
         mlflow.set_tags(
             {
                 "registered_version": version,
@@ -333,7 +357,7 @@ def conclude(client, experiment_id, parent, options, study, data, epochs) -> Tun
                 "checkpoint_sha256": sha,
             }
         )
-    return TuneResult(
+    result = TuneResult(
         options.name,
         experiment_id,
         parent,
@@ -345,7 +369,11 @@ def conclude(client, experiment_id, parent, options, study, data, epochs) -> Tun
         decision.promoted,
         decision.reason,
         states,
+        metric,
+        direction,
     )
+    run_notes.explain(client, result, options, study, metric, direction)
+    return result
 
 
 def refit(options: TuneOptions, params: dict, data: Dataset, epochs: int) -> tuple[torch.nn.Module, FitResult]:
@@ -364,24 +392,13 @@ def refit(options: TuneOptions, params: dict, data: Dataset, epochs: int) -> tup
     return model.cpu().eval(), result
 
 
-def log_study_plots(study: optuna.Study) -> None:
-    """Optuna's interactive plots as HTML; a plot the study cannot draw yet (too few trials) is skipped."""
-    import optuna.visualization as vis
-
-    for name, draw in [
-        ("optimization_history", vis.plot_optimization_history),
-        ("param_importances", vis.plot_param_importances),
-        ("intermediate_values", vis.plot_intermediate_values),
-    ]:
-        try:
-            figure = draw(study)
-        except (ValueError, RuntimeError) as error:
-            mlflow.set_tag(f"plot.{name}", f"skipped: {error}")
-            continue
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / f"{name}.html"
-            figure.write_html(path, include_plotlyjs="cdn")
-            mlflow.log_artifact(str(path), "optuna")
+def log_study_plots(study: optuna.Study, metric: str) -> None:
+    """Optuna's plots in one offline HTML page; a plot the study cannot draw yet is skipped with a tag saying why."""
+    figures, skipped = study_plots.draw_all(study)
+    for name, why in skipped.items():
+        mlflow.set_tag(f"plot.{name}", f"skipped: {why}")
+    if figures:
+        mlflow.log_text(study_plots.study_page(study, figures, skipped, f"best_val_{metric}"), "optuna/study.html")
 
 
 def log_model_plots(model, data: Dataset, history: FitResult, metric: str) -> None:
@@ -390,9 +407,10 @@ def log_model_plots(model, data: Dataset, history: FitResult, metric: str) -> No
         figures["nw_predictions.png"] = plots.nw_predictions(model, data)
         figures["nw_attention_heatmap.png"] = plots.nw_attention_heatmap(model, data)
     else:
-        figures["mha_pooling_weights.png"] = plots.mha_pooling_weights(model, data)
+        figures["mha_pooling_heatmap.png"] = plots.mha_pooling_heatmap(model, data)
+        figures["mha_head_maps.png"] = plots.mha_head_maps(model, data)
     if history.history:
-        figures["learning_curve.png"] = plots.learning_curve(history.history, metric)
+        figures["learning_curve.png"] = plots.learning_curve(history, metric)
     for name, figure in figures.items():
         mlflow.log_figure(figure, f"plots/{name}")
         plots.plt.close(figure)

@@ -1,0 +1,162 @@
+"""What makes a tuning run explain itself in the MLflow UI: its description, the marked winner, git provenance.
+
+The description is MLflow's run note (tag `mlflow.note.content`, markdown, shown on the run page). Links
+inside it are hash routes of the MLflow UI (`#/experiments/<id>/runs/<run>`), so they work on whatever
+host and port the UI is served from.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+from mlflow import MlflowClient
+
+from .tracking import ROOT, redact
+
+NOTE_TAG = "mlflow.note.content"
+BEST_TAG, BEST_SUFFIX = "best_trial", " (best)"
+PRUNED_SUFFIX = " (pruned)"
+# MLflow 3 opens an experiment on its GenAI pages unless the experiment says it is classic model development.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
+def run_route(experiment_id: str, run_id: str | None = None) -> str:
+    """The UI's route to an experiment's runs table, or to one run (relative: any host, any port)."""
+    if run_id:
+        return f"#/experiments/{experiment_id}/runs/{run_id}"
+    return f"#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
+def git_provenance(root: Path) -> dict[str, str]:
+    """Commit, branch and dirty state of the checkout as run tags; nothing when it is not a git checkout."""
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=20)
+        if done.returncode:
+            raise OSError(done.stderr.strip())
+        return done.stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+        branch = git("rev-parse", "--abbrev-ref", "HEAD")
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    return {"mlflow.source.git.commit": commit, "mlflow.source.git.branch": branch, "git.dirty": str(dirty).lower()}
+
+
+def mark_winner(client: MlflowClient, experiment_id: str, run_id: str) -> None:
+    """Tag the best trial's run `best_trial=true` and suffix its name; an earlier winner loses both."""
+    earlier = client.search_runs([experiment_id], f"tags.{BEST_TAG} = 'true'", max_results=100)
+    for run in earlier:
+        if run.info.run_id != run_id:
+            client.set_tag(run.info.run_id, BEST_TAG, "false")
+            client.update_run(run.info.run_id, name=run.info.run_name.removesuffix(BEST_SUFFIX))
+    run = client.get_run(run_id)
+    client.set_tag(run_id, BEST_TAG, "true")
+    if not run.info.run_name.endswith(BEST_SUFFIX):
+        client.update_run(run_id, name=run.info.run_name + BEST_SUFFIX)
+
+
+def mark_pruned(client: MlflowClient, run_id: str, metric: str, value: float | None) -> None:
+    """A pruned trial carries the objective metric (its last validation value, which Optuna records as its
+    value) so that sorting the runs by it keeps them; its name says it was pruned."""
+    if value is not None:
+        client.log_metric(run_id, f"best_val_{metric}", value, step=0)
+    run = client.get_run(run_id)
+    if not run.info.run_name.endswith(PRUNED_SUFFIX):
+        client.update_run(run_id, name=run.info.run_name + PRUNED_SUFFIX)
+
+
+def reproduce_command(options, commit: str | None, dirty: bool) -> str:
+    args = [f"MODEL={options.model}", f"DATASET={options.dataset}", f"TRIALS={options.trials}", f"SEED={options.seed}"]
+    args += [f"EPOCHS={options.epochs}"] if options.epochs else []
+    args += [f"TIMEOUT={options.timeout:g}"] if options.timeout else []
+    lines = [f"git checkout {commit}" + ("  # the run had uncommitted changes" if dirty else "")] if commit else []
+    lines.append("make tune " + " ".join(args) + " STORAGE=sqlite:///fresh-optuna.db")
+    return "\n".join(lines)
+
+
+def description(result, options, *, metric: str, direction: str, best_run_id: str, git: dict[str, str]) -> str:
+    """The parent run's note: study, objective, the winning trial (a link), test, champion decision, how to redo it."""
+    states = ", ".join(f"{k} {v}" for k, v in result.states.items() if v and k != "new_trials")
+    best = f"trial #{result.best_trial}"
+    best_link = f"[{best}]({run_route(result.experiment_id, best_run_id)})" if best_run_id else best
+    params = "\n".join(f"| `{k}` | {json.dumps(v)} |" for k, v in result.best_params.items())
+    test = ", ".join(f"{k} **{v:.6g}**" for k, v in result.test_metrics.items())
+    commit, dirty = git.get("mlflow.source.git.commit"), git.get("git.dirty") == "true"
+    provenance = f"`{commit[:12]}`" + (" with uncommitted changes" if dirty else "") if commit else "not a git checkout"
+    verdict = "moved to" if result.promoted else "stayed away from"
+    return f"""### Tuning `{result.name}`
+
+**Study** `{result.name}` in `{redact(options.storage or "mlruns/optuna.db")}`: {states} trials in all, \
+{result.states.get("new_trials", options.trials)} of them from this run. [All trials of this experiment]\
+({run_route(result.experiment_id)}) (one child run each; pruned ones end KILLED, marked "(pruned)").
+
+**Objective** validation `{metric}`, **{direction}** (`best_val_{metric}` on each trial run).
+
+**Best** {best_link}: validation {metric} **{result.best_value:.6g}**
+
+| parameter | value |
+|---|---|
+{params}
+
+**Test** (the best configuration refit, the test split seen once): {test}
+
+**Champion** `@champion` {verdict} version {result.model_version} (`models:/{result.name}/{result.model_version}`): \
+{result.decision}
+
+**Code** {provenance}. Reproduce (the best parameters rebuild the model exactly; a fresh storage repeats the search):
+
+```
+{reproduce_command(options, commit, dirty)}
+```
+
+Plots: `optuna/study.html` (history, importances, parallel coordinates, slice, contour, intermediate values, \
+timeline), `plots/` (learning curve, attention).
+"""
+
+
+def link_trial(trial, experiment_id: str, run_id: str, tracking_uri: str) -> None:
+    """The trial carries its MLflow run's address (user attr, and a note optuna-dashboard shows as a link)."""
+    from .ui import ui_base
+
+    url = f"{ui_base(tracking_uri)}/{run_route(experiment_id, run_id)}"
+    trial.set_user_attr("mlflow_run_url", url)
+    _dashboard_note(trial, f"MLflow run of this trial: [{run_id}]({url})")
+
+
+def mark_experiment(client: MlflowClient, experiment_id: str) -> None:
+    for key, value in EXPERIMENT_KIND.items():
+        client.set_experiment_tag(experiment_id, key, value)
+
+
+def explain(client: MlflowClient, result, options, study, metric: str, direction: str) -> None:
+    """Give the parent run its description and provenance, mark the winning trial, note the study for the dashboard."""
+    from .ui import ui_base
+
+    git = git_provenance(ROOT)
+    for key, value in git.items():
+        client.set_tag(result.parent_run_id, key, value)
+    best_run_id = study.best_trial.user_attrs.get("mlflow_run_id", "")
+    if best_run_id:
+        mark_winner(client, result.experiment_id, best_run_id)
+    note = description(result, options, metric=metric, direction=direction, best_run_id=best_run_id, git=git)
+    client.set_tag(result.parent_run_id, NOTE_TAG, note)
+    base = ui_base(client.tracking_uri)
+    _dashboard_note(
+        study,
+        f"Objective: validation `{metric}` ({direction}). Latest tuning run in MLflow: "
+        f"[{result.parent_run_id}]({base}/{run_route(result.experiment_id, result.parent_run_id)}); "
+        f"all runs: [{result.name}]({base}/{run_route(result.experiment_id)}).",
+    )
+
+
+def _dashboard_note(study_or_trial, body: str) -> None:
+    try:
+        from optuna_dashboard import save_note
+    except ImportError:  # the dashboard is optional for tuning
+        return
+    save_note(study_or_trial, body)
