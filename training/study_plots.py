@@ -62,7 +62,7 @@ def draw_all(study: optuna.Study) -> tuple[dict, dict[str, str]]:
                 skipped[name] = str(error) or type(error).__name__
                 continue
         if not figure.data:
-            skipped[name] = messages[-1] if messages else "the study has nothing to draw here yet"
+            skipped[name] = messages[-1] if messages else "too few complete trials or parameters for this plot yet"
             continue
         figure.update_layout(title=None, margin=dict(t=30))
         figures[name] = figure

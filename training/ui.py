@@ -22,7 +22,7 @@ from .run_notes import run_route
 
 HOST = "127.0.0.1"
 UI_PORT, DASHBOARD_PORT = 5000, 8083
-START_SECONDS = 120
+START_SECONDS, STOP_SECONDS = 120, 15
 
 
 class UIError(RuntimeError):
@@ -69,23 +69,30 @@ def run_foreground(command: list[str], port: int, health_path: str, what: str, e
     check_port(port)
     with tempfile.TemporaryFile("w+") as log:
         child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        stopping = []
+        stopping: list[float] = []
 
-        def stop(signum, _frame) -> None:
-            stopping.append(signum)
-            _kill_group(child)
+        def stop(signum, _frame) -> None:  # only signals here: waiting is the main loop's job
+            if not stopping:
+                stopping.append(time.monotonic())
+                _signal_group(child, signal.SIGTERM)
 
         previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
         try:
             _wait_ready(child, port, health_path, what, log, stopping)
             if not stopping:
                 print(f"{what} on http://{HOST}:{port} (Ctrl-C to stop)", flush=True)
-            code = child.wait()
+            while child.poll() is None:
+                if stopping and time.monotonic() - stopping[0] > STOP_SECONDS:
+                    _signal_group(child, signal.SIGKILL)
+                time.sleep(0.2)
         finally:
-            _kill_group(child)
+            if child.poll() is None:
+                _signal_group(child, signal.SIGKILL)
+                child.wait()
+            _signal_group(child, signal.SIGTERM)  # workers the server may have left behind
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-    return 0 if stopping else code
+    return 0 if stopping else child.returncode
 
 
 def _wait_ready(child, port: int, health_path: str, what: str, log, stopping: list) -> None:
@@ -106,21 +113,10 @@ def _wait_ready(child, port: int, health_path: str, what: str, log, stopping: li
         time.sleep(0.3)
 
 
-def _kill_group(child: subprocess.Popen) -> None:
-    """TERM the server's process group, KILL it if it lingers."""
-    if child.poll() is not None:
-        try:
-            os.killpg(child.pid, signal.SIGTERM)  # workers the server left behind
-        except (ProcessLookupError, PermissionError):
-            pass
-        return
+def _signal_group(child: subprocess.Popen, sig: int) -> None:
     try:
-        os.killpg(child.pid, signal.SIGTERM)
-        child.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        os.killpg(child.pid, signal.SIGKILL)
-        child.wait()
-    except ProcessLookupError:
+        os.killpg(child.pid, sig)
+    except (ProcessLookupError, PermissionError):
         pass
 
 
