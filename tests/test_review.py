@@ -83,7 +83,8 @@ def test_study_has_metric_names_and_each_trial_its_mlflow_link(stores, tuned):
     assert study.metric_names == ["best_val_mse"]
     for trial in study.trials:
         run_id = trial.user_attrs["mlflow_run_id"]
-        assert trial.user_attrs["mlflow_run_url"].endswith(f"/#/experiments/{tuned['eid']}/runs/{run_id}")
+        route = f"/#/experiments/{tuned['eid']}/runs/{run_id}?workflowType=machine_learning"
+        assert trial.user_attrs["mlflow_run_url"] == f"http://127.0.0.1:5000{route}"
         assert tuned["client"].get_run(run_id).data.tags["optuna.trial"] == str(trial.number)
 
 
@@ -91,7 +92,7 @@ def test_parent_run_has_its_description_and_a_marked_winner(tuned):
     parent, client = tuned["parent"], tuned["client"]
     note = parent.data.tags[NOTE_TAG]
     best_run = parent.data.tags["best_trial_run_id"]
-    assert f"(#/experiments/{tuned['eid']}/runs/{best_run})" in note  # the winner, as a link
+    assert f"(#/experiments/{tuned['eid']}/runs/{best_run}?workflowType=machine_learning)" in note  # a link
     assert parent.data.tags["champion_decision"] in note and "minimize" in note and "make tune MODEL=nw" in note
     assert parent.data.tags["mlflow.source.git.commit"] and parent.data.tags["git.dirty"] in ("true", "false")
     winners = [r for r in children(tuned) if r.data.tags.get(BEST_TAG) == "true"]
@@ -142,9 +143,10 @@ def test_mha_heatmaps_show_inputs_pooling_and_every_head():
     pooling = plots.mha_pooling_heatmap(model, data, n_examples=3)
     assert len(pooling.axes) == 6 and all(ax.images for ax in pooling.axes)
     assert len(pooling.axes[0].texts) == 64  # the 8 x 8 input values are written on the map
-    assert [t.get_text() for t in pooling.axes[1].get_yticklabels()] == ["pooling"]
+    assert [t.get_text() for t in pooling.axes[1].get_xticklabels()] == ["pooling"]
     heads = plots.mha_head_maps(model, data, n_examples=2)
-    assert len(heads.axes) == 2 * 2 * 2 and all(ax.images for ax in heads.axes)
+    maps = [ax for ax in heads.axes if ax.get_title().startswith("test #")]
+    assert len(maps) == 2 * 2 * 2 and all(ax.images for ax in maps)  # examples x layers x heads
     plots.plt.close("all")
 
 

@@ -56,27 +56,44 @@ def nw_attention_heatmap(model: NadarayaWatson, data: Dataset) -> Figure:
 
 @torch.no_grad()
 def mha_pooling_heatmap(model: SequenceModel, data: Dataset, n_examples: int = 3) -> Figure:
-    """Per test sequence: its input values (features x steps) above the pooling weights over the same steps."""
+    """Per test sequence: its input values (steps x features) beside the pooling weight of each step.
+
+    Short sequences (digits: 8 rows of 8 pixels) run down the page so an image looks like itself;
+    long ones (adding: up to 200 steps) run across it."""
     model.cpu().eval()
     x, lengths, y = data.test.x[:n_examples], data.test.lengths[:n_examples], data.test.y[:n_examples]
     out, weights = model(x, lengths, need_weights=True)
-    fig, axes = plt.subplots(
-        2 * len(x), 1, figsize=(8, 2.3 * len(x) + 0.6), squeeze=False, height_ratios=[3, 1] * len(x)
-    )
-    for i in range(len(x)):
+    B, D = len(x), x.shape[-1]
+    down = int(lengths.max()) <= 32
+    if down:
+        fig, axes = plt.subplots(1, 2 * B, figsize=(4.2 * B, 4.2), width_ratios=[D, 1.3] * B, squeeze=False)
+        pairs = [(axes[0, 2 * i], axes[0, 2 * i + 1]) for i in range(B)]
+    else:
+        fig, axes = plt.subplots(2 * B, 1, figsize=(9, 2.6 * B + 0.6), height_ratios=[2, 1] * B, squeeze=False)
+        pairs = [(axes[2 * i, 0], axes[2 * i + 1, 0]) for i in range(B)]
+    for i, (inputs_ax, pooling_ax) in enumerate(pairs):
         n = int(lengths[i])
-        inputs, pooling = x[i, :n].T.numpy(), weights["pooling"][i : i + 1, :n].numpy()  # (D, T), (1, T)
-        top, bottom = axes[2 * i, 0], axes[2 * i + 1, 0]
-        _heatmap(top, inputs, "Blues", annotate=inputs.size <= 128)
-        top.set_yticks(range(inputs.shape[0]), _feature_names(data, inputs.shape[0]))
-        top.set_xticks([])
-        target, pred = _label(y[i], data), _label(out[i], data)
-        top.set_title(f"test #{i}: target {target}, prediction {pred}", fontsize=10)
-        _heatmap(bottom, pooling, "Reds", annotate=n <= 16, vmin=0.0)
-        bottom.set_yticks([0], ["pooling"])
-        bottom.xaxis.set_major_locator(MaxNLocator(integer=True))
-    axes[-1, 0].set_xlabel("step")
-    fig.suptitle("attention pooling: which input steps the prediction is read from", fontsize=11)
+        inputs, pooling = x[i, :n].numpy(), weights["pooling"][i, :n, None].numpy()  # (T, D), (T, 1)
+        names = _feature_names(data, D)
+        if not down:
+            inputs, pooling = inputs.T, pooling.T  # (D, T), (1, T)
+        _heatmap(inputs_ax, inputs, "Blues", annotate=inputs.size <= 128)
+        image = _heatmap(pooling_ax, pooling, "Reds", annotate=n <= 32, vmin=0.0)
+        title = f"test #{i}: target {_label(y[i], data)}, predicted {_label(out[i], data)}"
+        if down:
+            inputs_ax.set_xticks(range(D), names, rotation=90, fontsize=7)
+            inputs_ax.set_ylabel("step")
+            pooling_ax.set_xticks([0], ["pooling"])
+            pooling_ax.set_yticks([])
+            inputs_ax.set_title(title, fontsize=9, loc="left")
+        else:
+            inputs_ax.set_yticks(range(D), names)
+            inputs_ax.set_xticks([])
+            pooling_ax.set_yticks([0], ["pooling"])
+            pooling_ax.set_xlabel("step")
+            fig.colorbar(image, ax=pooling_ax, fraction=0.03, pad=0.01, aspect=5).ax.tick_params(labelsize=6)
+            inputs_ax.set_title(title, fontsize=9)
+    fig.suptitle("attention pooling: the input steps each prediction is read from", fontsize=11)
     fig.tight_layout()
     return fig
 
@@ -95,7 +112,8 @@ def mha_head_maps(model: SequenceModel, data: Dataset, n_examples: int = 2) -> F
         for layer in range(L):
             for h in range(H):
                 ax = axes[b * L + layer, h]
-                ax.imshow(heads[b, layer, h, :n, :n].numpy(), cmap="Reds", vmin=0.0, aspect="auto")
+                image = ax.imshow(heads[b, layer, h, :n, :n].numpy(), cmap="Reds", vmin=0.0, aspect="auto")
+                fig.colorbar(image, ax=ax, fraction=0.046, pad=0.02).ax.tick_params(labelsize=6)
                 ax.set_title(f"test #{b}, layer {layer + 1}, head {h + 1}", fontsize=8)
                 ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=5))
                 ax.yaxis.set_major_locator(MaxNLocator(integer=True, nbins=5))
@@ -136,13 +154,14 @@ def learning_curve(result: FitResult, metric: str) -> Figure:
 # helpers
 
 
-def _heatmap(ax, values, cmap: str, annotate: bool, vmin: float | None = None) -> None:
-    ax.imshow(values, cmap=cmap, aspect="auto", vmin=vmin, interpolation="nearest")
+def _heatmap(ax, values, cmap: str, annotate: bool, vmin: float | None = None):
+    image = ax.imshow(values, cmap=cmap, aspect="auto", vmin=vmin, interpolation="nearest")
     if annotate:
         high = float(values.max()) if values.size else 0.0
         for (row, col), value in np.ndenumerate(values):
             color = "white" if high and value > 0.6 * high else "black"
             ax.text(col, row, f"{value:.2g}", ha="center", va="center", fontsize=7, color=color)
+    return image
 
 
 def _feature_names(data: Dataset, n: int) -> list[str]:

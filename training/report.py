@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from . import tracking
+from .run_notes import run_route, trials_route
 from .tracking import redact
 from .ui import review_link
 
@@ -25,8 +26,8 @@ def print_tune_summary(result, options) -> None:
         ("test (refit)", test),
         ("registered", f"models:/{result.name}/{result.model_version}"),
         ("champion", ("moved: " if result.promoted else "unchanged: ") + result.decision),
-        ("review", review_link(uri, result.experiment_id, result.parent_run_id)),
-        ("all trials", review_link(uri, result.experiment_id)),
+        ("review", review_link(uri, run_route(result.experiment_id, result.parent_run_id))),
+        ("trials", review_link(uri, trials_route(result.experiment_id, result.metric, result.direction))),
         ("dashboard", "make dashboard" + (f" STORAGE='{redact(options.storage)}'" if options.storage else "")),
         ("store", redact(uri)),
     ]

@@ -10,10 +10,12 @@ from __future__ import annotations
 import json
 import subprocess
 from pathlib import Path
+from urllib.parse import quote, urlencode
 
 from mlflow import MlflowClient
 
 from .tracking import ROOT, redact
+from .ui import ui_base
 
 NOTE_TAG = "mlflow.note.content"
 BEST_TAG, BEST_SUFFIX = "best_trial", " (best)"
@@ -23,10 +25,24 @@ EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 
 def run_route(experiment_id: str, run_id: str | None = None) -> str:
-    """The UI's route to an experiment's runs table, or to one run (relative: any host, any port)."""
-    if run_id:
-        return f"#/experiments/{experiment_id}/runs/{run_id}"
-    return f"#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+    """The UI's route to an experiment's runs table, or to one run (relative: any host, any port).
+
+    `workflowType=machine_learning` keeps MLflow 3 on its model-training pages instead of the GenAI ones."""
+    where = f"runs/{run_id}" if run_id else "runs"
+    return f"#/experiments/{experiment_id}/{where}?workflowType=machine_learning"
+
+
+def trials_route(experiment_id: str, metric: str, direction: str) -> str:
+    """The runs table with the trial runs only, best first by the objective (pruned ones included)."""
+    query = urlencode(
+        {
+            "searchFilter": "attributes.run_name LIKE 'trial-%'",
+            "orderByKey": f"metrics.`best_val_{metric}`",
+            "orderByAsc": str(direction == "minimize").lower(),
+        },
+        quote_via=quote,
+    )
+    return f"{run_route(experiment_id)}&{query}"
 
 
 def git_provenance(root: Path) -> dict[str, str]:
@@ -80,49 +96,43 @@ def reproduce_command(options, commit: str | None, dirty: bool) -> str:
 
 
 def description(result, options, *, metric: str, direction: str, best_run_id: str, git: dict[str, str]) -> str:
-    """The parent run's note: study, objective, the winning trial (a link), test, champion decision, how to redo it."""
+    """The parent run's note: the verdict first (the UI shows a few lines before "Show more"), then the study,
+    the winning configuration, the code and how to run it again."""
     states = ", ".join(f"{k} {v}" for k, v in result.states.items() if v and k != "new_trials")
     best = f"trial #{result.best_trial}"
     best_link = f"[{best}]({run_route(result.experiment_id, best_run_id)})" if best_run_id else best
+    trials = trials_route(result.experiment_id, metric, direction)
     params = "\n".join(f"| `{k}` | {json.dumps(v)} |" for k, v in result.best_params.items())
     test = ", ".join(f"{k} **{v:.6g}**" for k, v in result.test_metrics.items())
     commit, dirty = git.get("mlflow.source.git.commit"), git.get("git.dirty") == "true"
     provenance = f"`{commit[:12]}`" + (" with uncommitted changes" if dirty else "") if commit else "not a git checkout"
-    verdict = "moved to" if result.promoted else "stayed away from"
-    return f"""### Tuning `{result.name}`
+    verdict = "moved to" if result.promoted else "stays off"
+    return f"""**Best: {best_link}**, validation {metric} **{result.best_value:.6g}** ({direction}); refit on the \
+test split: {test}. **`@champion` {verdict} version {result.model_version}**: {result.decision}.
 
-**Study** `{result.name}` in `{redact(options.storage or "mlruns/optuna.db")}`: {states} trials in all, \
-{result.states.get("new_trials", options.trials)} of them from this run. [All trials of this experiment]\
-({run_route(result.experiment_id)}) (one child run each; pruned ones end KILLED, marked "(pruned)").
+**Study** `{result.name}` (`{redact(options.storage or "mlruns/optuna.db")}`): {states} trials in all. \
+[Every trial, best first]({trials}): one child run each, sorted by `best_val_{metric}` (pruned runs end \
+KILLED, are named "(pruned)" and carry their last validation value; the winner is named "(best)", tag \
+`best_trial=true`).
 
-**Objective** validation `{metric}`, **{direction}** (`best_val_{metric}` on each trial run).
-
-**Best** {best_link}: validation {metric} **{result.best_value:.6g}**
-
-| parameter | value |
+| best parameter | value |
 |---|---|
 {params}
 
-**Test** (the best configuration refit, the test split seen once): {test}
-
-**Champion** `@champion` {verdict} version {result.model_version} (`models:/{result.name}/{result.model_version}`): \
-{result.decision}
-
-**Code** {provenance}. Reproduce (the best parameters rebuild the model exactly; a fresh storage repeats the search):
+**Registered** `models:/{result.name}/{result.model_version}`. **Code** {provenance}. Run again (the best \
+parameters rebuild the model exactly; a fresh storage repeats the whole search):
 
 ```
 {reproduce_command(options, commit, dirty)}
 ```
 
-Plots: `optuna/study.html` (history, importances, parallel coordinates, slice, contour, intermediate values, \
-timeline), `plots/` (learning curve, attention).
+**Artifacts** `optuna/study.html` (history, importances, parallel coordinates, slice, contour, intermediate \
+values, timeline; works offline), `plots/` (learning curve with the restored epoch, attention heatmaps).
 """
 
 
 def link_trial(trial, experiment_id: str, run_id: str, tracking_uri: str) -> None:
     """The trial carries its MLflow run's address (user attr, and a note optuna-dashboard shows as a link)."""
-    from .ui import ui_base
-
     url = f"{ui_base(tracking_uri)}/{run_route(experiment_id, run_id)}"
     trial.set_user_attr("mlflow_run_url", url)
     _dashboard_note(trial, f"MLflow run of this trial: [{run_id}]({url})")
@@ -135,8 +145,6 @@ def mark_experiment(client: MlflowClient, experiment_id: str) -> None:
 
 def explain(client: MlflowClient, result, options, study, metric: str, direction: str) -> None:
     """Give the parent run its description and provenance, mark the winning trial, note the study for the dashboard."""
-    from .ui import ui_base
-
     git = git_provenance(ROOT)
     for key, value in git.items():
         client.set_tag(result.parent_run_id, key, value)
@@ -150,7 +158,7 @@ def explain(client: MlflowClient, result, options, study, metric: str, direction
         study,
         f"Objective: validation `{metric}` ({direction}). Latest tuning run in MLflow: "
         f"[{result.parent_run_id}]({base}/{run_route(result.experiment_id, result.parent_run_id)}); "
-        f"all runs: [{result.name}]({base}/{run_route(result.experiment_id)}).",
+        f"every trial, best first: [{result.name}]({base}/{trials_route(result.experiment_id, metric, direction)}).",
     )
 
 

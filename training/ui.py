@@ -18,7 +18,6 @@ import urllib.request
 from pathlib import Path
 
 from . import tracking
-from .run_notes import run_route
 
 HOST = "127.0.0.1"
 UI_PORT, DASHBOARD_PORT = 5000, 8083
@@ -47,9 +46,9 @@ def ui_command_for(tracking_uri: str | None = None) -> str:
     return f"python -m training ui --tracking-uri {uri}"
 
 
-def review_link(tracking_uri: str | None, experiment_id: str, run_id: str | None = None) -> str:
-    """`make ui -> http://127.0.0.1:5000/#/experiments/...` pointing at the store actually used."""
-    url = f"{ui_base(tracking_uri)}/{run_route(experiment_id, run_id)}"
+def review_link(tracking_uri: str | None, route: str) -> str:
+    """`make ui -> http://127.0.0.1:5000/#/experiments/...`, pointing at the store actually used."""
+    url = f"{ui_base(tracking_uri)}/{route}"
     command = ui_command_for(tracking_uri)
     return f"{command} -> {url}" if command else url
 
