@@ -137,6 +137,9 @@ def run_dashboard(args) -> int:
 
 def run_demo(args) -> int:
     from .demo import demo
+    from .progress import quiet_libraries
+
+    quiet_libraries()
 
     return demo()
 
