@@ -135,7 +135,7 @@ def learning_curve(result: FitResult, metric: str) -> Figure:
     val = ([result.initial_val_metrics[metric]] if result.initial_val_metrics else []) + [
         row[f"val_{metric}"] for row in history
     ]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8), sharex=True)  # one epoch scale, y apart
     left.plot(epochs, [row["train_loss"] for row in history], marker=".", color="tab:blue")
     left.set(xlabel="epoch", ylabel="train loss", title="training loss")
     right.plot(val_epochs, val, marker=".", color="tab:orange")
