@@ -19,7 +19,8 @@ CONCLUDE ?= 1
 HEARTBEAT ?=
 GRACE ?=
 HOST ?= 127.0.0.1
-PORT ?= 5000
+PORT ?=
+PROGRESS ?= 1
 PG_PORT ?= 5433
 ALLOWED_HOSTS ?=
 DATA ?=
@@ -35,7 +36,7 @@ DATA_ARGS = $(if $(DATA),--data '$(DATA)' $(if $(TARGET),--target '$(TARGET)') $
 HEARTBEAT_ARGS = $(if $(HEARTBEAT),--heartbeat $(HEARTBEAT)) $(if $(GRACE),--grace $(GRACE))
 TUNE_ARGS = --model $(MODEL) $(DATA_ARGS) --trials $(TRIALS) --jobs $(JOBS) --device $(DEVICE) --seed $(SEED) \
 	$(if $(TIMEOUT),--timeout $(TIMEOUT)) $(if $(STORAGE),--storage '$(STORAGE)') $(if $(EPOCHS),--epochs $(EPOCHS)) \
-	$(if $(filter 0,$(CONCLUDE)),--no-conclude) $(HEARTBEAT_ARGS)
+	$(if $(filter 0,$(CONCLUDE)),--no-conclude) $(HEARTBEAT_ARGS) $(if $(filter 0,$(PROGRESS)),--no-progress)
 
 .PHONY: help
 help: ## Show this help
@@ -73,7 +74,7 @@ lint: $(STAMP) ## Lint and format check (ruff)
 	$(VENV)/bin/ruff format --check .
 
 .PHONY: tune
-tune: $(STAMP) ## Tune: make tune MODEL=nw|mha DATASET=sine|diabetes|adding|digits TRIALS=20 [TIMEOUT= JOBS= DEVICE= STORAGE= SEED= EPOCHS= CONCLUDE=0|1 HEARTBEAT= GRACE=], or on your file: DATA=file.csv|.parquet TARGET=col [FEATURES=a,b TASK= NAME= ID= ORDER=]
+tune: $(STAMP) ## Tune: make tune MODEL=nw|mha DATASET=sine|diabetes|adding|digits TRIALS=20 [TIMEOUT= JOBS= DEVICE= STORAGE= SEED= EPOCHS= CONCLUDE=0|1 HEARTBEAT= GRACE= PROGRESS=0], or on your file: DATA=file.csv|.parquet TARGET=col [FEATURES=a,b TASK= NAME= ID= ORDER=]
 	$(PYTHON) -m training tune $(TUNE_ARGS)
 
 .PHONY: conclude
@@ -83,7 +84,7 @@ conclude: $(STAMP) ## Refit a study's best trial, register it if new, @champion 
 
 .PHONY: tracking-server
 tracking-server: $(STAMP) ## Local PostgreSQL + mlflow server for many workers: [PORT=5000 PG_PORT=5433 HOST=127.0.0.1 ALLOWED_HOSTS=]
-	$(PYTHON) -m training tracking-server --host $(HOST) --port $(PORT) --pg-port $(PG_PORT) $(if $(ALLOWED_HOSTS),--allowed-hosts $(ALLOWED_HOSTS))
+	$(PYTHON) -m training tracking-server --host $(HOST) --port $(or $(PORT),5000) --pg-port $(PG_PORT) $(if $(ALLOWED_HOSTS),--allowed-hosts $(ALLOWED_HOSTS))
 
 .PHONY: tracking-server-stop
 tracking-server-stop: $(STAMP) ## Stop the tracking server started by make tracking-server (its data stays in .tracking/)
@@ -107,8 +108,12 @@ stop: $(STAMP) ## Stop TorchServe (returns when the whole server process tree is
 	$(PYTHON) -m training stop
 
 .PHONY: ui
-ui: $(STAMP) ## MLflow UI on http://127.0.0.1:5000 over mlruns/ (with an http MLFLOW_TRACKING_URI: prints that server's URL)
-	$(PYTHON) -m training ui
+ui: $(STAMP) ## MLflow UI on http://127.0.0.1:5000 over mlruns/: make ui [PORT=5000] (with an http MLFLOW_TRACKING_URI: prints that server's URL)
+	$(PYTHON) -m training ui $(if $(PORT),--port $(PORT))
+
+.PHONY: dashboard
+dashboard: $(STAMP) ## optuna-dashboard on http://127.0.0.1:8083 over the Optuna storage: make dashboard [PORT=8083 STORAGE=]
+	$(PYTHON) -m training dashboard $(if $(PORT),--port $(PORT)) $(if $(STORAGE),--storage '$(STORAGE)')
 
 .PHONY: demo
 demo: install ## The main job: tune nw-sine and mha-adding, archive, serve, query, stop

@@ -34,9 +34,22 @@ def test_makefile_targets_are_documented_and_point_at_commands_that_exist():
     from training.cli import COMMANDS
 
     makefile = (ROOT / "Makefile").read_text()
-    for target in ["help", "install", "test", "tune", "archive", "serve", "deploy", "stop", "ui", "demo", "bench"]:
+    for target in [
+        "help",
+        "install",
+        "test",
+        "tune",
+        "archive",
+        "serve",
+        "deploy",
+        "stop",
+        "ui",
+        "dashboard",
+        "demo",
+        "bench",
+    ]:
         assert f"\n{target}:" in makefile and f".PHONY: {target}" in makefile, target
-    for command in ["tune", "archive", "serve", "deploy", "stop", "ui", "demo"]:
+    for command in ["tune", "archive", "serve", "deploy", "stop", "ui", "dashboard", "demo"]:
         assert f"-m training {command}" in makefile and command in COMMANDS
 
 

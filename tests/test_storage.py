@@ -64,10 +64,15 @@ def test_the_ui_over_a_tracking_server_only_points_at_it(capsys, monkeypatch):
 
 
 def test_review_links_point_at_the_store_in_use():
-    from training.report import review_link
+    from training.run_notes import run_route
+    from training.ui import review_link
 
-    assert review_link("http://u:pw@mlflow:5000/", "3", "abc") == "http://u:***@mlflow:5000/#/experiments/3/runs/abc"
-    assert review_link("sqlite:///x/mlflow.db", "3", "abc").startswith("make ui -> http://127.0.0.1:5000/#/")
+    route = run_route("3", "abc")
+    assert review_link("http://u:pw@mlflow:5000/", route).startswith(
+        "http://u:***@mlflow:5000/#/experiments/3/runs/abc"
+    )
+    local = review_link("sqlite:///x/mlflow.db", route)
+    assert local.startswith("python -m training ui --tracking-uri sqlite:///x/mlflow.db -> http://127.0.0.1:5000/#/")
 
 
 @pytest.mark.parametrize("form", ["path", "journal://"])

@@ -70,9 +70,7 @@ def test_artifacts_are_present_and_not_empty(stores, first):
         )
     )
     for name in [
-        "optuna/optimization_history.html",
-        "optuna/param_importances.html",
-        "optuna/intermediate_values.html",
+        "optuna/study.html",
         "plots/nw_predictions.png",
         "plots/nw_attention_heatmap.png",
         "data/description.json",

@@ -24,6 +24,7 @@ from .nn.checkpoint import file_sha256
 ROOT = tracking.ROOT
 ARCHIVES = ROOT / "archives"
 HANDLER = ROOT / "handlers" / "attention_handler.py"
+ARCHIVED = "archived"  # registry alias on the version the last archive was built from
 # Serving settings per archive; TorchServe reads them from the model-config YAML.
 MODEL_CONFIG = {
     "minWorkers": 1,
@@ -68,7 +69,11 @@ def archive_champion(
     archive_name = archive_name or name
     version = tracking.champion_version(client, name)
     if version is None:
-        raise RuntimeError(f"{name!r} has no @champion in the registry at {client.tracking_uri}: run `make tune` first")
+        known = ", ".join(champion_names(client)) or "none yet"
+        raise RuntimeError(
+            f"{name!r} has no @champion in the registry at {tracking.redact(client.tracking_uri)} "
+            f"(champions: {known}): run `make tune` first, or pick one of those"
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -115,6 +120,8 @@ def archive_champion(
             "--force",
         ]
         subprocess.run(command, check=True, capture_output=True, text=True)
+    if archive_name == name:  # benchmark variants are not what gets served
+        tracking.mark_version(client, name, version.version, ARCHIVED)
     return out_dir / f"{archive_name}.mar"
 
 

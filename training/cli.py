@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import subprocess
 import sys
 
 from .data import KINDS
@@ -37,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument(
         "--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or mlruns/)"
     )
-    tune.add_argument("--no-progress", action="store_true", help="no progress bar")
+    tune.add_argument("--no-progress", action="store_true", help="no progress bar: one plain line per trial")
     tune.add_argument(
         "--no-conclude",
         action="store_true",
@@ -77,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--state-dir", default=None, help="default: .tracking/")
     stop_server = commands.add_parser("tracking-server-stop", help="stop the tracking server (its data stays)")
     stop_server.add_argument("--state-dir", default=None, help="default: .tracking/")
+    dashboard = commands.add_parser("dashboard", help="optuna-dashboard on http://127.0.0.1:8083 over the studies")
+    dashboard.add_argument("--port", type=int, default=8083)
+    dashboard.add_argument("--storage", default=None, help="Optuna storage URL (default: sqlite under mlruns/)")
     commands.add_parser("demo", help="tune, archive, serve, query and stop: the whole product in one go")
     return parser
 
@@ -108,16 +109,20 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, RuntimeError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as interrupt:  # Ctrl-C: one line, no traceback
+        print(f"\n{interrupt}" if str(interrupt) else "\ninterrupted", file=sys.stderr)
+        return 130
 
 
 def run_tune(args) -> int:
     import optuna
 
+    from .progress import quiet_libraries
     from .report import print_tune_summary
     from .tune import TuneOptions, tune
 
-    if not args.no_progress:  # the bar shows progress; per-trial lines are in MLflow
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # progress: the bar, or our own line per trial
+    quiet_libraries()
     if bool(args.dataset) == bool(args.data):
         raise ValueError("give either --dataset (built in) or --data FILE --target COLUMN (your own file)")
     options = TuneOptions(
@@ -236,33 +241,27 @@ def run_token(args) -> int:
 
 def run_ui(args) -> int:
     from . import tracking
+    from .ui import mlflow_ui
 
     uri = args.tracking_uri or tracking.default_tracking_uri()
     if uri.startswith(("http://", "https://")):  # a tracking server already is the UI
         tracking.check_tracking_uri(uri)
         print(f"MLflow UI: {tracking.redact(uri)} (the tracking server in use serves it)")
         return 0
-    tracking.configure(uri)  # creates mlruns/ on a fresh checkout
-    print(f"MLflow UI on http://127.0.0.1:{args.port} over {uri} (Ctrl-C to stop)", flush=True)
-    command = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "ui",
-        "--backend-store-uri",
-        uri,
-        "--default-artifact-root",
-        tracking.artifact_root(uri).as_uri(),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(args.port),
-    ]
-    return subprocess.call(command, env={**os.environ, "MLFLOW_TRACKING_URI": uri})
+    return mlflow_ui(args.port, uri)
+
+
+def run_dashboard(args) -> int:
+    from .ui import dashboard
+
+    return dashboard(args.port, args.storage)
 
 
 def run_demo(args) -> int:
     from .demo import demo
+    from .progress import quiet_libraries
+
+    quiet_libraries()
 
     return demo()
 
@@ -278,5 +277,6 @@ COMMANDS = {
     "stop": run_stop,
     "token": run_token,
     "ui": run_ui,
+    "dashboard": run_dashboard,
     "demo": run_demo,
 }

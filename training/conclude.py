@@ -15,7 +15,7 @@ import mlflow
 import optuna
 import torch
 
-from . import plots, tables, tracking
+from . import plots, progress, run_notes, study_plots, tables, tracking
 from .data import Dataset, load_dataset, prepare_model
 from .fit import PRIMARY_METRIC, FitResult, evaluate, fit, resolve_device
 from .nn import build_model, model_kind, save_checkpoint
@@ -39,6 +39,10 @@ class Conclusion:
     registered: bool  # False: the best trial was registered before, by an earlier conclusion
     promoted: bool
     decision: str
+    decision_version: str  # the champion after the decision
+    metric: str  # the validation metric that selects, e.g. "mse"
+    direction: str
+    states: dict[str, int]  # every trial of the study, all workers
 
 
 def study_states(trials: list[optuna.trial.FrozenTrial]) -> dict[str, int]:
@@ -70,7 +74,8 @@ def conclude(client, run_id: str, study: optuna.Study, storage_url: str, device:
                 {f"best_val_{metric}": best.value, **{f"trials_{k}": v for k, v in study_states(trials).items()}}
             )
             mlflow.set_tags({"best_trial": best.number, "best_trial_run_id": best.user_attrs.get("mlflow_run_id", "")})
-            log_study_plots(study)
+            with progress.stage("study plots"):
+                log_study_plots(study, metric)
             if known:
                 version = known[0]
                 test = {k.removeprefix("test_"): float(v) for k, v in version.tags.items() if k.startswith("test_")}
@@ -78,14 +83,19 @@ def conclude(client, run_id: str, study: optuna.Study, storage_url: str, device:
             else:
                 epochs = int(best.user_attrs.get("max_epochs", DEFAULT_EPOCHS.get(data.name, FILE_EPOCHS)))
                 seed = int(best.user_attrs.get("seed", 0))
-                model, history = refit(model_name, best.params, data, epochs, seed, device)
-                test = evaluate(model, data.test, data.task)
-                log_model_plots(model, data, history, metric)
-                log_data_input(data)
-                tags = {f"val_{metric}": str(best.value), "candidate": key, "optuna.trial": str(best.number)}
-                version_number, sha = log_and_register(model, data, name, run_id, test, metric, tags)
+                with progress.stage(f"refit best trial #{best.number} (up to {epochs} epochs)"):
+                    model, history = refit(model_name, best.params, data, epochs, seed, device)
+                with progress.stage("test on the test split"):
+                    test = evaluate(model, data.test, data.task)
+                with progress.stage("plots (learning curve, attention)"):
+                    log_model_plots(model, data, history, metric)
+                with progress.stage("log the model and register it"):
+                    log_data_input(data)
+                    tags = {f"val_{metric}": str(best.value), "candidate": key, "optuna.trial": str(best.number)}
+                    version_number, sha = log_and_register(model, data, name, run_id, test, metric, tags)
             mlflow.log_metrics({f"test_{k}": v for k, v in test.items()})
-            decision = tracking.promote_best(client, name, metric, direction)
+            with progress.stage("champion decision"):
+                decision = tracking.promote_best(client, name, metric, direction)
             mlflow.set_tags(
                 {
                     "registered_version": version_number,
@@ -96,9 +106,22 @@ def conclude(client, run_id: str, study: optuna.Study, storage_url: str, device:
                     "checkpoint_sha256": sha,
                 }
             )
-    return Conclusion(
-        best.number, best.value, best.params, test, version_number, not known, decision.promoted, decision.reason
-    )
+        conclusion = Conclusion(
+            best.number,
+            best.value,
+            best.params,
+            test,
+            version_number,
+            not known,
+            decision.promoted,
+            decision.reason,
+            str(decision.version),
+            metric,
+            direction,
+            study_states(trials),
+        )
+        run_notes.explain(client, mlflow.get_run(run_id).info.experiment_id, run_id, study, conclusion, storage_url)
+    return conclusion
 
 
 def study_data(study: optuna.Study) -> Dataset:
@@ -125,24 +148,13 @@ def refit(
     return built.cpu().eval(), result
 
 
-def log_study_plots(study: optuna.Study) -> None:
-    """Optuna's interactive plots as HTML; a plot the study cannot draw yet (too few trials) is skipped."""
-    import optuna.visualization as vis
-
-    for name, draw in [
-        ("optimization_history", vis.plot_optimization_history),
-        ("param_importances", vis.plot_param_importances),
-        ("intermediate_values", vis.plot_intermediate_values),
-    ]:
-        try:
-            figure = draw(study)
-        except (ValueError, RuntimeError) as error:
-            mlflow.set_tag(f"plot.{name}", f"skipped: {error}")
-            continue
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / f"{name}.html"
-            figure.write_html(path, include_plotlyjs="cdn")
-            mlflow.log_artifact(str(path), "optuna")
+def log_study_plots(study: optuna.Study, metric: str) -> None:
+    """Optuna's plots in one offline HTML page; a plot the study cannot draw yet is skipped with a tag saying why."""
+    figures, skipped = study_plots.draw_all(study)
+    for name, why in skipped.items():
+        mlflow.set_tag(f"plot.{name}", f"skipped: {why}")
+    if figures:
+        mlflow.log_text(study_plots.study_page(study, figures, skipped, f"best_val_{metric}"), "optuna/study.html")
 
 
 def log_model_plots(model, data: Dataset, history: FitResult, metric: str) -> None:
@@ -152,9 +164,10 @@ def log_model_plots(model, data: Dataset, history: FitResult, metric: str) -> No
             figures["nw_predictions.png"] = plots.nw_predictions(model, data)
         figures["nw_attention_heatmap.png"] = plots.nw_attention_heatmap(model, data)
     else:
-        figures["mha_pooling_weights.png"] = plots.mha_pooling_weights(model, data)
+        figures["mha_pooling_heatmap.png"] = plots.mha_pooling_heatmap(model, data)
+        figures["mha_head_maps.png"] = plots.mha_head_maps(model, data)
     if history.history:
-        figures["learning_curve.png"] = plots.learning_curve(history.history, metric)
+        figures["learning_curve.png"] = plots.learning_curve(history, metric)
     for name, figure in figures.items():
         mlflow.log_figure(figure, f"plots/{name}")
         plots.plt.close(figure)

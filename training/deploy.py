@@ -118,7 +118,7 @@ def mark_serving(name: str, version: str, tracking_uri: str | None) -> str:
 
     try:
         client = tracking.configure(tracking_uri)
-        client.set_registered_model_alias(name, tracking.SERVING, version)
+        tracking.mark_version(client, name, version, tracking.SERVING)
     except MlflowException as error:
         return f"not updated ({error.message.splitlines()[0][:120]})"
     return f"@{tracking.SERVING} -> version {version}"

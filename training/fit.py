@@ -44,6 +44,7 @@ class FitResult:
     history: list[dict[str, float]] = field(default_factory=list)  # one row per epoch
     best_epoch: int = 0
     val_metrics: dict[str, float] = field(default_factory=dict)  # of the restored best state
+    initial_val_metrics: dict[str, float] = field(default_factory=dict)  # before training (epoch 0)
     device: str = "cpu"
     seconds: float = 0.0
 
@@ -124,7 +125,7 @@ def fit(model: nn.Module, data: Dataset, config: FitConfig, on_epoch: EpochCallb
     result = FitResult(device=str(device))
     start = time.perf_counter()
 
-    result.val_metrics = evaluate(model, val, data.task)
+    result.val_metrics = result.initial_val_metrics = evaluate(model, val, data.task)
     best_value, best_state = result.val_metrics[metric], copy.deepcopy(model.state_dict())
     if not params:  # non-parametric: nothing to train
         result.seconds = time.perf_counter() - start

@@ -7,11 +7,13 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from .data import Dataset  # noqa: E402
+from .fit import FitResult  # noqa: E402
 from .nn import NadarayaWatson, SequenceModel  # noqa: E402
 
 
@@ -53,35 +55,124 @@ def nw_attention_heatmap(model: NadarayaWatson, data: Dataset) -> Figure:
 
 
 @torch.no_grad()
-def mha_pooling_weights(model: SequenceModel, data: Dataset, n_examples: int = 4) -> Figure:
-    """Pooling weights over steps for a few test sequences; for `adding` the marked steps are shown."""
+def mha_pooling_heatmap(model: SequenceModel, data: Dataset, n_examples: int = 3) -> Figure:
+    """Per test sequence: its input values (steps x features) beside the pooling weight of each step.
+
+    Short sequences (digits: 8 rows of 8 pixels) run down the page so an image looks like itself;
+    long ones (adding: up to 200 steps) run across it."""
+    model.cpu().eval()
+    x, lengths, y = data.test.x[:n_examples], data.test.lengths[:n_examples], data.test.y[:n_examples]
+    out, weights = model(x, lengths, need_weights=True)
+    B, D = len(x), x.shape[-1]
+    down = int(lengths.max()) <= 32
+    if down:
+        fig, axes = plt.subplots(1, 2 * B, figsize=(4.2 * B, 4.2), width_ratios=[D, 1.3] * B, squeeze=False)
+        pairs = [(axes[0, 2 * i], axes[0, 2 * i + 1]) for i in range(B)]
+    else:
+        fig, axes = plt.subplots(2 * B, 1, figsize=(9, 2.6 * B + 0.6), height_ratios=[2, 1] * B, squeeze=False)
+        pairs = [(axes[2 * i, 0], axes[2 * i + 1, 0]) for i in range(B)]
+    for i, (inputs_ax, pooling_ax) in enumerate(pairs):
+        n = int(lengths[i])
+        inputs, pooling = x[i, :n].numpy(), weights["pooling"][i, :n, None].numpy()  # (T, D), (T, 1)
+        names = _feature_names(data, D)
+        if not down:
+            inputs, pooling = inputs.T, pooling.T  # (D, T), (1, T)
+        _heatmap(inputs_ax, inputs, "Blues", annotate=inputs.size <= 128)
+        image = _heatmap(pooling_ax, pooling, "Reds", annotate=n <= 32, vmin=0.0)
+        title = f"test #{i}: target {_label(y[i], data)}, predicted {_label(out[i], data)}"
+        if down:
+            inputs_ax.set_xticks(range(D), names, rotation=90, fontsize=7)
+            inputs_ax.set_ylabel("step")
+            pooling_ax.set_xticks([0], ["pooling"])
+            pooling_ax.set_yticks([])
+            inputs_ax.set_title(title, fontsize=9, loc="left")
+        else:
+            inputs_ax.set_yticks(range(D), names)
+            inputs_ax.set_xticks([])
+            pooling_ax.set_yticks([0], ["pooling"])
+            pooling_ax.set_xlabel("step")
+            fig.colorbar(image, ax=pooling_ax, fraction=0.03, pad=0.01, aspect=5).ax.tick_params(labelsize=6)
+            inputs_ax.set_title(title, fontsize=9)
+    fig.suptitle("attention pooling: the input steps each prediction is read from", fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+@torch.no_grad()
+def mha_head_maps(model: SequenceModel, data: Dataset, n_examples: int = 2) -> Figure:
+    """Self-attention weights (query step x key step) of every layer and head, for a few test sequences."""
     model.cpu().eval()
     x, lengths = data.test.x[:n_examples], data.test.lengths[:n_examples]
     _, weights = model(x, lengths, need_weights=True)
-    fig, axes = plt.subplots(len(x), 1, figsize=(7, 1.6 * len(x)), squeeze=False)
-    for i, ax in enumerate(axes[:, 0]):
-        n = int(lengths[i])
-        ax.bar(range(n), weights["pooling"][i, :n].numpy(), color="tab:blue")
-        if data.name == "adding":
-            for step in torch.nonzero(x[i, :n, 1]).flatten().tolist():
-                ax.axvline(step, color="tab:red", linestyle="--", linewidth=1)
-        ax.set_ylabel(f"#{i}")
-    axes[-1, 0].set_xlabel("step" + (" (red: marked steps)" if data.name == "adding" else ""))
-    axes[0, 0].set_title("attention pooling weights over steps")
+    heads = weights["heads"]  # (B, L, H, T, T)
+    B, L, H = heads.shape[:3]
+    fig, axes = plt.subplots(B * L, H, figsize=(2.6 * H + 1, 2.4 * B * L + 0.6), squeeze=False)
+    for b in range(B):
+        n = int(lengths[b])
+        for layer in range(L):
+            for h in range(H):
+                ax = axes[b * L + layer, h]
+                image = ax.imshow(heads[b, layer, h, :n, :n].numpy(), cmap="Reds", vmin=0.0, aspect="auto")
+                fig.colorbar(image, ax=ax, fraction=0.046, pad=0.02).ax.tick_params(labelsize=6)
+                ax.set_title(f"test #{b}, layer {layer + 1}, head {h + 1}", fontsize=8)
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=5))
+                ax.yaxis.set_major_locator(MaxNLocator(integer=True, nbins=5))
+                ax.tick_params(labelsize=7)
+    for ax in axes[-1]:
+        ax.set_xlabel("key step", fontsize=8)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("query step", fontsize=8)
+    fig.suptitle("self-attention per layer and head (rows sum to 1)", fontsize=11)
     fig.tight_layout()
     return fig
 
 
-def learning_curve(history: list[dict[str, float]], metric: str) -> Figure:
-    fig, ax = plt.subplots(figsize=(6, 4))
+def learning_curve(result: FitResult, metric: str) -> Figure:
+    """Train loss and validation metric on axes of their own, the restored (best) epoch marked on both."""
+    history, best = result.history, result.best_epoch
     epochs = [row["epoch"] for row in history]
-    (train,) = ax.plot(epochs, [row["train_loss"] for row in history], label="train loss")
-    ax.set(xlabel="epoch", ylabel="train loss")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    other = ax.twinx()
-    (val,) = other.plot(epochs, [row[f"val_{metric}"] for row in history], color="tab:orange", label=f"val {metric}")
-    other.set_ylabel(f"validation {metric}")
-    ax.legend(handles=[train, val], loc="upper right")
-    ax.set_title("learning curve (refit of the best trial)")
+    val_epochs = ([0] if result.initial_val_metrics else []) + epochs
+    val = ([result.initial_val_metrics[metric]] if result.initial_val_metrics else []) + [
+        row[f"val_{metric}"] for row in history
+    ]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8), sharex=True)  # one epoch scale, y apart
+    left.plot(epochs, [row["train_loss"] for row in history], marker=".", color="tab:blue")
+    left.set(xlabel="epoch", ylabel="train loss", title="training loss")
+    right.plot(val_epochs, val, marker=".", color="tab:orange")
+    right.set(xlabel="epoch (0: before training)", ylabel=f"validation {metric}", title=f"validation {metric}")
+    if best in val_epochs:
+        right.plot([best], [val[val_epochs.index(best)]], "o", color="tab:red", markersize=9, zorder=3)
+    for ax in (left, right):
+        ax.axvline(best, color="tab:red", linestyle="--", linewidth=1, label=f"restored: epoch {best}")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.legend(loc="best", fontsize=8)
+    fig.suptitle("learning curve of the refit best trial", fontsize=11)
     fig.tight_layout()
     return fig
+
+
+# helpers
+
+
+def _heatmap(ax, values, cmap: str, annotate: bool, vmin: float | None = None):
+    image = ax.imshow(values, cmap=cmap, aspect="auto", vmin=vmin, interpolation="nearest")
+    if annotate:
+        high = float(values.max()) if values.size else 0.0
+        for (row, col), value in np.ndenumerate(values):
+            color = "white" if high and value > 0.6 * high else "black"
+            ax.text(col, row, f"{value:.2g}", ha="center", va="center", fontsize=7, color=color)
+    return image
+
+
+def _feature_names(data: Dataset, n: int) -> list[str]:
+    if data.name == "adding":
+        return ["value", "marker"]
+    if data.name == "digits":
+        return [f"px {j}" for j in range(n)]
+    return [f"x{j}" for j in range(n)]
+
+
+def _label(value: torch.Tensor, data: Dataset) -> str:
+    if data.task == "classification":
+        return str(int(value.argmax())) if value.ndim else str(int(value))
+    return f"{float(value):.3g}"

@@ -4,20 +4,14 @@ from __future__ import annotations
 
 import json
 
-from . import tracking
+from .run_notes import run_route, trials_route
+from .tracking import redact
+from .ui import review_link
 
 
 def table(rows: list[tuple[str, object]]) -> str:
     width = max(len(key) for key, _ in rows)
     return "\n".join(f"  {key:<{width}}  {value}" for key, value in rows)
-
-
-def review_link(uri: str, experiment_id: str, run_id: str) -> str:
-    """Where a reviewer opens the run: the tracking server itself, or `make ui` over a local store."""
-    path = f"#/experiments/{experiment_id}/runs/{run_id}"
-    if uri.startswith(("http://", "https://")):
-        return f"{tracking.redact(uri).rstrip('/')}/{path}"
-    return f"make ui -> http://127.0.0.1:5000/{path}"
 
 
 def counts(states: dict[str, int]) -> str:
@@ -29,11 +23,9 @@ def conclusion_rows(name: str, conclusion) -> list[tuple[str, object]]:
     registered = f"models:/{name}/{conclusion.model_version}" + (
         "" if conclusion.registered else " (registered before)"
     )
+    best = f"#{conclusion.best_trial}, best validation {conclusion.metric} {conclusion.best_value:.6g}"
     return [
-        (
-            "best trial",
-            f"#{conclusion.best_trial}, validation value {conclusion.best_value:.6g} (selects the champion)",
-        ),
+        ("best trial", f"{best} (selects the champion)"),
         ("best params", json.dumps(conclusion.best_params, default=str)),
         ("test (refit)", f"{test} (reported, never used to select)"),
         ("registered", registered),
@@ -42,6 +34,7 @@ def conclusion_rows(name: str, conclusion) -> list[tuple[str, object]]:
 
 
 def print_tune_summary(result, options) -> None:
+    uri = result.tracking_uri
     rows = [
         ("study", result.name),
         (
@@ -55,13 +48,15 @@ def print_tune_summary(result, options) -> None:
     else:
         rows += conclusion_rows(result.name, result.conclusion)
     rows += [
-        ("review", review_link(result.tracking_uri, result.experiment_id, result.parent_run_id)),
-        ("store", tracking.redact(result.tracking_uri)),
+        ("review", review_link(uri, run_route(result.experiment_id, result.parent_run_id))),
+        ("trials", review_link(uri, trials_route(result.experiment_id, result.metric, result.direction))),
+        ("dashboard", "make dashboard" + (f" STORAGE='{redact(options.storage)}'" if options.storage else "")),
+        ("store", redact(uri)),
     ]
     print("\nTuning summary\n" + table(rows))
 
 
 def print_conclusion(name: str, conclusion, tracking_uri: str, experiment_id: str, run_id: str) -> None:
     rows = [("study", name)] + conclusion_rows(name, conclusion)
-    rows += [("review", review_link(tracking_uri, experiment_id, run_id)), ("store", tracking.redact(tracking_uri))]
+    rows += [("review", review_link(tracking_uri, run_route(experiment_id, run_id))), ("store", redact(tracking_uri))]
     print("\nConclusion\n" + table(rows))

@@ -164,3 +164,14 @@ def promote_best(client: MlflowClient, name: str, metric: str, direction: str) -
         was = selection_value(current, metric)
         reason = f"version {best.version} val_{metric}={value:.6g} beats version {current.version} ({was:.6g})"
     return ChampionDecision(str(best.version), True, reason)
+
+
+def mark_version(client: MlflowClient, name: str, version: str, alias: str) -> None:
+    """Point the registry alias `alias` at `version` and stamp the version (tag `<alias>_at`, UTC time).
+
+    Shows in the Models tab which version is where: `archive` marks `@archived` after a successful build,
+    a deploy marks `@serving` once the server answers with it. An alias names one version at a time."""
+    import time
+
+    client.set_registered_model_alias(name, alias, str(version))
+    client.set_model_version_tag(name, str(version), f"{alias}_at", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))

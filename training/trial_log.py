@@ -12,7 +12,7 @@ import optuna
 from mlflow.entities import Metric, Param
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-from . import tracking
+from . import run_notes, tracking
 
 # Optuna's trial state -> the MLflow run status a closed child run ends with.
 RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
@@ -32,6 +32,7 @@ class MlflowTrialLog:
             tags={MLFLOW_PARENT_RUN_ID: self.parent, "optuna.study": self.study, "optuna.trial": str(trial.number)},
         )
         trial.set_user_attr("mlflow_run_id", run.info.run_id)
+        run_notes.link_trial(trial, self.experiment_id, run.info.run_id, self.client.tracking_uri)
         self.client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
         return run.info.run_id
 

@@ -23,7 +23,7 @@ import optuna
 import torch
 from mlflow import MlflowClient
 
-from . import tables, tracking
+from . import progress, run_notes, tables, tracking
 from .conclude import DATA_SEED, Conclusion, conclude, study_states
 from .data import KINDS, Dataset, load_dataset, prepare_model
 from .fit import PRIMARY_METRIC, NonFiniteLossError, fit, resolve_device
@@ -108,6 +108,8 @@ class TuneResult:
     conclusion: Conclusion | None  # None when the invocation left the conclusion to `make conclude`
     states: dict[str, int] = field(default_factory=dict)  # this invocation's trials only
     study_states: dict[str, int] = field(default_factory=dict)  # every trial of the study, all workers
+    metric: str = ""  # the validation metric the study optimizes, e.g. "mse"
+    direction: str = ""
 
 
 # the study
@@ -203,10 +205,13 @@ class Objective:
             trial.set_user_attr(key, value)
         run_id = self.log.start(trial, params) if self.log else None
 
+        seen: list[float] = []
+
         def on_epoch(epoch: int, row: dict[str, float]) -> None:
             if self.log:
                 self.log.metrics(run_id, {k: v for k, v in row.items() if k != "epoch"}, epoch)
             value = row[f"val_{self.metric}"]
+            seen.append(value)
             trial.report(value, epoch)
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at epoch {epoch}: val_{self.metric}={value:.6g} is behind the median")
@@ -219,7 +224,14 @@ class Objective:
             if not math.isfinite(value):
                 raise NonFiniteLossError(f"validation {self.metric} is {value}")
         except optuna.TrialPruned as pruned:
+            if self.log:
+                # Optuna's value of a pruned trial is its last reported one; the run carries the same
+                run_notes.mark_pruned(self.log.client, run_id, self.metric, seen[-1] if seen else None)
             self._finish(run_id, "PRUNED", "KILLED", reason=str(pruned))
+            raise
+        except KeyboardInterrupt:
+            trial.set_user_attr("fail_reason", progress.INTERRUPTED)
+            self._finish(run_id, "FAIL", "KILLED", reason=progress.INTERRUPTED)
             raise
         except NonFiniteLossError as diverged:
             # Returning NaN makes Optuna fail this trial and go on with the study.
@@ -265,6 +277,9 @@ def tune(options: TuneOptions) -> TuneResult:
         tables.record_on_study(study, data)
     close_dead_runs(client, experiment_id, study, options.grace)
     seed = sampler_seed(options.seed, invocation)
+    study.set_metric_names([f"best_val_{PRIMARY_METRIC[data.task][0]}"])  # named in optuna-dashboard
+    run_notes.mark_experiment(client, experiment_id)
+    before = len(study.trials)
     parent = client.create_run(
         experiment_id,
         run_name=f"tune-{time.strftime('%Y%m%d-%H%M%S')}-{invocation}",
@@ -273,6 +288,7 @@ def tune(options: TuneOptions) -> TuneResult:
     objective = Objective(options, data, MlflowTrialLog(client, experiment_id, parent, options.name))
     log_invocation(client, parent, invocation_params(options, study, url, invocation, seed), data.describe())
     conclusion = None
+    bar = progress.show_bar(options.progress)
     try:
         with ParentHeartbeat(client, parent, options.heartbeat):
             study.optimize(
@@ -281,10 +297,13 @@ def tune(options: TuneOptions) -> TuneResult:
                 timeout=options.timeout,
                 n_jobs=options.jobs or len(objective.devices.devices),
                 catch=(torch.OutOfMemoryError,),
-                show_progress_bar=options.progress,
+                show_progress_bar=bar,
+                callbacks=None if bar else [progress.trial_line(f"val_{objective.metric}")],
             )
             if options.conclude:
                 conclusion = conclude(client, parent, study, url, options.device)
+    except KeyboardInterrupt:
+        raise progress.close_interrupted(client, experiment_id, parent, study, before) from None
     except BaseException:
         client.set_terminated(parent, "FAILED")
         raise
@@ -300,6 +319,7 @@ def tune(options: TuneOptions) -> TuneResult:
         conclusion,
         study_states(mine),
         study_states(trials),
+        *PRIMARY_METRIC[data.task],
     )
 
 
