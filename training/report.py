@@ -27,7 +27,7 @@ def print_tune_summary(result, options) -> None:
         ("registered", f"models:/{result.name}/{result.model_version}"),
         ("champion", ("moved: " if result.promoted else "unchanged: ") + result.decision),
         ("review", review_link(uri, run_route(result.experiment_id, result.parent_run_id))),
-        ("trials", review_link(uri, trials_route(result.experiment_id, result.metric, result.direction))),
+        ("trials", review_link(uri, trials_route(result.experiment_id))),
         ("dashboard", "make dashboard" + (f" STORAGE='{redact(options.storage)}'" if options.storage else "")),
         ("store", redact(uri)),
     ]
