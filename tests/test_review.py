@@ -97,7 +97,12 @@ def test_parent_run_has_its_description_and_a_marked_winner(tuned):
     assert parent.data.tags["mlflow.source.git.commit"] and parent.data.tags["git.dirty"] in ("true", "false")
     winners = [r for r in children(tuned) if r.data.tags.get(BEST_TAG) == "true"]
     assert [r.info.run_id for r in winners] == [best_run] and winners[0].info.run_name.endswith("(best)")
-    assert client.get_experiment(tuned["eid"]).tags["mlflow.experimentKind"] == "custom_model_development"
+    tags = client.get_experiment(tuned["eid"]).tags
+    assert tags["mlflow.experimentKind"] == "custom_model_development"
+    view = json.loads(tags["mlflow.sharedViewState.trials"])  # the runs table with columns, best first
+    assert f"(#/experiments/{tuned['eid']}/runs?workflowType=machine_learning&viewStateShareKey=trials)" in note
+    assert view["orderByKey"] == "metrics.`best_val_mse`" and view["orderByAsc"] is True
+    assert {"metrics.`best_val_mse`", "params.`bandwidth`", "tags.`optuna.state`"} <= set(view["selectedColumns"])
 
 
 def test_pruned_runs_keep_the_objective_metric_and_say_so(tuned):

@@ -49,7 +49,7 @@ def print_tune_summary(result, options) -> None:
         rows += conclusion_rows(result.name, result.conclusion)
     rows += [
         ("review", review_link(uri, run_route(result.experiment_id, result.parent_run_id))),
-        ("trials", review_link(uri, trials_route(result.experiment_id, result.metric, result.direction))),
+        ("trials", review_link(uri, trials_route(result.experiment_id))),
         ("dashboard", "make dashboard" + (f" STORAGE='{redact(options.storage)}'" if options.storage else "")),
         ("store", redact(uri)),
     ]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import subprocess
 from pathlib import Path
-from urllib.parse import quote, urlencode
 
 from mlflow import MlflowClient
 
@@ -20,6 +19,7 @@ from .ui import ui_base
 NOTE_TAG = "mlflow.note.content"
 BEST_TAG, BEST_SUFFIX = "best_trial", " (best)"
 PRUNED_SUFFIX = " (pruned)"
+TRIALS_VIEW = "trials"  # the key of the shared runs-table view of an experiment's trials
 # MLflow 3 opens an experiment on its GenAI pages unless the experiment says it is classic model development.
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
@@ -32,17 +32,24 @@ def run_route(experiment_id: str, run_id: str | None = None) -> str:
     return f"#/experiments/{experiment_id}/{where}?workflowType=machine_learning"
 
 
-def trials_route(experiment_id: str, metric: str, direction: str) -> str:
-    """The runs table with the trial runs only, best first by the objective (pruned ones included)."""
-    query = urlencode(
-        {
-            "searchFilter": "attributes.run_name LIKE 'trial-%'",
-            "orderByKey": f"metrics.`best_val_{metric}`",
-            "orderByAsc": str(direction == "minimize").lower(),
-        },
-        quote_via=quote,
-    )
-    return f"{run_route(experiment_id)}&{query}"
+def trials_route(experiment_id: str) -> str:
+    """The runs table as the shared view `trials` (see `share_trials_view`): trial runs, best first, with columns."""
+    return f"{run_route(experiment_id)}&viewStateShareKey={TRIALS_VIEW}"
+
+
+def share_trials_view(client: MlflowClient, experiment_id: str, metric: str, direction: str, params: list[str]) -> None:
+    """Store the runs-table view a reviewer wants as an MLflow shared view (experiment tag
+    `mlflow.sharedViewState.trials`): only the trial runs, sorted by the objective, with the objective, the
+    searched parameters and the Optuna state as columns (MLflow 3 shows no metric or parameter column by default)."""
+    columns = [f"metrics.`best_val_{metric}`", "metrics.`best_epoch`", "metrics.`epochs_run`"]
+    columns += [f"params.`{name}`" for name in params] + ["tags.`optuna.state`"]
+    state = {
+        "selectedColumns": columns,
+        "searchFilter": "attributes.run_name LIKE 'trial-%'",
+        "orderByKey": f"metrics.`best_val_{metric}`",
+        "orderByAsc": direction == "minimize",
+    }
+    client.set_experiment_tag(experiment_id, f"mlflow.sharedViewState.{TRIALS_VIEW}", json.dumps(state))
 
 
 def git_provenance(root: Path) -> dict[str, str]:
@@ -104,7 +111,7 @@ def description(conclusion, study, *, experiment_id: str, storage: str, best_run
     states = ", ".join(f"{k} {v}" for k, v in conclusion.states.items() if v)
     best = f"trial #{conclusion.best_trial}"
     best_link = f"[{best}]({run_route(experiment_id, best_run_id)})" if best_run_id else best
-    trials = trials_route(experiment_id, metric, direction)
+    trials = trials_route(experiment_id)
     params = "\n".join(f"| `{k}` | {json.dumps(v)} |" for k, v in conclusion.best_params.items())
     test = ", ".join(f"{k} **{v:.6g}**" for k, v in conclusion.test_metrics.items())
     commit, dirty = git.get("mlflow.source.git.commit"), git.get("git.dirty") == "true"
@@ -155,6 +162,8 @@ def explain(client: MlflowClient, experiment_id: str, run_id: str, study, conclu
     best_run_id = study.best_trial.user_attrs.get("mlflow_run_id", "")
     if best_run_id:
         mark_winner(client, experiment_id, best_run_id)
+    params = sorted({name for trial in study.trials for name in trial.params})
+    share_trials_view(client, experiment_id, conclusion.metric, conclusion.direction, params)
     note = description(
         conclusion, study, experiment_id=experiment_id, storage=storage, best_run_id=best_run_id, git=git
     )
@@ -165,7 +174,7 @@ def explain(client: MlflowClient, experiment_id: str, run_id: str, study, conclu
         study,
         f"Objective: validation `{metric}` ({direction}). Latest conclusion in MLflow: "
         f"[{run_id}]({base}/{run_route(experiment_id, run_id)}); "
-        f"every trial, best first: [{study.study_name}]({base}/{trials_route(experiment_id, metric, direction)}).",
+        f"every trial, best first: [{study.study_name}]({base}/{trials_route(experiment_id)}).",
     )
 
 
