@@ -56,7 +56,7 @@ lint: $(STAMP) ## Lint and format check (ruff)
 	$(VENV)/bin/ruff format --check .
 
 .PHONY: tune
-tune: $(STAMP) ## Tune: make tune MODEL=nw|mha DATASET=sine|diabetes|adding|digits TRIALS=20 [TIMEOUT= JOBS= DEVICE= STORAGE= SEED= EPOCHS=]
+tune: $(STAMP) ## Tune: make tune MODEL=nw|mha|s2s DATASET=sine|diabetes|adding|digits|dates TRIALS=20 [TIMEOUT= JOBS= DEVICE= STORAGE= SEED= EPOCHS=]
 	$(PYTHON) -m training tune $(TUNE_ARGS)
 
 .PHONY: archive

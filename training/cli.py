@@ -16,7 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     tune = commands.add_parser("tune", help="run (or continue) an Optuna study, tracked in MLflow")
-    tune.add_argument("--model", required=True, choices=["nw", "mha"])
+    tune.add_argument("--model", required=True, choices=["nw", "mha", "s2s"])
     tune.add_argument("--dataset", required=True, choices=sorted(KINDS))
     tune.add_argument("--trials", type=int, default=20, help="trials to add to the study")
     tune.add_argument("--timeout", type=float, default=None, help="stop starting new trials after this many seconds")

@@ -24,7 +24,7 @@ from mlflow.entities import Metric, Param
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from . import plots, tracking
-from .data import KINDS, Dataset, load_dataset, prepare_model
+from .data import KINDS, MODEL_KINDS, Dataset, load_dataset, prepare_model
 from .fit import PRIMARY_METRIC, FitResult, NonFiniteLossError, evaluate, fit, resolve_device
 from .nn import build_model, model_kind, save_checkpoint
 from .search_space import DEFAULT_EPOCHS, SEARCH_SPACES, suggest
@@ -63,7 +63,7 @@ class TuneOptions:
             raise TuneError(f"unknown model {self.model!r}; expected one of {sorted(SEARCH_SPACES)}")
         if self.dataset not in KINDS:
             raise TuneError(f"unknown data set {self.dataset!r}; expected one of {sorted(KINDS)}")
-        wanted = "tabular" if self.model == "nw" else "sequence"
+        wanted = MODEL_KINDS[self.model]
         if KINDS[self.dataset] != wanted:
             fits = sorted(d for d, kind in KINDS.items() if kind == wanted)
             raise TuneError(f"model {self.model!r} takes {wanted} data ({', '.join(fits)}), not {self.dataset!r}")
@@ -389,6 +389,8 @@ def log_model_plots(model, data: Dataset, history: FitResult, metric: str) -> No
     if model_kind(model) == "nw":
         figures["nw_predictions.png"] = plots.nw_predictions(model, data)
         figures["nw_attention_heatmap.png"] = plots.nw_attention_heatmap(model, data)
+    elif model_kind(model) == "s2s":
+        figures["s2s_alignments.png"] = plots.s2s_alignments(model, data)
     else:
         figures["mha_pooling_weights.png"] = plots.mha_pooling_weights(model, data)
     if history.history:
@@ -408,9 +410,9 @@ def log_data_input(data: Dataset) -> None:
 def log_and_register(client, model, data: Dataset, name: str, run_id: str, test: dict, metric: str) -> tuple[str, str]:
     from mlflow.models import infer_signature
 
-    from .pyfunc import predict_frame, to_frame
+    from .pyfunc import example_frame, predict_frame
 
-    example = to_frame(data.test.x[:3], None if data.test.lengths is None else data.test.lengths[:3])
+    example = example_frame(data)
     signature = infer_signature(example, predict_frame(model, example))
     versions = tracking.package_versions()
     with tempfile.TemporaryDirectory() as tmp:
