@@ -8,6 +8,9 @@ The weights alpha_{t, j} over t and j form the alignment matrix (output tokens x
 Training feeds the true previous token with probability `teacher_forcing` per step, the model's own
 otherwise; inference decodes greedily until end-of-sequence or `max_target_len` tokens.
 
+With `attention=False` (an ablation for the benchmarks) the decoder attends over a single key, the
+encoder's final state, so its context is fixed for the whole output, as in encoder-decoders before attention.
+
 Character level. The vocabularies travel in the config, so a checkpoint is all a served model needs.
 Source ids: 0 padding, 1 + index in `source_vocab`. Target ids: 0 padding, 1 begin, 2 end,
 3 + index in `target_vocab`.
@@ -38,6 +41,7 @@ class Seq2SeqConfig:
     teacher_forcing: float = 1.0  # probability of feeding the true previous token in training
     max_source_len: int = 64  # longest input the model accepts, in characters
     max_target_len: int = 16  # most tokens greedy decoding emits, end-of-sequence included
+    attention: bool = True  # False: a fixed context (the encoder's final state), for comparison
 
     def __post_init__(self) -> None:
         self.source_vocab, self.target_vocab = list(self.source_vocab), list(self.target_vocab)  # JSON gives lists
@@ -173,6 +177,13 @@ class Seq2Seq(nn.Module):
         self.encoder = Encoder(config)
         self.decoder = AttentionDecoder(config)
 
+    def encode(self, src: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The decoder's memory (B, T, H) with its lengths (B,), and its initial state (L, B, H)."""
+        memory, state = self.encoder(src, lengths)
+        if not self.config.attention:  # one key, weight 1: the context is the final state at every step
+            return state[-1][:, None, :], state, torch.ones_like(lengths)
+        return memory, state, lengths
+
     def forward(
         self, src: Tensor, lengths: Tensor, target: Tensor, *, need_weights: bool = False
     ) -> tuple[Tensor, Tensor | None]:
@@ -182,7 +193,7 @@ class Seq2Seq(nn.Module):
         `teacher_forcing` in training, and always in eval mode (a teacher-forced loss); else its own guess.
         Weights (B, T_out, T) when asked.
         """
-        memory, state = self.encoder(src, lengths)  # (B, T, H), (L, B, H)
+        memory, state, lengths = self.encode(src, lengths)  # (B, T, H), (L, B, H), (B,)
         forcing = self.config.teacher_forcing if self.training else 1.0
         prev = torch.full_like(target[:, 0], BOS)  # (B,)
         logits, weights = [], []
@@ -201,7 +212,7 @@ class Seq2Seq(nn.Module):
     ) -> tuple[Tensor, Tensor | None]:
         """Greedy decoding: (B, T) ids -> tokens (B, T_out) (padding after end-of-sequence), weights (B, T_out, T)."""
         max_len = max_len or self.config.max_target_len
-        memory, state = self.encoder(src, lengths)  # (B, T, H), (L, B, H)
+        memory, state, lengths = self.encode(src, lengths)  # (B, T, H), (L, B, H), (B,)
         prev = torch.full((src.shape[0],), BOS, dtype=torch.long, device=src.device)  # (B,)
         done = torch.zeros_like(prev, dtype=torch.bool)  # (B,)
         tokens, weights = [], []
