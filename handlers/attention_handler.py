@@ -1,6 +1,6 @@
-"""TorchServe handler for every model of this project (NW and MHA): a thin wrapper over `contract`.
+"""TorchServe handler for every model of this project: a thin wrapper over `handlers.contract`.
 
-The archive carries this file, `handlers/contract.py`, the torch-only `training/nn` package, the
+The archive carries this file, the contract and its adapters, the torch-only `training/nn` package, the
 checkpoint (weights + config, loaded with weights_only=True) and `model_info.json`.
 """
 
@@ -15,7 +15,8 @@ import torch
 from ts.torch_handler.base_handler import BaseHandler
 
 import training.nn
-from handlers.contract import Limits, answer_batch, predict
+from handlers.contract import Limits, adapter_for, answer_batch
+from handlers.integrity import verified_checkpoint
 from training.nn import load_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -23,26 +24,32 @@ logger = logging.getLogger(__name__)
 
 class AttentionHandler(BaseHandler):
     def initialize(self, context) -> None:
+        # This worker decodes request bodies itself (byte and nesting limits, exact errors); TorchServe's
+        # own JSON decoding would fail a whole batch on one hostile body.
+        os.environ["TS_DECODE_INPUT_REQUEST"] = "false"
         properties = context.system_properties
         model_dir = properties["model_dir"]
         gpu = properties.get("gpu_id")
         self.device = torch.device(f"cuda:{gpu}" if torch.cuda.is_available() and gpu is not None else "cpu")
-        checkpoint = os.path.join(model_dir, context.manifest["model"]["serializedFile"])
-        self.model, _ = load_checkpoint(checkpoint, self.device)
         with open(os.path.join(model_dir, "model_info.json")) as f:
             info = json.load(f)
+        checkpoint = verified_checkpoint(model_dir, context.manifest["model"]["serializedFile"], info)
+        model, _ = load_checkpoint(checkpoint, self.device)
         self.model_info = {"name": info["name"], "version": info["version"], "run_id": info["run_id"]}
         options = (getattr(context, "model_yaml_config", None) or {}).get("handler", {})
-        self.limits = Limits(**{k: int(v) for k, v in options.items() if k in Limits.__dataclass_fields__})
+        self.limits = Limits.from_options(options)
         if self.device.type == "cpu" and "torch_threads" in options:
             # A few threads per worker: idle OpenMP threads spinning beside the frontend cost tail latency.
             torch.set_num_threads(int(options["torch_threads"]))
-        step = [0.0] * self.model.config.in_features  # one query, or a one-step sequence
-        predict(self.model, [step if info["kind"] == "nw" else [step]])
+        self.adapter = adapter_for(model, self.limits)
+        self.model = self.adapter.model
+        warm_up = answer_batch([self.adapter.example()], [False], self.adapter, self.limits, self.model_info)
+        if warm_up[0].status != 200:
+            raise RuntimeError(f"the model does not answer its own example: {warm_up[0].body}")
         self.initialized = True
         # Where the code came from: the archive's own copy, never a repository checkout.
         logger.info(
-            "loaded %s version %s on %s; code from %s and %s",
+            "loaded %s version %s (sha256 verified) on %s; code from %s and %s",
             info["name"],
             info["version"],
             self.device,
@@ -53,11 +60,11 @@ class AttentionHandler(BaseHandler):
     def handle(self, data, context):
         bodies = [row.get("data", row.get("body")) for row in data]
         explain = [context.get_request_header(i, "explain") == "True" for i in range(len(data))]
-        answers = answer_batch(bodies, explain, self.model, self.limits, self.model_info)
-        responses = []
-        for i, (status, body) in enumerate(answers):
-            context.set_response_status(status, HTTPStatus(status).phrase, idx=i)
+        answers = answer_batch(bodies, explain, self.adapter, self.limits, self.model_info)
+        for i, answer in enumerate(answers):
+            context.set_response_status(answer.status, HTTPStatus(answer.status).phrase, idx=i)
             context.set_response_content_type(i, "application/json")
             context.set_response_header(i, "X-Batch-Size", str(len(data)))
-            responses.append(json.dumps(body))
-        return responses
+            for key, value in answer.headers.items():
+                context.set_response_header(i, key, value)
+        return [answer.body for answer in answers]

@@ -3,53 +3,106 @@
 Request:  {"instances": [...], "heads": false}
 Response: {"predictions": [...], "model": {...}}  or  {"explanations": [...], "model": {...}}
 Error:    {"error": "<what>", "detail": "<which part is wrong and why>"} with a 4xx status.
+
+Every request is priced before any work is done: compute in millions of multiply-adds (MMAC) and the
+size of its answer. A request over the per-request budget gets a 413 naming the budget; a batch takes
+requests cheapest first up to the per-batch budget and answers the rest 503 with Retry-After, so one
+worker always answers a batch well within its response timeout and small requests are never failed or
+held back by large ones. What the model kinds differ in (parsing, pricing, running) lives in their
+adapters (`handlers/tabular.py`, `handlers/sequences.py`).
 """
 
 from __future__ import annotations
 
 import json
-import math
+import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-import torch
-from torch import Tensor, nn
+from torch import nn
 
-from training.nn import NadarayaWatson
+from .errors import RequestError
 
-NUMBER_TYPES = (int, float)  # what JSON numbers decode to; `type(...) in` keeps bools (true/false) out
+__all__ = ["Answer", "Limits", "RequestError", "adapter_for", "answer_batch", "decode_body", "parse_request"]
 
 
 @dataclass(frozen=True)
 class Limits:
+    max_body_bytes: int = 6_000_000  # request body; TorchServe's own max_request_size is set above it
     max_instances: int = 256  # per request
     max_steps: int = 1000  # per sequence
+    max_request_mmac: float = 5_000  # compute one request may need (about 2.5 s on one slow core)
+    max_batch_mmac: float = 20_000  # compute one batch may hold; the costliest requests beyond it get 503
+    max_pass_mmac: float = 1_000  # compute per forward pass: bounds memory and padding
+    max_response_bytes: int = 4_000_000  # per answer; TorchServe drops a worker past max_response_size
+    batch_seconds: float = 15.0  # a batch still running after this answers its unfinished requests 503
+    max_abs_z: float = 1e6  # inputs within the training data's mean ± this many standard deviations
     top_keys: int = 5  # NW explanations list this many most-attended training points
 
-
-class RequestError(ValueError):
-    """A request the model cannot answer; `status` is the HTTP code to send back."""
-
-    def __init__(self, error: str, detail: str, status: int = 400):
-        super().__init__(f"{error}: {detail}")
-        self.error, self.detail, self.status = error, detail, status
-
-    def body(self) -> dict[str, str]:
-        return {"error": self.error, "detail": self.detail}
+    @classmethod
+    def from_options(cls, options: dict) -> Limits:
+        """From the model-config YAML's `handler:` section; unknown keys are someone else's settings."""
+        fields = cls.__dataclass_fields__
+        return cls(**{k: type(getattr(cls, k))(v) for k, v in options.items() if k in fields})
 
 
 @dataclass
-class Parsed:
-    instances: list[list]  # validated numbers: [D] for NW, [T][D] for sequences
-    heads: bool = False  # explanations: include per-head self-attention weights
+class Cost:
+    mmac: float  # millions of multiply-adds
+    response_bytes: int  # estimated size of the JSON answer
+
+
+@dataclass
+class Request:
+    items: Any  # the adapter's validated instances
+    count: int
+    explain: bool
+    heads: bool
+    cost: Cost
+
+
+@dataclass
+class Answer:
+    status: int
+    body: str  # strict JSON
+    headers: dict[str, str]
+
+
+class Adapter(Protocol):
+    """What differs between model kinds; see `handlers/tabular.py` and `handlers/sequences.py`."""
+
+    model: nn.Module
+
+    def example(self) -> bytes: ...
+
+    def parse(self, instances: list) -> Any: ...
+
+    def cost(self, items: Any, explain: bool, heads: bool) -> Cost: ...
+
+    def run(self, batch: list[Any], explain: bool, heads: bool, deadline: float) -> list[list | None]: ...
+
+    def budget_hint(self) -> str: ...
+
+
+def adapter_for(model: nn.Module, limits: Limits) -> Adapter:
+    from training.nn import model_kind
+
+    from .sequences import SequenceAdapter
+    from .tabular import TabularAdapter
+
+    adapters = {"nw": TabularAdapter, "mha": SequenceAdapter}
+    return adapters[model_kind(model)](model, limits)
 
 
 # parse + validate
 
 
-def decode_body(raw: Any) -> dict:
+def decode_body(raw: Any, limits: Limits) -> dict:
     """The request body as a dict, whatever form the server hands it over in."""
     if isinstance(raw, (bytes, bytearray)):
+        if len(raw) > limits.max_body_bytes:
+            detail = f"the body has {len(raw)} bytes; at most {limits.max_body_bytes}"
+            raise RequestError("body too large", detail, status=413)
         try:
             raw = raw.decode("utf-8")
         except UnicodeDecodeError:
@@ -59,160 +112,114 @@ def decode_body(raw: Any) -> dict:
             raw = json.loads(raw)
         except json.JSONDecodeError as error:
             raise RequestError("invalid JSON", f"the body is not valid JSON ({error})") from None
+        except RecursionError:
+            raise RequestError("invalid JSON", "the body is nested too deeply") from None
+        except ValueError as error:  # e.g. an integer with more digits than Python converts
+            raise RequestError("invalid JSON", f"the body holds a number that cannot be read ({error})") from None
     if not isinstance(raw, dict):
         raise RequestError("invalid body", 'expected a JSON object like {"instances": [...]}')
     return raw
 
 
-def parse_request(raw: Any, model: nn.Module, limits: Limits) -> Parsed:
-    body = decode_body(raw)
+def parse_request(raw: Any, adapter: Adapter, limits: Limits, explain: bool = False) -> Request:
+    body = decode_body(raw, limits)
     instances = body.get("instances")
     if not isinstance(instances, list):
         raise RequestError("missing instances", 'the body needs an "instances" list')
     if not instances:
         raise RequestError("empty instances", '"instances" is empty: send at least one')
     if len(instances) > limits.max_instances:
-        raise RequestError(
-            "too many instances", f"{len(instances)} instances; at most {limits.max_instances} per request", status=413
-        )
+        detail = f"{len(instances)} instances; at most {limits.max_instances} per request"
+        raise RequestError("too many instances", detail, status=413)
     heads = body.get("heads", False)
     if not isinstance(heads, bool):
         raise RequestError("invalid heads", '"heads" must be true or false')
-    n_features = model.config.in_features
-    # Validated in plain Python; tensors are built once per batch in `predict`.
-    if isinstance(model, NadarayaWatson):
-        return Parsed([parse_vector(item, n_features, f"instances[{i}]") for i, item in enumerate(instances)], heads)
-    return Parsed(
-        [parse_sequence(item, n_features, limits, f"instances[{i}]") for i, item in enumerate(instances)], heads
-    )
-
-
-def parse_vector(item: Any, n_features: int, where: str) -> list[float]:
-    """A number (1-D models) or a list of `n_features` finite numbers."""
-    values = [item] if is_number(item) else item
-    if not isinstance(values, list) or not all(is_number(v) for v in values):
-        shape = "a number or a list of numbers" if n_features == 1 else f"a list of {n_features} numbers"
-        raise RequestError("invalid instance", f"{where} must be {shape}, got {json.dumps(item)[:80]}")
-    if len(values) != n_features:
-        raise RequestError("wrong feature count", f"{where} has {len(values)} features; the model takes {n_features}")
-    if not all(math.isfinite(v) for v in values):
-        raise RequestError("non-finite number", f"{where} contains NaN or infinity")
-    return values
-
-
-def parse_sequence(item: Any, n_features: int, limits: Limits, where: str) -> list[list[float]]:
-    """A list of steps, each a list of `n_features` numbers."""
-    if not isinstance(item, list):
-        raise RequestError("invalid instance", f"{where} must be a list of steps, each a list of {n_features} numbers")
-    if not item:
-        raise RequestError("empty sequence", f"{where} has no steps")
-    if len(item) > limits.max_steps:
-        raise RequestError(
-            "sequence too long", f"{where} has {len(item)} steps; at most {limits.max_steps}", status=413
+    items = adapter.parse(instances)
+    cost = adapter.cost(items, explain, heads)
+    if cost.mmac > limits.max_request_mmac:
+        detail = (
+            f"this request needs about {cost.mmac:,.0f} million multiply-adds; one request may need at most "
+            f"{limits.max_request_mmac:,.0f} ({adapter.budget_hint()}): split it into smaller requests"
         )
-    if all(is_finite_vector(step, n_features) for step in item):  # the common case, checked cheaply
-        return item
-    return [parse_vector(step, n_features, f"{where}[{t}]") for t, step in enumerate(item)]  # names the bad step
-
-
-def is_finite_vector(value: Any, n_features: int) -> bool:
-    return (
-        type(value) is list
-        and len(value) == n_features
-        and all(type(v) in NUMBER_TYPES and math.isfinite(v) for v in value)
-    )
-
-
-def is_number(value: Any) -> bool:
-    return type(value) in NUMBER_TYPES
-
-
-# predict
-
-
-@torch.no_grad()
-def predict(model: nn.Module, instances: list[list], *, explain: bool = False, heads: bool = False) -> list[Any]:
-    """One forward pass over validated instances from any number of requests; one result per instance."""
-    device = next(model.buffers()).device
-    if isinstance(model, NadarayaWatson):
-        x = torch.tensor(instances, dtype=torch.float32, device=device)  # (N, D)
-        out, weights = model(x, need_weights=explain)  # (N,), (N, K)
-        if not explain:
-            return out.tolist()
-        return [nw_explanation(model, v, w) for v, w in zip(out.tolist(), weights)]
-    lengths = torch.tensor([len(s) for s in instances], device=device)
-    sequences = [torch.tensor(s, dtype=torch.float32) for s in instances]
-    x = nn.utils.rnn.pad_sequence(sequences, batch_first=True).to(device)  # (N, T, D)
-    out, weights = model(x, lengths, need_weights=explain)
-    predictions = [sequence_prediction(model, row) for row in out]
-    if not explain:
-        return predictions
-    return [sequence_explanation(p, weights, i, int(n), heads) for i, (p, n) in enumerate(zip(predictions, lengths))]
-
-
-def sequence_prediction(model: nn.Module, row: Tensor) -> Any:
-    if model.config.task == "regression":
-        return row.item()
-    probabilities = torch.softmax(row.float(), dim=-1)
-    return {"label": int(probabilities.argmax()), "probabilities": [round(float(p), 6) for p in probabilities]}
-
-
-def nw_explanation(model: NadarayaWatson, prediction: float, weights: Tensor, top: int = Limits.top_keys) -> dict:
-    keys = model.x_scaler.inverse(model.keys)  # raw training inputs (K, D)
-    values = model.y_scaler.inverse(model.values[:, None]).squeeze(-1)  # raw training targets (K,)
-    best = torch.topk(weights, min(top, weights.numel()))
-    return {
-        "prediction": prediction,
-        "weights": [float(w) for w in weights],  # over the training keys, in stored order; sums to 1
-        "top_keys": [
-            {"index": int(i), "key": keys[i].tolist(), "value": float(values[i]), "weight": float(w)}
-            for w, i in zip(best.values, best.indices)
-        ],
-    }
-
-
-def sequence_explanation(prediction: Any, weights: dict[str, Tensor], i: int, n: int, heads: bool) -> dict:
-    explanation = {"prediction": prediction, "pooling_weights": [float(w) for w in weights["pooling"][i, :n]]}
-    if heads:  # (L, H, T, T) cut to the valid steps
-        explanation["head_weights"] = weights["heads"][i, :, :, :n, :n].tolist()
-    return explanation
+        raise RequestError("request too costly", detail, status=413)
+    if cost.response_bytes > limits.max_response_bytes:
+        detail = (
+            f"the answer would be about {cost.response_bytes:,} bytes; at most {limits.max_response_bytes:,}: "
+            "send fewer or shorter instances" + (", or leave out per-head weights" if heads else "")
+        )
+        raise RequestError("response too large", detail, status=413)
+    return Request(items, len(instances), explain, heads, cost)
 
 
 # respond
 
 
-def respond(results: list[Any], explain: bool, model_info: dict) -> dict:
-    return {"explanations" if explain else "predictions": results, "model": model_info}
+def render(status: int, body: dict, limits: Limits, headers: dict[str, str] | None = None) -> Answer:
+    """Strict JSON (no NaN or Infinity) within the response budget, or an error that says which failed."""
+    try:
+        text = json.dumps(body, allow_nan=False, separators=(",", ":"))
+    except ValueError:
+        error = RequestError("non-finite result", "the model produced NaN or infinity for this input", status=422)
+        return error_answer(error)
+    if len(text) > limits.max_response_bytes:
+        detail = f"the answer has {len(text):,} bytes; at most {limits.max_response_bytes:,}: send fewer instances"
+        return error_answer(RequestError("response too large", detail, status=413))
+    return Answer(status, text, headers or {})
+
+
+def error_answer(error: RequestError) -> Answer:
+    return Answer(error.status, json.dumps(error.body()), error.headers)
+
+
+def over_capacity(detail: str) -> RequestError:
+    return RequestError("over capacity", detail + "; retry shortly", status=503, headers={"Retry-After": "1"})
+
+
+def admit(requests: dict[int, Request], limits: Limits) -> tuple[list[int], list[int]]:
+    """Cheapest first up to the batch budget: (admitted, refused) request indices."""
+    admitted, refused, total = [], [], 0.0
+    for i in sorted(requests, key=lambda i: requests[i].cost.mmac):
+        if total + requests[i].cost.mmac <= limits.max_batch_mmac or not admitted:
+            admitted.append(i)
+            total += requests[i].cost.mmac
+        else:
+            refused.append(i)
+    return sorted(admitted), refused
 
 
 def answer_batch(
-    bodies: list[Any], explain: list[bool], model: nn.Module, limits: Limits, model_info: dict
-) -> list[tuple[int, dict]]:
-    """(status, JSON body) per request. A bad request fails alone; the valid ones share one forward pass
-    (one for predictions, one for explanations)."""
-    answers: list[tuple[int, dict] | None] = [None] * len(bodies)
-    parsed: dict[int, Parsed] = {}
+    bodies: list[Any], explain: list[bool], adapter: Adapter, limits: Limits, model_info: dict
+) -> list[Answer]:
+    """One answer per request. A bad request fails alone; the valid ones share forward passes
+    (predictions, explanations, and explanations with per-head weights run apart)."""
+    answers: list[Answer | None] = [None] * len(bodies)
+    requests: dict[int, Request] = {}
     for i, raw in enumerate(bodies):
         try:
-            parsed[i] = parse_request(raw, model, limits)
+            requests[i] = parse_request(raw, adapter, limits, explain[i])
         except RequestError as error:
-            answers[i] = (error.status, error.body())
-    for wants_explanation in (False, True):
-        group = [i for i in parsed if explain[i] == wants_explanation]
+            answers[i] = error_answer(error)
+        except Exception as error:  # a bug: this request fails alone, the worker and the batch go on
+            answers[i] = error_answer(RequestError("internal error", f"{type(error).__name__}: {error}", status=500))
+    admitted, refused = admit(requests, limits)
+    for i in refused:
+        detail = f"this batch already holds {limits.max_batch_mmac:,.0f} million multiply-adds of work"
+        answers[i] = error_answer(over_capacity(detail))
+    deadline = time.monotonic() + limits.batch_seconds
+    for wants in ((False, False), (True, False), (True, True)):
+        group = [i for i in admitted if (requests[i].explain, requests[i].heads) == wants]
         if not group:
             continue
-        instances = [x for i in group for x in parsed[i].instances]
         try:
-            results = predict(model, instances, explain=wants_explanation, heads=any(parsed[i].heads for i in group))
+            results = adapter.run([requests[i].items for i in group], *wants, deadline)
         except Exception as error:  # a bug or resource exhaustion: answer, never kill the worker
             for i in group:
-                answers[i] = (500, {"error": "internal error", "detail": f"{type(error).__name__}: {error}"})
+                answers[i] = error_answer(RequestError("internal error", f"{type(error).__name__}: {error}", 500))
             continue
-        start = 0
-        for i in group:
-            chunk = results[start : start + len(parsed[i].instances)]
-            start += len(chunk)
-            if wants_explanation and not parsed[i].heads:
-                chunk = [{k: v for k, v in item.items() if k != "head_weights"} for item in chunk]
-            answers[i] = (200, respond(chunk, wants_explanation, model_info))
+        key = "explanations" if wants[0] else "predictions"
+        for i, result in zip(group, results):
+            if result is None:
+                answers[i] = error_answer(over_capacity(f"the batch ran past {limits.batch_seconds:g} s"))
+            else:
+                answers[i] = render(200, {key: result, "model": model_info}, limits)
     return answers

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from handlers.attention_handler import AttentionHandler
-from handlers.contract import Limits, RequestError, answer_batch, parse_request, predict
+from handlers.contract import Limits, RequestError, adapter_for, answer_batch, parse_request
 from training.nn import NWConfig, SequenceConfig, build_model, save_checkpoint
 
 
@@ -44,9 +44,9 @@ def make_model_dir(path, kind):
             "mha",
             SequenceConfig(in_features=2, out_features=3, task="classification", d_model=8, n_heads=2, n_layers=1),
         )
-    save_checkpoint(model.eval(), path / "checkpoint.pt")
+    sha = save_checkpoint(model.eval(), path / "checkpoint.pt")
     (path / "model_info.json").write_text(
-        json.dumps({"name": f"{kind}-toy", "version": "7", "run_id": "r1", "kind": kind})
+        json.dumps({"name": f"{kind}-toy", "version": "7", "run_id": "r1", "kind": kind, "sha256": sha})
     )
     return model.eval()
 
@@ -68,8 +68,10 @@ def mha(tmp_path):
 
 
 def call(handler, model_dir, bodies, explain=()):
+    """Bodies as TorchServe hands them over with request decoding off: raw bytes."""
     context = MockContext(model_dir, explain)
-    out = handler.handle([{"body": b} for b in bodies], context)
+    raw = [b if isinstance(b, bytes) else json.dumps(b).encode() for b in bodies]
+    out = handler.handle([{"body": b} for b in raw], context)
     return [json.loads(o) for o in out], context
 
 
@@ -152,16 +154,14 @@ def test_sequence_limits_and_shapes_are_checked(mha):
 
 def test_a_mixed_batch_runs_one_forward_pass(nw, monkeypatch):
     handler, model, path = nw
-    import handlers.contract as contract
-
     sizes = []
-    real = contract.predict
+    real = handler.adapter.model.forward
 
-    def counting(model, instances, **kwargs):
-        sizes.append(len(instances))
-        return real(model, instances, **kwargs)
+    def counting(x, **kwargs):
+        sizes.append(len(x))
+        return real(x, **kwargs)
 
-    monkeypatch.setattr(contract, "predict", counting)
+    monkeypatch.setattr(handler.adapter.model, "forward", counting)
     answers, context = call(handler, path, [{"instances": [1.0, 2.0]}, {"instances": []}, {"instances": [3.0]}])
     assert sizes == [3] and context.headers[0]["X-Batch-Size"] == "3"
     assert answers[2]["predictions"][0] == pytest.approx(model(torch.tensor([[3.0]]))[0].item(), abs=1e-6)
@@ -169,9 +169,7 @@ def test_a_mixed_batch_runs_one_forward_pass(nw, monkeypatch):
 
 def test_an_internal_failure_answers_500_and_keeps_the_handler_alive(nw, monkeypatch):
     handler, _, path = nw
-    import handlers.contract as contract
-
-    monkeypatch.setattr(contract, "predict", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
+    monkeypatch.setattr(handler.adapter, "run", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
     answers, context = call(handler, path, [{"instances": [1.0]}])
     assert context.status[0] == 500 and "boom" in answers[0]["detail"]
     monkeypatch.undo()
@@ -181,11 +179,12 @@ def test_an_internal_failure_answers_500_and_keeps_the_handler_alive(nw, monkeyp
 
 def test_contract_functions_work_without_torchserve():
     model = build_model("nw", NWConfig(in_features=2, n_keys=4, bandwidth=1.0))
+    adapter = adapter_for(model, Limits())
     with pytest.raises(RequestError) as error:
-        parse_request({"instances": [[1.0]]}, model, Limits())
+        parse_request({"instances": [[1.0]]}, adapter, Limits())
     assert error.value.status == 400 and "takes 2" in error.value.detail
-    answers = answer_batch([{"instances": [[1.0, 2.0]]}], [False], model, Limits(), {"name": "x"})
-    assert answers[0][0] == 200 and len(predict(model, [[0.0, 0.0]])) == 1
+    answers = answer_batch([b'{"instances": [[1.0, 2.0]]}'], [False], adapter, Limits(), {"name": "x"})
+    assert answers[0].status == 200 and len(json.loads(answers[0].body)["predictions"]) == 1
 
 
 def test_worker_settings_come_from_the_model_config(tmp_path):
@@ -197,3 +196,13 @@ def test_worker_settings_come_from_the_model_config(tmp_path):
         assert handler.limits.max_steps == 7 and torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_the_handler_module_defines_exactly_one_class():
+    """TorchServe refuses a handler module with more than one class of its own."""
+    import inspect
+
+    import handlers.attention_handler as module
+
+    own = [c for _, c in inspect.getmembers(module, inspect.isclass) if c.__module__ == module.__name__]
+    assert own == [AttentionHandler]

@@ -32,7 +32,15 @@ MODEL_CONFIG = {
     "maxBatchDelay": 5,  # ms to wait for a batch to fill; short, so low concurrency is not held back
     "responseTimeout": 30,  # s per batch
     "startupTimeout": 120,  # s to load the model
-    "handler": {"max_instances": 256, "max_steps": 1000, "torch_threads": 1},  # per worker, on CPU
+    # The handler's request limits and cost budget (handlers/contract.py `Limits`), and 1 torch thread per CPU worker.
+    "handler": {
+        "max_instances": 256,
+        "max_steps": 1000,
+        "max_request_mmac": 5000,
+        "max_batch_mmac": 20000,
+        "max_response_bytes": 4000000,
+        "torch_threads": 1,
+    },
 }
 
 

@@ -65,6 +65,7 @@ class Block(nn.Module):
         )
 
     def forward(self, x: Tensor, valid_lens: Tensor | None, need_weights: bool) -> tuple[Tensor, Tensor | None]:
+        """`need_weights` False runs the fused attention kernel and returns no weights."""
         h = self.ln_1(x)
         attended, weights = self.attn(h, h, h, valid_lens, need_weights=need_weights)  # (B, T, D), (B, H, T, T)
         x = x + attended
@@ -86,22 +87,25 @@ class SequenceModel(nn.Module):
         self.head = nn.Linear(config.d_model, config.out_features)
 
     def forward(
-        self, x: Tensor, lengths: Tensor | None = None, *, need_weights: bool = False
-    ) -> tuple[Tensor, dict[str, Tensor] | None]:
+        self, x: Tensor, lengths: Tensor | None = None, *, need_weights: bool = False, head_weights: bool = True
+    ) -> tuple[Tensor, dict[str, Tensor | None] | None]:
         """Raw (B, T, D_in) and lengths (B,) -> (B,) raw predictions or (B, C) logits; weights when asked.
 
-        Weights: "pooling" (B, T) over steps, and "heads" (B, L, H, T, T) per layer and head.
+        Weights: "pooling" (B, T) over steps, and "heads" (B, L, H, T, T) per layer and head, or None
+        when `head_weights` is False (the blocks then keep the fused attention kernel: O(T) memory).
         """
+        want_heads = need_weights and head_weights
         B, T, _ = x.shape
         h = self.embed(self.x_scaler(x)) + sinusoidal_positions(T, self.config.d_model, x.device)  # (B, T, D)
-        head_weights = []
+        per_layer = []
         for block in self.blocks:
-            h, w = block(h, lengths, need_weights)
-            head_weights.append(w)
+            h, w = block(h, lengths, want_heads)
+            per_layer.append(w)
         pooled, pool_weights = self.pool(self.ln_f(h), lengths, need_weights=need_weights)  # (B, D), (B, T)
         out = self.head(pooled)  # (B, C)
         if self.config.task == "regression":
             out = self.y_scaler.inverse(out).squeeze(-1)  # (B,)
         if not need_weights:
             return out, None
-        return out, {"pooling": pool_weights, "heads": torch.stack(head_weights, dim=1)}
+        heads = torch.stack(per_layer, dim=1) if want_heads else None
+        return out, {"pooling": pool_weights, "heads": heads}

@@ -1,0 +1,98 @@
+"""Numbers from a JSON body, checked before they reach a model: type, size, finiteness and range.
+
+JSON allows what a float32 model cannot take: integers with hundreds of digits, 1e308, and values so far
+from the training data that the model's arithmetic loses all precision. Each is refused here with the
+position of the offending value, so every route answers the same 4xx for the same input.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .errors import RequestError
+
+NUMBER_TYPES = (int, float)  # what JSON numbers decode to; `type(...) in` keeps bools (true/false) out
+
+
+def is_number(value: Any) -> bool:
+    return type(value) in NUMBER_TYPES
+
+
+def preview(value: Any, limit: int = 60) -> str:
+    """A short rendering of a JSON value for an error message, safe on any input the decoder accepts."""
+    try:
+        text = json.dumps(value)
+    except (ValueError, RecursionError, OverflowError):
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """The accepted input range per feature: the training data's mean ± `max_abs_z` standard deviations.
+
+    Beyond it a standardized input is so large that float32 attention scores overflow or lose every
+    significant digit; no meaningful answer exists there, so the value is refused by name.
+    """
+
+    low: Tensor  # (D,) float64
+    high: Tensor  # (D,) float64
+    max_abs_z: float
+
+    @classmethod
+    def from_scaler(cls, scaler, max_abs_z: float) -> Bounds:
+        mean, std = scaler.mean.detach().double().cpu(), scaler.std.detach().double().cpu()
+        return cls(mean - max_abs_z * std, mean + max_abs_z * std, max_abs_z)
+
+    def check(self, values: Tensor, where: str) -> None:
+        """`values` (..., D) float64; raise naming the first value out of range (NaN/inf included)."""
+        bad = ~(torch.isfinite(values) & (values >= self.low) & (values <= self.high))
+        if not bad.any():
+            return
+        index = [int(i) for i in torch.nonzero(bad)[0]]
+        value, feature = float(values[tuple(index)]), index[-1]
+        position = where + "".join(f"[{i}]" for i in index[:-1]) if values.dim() > 1 else where
+        if not math.isfinite(value):
+            raise RequestError("non-finite number", f"{position} contains NaN or infinity")
+        low, high = float(self.low[feature]), float(self.high[feature])
+        raise RequestError(
+            "number out of range",
+            f"{position} feature {feature} is {value:.6g}; this model accepts [{low:.6g}, {high:.6g}] "
+            f"(the training data's mean ± {self.max_abs_z:g} standard deviations)",
+        )
+
+
+def to_tensor(values: list, where: str) -> Tensor:
+    """Validated-type numbers (lists of int/float) as a float64 tensor; integers too large for a float are refused."""
+    try:
+        return torch.tensor(values, dtype=torch.float64)
+    except (RuntimeError, OverflowError):
+        for v in _flat(values):
+            if type(v) is int and not _fits_float(v):
+                digits = int(v.bit_length() * math.log10(2)) + 1
+                raise RequestError(
+                    "number out of range", f"{where} holds an integer of about {digits} digits, too large for a float"
+                ) from None
+        raise
+
+
+def _fits_float(v: int) -> bool:
+    try:
+        float(v)
+    except OverflowError:
+        return False
+    return True
+
+
+def _flat(values: list):
+    for v in values:
+        if type(v) is list:
+            yield from _flat(v)
+        else:
+            yield v

@@ -1,0 +1,149 @@
+"""Sequence instances for the multi-head attention model: a list of steps, each a list of numbers.
+
+Sequences of every request in a batch are sorted by length and run in passes of similar lengths, so
+padding costs little and one long sequence does not inflate the work of many short ones.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from training.nn import SequenceModel
+
+from .contract import Cost, Limits
+from .errors import RequestError
+from .numbers import NUMBER_TYPES, Bounds, preview, to_tensor
+from .tabular import BYTES_PER_NUMBER, WEIGHT_DECIMALS, split_per_request
+
+HEAD_WEIGHT_MAC = 100  # materialized softmax weights cost about this many multiply-adds each
+
+
+class SequenceAdapter:
+    def __init__(self, model: SequenceModel, limits: Limits):
+        self.model = model.eval()
+        self.limits = limits
+        config = model.config
+        self.n_features, self.classes = config.in_features, config.out_features
+        self.d, self.layers, self.heads, self.ff = config.d_model, config.n_layers, config.n_heads, config.ff_mult
+        self.regression = config.task == "regression"
+        self.bounds = Bounds.from_scaler(model.x_scaler, limits.max_abs_z)
+
+    # parse
+
+    def example(self) -> bytes:
+        """A valid one-instance request body: one step at the training data's mean."""
+        return json.dumps({"instances": [[self.model.x_scaler.mean.tolist()]]}).encode()
+
+    def parse(self, instances: list) -> list[Tensor]:
+        return [self.parse_sequence(item, f"instances[{i}]") for i, item in enumerate(instances)]
+
+    def parse_sequence(self, item: Any, where: str) -> Tensor:
+        """A list of steps, each a list of `n_features` numbers -> (T, D) float64."""
+        if type(item) is not list:
+            detail = f"{where} must be a list of steps, each a list of {self.n_features} numbers"
+            raise RequestError("invalid instance", detail)
+        if not item:
+            raise RequestError("empty sequence", f"{where} has no steps")
+        if len(item) > self.limits.max_steps:
+            detail = f"{where} has {len(item)} steps; at most {self.limits.max_steps}"
+            raise RequestError("sequence too long", detail, status=413)
+        if not all(self.is_step(step) for step in item):  # the common case passes this one cheap check
+            for t, step in enumerate(item):
+                self.check_step(step, f"{where}[{t}]")
+        x = to_tensor(item, where)
+        self.bounds.check(x, where)
+        return x
+
+    def is_step(self, step: Any) -> bool:
+        return type(step) is list and len(step) == self.n_features and all(type(v) in NUMBER_TYPES for v in step)
+
+    def check_step(self, step: Any, where: str) -> None:
+        values = [step] if type(step) in NUMBER_TYPES else step  # a bare number is a one-feature step
+        if type(values) is not list or not all(type(v) in NUMBER_TYPES for v in values):
+            detail = f"{where} must be a list of {self.n_features} numbers, got {preview(step)}"
+            raise RequestError("invalid instance", detail)
+        if len(values) != self.n_features:
+            detail = f"{where} has {len(values)} features; the model takes {self.n_features}"
+            raise RequestError("wrong feature count", detail)
+
+    # price
+
+    def sequence_mmac(self, steps: int, heads: bool = False) -> float:
+        """Multiply-adds of one sequence: per layer, projections and feed-forward (T d^2) and attention (T^2 d)."""
+        T, d = steps, self.d
+        per_layer = T * (4 + 2 * self.ff) * d * d + 2 * T * T * d
+        total = self.layers * per_layer + T * d * (self.n_features + d) + T * d * self.classes
+        if heads:
+            total += self.layers * self.heads * T * T * HEAD_WEIGHT_MAC
+        return total / 1e6
+
+    def cost(self, sequences: list[Tensor], explain: bool, heads: bool) -> Cost:
+        lengths = [len(s) for s in sequences]
+        mmac = sum(self.sequence_mmac(T, heads and explain) for T in lengths)
+        per_prediction = 30 if self.regression else 40 + self.classes * BYTES_PER_NUMBER
+        size = len(lengths) * per_prediction
+        if explain:
+            size += sum(T * BYTES_PER_NUMBER for T in lengths)
+            if heads:
+                size += sum(self.layers * self.heads * T * (T * BYTES_PER_NUMBER + 4) for T in lengths)
+        return Cost(mmac, size)
+
+    def budget_hint(self) -> str:
+        longest = self.sequence_mmac(self.limits.max_steps)
+        return f"about {int(self.limits.max_request_mmac / longest):,} sequences of {self.limits.max_steps} steps"
+
+    # run
+
+    @torch.no_grad()
+    def run(self, batch: list[list[Tensor]], explain: bool, heads: bool, deadline: float) -> list[list | None]:
+        sequences = [s for request in batch for s in request]
+        order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
+        results: list[Any] = [None] * len(sequences)
+        for chunk in self.passes([len(sequences[i]) for i in order], heads):
+            if time.monotonic() > deadline:
+                break
+            index = order[chunk]
+            for i, result in zip(index, self.forward([sequences[i] for i in index], explain, heads)):
+                results[i] = result
+        return split_per_request(results, [len(r) for r in batch])
+
+    def passes(self, sorted_lengths: list[int], heads: bool) -> list[slice]:
+        """Slices of the length-sorted sequences whose padded pass stays within the pass budget."""
+        chunks, start = [], 0
+        for end in range(1, len(sorted_lengths) + 1):
+            padded = (end - start) * self.sequence_mmac(sorted_lengths[end - 1], heads)
+            if end - start > 1 and padded > self.limits.max_pass_mmac:
+                chunks.append(slice(start, end - 1))
+                start = end - 1
+        chunks.append(slice(start, len(sorted_lengths)))
+        return chunks
+
+    def forward(self, sequences: list[Tensor], explain: bool, heads: bool) -> list[Any]:
+        dtype = self.model.embed.weight.dtype
+        device = self.model.embed.weight.device
+        lengths = torch.tensor([len(s) for s in sequences], device=device)
+        x = nn.utils.rnn.pad_sequence(sequences, batch_first=True).to(device, dtype)  # (N, T, D)
+        out, weights = self.model(x, lengths, need_weights=explain, head_weights=heads)
+        predictions = [self.prediction(row) for row in out]
+        if not explain:
+            return predictions
+        return [self.explanation(p, weights, i, int(n), heads) for i, (p, n) in enumerate(zip(predictions, lengths))]
+
+    def prediction(self, row: Tensor) -> Any:
+        if self.regression:
+            return row.item()
+        probabilities = torch.softmax(row.double(), dim=-1)
+        return {"label": int(probabilities.argmax()), "probabilities": probabilities.round(decimals=6).tolist()}
+
+    def explanation(self, prediction: Any, weights: dict[str, Tensor], i: int, n: int, heads: bool) -> dict:
+        pooling = weights["pooling"][i, :n].double().round(decimals=WEIGHT_DECIMALS)
+        explanation = {"prediction": prediction, "pooling_weights": pooling.tolist()}
+        if heads:  # (L, H, T, T) cut to the valid steps
+            head_weights = weights["heads"][i, :, :, :n, :n].double().round(decimals=WEIGHT_DECIMALS)
+            explanation["head_weights"] = head_weights.tolist()
+        return explanation
