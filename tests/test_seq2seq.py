@@ -98,6 +98,14 @@ def test_teacher_forcing_zero_feeds_back_the_models_own_guesses():
     assert forced.shape == own.shape  # eval mode always teaches; the outputs may differ, the shapes never
 
 
+def test_without_attention_the_context_is_one_fixed_key():
+    torch.manual_seed(0)
+    model = build_model("s2s", tiny_config(attention=False)).eval()
+    src, lengths = batch(["23 Nov 2026", "1.2.26"])
+    logits, weights = model(src, lengths, torch.full((2, 4), 5), need_weights=True)
+    assert logits.shape == (2, 4, 14) and weights.shape == (2, 4, 1) and torch.all(weights == 1)
+
+
 def test_config_validates_and_checkpoint_round_trips_with_weights_only(tmp_path):
     with pytest.raises(ValueError, match="single characters"):
         Seq2SeqConfig(source_vocab=["ab"], target_vocab=["1"])
