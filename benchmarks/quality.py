@@ -113,7 +113,7 @@ TASKS = {
         score=accuracy_score,  # on strings: the fraction of exactly right dates
         maximize=True,
         peers={"rule-based parser (hand-written for these formats)": (RuleBasedDates, {})},
-        budget=(6, 4),
+        budget=(5, 4),
         quick_budget=(1, 1),
         quick_data=dict(n_train=300, n_val=100, n_test=100),
         splits=text_splits,
