@@ -143,6 +143,8 @@ def test_champion_alias_does_not_move_to_a_worse_model(stores):
     [
         (dict(model="nw", dataset="digits"), "tabular"),
         (dict(model="mha", dataset="sine"), "sequence"),
+        (dict(model="s2s", dataset="adding"), "text data \\(dates\\)"),
+        (dict(model="mha", dataset="dates"), "sequence"),
         (dict(trials=0), "at least 1"),
         (dict(jobs=-1), "jobs at least 0"),
     ],
