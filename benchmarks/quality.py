@@ -5,10 +5,11 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import optuna
+import torch
 from sklearn.compose import TransformedTargetRegressor
 from sklearn.dummy import DummyRegressor
 from sklearn.kernel_ridge import KernelRidge
@@ -17,10 +18,12 @@ from sklearn.neighbors import KNeighborsClassifier, KNeighborsRegressor
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
+from benchmarks.dates_baseline import RuleBasedDates, text_splits
 from training.conclude import DATA_SEED, refit
-from training.data import load_dataset
-from training.fit import PRIMARY_METRIC, evaluate
-from training.search_space import DEFAULT_EPOCHS
+from training.data import Dataset, load_dataset, prepare_model
+from training.fit import PRIMARY_METRIC, evaluate, fit
+from training.nn import build_model
+from training.search_space import DEFAULT_EPOCHS, suggest
 from training.tune import Objective, TuneOptions, study_pruner, study_sampler
 
 
@@ -35,11 +38,26 @@ class Task:
     peers: dict[str, tuple[Callable, dict]]  # name -> (estimator factory, grid searched on validation)
     budget: tuple[int, int | None]  # our (trials, epochs); None: the data set's default epochs
     quick_budget: tuple[int, int | None]
+    quick_data: dict = field(default_factory=dict)  # load_dataset options that shrink the quick run
+    splits: Callable = None  # dataset, **options -> [(x, y)] * 3 for the peers; None: standardized arrays
+    ablations: dict[str, Callable] = field(default_factory=dict)  # name -> f(options, best params, data, epochs)
 
 
 def centred_kernel_ridge(**params) -> TransformedTargetRegressor:
     """KernelRidge has no intercept: standardize the target around it."""
     return TransformedTargetRegressor(KernelRidge(kernel="rbf", **params), transformer=StandardScaler())
+
+
+def without_attention(options: TuneOptions, params: dict, data: Dataset, epochs: int) -> dict[str, float]:
+    """The tuned seq2seq configuration and training with the decoder's context fixed to the encoder's final state."""
+    setup = suggest(
+        options.model, optuna.trial.FixedTrial(params), data, epochs=epochs, seed=options.seed, device="auto"
+    )
+    setup.model_config.attention = False
+    torch.manual_seed(options.seed)
+    model = prepare_model(build_model(setup.model_kind, setup.model_config), data)
+    fit(model, data, setup.fit_config)
+    return evaluate(model.cpu(), data.test, data.task)
 
 
 TASKS = {
@@ -88,24 +106,46 @@ TASKS = {
         budget=(4, 8),
         quick_budget=(1, 1),
     ),
+    "s2s-dates": Task(
+        model="s2s",
+        dataset="dates",
+        metric="exact_match",
+        label="test exact match (higher is better)",
+        score=accuracy_score,  # on strings: the fraction of exactly right dates
+        maximize=True,
+        peers={"rule-based parser (hand-written for these formats)": (RuleBasedDates, {})},
+        budget=(5, 4),
+        quick_budget=(1, 1),
+        quick_data=dict(n_train=300, n_val=100, n_test=100),
+        splits=text_splits,
+        ablations={"seq2seq without attention (tuned configuration)": without_attention},
+    ),
 }
 
 
-def ours(model: str, dataset: str, trials: int, epochs: int | None, seed: int = 0) -> tuple[dict, float]:
-    """A small in-memory study (no tracking), the best trial refit and tested once."""
+def ours(task: Task, trials: int, epochs: int | None, data: Dataset, seed: int = 0) -> tuple[dict, float, dict]:
+    """A small in-memory study (no tracking), the best trial refit and tested once; then the task's ablations
+    of the best configuration (each a peer)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    data = load_dataset(dataset, seed=DATA_SEED)
-    options = TuneOptions(model=model, dataset=dataset, trials=trials, epochs=epochs, seed=seed, progress=False)
+    options = TuneOptions(
+        model=task.model, dataset=task.dataset, trials=trials, epochs=epochs, seed=seed, progress=False
+    )
     metric, direction = PRIMARY_METRIC[data.task]
     start = time.perf_counter()
     study = optuna.create_study(direction=direction, sampler=study_sampler(seed), pruner=study_pruner())
     study.optimize(Objective(options, data), n_trials=trials)
-    model_, _ = refit(model, study.best_params, data, epochs or DEFAULT_EPOCHS[dataset], seed, options.device)
-    return evaluate(model_, data.test, data.task), time.perf_counter() - start
+    epochs = epochs or DEFAULT_EPOCHS[task.dataset]
+    model_, _ = refit(task.model, study.best_params, data, epochs, seed, options.device)
+    metrics, seconds = evaluate(model_, data.test, data.task), time.perf_counter() - start
+    ablated = {
+        name: run_ablation(options, study.best_params, data, epochs)[metric]
+        for name, run_ablation in task.ablations.items()
+    }
+    return metrics, seconds, ablated
 
 
-def arrays(dataset: str):
-    data = load_dataset(dataset, seed=DATA_SEED)
+def arrays(dataset: str, **options):
+    data = load_dataset(dataset, seed=DATA_SEED, **options)
     flat = [(s.x.reshape(len(s), -1).numpy(), s.y.numpy()) for s in (data.train, data.val, data.test)]
     scaler = StandardScaler().fit(flat[0][0])  # fitted on train only
     return [(scaler.transform(x), y) for x, y in flat]
@@ -124,16 +164,21 @@ def grid_search(make, grid: dict, splits, score, maximize: bool) -> tuple[float,
     return score(y_test, make(**best_params).fit(x_train, y_train).predict(x_test)), best_params
 
 
-def run(quick: bool = False) -> list[dict]:
+def run(quick: bool = False, tasks: list[str] | None = None) -> list[dict]:
     rows = []
     for name, task in TASKS.items():
+        if tasks is not None and name not in tasks:
+            continue
         trials, epochs = task.quick_budget if quick else task.budget
-        metrics, seconds = ours(task.model, task.dataset, trials, epochs)
-        splits = arrays(task.dataset)
+        data_options = task.quick_data if quick else {}
+        data = load_dataset(task.dataset, seed=DATA_SEED, **data_options)
+        metrics, seconds, ablated = ours(task, trials, epochs, data)
+        splits = (task.splits or arrays)(task.dataset, **data_options)
         searched = {
             peer: grid_search(make, grid, splits, task.score, task.maximize)
             for peer, (make, grid) in task.peers.items()
         }
+        searched |= {ablation: (value, {}) for ablation, value in ablated.items()}
         budget = f"{trials} trials" + (f" x {epochs} epochs" if epochs else "") + f", {seconds:.0f} s"
         rows.append(
             {

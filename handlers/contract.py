@@ -9,7 +9,7 @@ size of its answer. A request over the per-request budget gets a 413 naming the 
 requests cheapest first up to the per-batch budget and answers the rest 503 with Retry-After, so one
 worker always answers a batch well within its response timeout and small requests are never failed or
 held back by large ones. What the model kinds differ in (parsing, pricing, running) lives in their
-adapters (`handlers/tabular.py`, `handlers/sequences.py`).
+adapters (`handlers/tabular.py`, `handlers/sequences.py`, `handlers/text.py`).
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ class Answer:
 
 
 class Adapter(Protocol):
-    """What differs between model kinds; see `handlers/tabular.py` and `handlers/sequences.py`."""
+    """What differs between model kinds; see `handlers/tabular.py`, `handlers/sequences.py`, `handlers/text.py`."""
 
     model: nn.Module
 
@@ -89,8 +89,9 @@ def adapter_for(model: nn.Module, limits: Limits) -> Adapter:
 
     from .sequences import SequenceAdapter
     from .tabular import TabularAdapter
+    from .text import TextAdapter
 
-    adapters = {"nw": TabularAdapter, "mha": SequenceAdapter}
+    adapters = {"nw": TabularAdapter, "mha": SequenceAdapter, "s2s": TextAdapter}
     return adapters[model_kind(model)](model, limits)
 
 

@@ -3,7 +3,10 @@ import torch
 
 from training.data import LOADERS, load_dataset
 
-SMALL = {"adding": dict(n_train=200, n_val=50, n_test=50, max_len=40)}
+SMALL = {
+    "adding": dict(n_train=200, n_val=50, n_test=50, max_len=40),
+    "dates": dict(n_train=500, n_val=100, n_test=100),
+}
 
 
 @pytest.fixture(params=sorted(LOADERS))
@@ -22,6 +25,9 @@ def test_shapes_and_lengths(name):
         assert torch.isfinite(split.x).all()
         if data.kind == "sequence":
             assert split.x.dim() == 3 and split.lengths.shape == split.y.shape
+            assert (split.lengths >= 1).all() and (split.lengths <= split.x.shape[1]).all()
+        elif data.kind == "text":  # character ids (N, T), target ids (N, T_out)
+            assert split.x.dim() == 2 and split.y.dim() == 2 and split.lengths.shape == (len(split),)
             assert (split.lengths >= 1).all() and (split.lengths <= split.x.shape[1]).all()
         else:
             assert split.x.dim() == 2 and split.lengths is None

@@ -7,7 +7,9 @@ import torch
 
 from handlers.attention_handler import AttentionHandler
 from handlers.contract import Limits, RequestError, adapter_for, answer_batch, parse_request
-from training.nn import NWConfig, SequenceConfig, build_model, save_checkpoint
+from training import dates
+from training.nn import NWConfig, Seq2SeqConfig, SequenceConfig, build_model, save_checkpoint, translate
+from training.nn.seq2seq import EOS
 
 
 class MockContext:
@@ -39,6 +41,10 @@ def make_model_dir(path, kind):
     if kind == "nw":
         model = build_model("nw", NWConfig(in_features=1, n_keys=20, bandwidth=2.0))
         model.set_memory(torch.linspace(0, 5, 20), torch.sin(torch.linspace(0, 5, 20)))
+    elif kind == "s2s":
+        config = Seq2SeqConfig(source_vocab=dates.SOURCE_CHARS, target_vocab=dates.TARGET_CHARS, max_source_len=48)
+        model = build_model("s2s", config)
+        model.decoder.out.bias[EOS] = -1e3  # untrained, it would often stop at once: let it write every step
     else:
         model = build_model(
             "mha",
@@ -206,3 +212,68 @@ def test_the_handler_module_defines_exactly_one_class():
 
     own = [c for _, c in inspect.getmembers(module, inspect.isclass) if c.__module__ == module.__name__]
     assert own == [AttentionHandler]
+
+
+# s2s: texts in, decoded strings and alignments out
+
+S2S_TEXTS = ["23 Nov 2026", "11/23/26", "Monday, November 23, 2026"]
+
+
+@pytest.fixture
+def s2s(tmp_path):
+    model = make_model_dir(tmp_path, "s2s")
+    handler = AttentionHandler()
+    handler.initialize(MockContext(tmp_path))
+    return handler, model, tmp_path
+
+
+def test_s2s_predictions_are_the_decoded_strings_and_explanations_agree_with_them(s2s):
+    handler, model, path = s2s
+    (answer,), context = call(handler, path, [{"instances": S2S_TEXTS}])
+    expected = [t.text for t in translate(model, S2S_TEXTS)]
+    assert context.status[0] == 200 and answer["predictions"] == expected
+    assert all(len(text) == model.config.max_target_len for text in expected)  # it wrote every step
+    (explained,), _ = call(handler, path, [{"instances": S2S_TEXTS}], explain={0})
+    for text, prediction, item in zip(S2S_TEXTS, expected, explained["explanations"]):
+        assert item["prediction"] == prediction == "".join(item["output_tokens"])
+        assert item["input_tokens"] == list(text)
+        weights = torch.tensor(item["weights"])  # (output tokens, input tokens)
+        assert weights.shape == (len(prediction), len(text))
+        assert torch.allclose(weights.sum(-1), torch.ones(len(prediction)), atol=1e-5)
+
+
+BAD_S2S = [
+    ({"instances": [123]}, 400, "invalid instance", "instances[0] must be a string, got 123"),
+    ({"instances": [["23 Nov 2026"]]}, 400, "invalid instance", "must be a string"),
+    ({"instances": [""]}, 400, "empty text", "instances[0] is empty"),
+    ({"instances": ["ok 1", "   "]}, 400, "empty text", "instances[1] is empty"),
+    ({"instances": ["23 Nov 2026 \u00e9"]}, 400, "unknown character", "instances[0] has 'é' at position 12"),
+    ({"instances": ["23\tNov"]}, 400, "unknown character", "'\\t' at position 2"),
+    ({"instances": ["1" * 49]}, 413, "text too long", "49 characters; at most 48"),
+]
+
+
+@pytest.mark.parametrize("body,status,error,detail", BAD_S2S)
+def test_s2s_bad_inputs_fail_alone_with_a_named_error(s2s, body, status, error, detail):
+    handler, _, path = s2s
+    answers, context = call(handler, path, [{"instances": ["1.2.26"]}, body])
+    assert context.status == {0: 200, 1: status}
+    assert answers[1]["error"] == error and detail in answers[1]["detail"]
+    assert len(answers[0]["predictions"]) == 1
+
+
+def test_s2s_requests_are_priced_under_the_same_budget(tmp_path):
+    model = make_model_dir(tmp_path, "s2s")
+    adapter = adapter_for(model, Limits())
+    short, long = adapter.cost(["1.2.26"], False, False), adapter.cost(["x" * 48], False, False)
+    assert 0 < short.mmac < long.mmac and adapter.cost(["1.2.26"], True, False).response_bytes > short.response_bytes
+    limits = Limits(max_request_mmac=3 * short.mmac)
+    answers = answer_batch(
+        [json.dumps({"instances": ["1.2.26"] * 4}).encode(), json.dumps({"instances": ["1.2.26"]}).encode()],
+        [False, False],
+        adapter_for(model, limits),
+        limits,
+        {"name": "s2s-toy"},
+    )
+    assert answers[0].status == 413 and json.loads(answers[0].body)["error"] == "request too costly"
+    assert "texts of 48 characters" in json.loads(answers[0].body)["detail"] and answers[1].status == 200

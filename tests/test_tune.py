@@ -150,6 +150,8 @@ def test_champion_is_the_best_version_by_validation_never_by_test(stores):
     [
         (dict(model="nw", dataset="digits"), "tabular"),
         (dict(model="mha", dataset="sine"), "sequence"),
+        (dict(model="s2s", dataset="adding"), "text data \\(dates\\)"),
+        (dict(model="mha", dataset="dates"), "sequence"),
         (dict(trials=0), "at least 1"),
         (dict(jobs=-1), "jobs at least 0"),
     ],

@@ -163,6 +163,8 @@ def log_model_plots(model, data: Dataset, history: FitResult, metric: str) -> No
         if data.task == "regression":
             figures["nw_predictions.png"] = plots.nw_predictions(model, data)
         figures["nw_attention_heatmap.png"] = plots.nw_attention_heatmap(model, data)
+    elif model_kind(model) == "s2s":
+        figures["s2s_alignments.png"] = plots.s2s_alignments(model, data)
     else:
         figures["mha_pooling_heatmap.png"] = plots.mha_pooling_heatmap(model, data)
         figures["mha_head_maps.png"] = plots.mha_head_maps(model, data)
@@ -188,10 +190,9 @@ def log_and_register(
 ) -> tuple[str, str]:
     from mlflow.models import infer_signature
 
-    from .pyfunc import predict_frame, to_frame
+    from .pyfunc import example_frame, predict_frame
 
-    lengths = None if data.test.lengths is None else data.test.lengths[:3]
-    example = to_frame(data.test.x[:3], lengths, model.config.feature_names)
+    example = example_frame(data)
     signature = infer_signature(example, predict_frame(model, example))
     versions = tracking.package_versions()
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,6 +1,7 @@
 """Data sets: seeded, deterministic, with fixed train / validation / test splits.
 
-Tabular sets give x (N, D); sequence sets give zero-padded x (N, T, D) with valid lengths (N,).
+Tabular sets give x (N, D); sequence sets give zero-padded x (N, T, D) with valid lengths (N,); text
+(translation) sets give zero-padded character ids x (N, T) with lengths (N,) and target ids y (N, T_out).
 Splits hold raw values; standardization is fitted on train only and lives in the model's buffers
 (`prepare_model`), so a served model takes raw inputs.
 """
@@ -13,16 +14,19 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from . import dates
 from .nn import NadarayaWatson
+from .nn.seq2seq import source_ids, target_ids, target_text
 
-# Which model family fits which data set: NW needs tabular inputs, MHA sequences.
-KINDS = {"sine": "tabular", "diabetes": "tabular", "adding": "sequence", "digits": "sequence"}
+# Which model family fits which data set: NW needs tabular inputs, MHA sequences, S2S text.
+KINDS = {"sine": "tabular", "diabetes": "tabular", "adding": "sequence", "digits": "sequence", "dates": "text"}
+MODEL_KINDS = {"nw": "tabular", "mha": "sequence", "s2s": "text"}
 
 
 @dataclass(frozen=True)
 class Split:
-    x: Tensor  # (N, D) or (N, T, D)
-    y: Tensor  # (N,) float targets or long class labels
+    x: Tensor  # (N, D) or (N, T, D), or (N, T) character ids
+    y: Tensor  # (N,) float targets or long class labels, or (N, T_out) target ids
     lengths: Tensor | None = None  # (N,) valid steps for sequences
 
     def __len__(self) -> int:
@@ -39,20 +43,24 @@ class Split:
 @dataclass(frozen=True)
 class Dataset:
     name: str
-    task: str  # "regression" | "classification"
+    task: str  # "regression" | "classification" | "translation"
     train: Split
     val: Split
     test: Split
     n_classes: int = 0
     standardize: bool = True  # fit feature/target scalers on train
+    source_vocab: tuple[str, ...] = ()  # translation: the characters of inputs and of outputs
+    target_vocab: tuple[str, ...] = ()
 
     @property
     def kind(self) -> str:
+        if self.task == "translation":
+            return "text"
         return "sequence" if self.train.lengths is not None else "tabular"
 
     @property
     def in_features(self) -> int:
-        return self.train.x.shape[-1]
+        return len(self.source_vocab) if self.kind == "text" else self.train.x.shape[-1]
 
     def describe(self) -> dict[str, object]:
         return {
@@ -155,11 +163,36 @@ def load_digits(seed: int = 0) -> Dataset:
     return _random_splits("digits", x, y, seed, "classification", lengths=lengths, n_classes=10)
 
 
+def load_dates(seed: int = 0, n_train: int = 20000, n_val: int = 2000, n_test: int = 2000) -> Dataset:
+    """Human-written dates in many formats -> ISO YYYY-MM-DD, character level (see `training/dates.py`)."""
+
+    def encode(pairs: list[tuple[str, str]]) -> Split:
+        x = torch.zeros(len(pairs), dates.MAX_SOURCE_LEN, dtype=torch.long)  # 0 = padding
+        y = torch.zeros(len(pairs), dates.MAX_TARGET_LEN, dtype=torch.long)
+        for i, (text, iso) in enumerate(pairs):
+            x[i, : len(text)] = torch.tensor(source_ids(text, dates.SOURCE_CHARS))
+            y[i] = torch.tensor(target_ids(iso, dates.TARGET_CHARS))
+        return Split(x, y, torch.tensor([len(text) for text, _ in pairs]))
+
+    train, val, test = (encode(p) for p in dates.generate_pairs(seed, (n_train, n_val, n_test)))
+    vocabs = dict(source_vocab=tuple(dates.SOURCE_CHARS), target_vocab=tuple(dates.TARGET_CHARS))
+    return Dataset("dates", "translation", train, val, test, standardize=False, **vocabs)
+
+
+def split_texts(split: Split, data: Dataset) -> tuple[list[str], list[str]]:
+    """A translation split back as strings: (inputs, targets)."""
+    sources = [
+        "".join(data.source_vocab[i - 1] for i in row[:n]) for row, n in zip(split.x.tolist(), split.lengths.tolist())
+    ]
+    return sources, [target_text(row, list(data.target_vocab)) for row in split.y.tolist()]
+
+
 LOADERS: dict[str, Callable[..., Dataset]] = {
     "sine": load_sine,
     "diabetes": load_diabetes,
     "adding": load_adding,
     "digits": load_digits,
+    "dates": load_dates,
 }
 
 

@@ -18,11 +18,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import translation
 from .data import Dataset, Split
-from .nn import NadarayaWatson
+from .nn import NadarayaWatson, Seq2Seq
 
 # The metric each task is judged by, and its direction.
-PRIMARY_METRIC = {"regression": ("mse", "minimize"), "classification": ("accuracy", "maximize")}
+PRIMARY_METRIC = {
+    "regression": ("mse", "minimize"),
+    "classification": ("accuracy", "maximize"),
+    "translation": ("exact_match", "maximize"),
+}
 
 
 @dataclass
@@ -79,14 +84,18 @@ def is_better(value: float, best: float, direction: str) -> bool:
 
 
 def model_outputs(model: nn.Module, split: Split, exclude: Tensor | None = None) -> Tensor:
-    """Raw predictions (N,) or logits (N, C) for a split; `exclude` is NW's leave-one-out index."""
+    """Raw predictions (N,), logits (N, C) or (N, T_out, V) for a split; `exclude` is NW's leave-one-out index."""
     if isinstance(model, NadarayaWatson):
         return model(split.x, exclude=exclude)[0]
+    if isinstance(model, Seq2Seq):
+        return translation.teacher_forced(model, split)
     T = int(split.lengths.max())  # trim padding beyond the longest sequence
     return model(split.x[:, :T], split.lengths)[0]
 
 
 def loss_fn(model: nn.Module, out: Tensor, y: Tensor, task: str, reduction: str) -> Tensor:
+    if task == "translation":
+        return translation.loss(out, y, reduction)
     if task == "classification":
         return F.cross_entropy(out, y, reduction=reduction)
     scale = model.y_scaler.std  # regression loss in standardized target units
@@ -95,7 +104,10 @@ def loss_fn(model: nn.Module, out: Tensor, y: Tensor, task: str, reduction: str)
 
 @torch.no_grad()
 def evaluate(model: nn.Module, split: Split, task: str, batch_size: int = 1024) -> dict[str, float]:
-    """MSE / RMSE / R^2 for regression, accuracy / NLL for classification, in raw units."""
+    """MSE / RMSE / R^2 for regression, accuracy / NLL for classification, in raw units; exact match,
+    token accuracy and loss for translation."""
+    if task == "translation":
+        return translation.evaluate(model, split, batch_size)
     model.eval()
     out = torch.cat(
         [model_outputs(model, split.subset(slice(i, i + batch_size))) for i in range(0, len(split), batch_size)]

@@ -12,9 +12,9 @@ import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from .data import Dataset  # noqa: E402
+from .data import Dataset, split_texts  # noqa: E402
 from .fit import FitResult  # noqa: E402
-from .nn import NadarayaWatson, SequenceModel  # noqa: E402
+from .nn import NadarayaWatson, Seq2Seq, SequenceModel, translate  # noqa: E402
 
 
 @torch.no_grad()
@@ -123,6 +123,26 @@ def mha_head_maps(model: SequenceModel, data: Dataset, n_examples: int = 2) -> F
     for ax in axes[:, 0]:
         ax.set_ylabel("query step", fontsize=8)
     fig.suptitle("self-attention per layer and head (rows sum to 1)", fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def s2s_alignments(model: Seq2Seq, data: Dataset, n_examples: int = 4) -> Figure:
+    """Alignment matrices (output characters x input characters) for a few test inputs, one panel each."""
+    model.cpu().eval()
+    texts, targets = split_texts(data.test.subset(slice(0, n_examples)), data)
+    results = translate(model, texts, need_weights=True)
+    fig, axes = plt.subplots(1, len(texts), figsize=(4.2 * len(texts), 4), squeeze=False)
+    for ax, result, target in zip(axes[0], results, targets):
+        ax.imshow(result.weights.numpy(), cmap="Greys", vmin=0, vmax=1, aspect="auto")
+        ax.set_xticks(range(len(result.input_tokens)), [c if c != " " else "␣" for c in result.input_tokens])
+        ax.set_yticks(range(len(result.output_tokens)), result.output_tokens)
+        ax.tick_params(labelsize=7)
+        mark = "✓" if result.text == target else f"✗ (truth {target})"
+        ax.set_title(f"{result.text} {mark}", fontsize=9)
+        ax.set_xlabel("input characters")
+    axes[0, 0].set_ylabel("output characters")
+    fig.suptitle("decoder attention over the input (alignment)")
     fig.tight_layout()
     return fig
 

@@ -3,6 +3,7 @@
 NW input: a DataFrame with one column per feature (the file's column names for a user's file, else
 x0, x1, ...). MHA input: a DataFrame with a
 "sequence" column, each cell a list of steps, each step a list of features (lengths may differ).
+S2S input: a DataFrame with a "text" column of strings; output: the decoded strings.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .nn import NadarayaWatson, load_checkpoint
+from .data import Dataset, split_texts
+from .nn import NadarayaWatson, Seq2Seq, load_checkpoint, translate
 
 
 class CheckpointModel(mlflow.pyfunc.PythonModel):
@@ -30,8 +32,18 @@ def to_frame(x: torch.Tensor, lengths: torch.Tensor | None, names: list[str] | N
     return pd.DataFrame({"sequence": [row[:n].double().tolist() for row, n in zip(x, lengths.tolist())]})
 
 
+def example_frame(data: Dataset, n: int = 3) -> pd.DataFrame:
+    """The first `n` test rows as the pyfunc's input: the logged model's input example and signature."""
+    test = data.test.subset(slice(0, n))
+    if data.kind == "text":
+        return pd.DataFrame({"text": split_texts(test, data)[0]})
+    return to_frame(test.x, test.lengths, list(getattr(data, "features", ())) or None)  # a file's column names
+
+
 @torch.no_grad()
 def predict_frame(model: torch.nn.Module, frame: pd.DataFrame) -> np.ndarray:
+    if isinstance(model, Seq2Seq):
+        return np.array([t.text for t in translate(model, [str(s) for s in frame["text"]])], dtype=object)
     if isinstance(model, NadarayaWatson):
         columns = model.config.feature_names
         x = torch.tensor((frame[columns] if columns else frame).to_numpy(dtype=np.float64), dtype=torch.float32)

@@ -11,18 +11,18 @@ import optuna
 
 from .data import Dataset
 from .fit import FitConfig
-from .nn import NWConfig, SequenceConfig
+from .nn import NWConfig, Seq2SeqConfig, SequenceConfig
 from .tables import model_fields
 
 # Epochs per trial unless the user sets --epochs; keeps `make tune` on the CPU short.
-DEFAULT_EPOCHS = {"sine": 30, "diabetes": 60, "adding": 8, "digits": 20}
+DEFAULT_EPOCHS = {"sine": 30, "diabetes": 60, "adding": 8, "digits": 20, "dates": 5}
 FILE_EPOCHS = 30  # a user's file (training/tables.py)
 
 
 @dataclass
 class TrialSetup:
     model_kind: str
-    model_config: NWConfig | SequenceConfig
+    model_config: NWConfig | SequenceConfig | Seq2SeqConfig
     fit_config: FitConfig
 
 
@@ -73,7 +73,34 @@ def suggest_mha(trial: optuna.Trial, data: Dataset, epochs: int, seed: int, devi
     return TrialSetup("mha", config, fit)
 
 
-SEARCH_SPACES = {"nw": suggest_nw, "mha": suggest_mha}
+def suggest_s2s(trial: optuna.Trial, data: Dataset, epochs: int, seed: int, device: str) -> TrialSetup:
+    """Embedding, hidden and attention sizes, depth, dropout, teacher forcing, learning rate and batch size."""
+    n_layers = trial.suggest_int("n_layers", 1, 2)
+    config = Seq2SeqConfig(
+        source_vocab=list(data.source_vocab),
+        target_vocab=list(data.target_vocab),
+        embed_size=trial.suggest_categorical("embed_size", [16, 32, 64]),
+        hidden_size=trial.suggest_categorical("hidden_size", [32, 64, 128]),
+        attention_size=trial.suggest_categorical("attention_size", [32, 64, 128]),
+        n_layers=n_layers,
+        dropout=trial.suggest_float("dropout", 0.0, 0.3),
+        teacher_forcing=trial.suggest_float("teacher_forcing", 0.5, 1.0),
+        max_source_len=data.train.x.shape[1],
+        max_target_len=data.train.y.shape[1],
+    )
+    fit = FitConfig(
+        epochs=epochs,
+        lr=trial.suggest_float("lr", 2e-3, 2e-2, log=True),
+        # Large batches: a recurrent step costs the CPU about the same at 32 or 256 rows, so epochs are cheap.
+        batch_size=trial.suggest_categorical("batch_size", [128, 256]),
+        patience=max(2, epochs // 3),
+        seed=seed,
+        device=device,
+    )
+    return TrialSetup("s2s", config, fit)
+
+
+SEARCH_SPACES = {"nw": suggest_nw, "mha": suggest_mha, "s2s": suggest_s2s}
 
 
 def suggest(model: str, trial: optuna.Trial, data: Dataset, *, epochs: int, seed: int, device: str) -> TrialSetup:

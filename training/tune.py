@@ -25,7 +25,7 @@ from mlflow import MlflowClient
 
 from . import progress, run_notes, tables, tracking
 from .conclude import DATA_SEED, Conclusion, conclude, study_states
-from .data import KINDS, Dataset, load_dataset, prepare_model
+from .data import KINDS, MODEL_KINDS, Dataset, load_dataset, prepare_model
 from .fit import PRIMARY_METRIC, NonFiniteLossError, fit, resolve_device
 from .nn import build_model
 from .search_space import DEFAULT_EPOCHS, FILE_EPOCHS, SEARCH_SPACES, suggest
@@ -83,7 +83,7 @@ class TuneOptions:
     def validate(self) -> None:
         if self.model not in SEARCH_SPACES:
             raise TuneError(f"unknown model {self.model!r}; expected one of {sorted(SEARCH_SPACES)}")
-        wanted = "tabular" if self.model == "nw" else "sequence"
+        wanted = MODEL_KINDS[self.model]
         if self.data:
             tables.check_request(self.model, self.table(), self.name)
         elif self.dataset not in KINDS:

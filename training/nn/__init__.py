@@ -2,16 +2,20 @@
 
 from .checkpoint import MODELS, build_model, load_checkpoint, model_kind, save_checkpoint
 from .nadaraya_watson import NadarayaWatson, NWConfig
+from .seq2seq import Seq2Seq, Seq2SeqConfig, translate
 from .sequence_model import SequenceConfig, SequenceModel
 
 __all__ = [
     "MODELS",
     "NWConfig",
     "NadarayaWatson",
+    "Seq2Seq",
+    "Seq2SeqConfig",
     "SequenceConfig",
     "SequenceModel",
     "build_model",
     "load_checkpoint",
     "model_kind",
     "save_checkpoint",
+    "translate",
 ]
