@@ -44,14 +44,12 @@ def run_delays(quick: bool = False, client: str = "auto") -> list[dict]:
     return rows
 
 
-def choose_delay(rows: list[dict], model: str) -> int | None:
-    """The largest delay with c64 throughput >= 0.9x the best and c1 p50 <= 2 ms (None if none qualifies)."""
+def qualifying_delays(rows: list[dict], model: str) -> list[int]:
+    """Delays with c64 throughput >= 0.9x the best delay's and c1 median latency <= 2 ms."""
     cells = {(r["delay_ms"], r["concurrency"]): r for r in rows if r["model"] == model}
     best = max(r["rps"] for (_, c), r in cells.items() if c == 64)
-    fits = [
-        d for d in sorted({d for d, _ in cells}) if cells[(d, 64)]["rps"] >= 0.9 * best and cells[(d, 1)]["p50_ms"] <= 2
-    ]
-    return max(fits) if fits else None
+    delays = sorted({d for d, _ in cells})
+    return [d for d in delays if cells[(d, 64)]["rps"] >= 0.9 * best and cells[(d, 1)]["p50_ms"] <= 2]
 
 
 def run_soak(quick: bool = False, client: str = "auto") -> list[dict]:
