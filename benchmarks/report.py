@@ -108,7 +108,8 @@ def serving_section(rows: list[dict]) -> str:
         "## 3. Serving: TorchServe on loopback",
         "",
         f"Load generator: {client}; each cell a fixed-time run after a warm-up. Variants: our handler with "
-        "dynamic batching (`batchSize` 32, `maxBatchDelay` 5 ms), our handler unbatched (`batchSize` 1), and a "
+        f"dynamic batching (`batchSize` {MODEL_CONFIG['batchSize']}, `maxBatchDelay` "
+        f"{MODEL_CONFIG['maxBatchDelay']} ms), our handler unbatched (`batchSize` 1), and a "
         "bare baseline handler (same checkpoint and server config, no validation or metadata). Load generator, "
         "TorchServe frontend and workers share the machine's cores.",
         "",
@@ -197,7 +198,8 @@ def delay_section(rows: list[dict]) -> str:
     out = [
         "## 6. Batching delay: low-load latency vs high-load throughput",
         "",
-        "`maxBatchDelay` is how long TorchServe waits for a batch to fill. Each cell: the median of the runs.",
+        "`maxBatchDelay` is how long TorchServe waits for a batch to fill (at 0 ms its batcher idles about 100 ms "
+        "between polls, so a lone request waits that long). Each cell: the median of the runs.",
         "",
         table(
             ["model", "maxBatchDelay ms", "concurrency", "req/s", "p50 ms", "p99 ms", "errors"],

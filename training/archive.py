@@ -30,7 +30,7 @@ MODEL_CONFIG = {
     "minWorkers": 1,
     "maxWorkers": 1,
     "batchSize": 32,  # requests per forward pass (dynamic batching)
-    "maxBatchDelay": 5,  # ms to wait for a batch to fill; short, so low concurrency is not held back
+    "maxBatchDelay": 1,  # ms to wait for a batch to fill: 1 keeps c1 latency low and c64 throughput (make bench, row 6)
     "responseTimeout": 30,  # s per batch
     "startupTimeout": 120,  # s to load the model
     # The handler's request limits and cost budget (handlers/contract.py `Limits`), and 1 torch thread per CPU worker.
