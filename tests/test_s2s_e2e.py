@@ -11,7 +11,7 @@ from mlflow import MlflowClient
 from training import data, serve
 from training.archive import archive_champions
 from training.demo import DEMO_START, free_ports
-from training.tune import TuneOptions, open_study, tune
+from training.tune import TuneOptions, enqueue_trial, tune
 
 pytestmark = pytest.mark.e2e
 TEXTS = ["23 Nov 2026", "11/23/26", "Monday, November 23, 2026", "23.11.2026", "nov 23rd, 2026"]
@@ -31,7 +31,7 @@ def served(stores):
             tracking_uri=stores["tracking_uri"],
             progress=False,
         )
-        open_study(options, "maximize").enqueue_trial(DEMO_START["s2s-dates"])
+        enqueue_trial(options, "maximize", DEMO_START["s2s-dates"])
         result = tune(options)
     (archive,) = archive_champions(
         "s2s-dates", out_dir=stores["root"] / "archives", tracking_uri=stores["tracking_uri"]

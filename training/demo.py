@@ -10,7 +10,7 @@ import optuna
 from . import serve
 from .archive import archive_champions
 from .report import print_tune_summary
-from .tune import TuneOptions, open_study, tune
+from .tune import TuneOptions, enqueue_trial, tune
 
 DEMO_TUNES = [
     TuneOptions(model="nw", dataset="sine", trials=20),
@@ -55,7 +55,7 @@ def demo() -> int:
     for options in DEMO_TUNES:
         banner(f"tune {options.name}: {options.trials} trials")
         if options.name in DEMO_START:
-            open_study(options, "maximize").enqueue_trial(DEMO_START[options.name], skip_if_exists=True)
+            enqueue_trial(options, "maximize", DEMO_START[options.name])
         print_tune_summary(tune(options), options)
 
     banner("archive the champions")

@@ -146,6 +146,16 @@ def open_study(options: TuneOptions, direction: str, on_stale=None) -> tuple[opt
     return study, invocation
 
 
+def enqueue_trial(options: TuneOptions, direction: str, params: dict) -> None:
+    """Queue a known configuration as the study's next trial (the demo's known-good start), without
+    counting as an invocation of the study."""
+    url = options.storage or tracking.default_optuna_storage()
+    storage = open_storage(url, options.heartbeat, options.grace)
+    with storage_lock(url, f"open:{options.name}"):
+        study = optuna.create_study(storage=storage, study_name=options.name, direction=direction, load_if_exists=True)
+    study.enqueue_trial(params, skip_if_exists=True)
+
+
 class DevicePool:
     """Hands each running trial a device of its own when there are several (one trial per GPU);
     with a single device, every trial uses it."""
