@@ -35,7 +35,7 @@ def tuned(stores):
     done = cli("tune", "--model", "nw", "--dataset", "sine", "--trials", "8", "--storage", stores["storage"],
                "--tracking-uri", stores["tracking_uri"])  # fmt: skip
     assert done.returncode == 0, done.stderr
-    client = MlflowClient(stores["tracking_uri"])
+    client = MlflowClient(stores["tracking_uri"], stores["tracking_uri"])
     experiment = client.get_experiment_by_name("nw-sine")
     (parent,) = client.search_runs([experiment.experiment_id], "tags.kind = 'tuning'")
     return {"out": done.stdout + done.stderr, "client": client, "parent": parent, "eid": experiment.experiment_id}
@@ -184,7 +184,7 @@ def test_ctrl_c_keeps_finished_trials_and_closes_the_runs_as_killed(tmp_path):
     study = optuna.load_study(study_name="nw-sine", storage=storage)
     kept = [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
     assert len(kept) >= 2
-    client = MlflowClient(uri)
+    client = MlflowClient(uri, uri)
     runs = client.search_runs([client.get_experiment_by_name("nw-sine").experiment_id], max_results=1000)
     assert runs and not [r for r in runs if r.info.status == "RUNNING"]
     (parent,) = [r for r in runs if r.data.tags.get("kind") == "tuning"]

@@ -88,7 +88,7 @@ def test_bad_texts_get_named_4xx_errors_and_the_server_stays_healthy(served):
 
 def test_the_tune_logged_curves_and_alignment_heatmaps(stores, served):
     _, result = served
-    client = MlflowClient(stores["tracking_uri"])
+    client = MlflowClient(stores["tracking_uri"], stores["tracking_uri"])
     plots = {a.path for a in client.list_artifacts(result.parent_run_id, "plots")}
     assert {"plots/s2s_alignments.png", "plots/learning_curve.png"} <= plots
     parent = client.get_run(result.parent_run_id)

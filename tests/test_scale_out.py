@@ -183,7 +183,7 @@ def test_the_killed_trial_failed_and_was_retried(tuned):
 
 
 def test_every_trial_is_a_closed_child_run_in_step_with_optuna(server, tuned, concluded):
-    client = MlflowClient(server.tracking_uri)
+    client = MlflowClient(server.tracking_uri, server.tracking_uri)
     trials = optuna.load_study(study_name="nw-sine", storage=tuned["storage"]).get_trials(deepcopy=False)
     for trial in trials:
         run = client.get_run(trial.user_attrs["mlflow_run_id"])
@@ -200,7 +200,8 @@ def test_every_trial_is_a_closed_child_run_in_step_with_optuna(server, tuned, co
 
 
 def test_one_conclusion_one_version_and_the_champion_is_the_best_by_validation(server, tuned, concluded):
-    client = MlflowClient(server.tracking_uri)
+    # registry_uri too: a client given only a tracking URI reads the process-wide registry of earlier tests
+    client = MlflowClient(server.tracking_uri, server.tracking_uri)
     study = optuna.load_study(study_name="nw-sine", storage=tuned["storage"])
     versions = client.search_model_versions("name = 'nw-sine'")
     assert len(versions) == 1, [(v.version, v.tags.get("candidate")) for v in versions]
@@ -216,7 +217,7 @@ def test_archive_builds_the_champion_through_the_tracking_server(server, conclud
     command = [sys.executable, "-m", "training", "archive", "--name", "nw-sine", "--out", str(tmp_path)]
     done = subprocess.run(command + ["--tracking-uri", server.tracking_uri], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    champion = MlflowClient(server.tracking_uri).get_model_version_by_alias("nw-sine", "champion")
+    champion = MlflowClient(server.tracking_uri, server.tracking_uri).get_model_version_by_alias("nw-sine", "champion")
     with zipfile.ZipFile(tmp_path / "nw-sine.mar") as archive:
         info = json.loads(archive.read("model_info.json"))
     assert info["version"] == str(champion.version) and info["name"] == "nw-sine"

@@ -34,7 +34,9 @@ def test_served_predictions_equal_in_process_predictions(champions, served):
     status, body, _ = server.predict("nw-sine", [0.5, 2.5, 4.9])
     expected = champion(champions, "nw-sine").predict(pd.DataFrame({"x0": [0.5, 2.5, 4.9]}))
     assert status == 200 and body["predictions"] == pytest.approx(expected.tolist(), abs=1e-5)
-    version = MlflowClient(champions["tracking_uri"]).get_model_version_by_alias("nw-sine", "champion")
+    version = MlflowClient(champions["tracking_uri"], champions["tracking_uri"]).get_model_version_by_alias(
+        "nw-sine", "champion"
+    )
     assert body["model"] == {"name": "nw-sine", "version": str(version.version), "run_id": version.run_id}
 
     status, body, _ = server.predict("mha-adding", SEQUENCES)
@@ -97,7 +99,7 @@ def test_concurrent_requests_are_batched_and_all_answered_correctly(served):
 
 def test_archives_are_self_contained_and_record_their_provenance(champions, served):
     _, archives = served
-    client = MlflowClient(champions["tracking_uri"])
+    client = MlflowClient(champions["tracking_uri"], champions["tracking_uri"])
     for path in archives:
         with zipfile.ZipFile(path) as archive:
             names = set(archive.namelist())

@@ -81,7 +81,7 @@ def served(tmp_path_factory):
 def test_names_follow_the_file_and_runs_record_it(served):
     server, root, stores, results = served
     assert sorted(server.models()) == ["mha-marked", "nw-flowers", "nw-house-prices"]
-    client = MlflowClient(stores["tracking_uri"])
+    client = MlflowClient(stores["tracking_uri"], stores["tracking_uri"])
     run = client.get_run(results["houses"].parent_run_id)
     (dataset,) = [d.dataset for d in run.inputs.dataset_inputs]
     assert dataset.source_type == "local" and "house_prices.csv" in dataset.source
@@ -145,7 +145,7 @@ def test_a_changed_file_under_the_same_name_is_refused_with_both_digests(served)
     options = TuneOptions(model="nw", data=str(root / "house_prices.csv"), target="price", trials=1, **stores)
     with pytest.raises(TableError, match="NAME=") as refused:
         tune(options)
-    client = MlflowClient(stores["tracking_uri"])
+    client = MlflowClient(stores["tracking_uri"], stores["tracking_uri"])
     old = {t.key: t.value for t in client.get_run(results["houses"].parent_run_id).inputs.dataset_inputs[0].tags}
     new = hashlib.sha256((root / "house_prices.csv").read_bytes()).hexdigest()
     assert old["sha256"] in str(refused.value) and new in str(refused.value) and old["sha256"] != new
@@ -160,4 +160,4 @@ def test_a_file_with_a_missing_value_is_refused_before_any_study_starts(served):
     options = TuneOptions(model="nw", data=str(root / "gaps.csv"), target="price", trials=1, progress=False, **stores)
     with pytest.raises(TableError, match="column 'area' has missing values in row 7"):
         tune(options)
-    assert MlflowClient(stores["tracking_uri"]).get_experiment_by_name("nw-gaps") is None
+    assert MlflowClient(stores["tracking_uri"], stores["tracking_uri"]).get_experiment_by_name("nw-gaps") is None

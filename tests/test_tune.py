@@ -36,7 +36,7 @@ def child_runs(client, result):
 
 
 def test_parent_and_child_runs_with_per_epoch_metrics(stores, first):
-    client = MlflowClient(stores["tracking_uri"])
+    client = MlflowClient(stores["tracking_uri"], stores["tracking_uri"])
     parent = client.get_run(first.parent_run_id)
     assert parent.info.status == "FINISHED"
     assert parent.data.params["study"] == "nw-sine" and "version.torch" in parent.data.tags
@@ -51,7 +51,7 @@ def test_parent_and_child_runs_with_per_epoch_metrics(stores, first):
 
 
 def test_pruned_trials_are_marked_in_optuna_and_mlflow(stores, first):
-    client = MlflowClient(stores["tracking_uri"])
+    client = MlflowClient(stores["tracking_uri"], stores["tracking_uri"])
     study = optuna.load_study(study_name="nw-sine", storage=stores["storage"])
     pruned = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
     assert pruned, "the median pruner should stop some trials of a 12-trial study"
@@ -63,7 +63,7 @@ def test_pruned_trials_are_marked_in_optuna_and_mlflow(stores, first):
 
 
 def test_artifacts_are_present_and_not_empty(stores, first):
-    client = MlflowClient(stores["tracking_uri"])
+    client = MlflowClient(stores["tracking_uri"], stores["tracking_uri"])
     local = Path(
         mlflow.artifacts.download_artifacts(
             run_id=first.parent_run_id, artifact_path="", tracking_uri=stores["tracking_uri"]
@@ -83,7 +83,7 @@ def test_artifacts_are_present_and_not_empty(stores, first):
 
 
 def test_winner_is_registered_as_champion_with_its_test_metric(stores, first):
-    client = MlflowClient(stores["tracking_uri"])
+    client = MlflowClient(stores["tracking_uri"], stores["tracking_uri"])
     champion = client.get_model_version_by_alias("nw-sine", "champion")
     conclusion = first.conclusion
     assert str(champion.version) == conclusion.model_version and conclusion.promoted and conclusion.registered
@@ -122,7 +122,7 @@ def test_a_diverging_trial_fails_cleanly_and_the_study_goes_on(stores, monkeypat
     study = optuna.load_study(study_name="nw-diabetes", storage=stores["storage"])
     failed = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
     assert len(failed) == 1 and "nan" in failed[0].user_attrs["fail_reason"].lower()
-    run = MlflowClient(stores["tracking_uri"]).get_run(failed[0].user_attrs["mlflow_run_id"])
+    run = MlflowClient(stores["tracking_uri"], stores["tracking_uri"]).get_run(failed[0].user_attrs["mlflow_run_id"])
     assert run.info.status == "FAILED" and "nan" in run.data.tags["optuna.reason"].lower()
     assert len(study.trials) == 4 and result.states["complete"] >= 2
 
