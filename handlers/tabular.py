@@ -35,6 +35,7 @@ class TabularAdapter:
         self.names = config.feature_names or []
         self.labels = config.class_labels or list(range(config.n_classes))
         self.bounds = Bounds.from_scaler(model.x_scaler, limits.max_abs_z, self.names)
+        self.low, self.high = self.bounds.low.tolist(), self.bounds.high.tolist()
         # Raw training inputs and targets, for naming the most attended keys in explanations.
         self.keys = model.x_scaler.inverse(model.keys)  # (K, D)
         if self.n_classes:
@@ -49,11 +50,16 @@ class TabularAdapter:
         mean = self.model.x_scaler.mean.tolist()
         return json.dumps({"instances": [dict(zip(self.names, mean)) if self.names else mean]}).encode()
 
-    def parse(self, instances: list) -> Tensor:
+    def parse(self, instances: list) -> list[list]:
+        """Rows of numbers within the accepted range; tensors are built once per batch in `run`."""
         rows = [self.parse_vector(item, f"instances[{i}]") for i, item in enumerate(instances)]
-        x = to_tensor(rows, "instances")  # (N, D)
-        self.bounds.check(x, "instances")
-        return x
+        if not all(self.in_range(row) for row in rows):  # plain Python for the common case: no tensor per request
+            self.bounds.check(to_tensor(rows, "instances"), "instances")  # names the offending value
+        return rows
+
+    def in_range(self, row: list) -> bool:
+        # Exact for any int or float (huge integers, NaN and infinity compare False).
+        return all(low <= v <= high for v, low, high in zip(row, self.low, self.high))
 
     def parse_vector(self, item: Any, where: str) -> list:
         """A number (1-D models), a list of `n_features` numbers, or an object of numbers by feature name."""
@@ -83,8 +89,9 @@ class TabularAdapter:
         return f"about {int(self.limits.max_request_mmac / per_instance):,} explained instances of this model"
 
     @torch.no_grad()
-    def run(self, batch: list[Tensor], explain: bool, heads: bool, deadline: float) -> list[list | None]:
-        x = torch.cat(batch).to(self.model.keys.device)  # (N, D)
+    def run(self, batch: list[list], explain: bool, heads: bool, deadline: float) -> list[list | None]:
+        rows = [row for request in batch for row in request]
+        x = torch.tensor(rows, dtype=torch.float64, device=self.model.keys.device)  # (N, D)
         rows_per_pass = max(1, int(self.limits.max_pass_mmac * 1e6 / (self.n_keys * (3 * self.n_features + 4))))
         results: list = []
         for start in range(0, len(x), rows_per_pass):

@@ -192,7 +192,7 @@ def test_a_served_file_model_takes_named_features_and_names_training_rows(tmp_pa
     assert model.config.feature_names == ["age", "bmi"] and model.config.key_rows == data.rows["train"]
     adapter = TabularAdapter(model, Limits())
     x = adapter.parse([{"bmi": 31.0, "age": 50}, [50, 31.0]])
-    assert x[0].tolist() == x[1].tolist() == [50.0, 31.0]
+    assert [float(v) for v in x[0]] == [float(v) for v in x[1]] == [50.0, 31.0]
     (prediction, _), *_ = adapter.run([x], False, False, float("inf"))
     assert prediction["label"] in ("no", "yes") and sum(prediction["probabilities"]) == pytest.approx(1.0)
     (explanation,) = adapter.run([x[:1]], True, False, float("inf"))[0]
