@@ -18,6 +18,8 @@ from pathlib import Path
 
 import psutil
 
+from handlers.integrity import REFUSAL  # what a worker logs when an archive fails its sha256 check
+
 from .server import Server, read_properties, server_for
 from .tracking import ROOT
 
@@ -27,7 +29,6 @@ RUN_DIR = ROOT / ".serve"
 ARCHIVES = ROOT / "archives"
 BASE_CONFIG = ROOT / "config.properties"
 LOG_CONFIG = ROOT / "training" / "log4j2.xml"  # size-capped, rotating logs; nothing per request on stdout
-REFUSAL = "refusing to load"  # what a worker logs when an archive fails its sha256 check (handlers/integrity.py)
 
 
 # config
