@@ -1,4 +1,8 @@
-"""`python -m benchmarks [--quick] [--only ROWS] [--out DIR] [--client auto|wrk|python]`."""
+"""`python -m benchmarks [--quick] [--only ROWS] [--out DIR] [--client auto|wrk|python]`.
+
+A run of some rows (`--only`) replaces those rows in the existing results and keeps the others; every row
+records the commit and date it was measured at, and results.md says so.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ from pathlib import Path
 import torch
 
 from benchmarks import mha, nw_kernel, quality, serving, serving_ops, tuning
-from benchmarks.common import ROOT, machine
+from benchmarks.common import ROOT, machine, provenance
 from benchmarks.report import write_markdown
 
 ROWS = ["nw_kernel", "mha", "serving", "tuning", "quality", "batch_delay", "soak"]
@@ -29,7 +33,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown rows {unknown}; choose from {ROWS}")
 
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    results: dict[str, object] = {"machine": machine(), "quick": args.quick, "rows": {}, "seconds": {}}
+    out = Path(args.out)
+    results = previous_results(out / "results.json", args.quick, keep=set(ROWS) - set(only))
+    results["machine"] = machine()
     runners = {
         "nw_kernel": lambda: [r for d in devices for r in nw_kernel.run(args.quick, d)],
         "mha": lambda: [r for d in devices for r in mha.run(args.quick, d)],
@@ -45,12 +51,28 @@ def main(argv: list[str] | None = None) -> int:
             start = time.perf_counter()
             results["rows"][name] = runners[name]()
             results["seconds"][name] = round(time.perf_counter() - start, 1)
-    out = Path(args.out)
+            results["provenance"][name] = provenance()
+    results["rows"] = {name: results["rows"][name] for name in ROWS if name in results["rows"]}
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
     write_markdown(results, out / "results.md")
     print(f"wrote {out / 'results.md'} and {out / 'results.json'}")
     return 0
+
+
+def previous_results(path: Path, quick: bool, keep: set[str]) -> dict:
+    """The rows of an earlier run of the same kind (full or quick) that this run does not measure again."""
+    results = {"quick": quick, "rows": {}, "seconds": {}, "provenance": {}}
+    if not keep or not path.exists():
+        return results
+    earlier = json.loads(path.read_text())
+    if earlier.get("quick") != quick:
+        return results
+    for name in keep & set(earlier.get("rows", {})):
+        results["rows"][name] = earlier["rows"][name]
+        results["seconds"][name] = earlier["seconds"].get(name)
+        results["provenance"][name] = earlier.get("provenance", {}).get(name, {"commit": "unknown", "date": "unknown"})
+    return results
 
 
 if __name__ == "__main__":

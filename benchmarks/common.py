@@ -78,6 +78,18 @@ def run_isolated(module: str, args: list[str]) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def provenance() -> dict[str, str]:
+    """Which code a row was measured on: the commit (marked `+changes` when tracked files differ from it) and when."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    if git("status", "--porcelain", "--untracked-files=no"):
+        commit += "+changes"
+    return {"commit": commit, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+
+
 def machine() -> dict[str, object]:
     from training.tracking import package_versions
 

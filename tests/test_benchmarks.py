@@ -12,14 +12,14 @@ from benchmarks.load import run_load, wrk_ms
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def run_bench(out: Path, *args: str) -> dict:
+    command = [sys.executable, "-m", "benchmarks", "--quick", "--out", str(out), "--client", "python", *args]
+    subprocess.run(command, cwd=ROOT, check=True, capture_output=True)
+    return json.loads((out / "results.json").read_text())
+
+
 def test_quick_benchmark_writes_every_row(tmp_path):
-    subprocess.run(
-        [sys.executable, "-m", "benchmarks", "--quick", "--out", str(tmp_path), "--client", "python"],
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-    )
-    results = json.loads((tmp_path / "results.json").read_text())
+    results = run_bench(tmp_path)
     assert set(results["rows"]) == {"nw_kernel", "mha", "serving", "tuning", "quality", "batch_delay", "soak"}
     assert {r["delay_ms"] for r in results["rows"]["batch_delay"]} == {0, 5}
     assert all(r["errors"] == 0 and r["requests"] > 0 for r in results["rows"]["soak"])
@@ -30,6 +30,16 @@ def test_quick_benchmark_writes_every_row(tmp_path):
     assert {r["task"] for r in results["rows"]["quality"]} >= {"nw-diabetes", "mha-digits", "s2s-dates"}
     markdown = (tmp_path / "results.md").read_text()
     assert "QUICK smoke run" in markdown and "## 5. Model quality" in markdown and results["machine"]["versions"]
+    assert set(results["provenance"]) == set(results["rows"]) and "every row measured at commit" in markdown
+
+    # A later run of one row replaces that row and keeps the others with where they came from.
+    (tmp_path / "results.json").write_text(
+        json.dumps({**results, "provenance": {**results["provenance"], "mha": {"commit": "0ld", "date": "then"}}})
+    )
+    again = run_bench(tmp_path, "--only", "tuning")
+    assert list(again["rows"]) == list(results["rows"]) and again["rows"]["mha"] == results["rows"]["mha"]
+    assert again["provenance"]["mha"]["commit"] == "0ld" and again["rows"]["tuning"] != results["rows"]["tuning"]
+    assert "mha: commit 0ld, then" in (tmp_path / "results.md").read_text()
 
 
 def test_load_generator_refuses_non_loopback_targets():
