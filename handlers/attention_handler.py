@@ -20,6 +20,11 @@ from handlers.integrity import verified_checkpoint
 from training.nn import load_checkpoint
 
 logger = logging.getLogger(__name__)
+PER_BATCH_NOISE = "Backend received inference at"  # TorchServe's worker logs this for every batch
+
+
+def without_per_batch_noise(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith(PER_BATCH_NOISE)
 
 
 class AttentionHandler(BaseHandler):
@@ -27,6 +32,9 @@ class AttentionHandler(BaseHandler):
         # This worker decodes request bodies itself (byte and nesting limits, exact errors); TorchServe's
         # own JSON decoding would fail a whole batch on one hostile body.
         os.environ["TS_DECODE_INPUT_REQUEST"] = "false"
+        # One line per batch that the frontend copies into model_log.log: work on every request's path and
+        # log churn with nothing in it (the access log has each request). Warnings and errors still pass.
+        logging.getLogger().addFilter(without_per_batch_noise)
         properties = context.system_properties
         model_dir = properties["model_dir"]
         gpu = properties.get("gpu_id")
