@@ -198,8 +198,10 @@ def delay_section(rows: list[dict]) -> str:
     out = [
         "## 6. Batching delay: low-load latency vs high-load throughput",
         "",
-        "`maxBatchDelay` is how long TorchServe waits for a batch to fill (at 0 ms its batcher idles about 100 ms "
-        "between polls, so a lone request waits that long). Each cell: the median of the runs.",
+        "`maxBatchDelay` is how long TorchServe waits for a batch to fill; a lone request waits all of it, so c1 "
+        "latency is the delay plus the unbatched answer time (row 3). 0 ms in `model-config.yaml` is read as unset "
+        "(TorchServe's default, 100 ms); 0 through the registration API makes batches of at most two requests "
+        "(c64 throughput fell to a quarter when tried). Each cell: the median of the runs.",
         "",
         table(
             ["model", "maxBatchDelay ms", "concurrency", "req/s", "p50 ms", "p99 ms", "errors"],
