@@ -165,6 +165,9 @@ def log_model_plots(model, data: Dataset, history: FitResult, metric: str) -> No
         figures["nw_attention_heatmap.png"] = plots.nw_attention_heatmap(model, data)
     elif model_kind(model) == "s2s":
         figures["s2s_alignments.png"] = plots.s2s_alignments(model, data)
+    elif model_kind(model) == "pixel":
+        figures["pixel_attention.png"] = plots.pixel_attention(model, data)
+        mlflow.log_metric("gamma", float(model.attention.gamma))  # how much the attention block weighs in
     else:
         figures["mha_pooling_heatmap.png"] = plots.mha_pooling_heatmap(model, data)
         figures["mha_head_maps.png"] = plots.mha_head_maps(model, data)
@@ -192,7 +195,7 @@ def log_and_register(
 
     from .pyfunc import example_frame, predict_frame
 
-    example = example_frame(data)
+    example = example_frame(data, model)
     signature = infer_signature(example, predict_frame(model, example))
     versions = tracking.package_versions()
     with tempfile.TemporaryDirectory() as tmp:

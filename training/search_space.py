@@ -9,9 +9,9 @@ from dataclasses import dataclass
 
 import optuna
 
-from .data import Dataset
+from .data import Dataset, as_images
 from .fit import FitConfig
-from .nn import NWConfig, Seq2SeqConfig, SequenceConfig
+from .nn import NWConfig, PixelConfig, Seq2SeqConfig, SequenceConfig
 from .tables import model_fields
 
 # Epochs per trial unless the user sets --epochs; keeps `make tune` on the CPU short.
@@ -22,7 +22,7 @@ FILE_EPOCHS = 30  # a user's file (training/tables.py)
 @dataclass
 class TrialSetup:
     model_kind: str
-    model_config: NWConfig | SequenceConfig | Seq2SeqConfig
+    model_config: NWConfig | SequenceConfig | Seq2SeqConfig | PixelConfig
     fit_config: FitConfig
 
 
@@ -100,7 +100,36 @@ def suggest_s2s(trial: optuna.Trial, data: Dataset, epochs: int, seed: int, devi
     return TrialSetup("s2s", config, fit)
 
 
-SEARCH_SPACES = {"nw": suggest_nw, "mha": suggest_mha, "s2s": suggest_s2s}
+def suggest_pixel(trial: optuna.Trial, data: Dataset, epochs: int, seed: int, device: str) -> TrialSetup:
+    """Width, depth, where the attention block sits, its query/key reduction, dropout and AdamW settings."""
+    images = as_images(data.train)  # (N, C, H, W)
+    depth = trial.suggest_int("depth", 1, 3)
+    config = PixelConfig(
+        in_channels=images.shape[1],
+        height=images.shape[2],
+        width=images.shape[3],
+        n_classes=data.n_classes,
+        channels=trial.suggest_categorical("channels", [16, 32, 64]),
+        depth=depth,
+        # after the first or the last convolution (a fixed choice set, so every trial samples the same space)
+        attention_at=1 if trial.suggest_categorical("attention_at", ["first", "last"]) == "first" else depth,
+        reduction=trial.suggest_categorical("reduction", [2, 4, 8]),
+        dropout=trial.suggest_float("dropout", 0.0, 0.4),
+        value_range=[float(images.min()), float(images.max())],
+    )
+    fit = FitConfig(
+        epochs=epochs,
+        lr=trial.suggest_float("lr", 1e-3, 1e-2, log=True),
+        weight_decay=trial.suggest_float("weight_decay", 1e-5, 1e-1, log=True),
+        batch_size=trial.suggest_categorical("batch_size", [32, 64, 128]),
+        patience=max(3, epochs // 3),
+        seed=seed,
+        device=device,
+    )
+    return TrialSetup("pixel", config, fit)
+
+
+SEARCH_SPACES = {"nw": suggest_nw, "mha": suggest_mha, "s2s": suggest_s2s, "pixel": suggest_pixel}
 
 
 def suggest(model: str, trial: optuna.Trial, data: Dataset, *, epochs: int, seed: int, device: str) -> TrialSetup:

@@ -88,8 +88,8 @@ class TuneOptions:
             tables.check_request(self.model, self.table(), self.name)
         elif self.dataset not in KINDS:
             raise TuneError(f"unknown data set {self.dataset!r}; expected one of {sorted(KINDS)}")
-        elif KINDS[self.dataset] != wanted:
-            fits = sorted(d for d, kind in KINDS.items() if kind == wanted)
+        elif wanted not in KINDS[self.dataset]:
+            fits = sorted(d for d, kinds in KINDS.items() if wanted in kinds)
             raise TuneError(f"model {self.model!r} takes {wanted} data ({', '.join(fits)}), not {self.dataset!r}")
         if self.trials < 1 or self.jobs < 0:
             raise TuneError("trials must be at least 1 and jobs at least 0 (0: one per GPU, else 1)")
