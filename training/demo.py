@@ -121,6 +121,15 @@ def ask(server: serve.Server) -> None:
         top = sorted(range(len(row)), key=row.__getitem__, reverse=True)[:2]
         print(f"  {char!r} <- " + ", ".join(f"{DATES[2][j]!r} at {j} ({row[j]:.2f})" for j in top))
 
+    ask_pixel(server)
+
+    banner("bad requests get a 4xx naming the problem")
+    show(server, "nw-sine", [1.0, "two"])
+    show(server, "s2s-dates", ["23 Nov 2026 ☺"])
+    show(server, "pixel-digits", [[[0] * 8] * 7])
+
+
+def ask_pixel(server: serve.Server) -> None:
     digits = load_dataset("digits").test
     images, labels = digits.x[:4].tolist(), digits.y[:4].tolist()
     banner(f"pixel-digits: four test digits as 8 x 8 images of values 0..16 (true labels {labels})")
@@ -136,11 +145,6 @@ def ask(server: serve.Server) -> None:
         print(f"gamma {explanation['gamma']:.3f}; pixel (2, 3) attends most to {top}")
     else:
         print(f"HTTP {status}: {json.dumps(body)}")
-
-    banner("bad requests get a 4xx naming the problem")
-    show(server, "nw-sine", [1.0, "two"])
-    show(server, "s2s-dates", ["23 Nov 2026 ☺"])
-    show(server, "pixel-digits", [[[0] * 8] * 7])
 
 
 def show(server: serve.Server, name: str, instances: list) -> None:
