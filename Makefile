@@ -74,7 +74,7 @@ lint: $(STAMP) ## Lint and format check (ruff)
 	$(VENV)/bin/ruff format --check .
 
 .PHONY: tune
-tune: $(STAMP) ## Tune: make tune MODEL=nw|mha|s2s DATASET=sine|diabetes|adding|digits|dates TRIALS=20 [TIMEOUT= JOBS= DEVICE= STORAGE= SEED= EPOCHS= CONCLUDE=0|1 HEARTBEAT= GRACE= PROGRESS=0], or on your file: DATA=file.csv|.parquet TARGET=col [FEATURES=a,b TASK= NAME= ID= ORDER=]
+tune: $(STAMP) ## Tune: make tune MODEL=nw|mha|s2s|pixel DATASET=sine|diabetes|adding|digits|dates TRIALS=20 [TIMEOUT= JOBS= DEVICE= STORAGE= SEED= EPOCHS= CONCLUDE=0|1 HEARTBEAT= GRACE= PROGRESS=0], or on your file: DATA=file.csv|.parquet TARGET=col [FEATURES=a,b TASK= NAME= ID= ORDER=]
 	$(PYTHON) -m training tune $(TUNE_ARGS)
 
 .PHONY: conclude

@@ -13,6 +13,7 @@ import torch
 from sklearn.compose import TransformedTargetRegressor
 from sklearn.dummy import DummyRegressor
 from sklearn.kernel_ridge import KernelRidge
+from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, mean_squared_error, r2_score
 from sklearn.neighbors import KNeighborsClassifier, KNeighborsRegressor
 from sklearn.preprocessing import StandardScaler
@@ -46,6 +47,11 @@ class Task:
 def centred_kernel_ridge(**params) -> TransformedTargetRegressor:
     """KernelRidge has no intercept: standardize the target around it."""
     return TransformedTargetRegressor(KernelRidge(kernel="rbf", **params), transformer=StandardScaler())
+
+
+def logistic_regression(**params) -> LogisticRegression:
+    """Enough iterations to converge on the standardized pixels."""
+    return LogisticRegression(max_iter=5000, **params)
 
 
 def without_attention(options: TuneOptions, params: dict, data: Dataset, epochs: int) -> dict[str, float]:
@@ -93,6 +99,21 @@ TASKS = {
             "KNeighborsClassifier": (KNeighborsClassifier, {"n_neighbors": range(1, 16)}),
         },
         budget=(8, 15),
+        quick_budget=(1, 2),
+    ),
+    "pixel-digits": Task(
+        model="pixel",
+        dataset="digits",
+        metric="accuracy",
+        label="test accuracy (higher is better)",
+        score=accuracy_score,
+        maximize=True,
+        peers={
+            "SVC (rbf)": (SVC, {"C": np.geomspace(0.1, 100, 7), "gamma": ["scale", 1e-3, 1e-2]}),
+            "KNeighborsClassifier": (KNeighborsClassifier, {"n_neighbors": range(1, 16)}),
+            "LogisticRegression": (logistic_regression, {"C": np.geomspace(1e-3, 100, 11)}),
+        },
+        budget=(8, 40),
         quick_budget=(1, 2),
     ),
     "mha-adding": Task(

@@ -9,7 +9,7 @@ size of its answer. A request over the per-request budget gets a 413 naming the 
 requests cheapest first up to the per-batch budget and answers the rest 503 with Retry-After, so one
 worker always answers a batch well within its response timeout and small requests are never failed or
 held back by large ones. What the model kinds differ in (parsing, pricing, running) lives in their
-adapters (`handlers/tabular.py`, `handlers/sequences.py`, `handlers/text.py`).
+adapters (`handlers/tabular.py`, `handlers/sequences.py`, `handlers/text.py`, `handlers/images.py`).
 """
 
 from __future__ import annotations
@@ -69,7 +69,9 @@ class Answer:
 
 
 class Adapter(Protocol):
-    """What differs between model kinds; see `handlers/tabular.py`, `handlers/sequences.py`, `handlers/text.py`."""
+    """What differs between model kinds; see `handlers/tabular.py`, `handlers/sequences.py`, `handlers/text.py`,
+    `handlers/images.py`. A kind whose requests carry fields besides the instances (pixel: "queries") also
+    has `parse_options(items, body, explain) -> items`."""
 
     model: nn.Module
 
@@ -87,11 +89,12 @@ class Adapter(Protocol):
 def adapter_for(model: nn.Module, limits: Limits) -> Adapter:
     from training.nn import model_kind
 
+    from .images import ImageAdapter
     from .sequences import SequenceAdapter
     from .tabular import TabularAdapter
     from .text import TextAdapter
 
-    adapters = {"nw": TabularAdapter, "mha": SequenceAdapter, "s2s": TextAdapter}
+    adapters = {"nw": TabularAdapter, "mha": SequenceAdapter, "s2s": TextAdapter, "pixel": ImageAdapter}
     return adapters[model_kind(model)](model, limits)
 
 
@@ -136,6 +139,8 @@ def parse_request(raw: Any, adapter: Adapter, limits: Limits, explain: bool = Fa
     if not isinstance(heads, bool):
         raise RequestError("invalid heads", '"heads" must be true or false')
     items = adapter.parse(instances)
+    if hasattr(adapter, "parse_options"):
+        items = adapter.parse_options(items, body, explain)
     cost = adapter.cost(items, explain, heads)
     if cost.mmac > limits.max_request_mmac:
         detail = (

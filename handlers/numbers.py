@@ -45,6 +45,7 @@ class Bounds:
     high: Tensor  # (D,) float64
     max_abs_z: float
     names: tuple[str, ...] = ()  # the features' names, when the model has them
+    source: str = ""  # where the range comes from, when not the mean ± max_abs_z standard deviations
 
     @classmethod
     def from_scaler(cls, scaler, max_abs_z: float, names: list[str] | None = None) -> Bounds:
@@ -63,10 +64,10 @@ class Bounds:
             raise RequestError("non-finite number", f"{position} contains NaN or infinity")
         low, high = float(self.low[feature]), float(self.high[feature])
         name = repr(self.names[feature]) if self.names else str(feature)
+        source = self.source or f"the training data's mean ± {self.max_abs_z:g} standard deviations"
         raise RequestError(
             "number out of range",
-            f"{position} feature {name} is {value:.6g}; this model accepts [{low:.6g}, {high:.6g}] "
-            f"(the training data's mean ± {self.max_abs_z:g} standard deviations)",
+            f"{position} feature {name} is {value:.6g}; this model accepts [{low:.6g}, {high:.6g}] ({source})",
         )
 
 

@@ -27,7 +27,7 @@ def test_quick_benchmark_writes_every_row(tmp_path):
     serving = results["rows"]["serving"]
     assert {r["variant"] for r in serving} == {"ours, batched", "ours, unbatched", "bare baseline, batched"}
     assert all(r["requests"] > 0 and r["errors"] == 0 for r in serving)
-    assert {r["task"] for r in results["rows"]["quality"]} >= {"nw-diabetes", "mha-digits", "s2s-dates"}
+    assert {r["task"] for r in results["rows"]["quality"]} >= {"nw-diabetes", "mha-digits", "pixel-digits", "s2s-dates"}
     markdown = (tmp_path / "results.md").read_text()
     assert "QUICK smoke run" in markdown and "## 5. Model quality" in markdown and results["machine"]["versions"]
     assert set(results["provenance"]) == set(results["rows"]) and "every row measured at commit" in markdown

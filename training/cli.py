@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from .data import KINDS
+from .data import KINDS, MODEL_KINDS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -14,7 +14,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     tune = commands.add_parser("tune", help="run (or continue) an Optuna study, tracked in MLflow")
-    tune.add_argument("--model", required=True, choices=["nw", "mha", "s2s"])
+    tune.add_argument("--model", required=True, choices=list(MODEL_KINDS))
     tune.add_argument("--dataset", choices=sorted(KINDS), help="a built-in data set (or --data FILE)")
     tune.add_argument("--data", default=None, help="your own CSV or Parquet file instead of --dataset")
     tune.add_argument("--target", default=None, help="with --data: the column to predict")

@@ -19,7 +19,7 @@ from . import plots, progress, run_notes, study_plots, tables, tracking
 from .data import Dataset, load_dataset, prepare_model
 from .fit import PRIMARY_METRIC, FitResult, evaluate, fit, resolve_device
 from .nn import build_model, model_kind, save_checkpoint
-from .search_space import DEFAULT_EPOCHS, FILE_EPOCHS, suggest
+from .search_space import default_epochs, suggest
 from .storage import storage_lock
 
 DATA_SEED = 0  # the splits never change between invocations, so a study compares like with like
@@ -81,7 +81,7 @@ def conclude(client, run_id: str, study: optuna.Study, storage_url: str, device:
                 test = {k.removeprefix("test_"): float(v) for k, v in version.tags.items() if k.startswith("test_")}
                 version_number, sha = str(version.version), version.tags.get("checkpoint_sha256", "")
             else:
-                epochs = int(best.user_attrs.get("max_epochs", DEFAULT_EPOCHS.get(data.name, FILE_EPOCHS)))
+                epochs = int(best.user_attrs.get("max_epochs", default_epochs(model_name, data.name)))
                 seed = int(best.user_attrs.get("seed", 0))
                 with progress.stage(f"refit best trial #{best.number} (up to {epochs} epochs)"):
                     model, history = refit(model_name, best.params, data, epochs, seed, device)
@@ -165,6 +165,9 @@ def log_model_plots(model, data: Dataset, history: FitResult, metric: str) -> No
         figures["nw_attention_heatmap.png"] = plots.nw_attention_heatmap(model, data)
     elif model_kind(model) == "s2s":
         figures["s2s_alignments.png"] = plots.s2s_alignments(model, data)
+    elif model_kind(model) == "pixel":
+        figures["pixel_attention.png"] = plots.pixel_attention(model, data)
+        mlflow.log_metric("gamma", float(model.attention.gamma.detach()))  # how much the attention block weighs in
     else:
         figures["mha_pooling_heatmap.png"] = plots.mha_pooling_heatmap(model, data)
         figures["mha_head_maps.png"] = plots.mha_head_maps(model, data)
@@ -192,7 +195,7 @@ def log_and_register(
 
     from .pyfunc import example_frame, predict_frame
 
-    example = example_frame(data)
+    example = example_frame(data, model)
     signature = infer_signature(example, predict_frame(model, example))
     versions = tracking.package_versions()
     with tempfile.TemporaryDirectory() as tmp:

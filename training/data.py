@@ -2,6 +2,9 @@
 
 Tabular sets give x (N, D); sequence sets give zero-padded x (N, T, D) with valid lengths (N,); text
 (translation) sets give zero-padded character ids x (N, T) with lengths (N,) and target ids y (N, T_out).
+A sequence set whose sequences all have the same length T is also a set of one-channel T x D images
+(`as_images`): `digits` is 8 rows of 8 pixels for the MHA model and a 1 x 8 x 8 image for the pixel
+model, the same rows in the same splits, so the two compare.
 Splits hold raw values; standardization is fitted on train only and lives in the model's buffers
 (`prepare_model`), so a served model takes raw inputs.
 """
@@ -15,12 +18,18 @@ import torch
 from torch import Tensor, nn
 
 from . import dates
-from .nn import NadarayaWatson
+from .nn import NadarayaWatson, PixelModel
 from .nn.seq2seq import source_ids, target_ids, target_text
 
-# Which model family fits which data set: NW needs tabular inputs, MHA sequences, S2S text.
-KINDS = {"sine": "tabular", "diabetes": "tabular", "adding": "sequence", "digits": "sequence", "dates": "text"}
-MODEL_KINDS = {"nw": "tabular", "mha": "sequence", "s2s": "text"}
+# Which model family fits which data set: NW needs tabular inputs, MHA sequences, S2S text, pixel images.
+KINDS = {
+    "sine": ("tabular",),
+    "diabetes": ("tabular",),
+    "adding": ("sequence",),
+    "digits": ("sequence", "image"),  # fixed-length sequences: also images (`as_images`)
+    "dates": ("text",),
+}
+MODEL_KINDS = {"nw": "tabular", "mha": "sequence", "s2s": "text", "pixel": "image"}
 
 
 @dataclass(frozen=True)
@@ -202,10 +211,21 @@ def load_dataset(name: str, seed: int = 0, **options) -> Dataset:
     return LOADERS[name](seed=seed, **options)
 
 
+def as_images(split: Split) -> Tensor:
+    """A split's inputs as images (N, C, H, W): sequences of one length T with D features are 1 x T x D images."""
+    if split.x.dim() == 4:
+        return split.x
+    if split.lengths is None or split.x.dim() != 3 or bool((split.lengths != split.x.shape[1]).any()):
+        raise ValueError("only sequences that all have the same length are images")
+    return split.x[:, None]  # (N, 1, T, D)
+
+
 @torch.no_grad()
 def prepare_model(model: nn.Module, data: Dataset) -> nn.Module:
     """Fit the model's scalers on the training split and, for NW, store the training set as its memory."""
-    if data.standardize:
+    if isinstance(model, PixelModel):
+        model.x_scaler.fit(as_images(data.train).movedim(1, -1))  # per channel, over every pixel
+    elif data.standardize:
         train = data.train
         steps = train.x if train.lengths is None else train.x[_valid_steps(train.lengths, train.x.shape[1])]
         model.x_scaler.fit(steps)

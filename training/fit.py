@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import translation
-from .data import Dataset, Split
-from .nn import NadarayaWatson, Seq2Seq
+from .data import Dataset, Split, as_images
+from .nn import NadarayaWatson, PixelModel, Seq2Seq
 
 # The metric each task is judged by, and its direction.
 PRIMARY_METRIC = {
@@ -89,6 +89,8 @@ def model_outputs(model: nn.Module, split: Split, exclude: Tensor | None = None)
         return model(split.x, exclude=exclude)[0]
     if isinstance(model, Seq2Seq):
         return translation.teacher_forced(model, split)
+    if isinstance(model, PixelModel):
+        return model(as_images(split))[0]
     T = int(split.lengths.max())  # trim padding beyond the longest sequence
     return model(split.x[:, :T], split.lengths)[0]
 

@@ -12,9 +12,9 @@ import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from .data import Dataset, split_texts  # noqa: E402
+from .data import Dataset, as_images, split_texts  # noqa: E402
 from .fit import FitResult  # noqa: E402
-from .nn import NadarayaWatson, Seq2Seq, SequenceModel, translate  # noqa: E402
+from .nn import NadarayaWatson, PixelModel, Seq2Seq, SequenceModel, translate  # noqa: E402
 
 
 @torch.no_grad()
@@ -147,6 +147,45 @@ def s2s_alignments(model: Seq2Seq, data: Dataset, n_examples: int = 4) -> Figure
     return fig
 
 
+@torch.no_grad()
+def pixel_attention(model: PixelModel, data: Dataset, n_examples: int = 3, n_queries: int = 3) -> Figure:
+    """Per test image: the image, then where a few of its pixels attend (a heatmap over the image, the
+    query pixel ringed), then the attention each pixel receives on average over all queries."""
+    model.cpu().eval()
+    images, y = as_images(data.test)[:n_examples], data.test.y[:n_examples]  # (B, C, H, W), (B,)
+    logits, weights = model(images, need_weights=True)
+    attention, gamma = weights["attention"], float(weights["gamma"])  # (B, N, N), ()
+    H, W = images.shape[-2:]
+    B, cols = len(images), n_queries + 2
+    fig, axes = plt.subplots(B, cols, figsize=(2.3 * cols, 2.4 * B + 0.6), squeeze=False)
+    for b in range(B):
+        picture = images[b].sum(0).numpy()  # (H, W), channels summed
+        queries = example_queries(images[b], n_queries)
+        axes[b, 0].imshow(picture, cmap="Greys")
+        axes[b, 0].set_title(f"test #{b}: {_label(y[b], data)}, predicted {_label(logits[b], data)}", fontsize=8)
+        for ax, (row, col) in zip(axes[b, 1:], queries):
+            _overlay(ax, picture, attention[b, row * W + col].reshape(H, W).numpy())
+            ax.plot([col], [row], "o", markersize=11, markerfacecolor="none", markeredgecolor="tab:blue", mew=2)
+            ax.set_title(f"pixel ({row}, {col}) attends", fontsize=8)
+        _overlay(axes[b, -1], picture, attention[b].mean(0).reshape(H, W).numpy())
+        axes[b, -1].set_title("attention received (mean)", fontsize=8)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(f"pixel self-attention (rows sum to 1); gamma = {gamma:.3g} weighs it into the features", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def example_queries(image: torch.Tensor, n: int) -> list[tuple[int, int]]:
+    """`n` query pixels along the ink of an image (C, H, W): the brightest half of its pixels in reading order,
+    taken at evenly spaced places (top, middle, bottom of the stroke)."""
+    picture = image.sum(0)  # (H, W)
+    ink = torch.nonzero(picture >= picture.max() / 2)  # (P, 2) in row-major order
+    picks = torch.linspace(0, len(ink) - 1, n).round().long() if len(ink) else torch.zeros(0, dtype=torch.long)
+    return [(int(r), int(c)) for r, c in ink[picks]]
+
+
 def learning_curve(result: FitResult, metric: str) -> Figure:
     """Train loss and validation metric on axes of their own, the restored (best) epoch marked on both."""
     history, best = result.history, result.best_epoch
@@ -182,6 +221,12 @@ def _heatmap(ax, values, cmap: str, annotate: bool, vmin: float | None = None):
             color = "white" if high and value > 0.6 * high else "black"
             ax.text(col, row, f"{value:.2g}", ha="center", va="center", fontsize=7, color=color)
     return image
+
+
+def _overlay(ax, picture: np.ndarray, weights: np.ndarray) -> None:
+    """Attention weights (H, W) as a heatmap over the image (H, W) drawn in grey beneath."""
+    ax.imshow(picture, cmap="Greys", interpolation="nearest")
+    ax.imshow(weights, cmap="Reds", alpha=0.6, vmin=0.0, interpolation="nearest")
 
 
 def _feature_names(data: Dataset, n: int) -> list[str]:

@@ -104,6 +104,8 @@ def check_request(model: str, spec: TableSpec, name: str) -> None:
         raise TableError("a data file needs TARGET= (the column to predict)")
     if not NAME_PATTERN.match(name):
         raise TableError(f"NAME {name!r} must be letters, digits, '-' or '_' (it names the archive and the URL)")
+    if model == "pixel":
+        raise TableError("model 'pixel' takes images, which a data file does not hold: tune it on DATASET=digits")
     wanted = "tabular" if model == "nw" else "sequence"
     if spec.kind != wanted:
         hint = "one row per example, no ID=" if wanted == "tabular" else "long format: ID= and ORDER= columns"

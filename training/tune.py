@@ -28,7 +28,7 @@ from .conclude import DATA_SEED, Conclusion, conclude, study_states
 from .data import KINDS, MODEL_KINDS, Dataset, load_dataset, prepare_model
 from .fit import PRIMARY_METRIC, NonFiniteLossError, fit, resolve_device
 from .nn import build_model
-from .search_space import DEFAULT_EPOCHS, FILE_EPOCHS, SEARCH_SPACES, suggest
+from .search_space import SEARCH_SPACES, default_epochs, suggest
 from .storage import open_storage, sampler_seed, storage_lock
 from .trial_log import MlflowTrialLog, ParentHeartbeat, StaleTrialCallback, close_dead_runs, log_invocation
 
@@ -88,8 +88,8 @@ class TuneOptions:
             tables.check_request(self.model, self.table(), self.name)
         elif self.dataset not in KINDS:
             raise TuneError(f"unknown data set {self.dataset!r}; expected one of {sorted(KINDS)}")
-        elif KINDS[self.dataset] != wanted:
-            fits = sorted(d for d, kind in KINDS.items() if kind == wanted)
+        elif wanted not in KINDS[self.dataset]:
+            fits = sorted(d for d, kinds in KINDS.items() if wanted in kinds)
             raise TuneError(f"model {self.model!r} takes {wanted} data ({', '.join(fits)}), not {self.dataset!r}")
         if self.trials < 1 or self.jobs < 0:
             raise TuneError("trials must be at least 1 and jobs at least 0 (0: one per GPU, else 1)")
@@ -191,7 +191,7 @@ class Objective:
     def __init__(self, options: TuneOptions, data: Dataset, log: MlflowTrialLog | None = None):
         self.options, self.data, self.log = options, data, log
         self.metric, self.direction = PRIMARY_METRIC[data.task]
-        self.epochs = options.epochs or DEFAULT_EPOCHS.get(data.name, FILE_EPOCHS)
+        self.epochs = options.epochs or default_epochs(options.model, data.name)
         self.devices = DevicePool.for_option(options.device)
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
         self.numbers: list[int] = []  # the trials this invocation ran (the study holds every worker's)

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .nadaraya_watson import NadarayaWatson, NWConfig
+from .pixel import PixelConfig, PixelModel
 from .seq2seq import Seq2Seq, Seq2SeqConfig
 from .sequence_model import SequenceConfig, SequenceModel
 
@@ -22,12 +23,13 @@ MODELS: dict[str, tuple[type, type[nn.Module]]] = {
     "nw": (NWConfig, NadarayaWatson),
     "mha": (SequenceConfig, SequenceModel),
     "s2s": (Seq2SeqConfig, Seq2Seq),
+    "pixel": (PixelConfig, PixelModel),
 }
 FORMAT_VERSION = 1
 
 
-def build_model(kind: str, config: NWConfig | SequenceConfig | Seq2SeqConfig | dict) -> nn.Module:
-    """Build a model of `kind` ("nw", "mha" or "s2s") from its config dataclass or a dict of its fields."""
+def build_model(kind: str, config: NWConfig | SequenceConfig | Seq2SeqConfig | PixelConfig | dict) -> nn.Module:
+    """Build a model of `kind` ("nw", "mha", "s2s" or "pixel") from its config dataclass or a dict of its fields."""
     if kind not in MODELS:
         raise ValueError(f"unknown model kind {kind!r}; expected one of {sorted(MODELS)}")
     config_cls, model_cls = MODELS[kind]
