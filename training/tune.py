@@ -237,7 +237,9 @@ class Objective:
             report(fold, mean, "fold")
 
         def train_on(data: Dataset, callback=None) -> FitResult:
-            fold_setup = suggest(self.options.model, trial, data, epochs=self.epochs, seed=self.options.seed, device=device)
+            fold_setup = suggest(
+                self.options.model, trial, data, epochs=self.epochs, seed=self.options.seed, device=device
+            )
             torch.manual_seed(self.options.seed)
             model = prepare_model(build_model(fold_setup.model_kind, fold_setup.model_config), data)
             return fit(model, data, fold_setup.fit_config, callback)
