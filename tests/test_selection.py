@@ -78,3 +78,35 @@ def test_tuning_diabetes_cross_validates_and_registers_a_champion(stores):
     assert [m.step for m in folds] == list(range(1, selection.N_FOLDS + 1))
     assert folds[-1].value == pytest.approx(done[0].value, rel=1e-6)  # the trial's value is the folds' mean
     assert set(result.conclusion.test_metrics) >= {"mse", "r2"}
+
+
+def test_peers_are_selected_by_seeded_cv_on_train_and_validation_and_refit_on_both():
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression, Ridge
+    from sklearn.metrics import accuracy_score, r2_score
+    from sklearn.model_selection import GridSearchCV, KFold, StratifiedKFold
+
+    from benchmarks.quality import select_by_cv, select_on_validation
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 8))
+    y = x @ rng.normal(size=8) + rng.normal(scale=3.0, size=300)
+    splits = [(x[:150], y[:150]), (x[150:200], y[150:200]), (x[200:], y[200:])]
+    grid = {"alpha": np.geomspace(1e-2, 1e4, 13)}
+    score, params = select_by_cv(Ridge, grid, splits, r2_score, maximize=True)
+    reference = GridSearchCV(Ridge(), grid, cv=KFold(5, shuffle=True, random_state=0), scoring="r2").fit(
+        x[:200], y[:200]
+    )
+    assert params == reference.best_params_
+    assert score == pytest.approx(r2_score(y[200:], Ridge(**params).fit(x[:200], y[:200]).predict(x[200:])))
+    assert select_by_cv(Ridge, grid, splits, r2_score, maximize=True) == (score, params)  # seeded folds
+    held_out, _ = select_on_validation(Ridge, grid, splits, r2_score, maximize=True)
+    assert held_out != score  # the other protocol: another model (refit on train only)
+
+    labels = (x[:, 0] + rng.normal(scale=0.5, size=300) > 0).astype(int)
+    splits = [(x[:150], labels[:150]), (x[150:200], labels[150:200]), (x[200:], labels[200:])]
+    grid = {"C": np.geomspace(1e-3, 10, 5)}
+    _, params = select_by_cv(LogisticRegression, grid, splits, accuracy_score, maximize=True)
+    stratified = StratifiedKFold(5, shuffle=True, random_state=0)
+    reference = GridSearchCV(LogisticRegression(), grid, cv=stratified).fit(x[:200], labels[:200])
+    assert params == reference.best_params_
