@@ -6,7 +6,8 @@ f(x) = sum_i softmax_i(score(x, x_i)) * y_i with queries x, keys x_i (training i
 
 Metric learning (`rank` r > 0): a learned linear map L (r, D) replaces the bandwidths, and the score is
 the Mahalanobis form -|L(x - k)|^2 / 2 (r < D: low rank, the kernel sees r learned directions). L starts as
-w times the keys' r principal directions, so with r = D training starts from the plain kernel exactly.
+w times r orthonormal directions, most telling first (the keys' least-squares fit of the values, then their
+principal directions): with r = D, an orthogonal turn, training starts from the plain kernel exactly.
 Both cases are one projection P: P(x) = x * w, or P(x) = L x; the kernel compares P(x) with P(k).
 
 The fused path expands the Gaussian score into a dot product; with x' = P(x), k' = P(k),
@@ -67,6 +68,19 @@ class NWConfig:
             raise ValueError("choose per_feature bandwidths or a linear map (rank > 0), not both")
 
 
+def initial_directions(keys: Tensor, values: Tensor, ridge: float = 1e-3) -> Tensor:
+    """An orthonormal basis (D, D) of the input space, most telling directions first: those of the keys'
+    (ridge) least-squares fit of the values, then the principal directions of what they leave."""
+    n, d = keys.shape
+    x = keys - keys.mean(0)  # (K, D)
+    v = values.reshape(n, -1) - values.reshape(n, -1).mean(0)  # (K, V)
+    coef = torch.linalg.solve(x.T @ x + ridge * n * torch.eye(d, dtype=x.dtype, device=x.device), x.T @ v)  # (D, V)
+    fitted = torch.linalg.svd(coef, full_matrices=False).U  # (D, min(D, V))
+    rest = x - x @ fitted @ fitted.T  # (K, D), the keys without the fitted directions
+    principal = torch.linalg.svd(rest, full_matrices=True).Vh[: d - fitted.shape[1]]  # (D - s, D)
+    return torch.linalg.qr(torch.cat([fitted, principal.T], dim=1)).Q.T  # (D, D), Gram-Schmidt in that order
+
+
 class NadarayaWatson(nn.Module):
     supports_bf16 = False  # exp of kernel scores needs float32 precision
 
@@ -100,8 +114,7 @@ class NadarayaWatson(nn.Module):
         else:
             self.values.copy_(self.y_scaler(y.reshape(-1, 1)).squeeze(-1))
         if self.config.rank:
-            # Principal directions of the keys, scaled by the bandwidth: an orthogonal turn of the plain kernel.
-            _, _, directions = torch.linalg.svd(self.keys - self.keys.mean(0), full_matrices=True)  # (D, D)
+            directions = initial_directions(self.keys, self.values)  # (D, D), orthonormal rows
             self.L.copy_(self.L.norm(dim=-1, keepdim=True) * directions[: self.config.rank])  # (r, D)
 
     def project(self, x: Tensor) -> Tensor:
