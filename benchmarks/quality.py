@@ -216,6 +216,11 @@ def select_by_cv(make, grid: dict, splits, score, maximize: bool, k: int = 5, se
     return score(y_test, make(**options[0]).fit(x, y).predict(x_test)), options[0]
 
 
+def thin(grid: dict) -> dict:
+    """A quick run's grid: the first, middle and last value of each parameter."""
+    return {k: list(v) if len(v) <= 3 else [v[0], v[len(v) // 2], v[-1]] for k, v in grid.items()}
+
+
 def pooled(a, b):
     return a + b if isinstance(a, list) else np.concatenate([a, b])
 
@@ -234,15 +239,14 @@ def run(quick: bool = False, tasks: list[str] | None = None) -> list[dict]:
         data = load_dataset(task.dataset, seed=DATA_SEED, **data_options)
         metrics, seconds, ablated = ours(task, trials, epochs, data)
         splits = (task.splits or arrays)(task.dataset, **data_options)
-        searched = {
-            peer: select_by_cv(make, grid, splits, task.score, task.maximize)
-            for peer, (make, grid) in task.peers.items()
-        }
-        on_validation = {
-            peer: select_on_validation(make, grid, splits, task.score, task.maximize)[0]
-            for peer, (make, grid) in task.peers.items()
-            if len(candidates(grid)) > 1  # nothing to select: the same model either way
-        }
+        searched, on_validation, peer_seconds = {}, {}, {}
+        for peer, (make, grid) in task.peers.items():
+            grid = thin(grid) if quick else grid
+            start = time.perf_counter()
+            searched[peer] = select_by_cv(make, grid, splits, task.score, task.maximize)
+            if len(candidates(grid)) > 1:  # nothing to select otherwise: the same model either way
+                on_validation[peer] = select_on_validation(make, grid, splits, task.score, task.maximize)[0]
+            peer_seconds[peer] = round(time.perf_counter() - start, 1)
         searched |= {ablation: (value, {}) for ablation, value in ablated.items()}
         budget = f"{trials} trials" + (f" x {epochs} epochs" if epochs else "") + f", {seconds:.0f} s"
         rows.append(
@@ -253,6 +257,7 @@ def run(quick: bool = False, tasks: list[str] | None = None) -> list[dict]:
                 "protocol": selection.protocol(data),  # ours: "cv5" (cross-validated, refit on train+val) or "holdout"
                 "peers": {peer: value for peer, (value, _) in searched.items()},
                 "peers_validation_selected": on_validation,
+                "peer_seconds": peer_seconds,  # both selections of each peer
                 "ours_budget": budget,
                 "peer_params": {peer: params for peer, (_, params) in searched.items()},
             }

@@ -73,22 +73,50 @@ def merged(data: Dataset) -> Dataset:
 
 
 def cross_validate(
-    data: Dataset, metric: str, train_fold: Callable[[Dataset], FitResult], on_fold: Callable[[int, float, float], None]
+    data: Dataset,
+    metric: str,
+    direction: str,
+    train_fold: Callable[[Dataset], FitResult],
+    on_fold: Callable[[int, float, float], None],
 ) -> FitResult:
-    """Train once per fold; after each, `on_fold(fold, its held-out metric, the running mean)` (the tuner
-    reports and prunes there). The summary holds the mean held-out metrics and the folds' mean best epoch."""
-    results = []
+    """Train once per fold for every epoch (no early stop), then choose the epoch by the folds' mean held-out
+    curve: a fold's own best epoch would select on the rows it is scored on. After each fold,
+    `on_fold(fold, its held-out metric at its best epoch, the best of the mean curve so far)` (the tuner
+    reports and prunes there). The summary holds the mean held-out metrics at the chosen epoch (`best_epoch`,
+    the refit's length)."""
+    curves: list[list[dict[str, float]]] = []  # per fold, the held-out metrics at epochs 0, 1, ...
+    seconds = 0.0
     for number, fold in enumerate(folds(data), 1):
-        results.append(train_fold(fold))
-        values = [r.val_metrics[metric] for r in results]
-        if not math.isfinite(values[-1]):
-            raise NonFiniteLossError(f"validation {metric} is {values[-1]} on fold {number}")
-        on_fold(number, values[-1], sum(values) / len(values))
+        result = train_fold(fold)
+        seconds += result.seconds
+        curves.append([result.initial_val_metrics] + [strip(row) for row in result.history])
+        if not math.isfinite(result.val_metrics[metric]):
+            raise NonFiniteLossError(f"validation {metric} is {result.val_metrics[metric]} on fold {number}")
+        epoch, mean = best_mean_epoch(curves, metric, direction)
+        on_fold(number, result.val_metrics[metric], mean[metric])
     return FitResult(
-        history=[row | {"fold": i} for i, r in enumerate(results, 1) for row in r.history],
-        best_epoch=round(sum(r.best_epoch for r in results) / len(results)),
-        val_metrics={k: sum(r.val_metrics[k] for r in results) / len(results) for k in results[0].val_metrics},
-        initial_val_metrics=results[0].initial_val_metrics,
-        device=results[0].device,
-        seconds=sum(r.seconds for r in results),
+        history=[mean_at(curves, e) | {"epoch": e} for e in range(1, max(map(len, curves)))],
+        best_epoch=epoch,
+        val_metrics=mean,
+        initial_val_metrics=mean_at(curves, 0),
+        device=result.device,
+        seconds=seconds,
     )
+
+
+def strip(row: dict[str, float]) -> dict[str, float]:
+    """A fit history row's held-out metrics, without their `val_` prefix."""
+    return {k.removeprefix("val_"): v for k, v in row.items() if k.startswith("val_")}
+
+
+def mean_at(curves: list[list[dict[str, float]]], epoch: int) -> dict[str, float]:
+    """The folds' mean metrics at `epoch`; a fold that stopped earlier counts with its last epoch."""
+    rows = [curve[min(epoch, len(curve) - 1)] for curve in curves]
+    return {k: sum(row[k] for row in rows) / len(rows) for k in rows[0]}
+
+
+def best_mean_epoch(curves: list[list[dict[str, float]]], metric: str, direction: str) -> tuple[int, dict]:
+    means = [mean_at(curves, e) for e in range(max(map(len, curves)))]
+    pick = min if direction == "minimize" else max
+    epoch = pick(range(len(means)), key=lambda e: means[e][metric])
+    return epoch, means[epoch]

@@ -231,7 +231,7 @@ class Objective:
             report(epoch, row[f"val_{self.metric}"], "epoch")
 
         def on_fold(fold: int, value: float, mean: float) -> None:
-            # Small data: the pruner's step is the fold, its value the running mean over the folds so far.
+            # Small data: the pruner's step is the fold, its value the best of the folds' mean curve so far.
             if self.log:
                 self.log.metrics(run_id, {f"fold_val_{self.metric}": value, f"cv_val_{self.metric}": mean}, fold)
             report(fold, mean, "fold")
@@ -248,7 +248,7 @@ class Objective:
             if self.protocol == "holdout":
                 result = train_on(self.data, on_epoch)
             else:
-                result = selection.cross_validate(self.data, self.metric, train_on, on_fold)
+                result = selection.cross_validate(self.data, self.metric, self.direction, train_on, on_fold)
                 trial.set_user_attr("refit_epochs", result.best_epoch)  # the refit on train+validation trains this long
             value = result.val_metrics[self.metric]
             if not math.isfinite(value):
