@@ -110,3 +110,21 @@ def test_peers_are_selected_by_seeded_cv_on_train_and_validation_and_refit_on_bo
     stratified = StratifiedKFold(5, shuffle=True, random_state=0)
     reference = GridSearchCV(LogisticRegression(), grid, cv=stratified).fit(x[:200], labels[:200])
     assert params == reference.best_params_
+
+
+def test_the_epoch_is_chosen_by_the_folds_mean_curve_not_each_folds_own_best(diabetes):
+    from training.fit import FitResult
+
+    # Each fold is best at another epoch (its own held-out rows would flatter it); epoch 2 is best on average.
+    curves = iter([[9, 1, 5, 9], [9, 5, 1, 9], [9, 9, 2, 1], [9, 5, 3, 5], [9, 5, 4, 5]])
+    reported = []
+
+    def train_fold(fold):
+        mse = next(curves)
+        history = [{"epoch": e, "val_mse": v} for e, v in enumerate(mse[1:], 1)]
+        return FitResult(history, min(range(1, 4), key=lambda e: mse[e]), {"mse": min(mse)}, {"mse": mse[0]})
+
+    result = selection.cross_validate(diabetes, "mse", "minimize", train_fold, lambda *a: reported.append(a))
+    assert result.best_epoch == 2 and result.val_metrics["mse"] == pytest.approx(3.0)  # not the folds' bests, 1.6
+    assert [step for step, _, _ in reported] == [1, 2, 3, 4, 5]
+    assert reported[0][2] == 1 and reported[-1][2] == pytest.approx(3.0)  # the best of the mean curve so far
