@@ -103,7 +103,7 @@ TASKS = {
             ),
         },
         budget=(40, None),
-        quick_budget=(4, None),
+        quick_budget=(4, 10),  # cross-validated: 5 fits a trial
     ),
     "mha-digits": Task(
         model="mha",
