@@ -277,3 +277,29 @@ def test_s2s_requests_are_priced_under_the_same_budget(tmp_path):
     )
     assert answers[0].status == 413 and json.loads(answers[0].body)["error"] == "request too costly"
     assert "texts of 48 characters" in json.loads(answers[0].body)["detail"] and answers[1].status == 200
+
+
+@torch.no_grad()
+def test_a_metric_learned_nw_is_served_as_in_process_and_explained_consistently(tmp_path):
+    torch.manual_seed(0)
+    model = build_model("nw", NWConfig(in_features=3, n_keys=30, rank=2, bandwidth=1.0))
+    x = torch.randn(30, 3) * 4 + 10
+    model.x_scaler.fit(x)
+    model.y_scaler.fit(x.sum(-1))
+    model.set_memory(x, x.sum(-1))
+    model.L.copy_(torch.randn(2, 3))  # as after training: not the initial turn of the plain kernel
+    sha = save_checkpoint(model.eval(), tmp_path / "checkpoint.pt")
+    info = {"name": "nw-toy", "version": "1", "run_id": "r1", "kind": "nw", "sha256": sha}
+    (tmp_path / "model_info.json").write_text(json.dumps(info))
+    handler = AttentionHandler()
+    handler.initialize(MockContext(tmp_path))
+    instances = [[10.0, 9.0, 12.0], [4.0, 15.0, 10.5]]
+    (answer,), _ = call(handler, tmp_path, [{"instances": instances}])
+    expected = model.double()(torch.tensor(instances, dtype=torch.float64))[0]
+    assert answer["predictions"] == pytest.approx(expected.tolist(), abs=1e-6)
+    (explained,), _ = call(handler, tmp_path, [{"instances": instances}], explain={0})
+    for prediction, explanation in zip(answer["predictions"], explained["explanations"]):
+        weights = torch.tensor(explanation["weights"], dtype=torch.float64)
+        pooled = weights @ x.sum(-1).double()  # the prediction is the attention-weighted mean of the key targets
+        assert explanation["prediction"] == pytest.approx(prediction, abs=1e-6)
+        assert pooled.item() == pytest.approx(prediction, abs=1e-3)

@@ -98,3 +98,55 @@ def test_predictions_stay_exact_for_large_bandwidth_times_data_radius(bandwidth)
     narrow = NadarayaWatson(NWConfig(in_features=1, n_keys=200, learn_bandwidth=False, bandwidth=bandwidth))
     narrow.set_memory(keys / 100, keys)  # the same data on [0, 1] keeps the fused path up to w = 3
     assert narrow.fused_is_exact(queries[:, None] / 100) == (bandwidth <= 3)
+
+
+def metric_nw(rank: int, dims: int = 6, n_keys: int = 300, seed: int = 0) -> NadarayaWatson:
+    """A metric-learned NW with a random, non-orthogonal map L (rank, dims), as after training."""
+    torch.manual_seed(seed)
+    model = NadarayaWatson(NWConfig(in_features=dims, n_keys=n_keys, rank=rank, bandwidth=1.0))
+    model.set_memory(torch.randn(n_keys, dims) + 1, torch.randn(n_keys))
+    with torch.no_grad():
+        model.L.copy_(torch.randn(rank, dims) * 0.7)
+    return model
+
+
+@pytest.mark.parametrize("rank", [1, 3, 6])
+def test_metric_learned_nw_on_the_fused_path_equals_the_direct_kernel_in_float64(rank):
+    model = metric_nw(rank)
+    queries = torch.randn(200, 6) + 1
+    assert model.fused_is_exact(model.x_scaler(queries))
+    fused, _ = model(queries)
+    reference = model.double()
+    q = reference.x_scaler(queries.double())
+    distance = ((q[:, None, :] - reference.keys[None]) @ reference.L.T).pow(2).sum(-1)  # |L(x - k)|^2, (Q, K)
+    expected = torch.softmax(-distance / 2, -1) @ reference.values
+    assert torch.allclose(fused.double(), reference.y_scaler.inverse(expected[:, None])[:, 0], atol=1e-4)
+    direct, weights = model(queries.double(), need_weights=True)
+    assert torch.allclose(direct, reference.y_scaler.inverse(expected[:, None])[:, 0], atol=1e-10)
+    assert torch.allclose(weights.sum(-1), torch.ones(200, dtype=torch.float64))
+
+
+def test_metric_learning_starts_from_the_plain_kernel_and_leaves_one_out():
+    torch.manual_seed(0)
+    keys, values = torch.randn(40, 4), torch.randn(40)
+    plain = NadarayaWatson(NWConfig(in_features=4, n_keys=40, bandwidth=0.7))
+    full = NadarayaWatson(NWConfig(in_features=4, n_keys=40, bandwidth=0.7, rank=4))
+    for model in (plain, full):
+        model.set_memory(keys, values)
+    queries = torch.randn(25, 4)
+    assert torch.allclose(full(queries)[0], plain(queries)[0], atol=1e-5)  # L = w x an orthogonal turn
+    assert torch.allclose(full.L.norm(dim=-1), torch.full((4,), 0.7))
+    low = NadarayaWatson(NWConfig(in_features=4, n_keys=40, bandwidth=0.7, rank=2))
+    low.set_memory(keys, values)
+    index = torch.arange(40)
+    _, weights = low(keys, exclude=index, need_weights=True)
+    assert torch.equal(weights.diagonal(), torch.zeros(40))
+    fused, _ = low(keys, exclude=index)
+    assert torch.allclose(fused, low.y_scaler.inverse((weights @ low.values)[:, None])[:, 0], atol=1e-5)
+
+
+def test_a_rank_outside_the_features_or_with_per_feature_bandwidths_is_refused():
+    with pytest.raises(ValueError, match="rank must be between 0 and in_features"):
+        NWConfig(in_features=3, rank=4)
+    with pytest.raises(ValueError, match="not both"):
+        NWConfig(in_features=3, rank=2, per_feature=True)

@@ -218,8 +218,9 @@ def test_a_parametric_nw_classifier_trains_on_a_file(tmp_path):
     label = np.repeat(["a", "b", "c"], 30)
     frame = pd.DataFrame({"u": np.repeat([0.0, 3.0, 6.0], 30) + rng.normal(0, 0.5, 90), "v": rng.normal(size=90)})
     data = load(frame.assign(kind=label), tmp_path, target="kind")
-    params = {"parametric": True, "bandwidth": 1.0, "per_feature": True, "optimizer": "adamw", "lr": 0.1}
-    setup = suggest("nw", optuna.trial.FixedTrial({**params, "batch_size": 16}), data, epochs=3, seed=0, device="cpu")
+    params = {"parametric": True, "bandwidth": 1.0, "metric": "per_feature", "optimizer": "adamw", "lr": 0.1}
+    params |= {"batch_size": 16, "weight_decay": 1e-4}
+    setup = suggest("nw", optuna.trial.FixedTrial(params), data, epochs=3, seed=0, device="cpu")
     model = prepare_model(build_model("nw", setup.model_config), data)
     result = fit(model, data, setup.fit_config)
     assert len(result.history) == 3 and all(np.isfinite(row["train_loss"]) for row in result.history)

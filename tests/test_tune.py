@@ -113,12 +113,12 @@ def test_a_diverging_trial_fails_cleanly_and_the_study_goes_on(stores, monkeypat
 
     def poisoned_fit(model, data, config, on_epoch=None):
         calls.append(1)
-        if len(calls) == 2:  # the second trial's data goes NaN
+        if len(calls) == 2:  # the second fit goes NaN (a trial, or a fold of one on small data)
             model.values.fill_(float("nan"))
         return real_fit(model, data, config, on_epoch)
 
     monkeypatch.setattr(tune_module, "fit", poisoned_fit)
-    result = tune(options(stores, dataset="diabetes", trials=4))
+    result = tune(options(stores, dataset="diabetes", trials=4, epochs=3))
     study = optuna.load_study(study_name="nw-diabetes", storage=stores["storage"])
     failed = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
     assert len(failed) == 1 and "nan" in failed[0].user_attrs["fail_reason"].lower()

@@ -15,7 +15,7 @@ import mlflow
 import optuna
 import torch
 
-from . import plots, progress, run_notes, study_plots, tables, tracking
+from . import plots, progress, run_notes, selection, study_plots, tables, tracking
 from .data import Dataset, load_dataset, prepare_model
 from .fit import PRIMARY_METRIC, FitResult, evaluate, fit, resolve_device
 from .nn import build_model, model_kind, save_checkpoint
@@ -73,7 +73,13 @@ def conclude(client, run_id: str, study: optuna.Study, storage_url: str, device:
             mlflow.log_metrics(
                 {f"best_val_{metric}": best.value, **{f"trials_{k}": v for k, v in study_states(trials).items()}}
             )
-            mlflow.set_tags({"best_trial": best.number, "best_trial_run_id": best.user_attrs.get("mlflow_run_id", "")})
+            mlflow.set_tags(
+                {
+                    "best_trial": best.number,
+                    "best_trial_run_id": best.user_attrs.get("mlflow_run_id", ""),
+                    "protocol": best.user_attrs.get("protocol", "holdout"),  # "cv5": CV-selected, refit on train+val
+                }
+            )
             with progress.stage("study plots"):
                 log_study_plots(study, metric)
             if known:
@@ -83,14 +89,16 @@ def conclude(client, run_id: str, study: optuna.Study, storage_url: str, device:
             else:
                 epochs = int(best.user_attrs.get("max_epochs", default_epochs(model_name, data.name)))
                 seed = int(best.user_attrs.get("seed", 0))
-                with progress.stage(f"refit best trial #{best.number} (up to {epochs} epochs)"):
-                    model, history = refit(model_name, best.params, data, epochs, seed, device)
+                refit_epochs = best.user_attrs.get("refit_epochs")  # cross-validated: refit on train+validation
+                on = f"train (up to {epochs}" if refit_epochs is None else f"train+validation ({refit_epochs}"
+                with progress.stage(f"refit best trial #{best.number} on {on} epochs)"):
+                    model, history = refit(model_name, best.params, data, epochs, seed, device, refit_epochs)
                 with progress.stage("test on the test split"):
                     test = evaluate(model, data.test, data.task)
                 with progress.stage("plots (learning curve, attention)"):
                     log_model_plots(model, data, history, metric)
                 with progress.stage("log the model and register it"):
-                    log_data_input(data)
+                    log_data_input(data if refit_epochs is None else selection.merged(data))
                     tags = {f"val_{metric}": str(best.value), "candidate": key, "optuna.trial": str(best.number)}
                     version_number, sha = log_and_register(model, data, name, run_id, test, metric, tags)
             mlflow.log_metrics({f"test_{k}": v for k, v in test.items()})
@@ -136,12 +144,25 @@ def study_data(study: optuna.Study) -> Dataset:
 
 
 def refit(
-    model: str, params: dict, data: Dataset, epochs: int, seed: int = 0, device: str = "auto"
+    model: str,
+    params: dict,
+    data: Dataset,
+    epochs: int,
+    seed: int = 0,
+    device: str = "auto",
+    refit_epochs: int | None = None,
 ) -> tuple[torch.nn.Module, FitResult]:
-    """Rebuild and train a trial's configuration exactly as the trial did; the model comes back on the CPU."""
+    """Rebuild and train a trial's configuration exactly as the trial did; the model comes back on the CPU.
+
+    A cross-validated trial (`refit_epochs`: the folds' mean best epoch) is refit on train+validation for that
+    many epochs, keeping the last state: no rows are left to select on before the test."""
+    if refit_epochs is not None:
+        data = selection.merged(data)
     setup = suggest(
         model, optuna.trial.FixedTrial(params), data, epochs=epochs, seed=seed, device=str(resolve_device(device))
     )
+    if refit_epochs is not None and setup.fit_config.epochs:
+        setup.fit_config.epochs, setup.fit_config.patience, setup.fit_config.keep_best = refit_epochs, 0, False
     torch.manual_seed(seed)
     built = prepare_model(build_model(setup.model_kind, setup.model_config), data)
     result = fit(built, data, setup.fit_config)

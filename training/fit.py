@@ -40,6 +40,7 @@ class FitConfig:
     patience: int = 10  # epochs without validation improvement before stopping; 0 never stops early
     loss_reduction: str = "mean"  # "mean" | "sum" (the NW reference recipe sums)
     grad_clip: float = 1.0  # max gradient norm; 0 disables
+    keep_best: bool = True  # restore the best validation state; False keeps the last (in-sample validation)
     seed: int = 0
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
 
@@ -182,7 +183,10 @@ def fit(model: nn.Module, data: Dataset, config: FitConfig, on_epoch: EpochCallb
         if config.patience and stale >= config.patience:
             break
 
-    model.load_state_dict(best_state)
+    if config.keep_best:
+        model.load_state_dict(best_state)
+    else:
+        result.val_metrics = evaluate(model, val, data.task)
     model.eval()
     result.seconds = time.perf_counter() - start
     return result

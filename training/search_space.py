@@ -33,8 +33,12 @@ class TrialSetup:
     fit_config: FitConfig
 
 
+NW_METRICS = ("bandwidth", "per_feature", "low_rank")  # one bandwidth, one per feature, a learned map L (r, D)
+
+
 def suggest_nw(trial: optuna.Trial, data: Dataset, epochs: int, seed: int, device: str) -> TrialSetup:
-    """Bandwidth (fixed or learned, shared or per feature), optimizer and learning rate."""
+    """Bandwidth (fixed or learned; shared, per feature, or a learned linear map of rank r), optimizer and
+    learning rate."""
     parametric = trial.suggest_categorical("parametric", [True, False])
     bandwidth = trial.suggest_float("bandwidth", 0.05, 20.0, log=True)
     config = NWConfig(
@@ -47,9 +51,12 @@ def suggest_nw(trial: optuna.Trial, data: Dataset, epochs: int, seed: int, devic
     fit = FitConfig(epochs=0, seed=seed, device=device)
     if parametric:
         if data.in_features > 1:
-            config.per_feature = trial.suggest_categorical("per_feature", [True, False])
+            metric = trial.suggest_categorical("metric", list(NW_METRICS))
+            config.per_feature = metric == "per_feature"
+            config.rank = trial.suggest_int("rank", 1, data.in_features) if metric == "low_rank" else 0
         fit.optimizer = trial.suggest_categorical("optimizer", ["sgd", "adamw"])
         fit.lr = trial.suggest_float("lr", 1e-3, 1.0, log=True)
+        fit.weight_decay = trial.suggest_float("weight_decay", 1e-6, 0.1, log=True)
         fit.batch_size = trial.suggest_categorical("batch_size", [16, 64, 256])
         fit.epochs, fit.patience = epochs, max(3, epochs // 4)
     return TrialSetup("nw", config, fit)

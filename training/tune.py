@@ -23,10 +23,10 @@ import optuna
 import torch
 from mlflow import MlflowClient
 
-from . import progress, run_notes, tables, tracking
+from . import progress, run_notes, selection, tables, tracking
 from .conclude import DATA_SEED, Conclusion, conclude, study_states
 from .data import KINDS, MODEL_KINDS, Dataset, load_dataset, prepare_model
-from .fit import PRIMARY_METRIC, NonFiniteLossError, fit, resolve_device
+from .fit import PRIMARY_METRIC, FitResult, NonFiniteLossError, fit, resolve_device
 from .nn import build_model
 from .search_space import SEARCH_SPACES, default_epochs, suggest
 from .storage import open_storage, sampler_seed, storage_lock
@@ -192,6 +192,7 @@ class Objective:
         self.options, self.data, self.log = options, data, log
         self.metric, self.direction = PRIMARY_METRIC[data.task]
         self.epochs = options.epochs or default_epochs(options.model, data.name)
+        self.protocol = selection.protocol(data)  # "holdout", or "cv5" on small data
         self.devices = DevicePool.for_option(options.device)
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
         self.numbers: list[int] = []  # the trials this invocation ran (the study holds every worker's)
@@ -211,25 +212,44 @@ class Objective:
             ("seed", self.options.seed),
             ("max_epochs", setup.fit_config.epochs),
             ("worker", self.worker),
+            ("protocol", self.protocol),
         ]:
             trial.set_user_attr(key, value)
         run_id = self.log.start(trial, params) if self.log else None
 
         seen: list[float] = []
 
+        def report(step: int, value: float, unit: str) -> None:
+            seen.append(value)
+            trial.report(value, step)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at {unit} {step}: val_{self.metric}={value:.6g} is behind the median")
+
         def on_epoch(epoch: int, row: dict[str, float]) -> None:
             if self.log:
                 self.log.metrics(run_id, {k: v for k, v in row.items() if k != "epoch"}, epoch)
-            value = row[f"val_{self.metric}"]
-            seen.append(value)
-            trial.report(value, epoch)
-            if trial.should_prune():
-                raise optuna.TrialPruned(f"pruned at epoch {epoch}: val_{self.metric}={value:.6g} is behind the median")
+            report(epoch, row[f"val_{self.metric}"], "epoch")
+
+        def on_fold(fold: int, value: float, mean: float) -> None:
+            # Small data: the pruner's step is the fold, its value the best of the folds' mean curve so far.
+            if self.log:
+                self.log.metrics(run_id, {f"fold_val_{self.metric}": value, f"cv_val_{self.metric}": mean}, fold)
+            report(fold, mean, "fold")
+
+        def train_on(data: Dataset, callback=None) -> FitResult:
+            fold_setup = suggest(
+                self.options.model, trial, data, epochs=self.epochs, seed=self.options.seed, device=device
+            )
+            torch.manual_seed(self.options.seed)
+            model = prepare_model(build_model(fold_setup.model_kind, fold_setup.model_config), data)
+            return fit(model, data, fold_setup.fit_config, callback)
 
         try:
-            torch.manual_seed(self.options.seed)
-            model = prepare_model(build_model(setup.model_kind, setup.model_config), self.data)
-            result = fit(model, self.data, setup.fit_config, on_epoch)
+            if self.protocol == "holdout":
+                result = train_on(self.data, on_epoch)
+            else:
+                result = selection.cross_validate(self.data, self.metric, self.direction, train_on, on_fold)
+                trial.set_user_attr("refit_epochs", result.best_epoch)  # the refit on train+validation trains this long
             value = result.val_metrics[self.metric]
             if not math.isfinite(value):
                 raise NonFiniteLossError(f"validation {self.metric} is {value}")
@@ -288,6 +308,7 @@ def tune(options: TuneOptions) -> TuneResult:
     close_dead_runs(client, experiment_id, study, options.grace)
     seed = sampler_seed(options.seed, invocation)
     study.set_metric_names([f"best_val_{PRIMARY_METRIC[data.task][0]}"])  # named in optuna-dashboard
+    study.set_user_attr("protocol", selection.protocol(data))  # how trials are scored: "holdout" or "cv5"
     run_notes.mark_experiment(client, experiment_id)
     before = len(study.trials)
     parent = client.create_run(
@@ -346,6 +367,7 @@ def invocation_params(options: TuneOptions, study: optuna.Study, url: str, invoc
         "invocation": invocation,
         "sampler_seed": seed,
         "data_seed": DATA_SEED,
+        "protocol": study.user_attrs.get("protocol", "holdout"),
         "sampler": type(study.sampler).__name__,
         "pruner": type(study.pruner).__name__,
         "storage": tracking.redact(url),

@@ -4,12 +4,18 @@ f(x) = sum_i softmax_i(score(x, x_i)) * y_i with queries x, keys x_i (training i
 (training targets). Gaussian score: -sum_d (x_d - k_d)^2 w_d^2 / 2; the bandwidth w is fixed
 (non-parametric) or learned (parametric), one for all features or one per feature.
 
-The fused path expands the Gaussian score into a dot product,
-    -(x - k)^2 w^2 / 2 = x.(k w^2) - |k|^2 w^2 / 2 - |x|^2 w^2 / 2,
-drops the last term (constant along a softmax row) and runs scaled-dot-product attention on
-q' = [x w^2, 1], k' = [k, -|k|^2 w^2 / 2] with scale 1, so the Q x K matrix is never materialized.
+Metric learning (`rank` r > 0): a learned linear map L (r, D) replaces the bandwidths, and the score is
+the Mahalanobis form -|L(x - k)|^2 / 2 (r < D: low rank, the kernel sees r learned directions). L starts as
+w times r orthonormal directions, most telling first (the keys' least-squares fit of the values, then their
+principal directions): with r = D, an orthogonal turn, training starts from the plain kernel exactly.
+Both cases are one projection P: P(x) = x * w, or P(x) = L x; the kernel compares P(x) with P(k).
 
-The expanded scores are as large as w^2 |x| |k|, and their rounding error grows with them, while the
+The fused path expands the Gaussian score into a dot product; with x' = P(x), k' = P(k),
+    -|x' - k'|^2 / 2 = x'.k' - |k'|^2 / 2 - |x'|^2 / 2,
+drops the last term (constant along a softmax row) and runs scaled-dot-product attention on
+q'' = [x', 1], k'' = [k', -|k'|^2 / 2] with scale 1, so the Q x K matrix is never materialized.
+
+The expanded scores are as large as |x'| |k'|, and their rounding error grows with them, while the
 direct form -(x - k)^2 w^2 / 2 stays exact where weights matter (near keys). So the fused path is taken
 only while that error stays below `FUSED_MAX_SCORE_ERROR`; past it (large bandwidth x data radius) the
 direct path answers.
@@ -38,6 +44,7 @@ class NWConfig:
     n_keys: int = 50
     learn_bandwidth: bool = True  # parametric (learned w) or non-parametric (fixed w)
     per_feature: bool = False  # one bandwidth per input feature
+    rank: int = 0  # > 0: a learned linear map L (rank, in_features) before the kernel, instead of bandwidths
     bandwidth: float | None = None  # initial / fixed w; None draws U(0, 1) as in the reference recipe
     kernel: str = "gaussian"
     fused: bool = True  # gaussian only: attention kernel on augmented queries/keys
@@ -55,6 +62,23 @@ class NWConfig:
             raise ValueError("in_features and n_keys must be positive")
         if self.n_classes < 0 or self.n_classes == 1:
             raise ValueError(f"n_classes must be 0 (regression) or at least 2, got {self.n_classes}")
+        if not 0 <= self.rank <= self.in_features:
+            raise ValueError(f"rank must be between 0 and in_features ({self.in_features}), got {self.rank}")
+        if self.rank and self.per_feature:
+            raise ValueError("choose per_feature bandwidths or a linear map (rank > 0), not both")
+
+
+def initial_directions(keys: Tensor, values: Tensor, ridge: float = 1e-3) -> Tensor:
+    """An orthonormal basis (D, D) of the input space, most telling directions first: those of the keys'
+    (ridge) least-squares fit of the values, then the principal directions of what they leave."""
+    n, d = keys.shape
+    x = keys - keys.mean(0)  # (K, D)
+    v = values.reshape(n, -1) - values.reshape(n, -1).mean(0)  # (K, V)
+    coef = torch.linalg.solve(x.T @ x + ridge * n * torch.eye(d, dtype=x.dtype, device=x.device), x.T @ v)  # (D, V)
+    fitted = torch.linalg.svd(coef, full_matrices=False).U  # (D, min(D, V))
+    rest = x - x @ fitted @ fitted.T  # (K, D), the keys without the fitted directions
+    principal = torch.linalg.svd(rest, full_matrices=True).Vh[: d - fitted.shape[1]]  # (D - s, D)
+    return torch.linalg.qr(torch.cat([fitted, principal.T], dim=1)).Q.T  # (D, D), Gram-Schmidt in that order
 
 
 class NadarayaWatson(nn.Module):
@@ -65,10 +89,13 @@ class NadarayaWatson(nn.Module):
         self.config = config
         n_bandwidths = config.in_features if config.per_feature else 1
         w = torch.full((n_bandwidths,), config.bandwidth) if config.bandwidth is not None else torch.rand(n_bandwidths)
+        name = "L" if config.rank else "w"
+        if config.rank:  # (r, D): w times the first r axes until `set_memory` turns them to principal directions
+            w = w * torch.eye(config.in_features)[: config.rank]
         if config.learn_bandwidth:
-            self.w = nn.Parameter(w)
+            self.register_parameter(name, nn.Parameter(w))
         else:
-            self.register_buffer("w", w)
+            self.register_buffer(name, w)
         # The training set is the attention memory: keys (K, D) and values (K,), both standardized,
         # or for classification one-hot values (K, C).
         self.register_buffer("keys", torch.zeros(config.n_keys, config.in_features))
@@ -86,6 +113,13 @@ class NadarayaWatson(nn.Module):
             self.values.copy_(F.one_hot(y.long(), self.config.n_classes))  # (K, C)
         else:
             self.values.copy_(self.y_scaler(y.reshape(-1, 1)).squeeze(-1))
+        if self.config.rank:
+            directions = initial_directions(self.keys, self.values)  # (D, D), orthonormal rows
+            self.L.copy_(self.L.norm(dim=-1, keepdim=True) * directions[: self.config.rank])  # (r, D)
+
+    def project(self, x: Tensor) -> Tensor:
+        """The kernel's view of standardized inputs: (N, D) -> x * w (N, D), or L x (N, r)."""
+        return x @ self.L.T if self.config.rank else x * self.w
 
     def forward(
         self, x: Tensor, *, exclude: Tensor | None = None, need_weights: bool = False
@@ -125,30 +159,30 @@ class NadarayaWatson(nn.Module):
     def fused_is_exact(self, q: Tensor) -> bool:
         """Whether the expanded scores' rounding error (about eps x their size) is below FUSED_MAX_SCORE_ERROR."""
         centre = self.keys.mean(0)
-        w2 = (self.w.detach() ** 2).max()
-        q_radius = (q.detach() - centre).norm(dim=-1).max()
-        k_radius = (self.keys - centre).norm(dim=-1).max()
-        size = w2 * (q_radius * k_radius + k_radius**2 / 2)
+        with torch.no_grad():
+            q_radius = self.project(q - centre).norm(dim=-1).max()
+            k_radius = self.project(self.keys - centre).norm(dim=-1).max()
+        size = q_radius * k_radius + k_radius**2 / 2
         return bool(size * torch.finfo(q.dtype).eps < FUSED_MAX_SCORE_ERROR)
 
     def scores(self, q: Tensor, mask: Tensor | None = None) -> Tensor:
         """Direct kernel scores (Q, K) for standardized queries (Q, D); materializes Q x K x D."""
-        diff = q[:, None, :] - self.keys[None, :, :]  # (Q, K, D)
+        # Differences first, then the projection: exact near the keys however large w or L is.
+        diff = self.project(q[:, None, :] - self.keys[None, :, :])  # (Q, K, D) or (Q, K, r)
         if self.config.kernel == "gaussian":
-            s = -((diff * self.w) ** 2).sum(-1) / 2
+            s = -(diff**2).sum(-1) / 2
         else:
-            s = -(diff.abs() * self.w.abs()).sum(-1)
+            s = -diff.abs().sum(-1)
         return s if mask is None else s.masked_fill(~mask, torch.finfo(s.dtype).min)
 
     def fused_attention(self, q: Tensor, mask: Tensor | None = None) -> Tensor:
         """Gaussian NW via scaled-dot-product attention on augmented queries/keys, (Q, D) -> (Q,) or (Q, C)."""
         # Centre on the keys' mean: the kernel is shift-invariant and the expansion keeps precision.
         centre = self.keys.mean(0)
-        k = self.keys - centre  # (K, D)
-        q = q - centre  # (Q, D)
-        w2 = self.w**2  # (D,) or (1,)
-        q_aug = torch.cat([q * w2, torch.ones_like(q[:, :1])], dim=-1)  # (Q, D+1)
-        k_aug = torch.cat([k, -(k**2 * w2).sum(-1, keepdim=True) / 2], dim=-1)  # (K, D+1)
+        k = self.project(self.keys - centre)  # (K, D) or (K, r)
+        q = self.project(q - centre)  # (Q, D) or (Q, r)
+        q_aug = torch.cat([q, torch.ones_like(q[:, :1])], dim=-1)  # (Q, D+1)
+        k_aug = torch.cat([k, -(k**2).sum(-1, keepdim=True) / 2], dim=-1)  # (K, D+1)
         # One width for q, k and v (fused kernels need one head size): zero columns add nothing to q.k.
         v = self.values.reshape(k.shape[0], -1)  # (K, V): V = 1, or C one-hot columns
         width = max(k_aug.shape[1], v.shape[1])
