@@ -89,6 +89,7 @@ def test_names_follow_the_file_and_runs_record_it(served):
     assert json.loads(dataset.profile)["num_rows"] == 80
     tags = {t.key: t.value for t in run.inputs.dataset_inputs[0].tags}
     assert tags["train_rows"] == "48" and tags["val_rows"] == "16" and tags["test_rows"] == "16"
+    assert tags["protocol"] == "cv5" and tags["fit_rows"] == "64", "80 rows: cross-validated, refit on train+val"
     mlflow.set_tracking_uri(stores["tracking_uri"])
     info = mlflow.models.get_model_info("models:/nw-house-prices@champion")
     assert info.signature.inputs.input_names() == ["area", "rooms"]  # the categorical city is left out

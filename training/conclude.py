@@ -98,7 +98,7 @@ def conclude(client, run_id: str, study: optuna.Study, storage_url: str, device:
                 with progress.stage("plots (learning curve, attention)"):
                     log_model_plots(model, data, history, metric)
                 with progress.stage("log the model and register it"):
-                    log_data_input(data if refit_epochs is None else selection.merged(data))
+                    log_data_input(data, "holdout" if refit_epochs is None else best.user_attrs.get("protocol", "cv"))
                     tags = {f"val_{metric}": str(best.value), "candidate": key, "optuna.trial": str(best.number)}
                     version_number, sha = log_and_register(model, data, name, run_id, test, metric, tags)
             mlflow.log_metrics({f"test_{k}": v for k, v in test.items()})
@@ -199,14 +199,18 @@ def log_model_plots(model, data: Dataset, history: FitResult, metric: str) -> No
         plots.plt.close(figure)
 
 
-def log_data_input(data: Dataset) -> None:
+def log_data_input(data: Dataset, protocol: str = "holdout") -> None:
+    """The data set as the run's training input, tagged with the protocol and the rows the model was fit on
+    (train+validation after cross-validation)."""
+    fitted = data if protocol == "holdout" else selection.merged(data)
+    tags = {"protocol": protocol, "fit_rows": str(len(fitted.train))}
     if isinstance(data, tables.FileDataset):
-        tables.log_dataset_input(data)
+        tables.log_dataset_input(data, tags)  # the file itself, with its split's row counts
         return
-    train = data.train
+    train = fitted.train
     features = train.x.reshape(len(train), -1).numpy()
     dataset = mlflow.data.from_numpy(features, targets=train.y.numpy(), name=f"{data.name}-train")
-    mlflow.log_input(dataset, context="training")
+    mlflow.log_input(dataset, context="training", tags=tags)
 
 
 def log_and_register(

@@ -395,8 +395,8 @@ def spec_from_study(attrs: dict) -> TableSpec | None:
     )
 
 
-def log_dataset_input(data: FileDataset) -> None:
-    """The file as the run's MLflow dataset input: source, digest, schema and row counts."""
+def log_dataset_input(data: FileDataset, tags: dict[str, str] | None = None) -> None:
+    """The file as the run's MLflow dataset input: source, digest, schema, row counts and `tags`."""
     import mlflow
 
     with warnings.catch_warnings():  # MLflow registers its local-file source twice and says so
@@ -406,5 +406,9 @@ def log_dataset_input(data: FileDataset) -> None:
             data.frame, source=data.source, targets=data.target, name=data.name, digest=data.digest[:16]
         )
     counts = {f"{split}_{'sequences' if data.kind == 'sequence' else 'rows'}": len(r) for split, r in data.rows.items()}
-    tags = {k: str(v) for k, v in counts.items()} | {"sha256": data.digest, "file_rows": str(len(data.frame))}
+    tags = (
+        {k: str(v) for k, v in counts.items()}
+        | {"sha256": data.digest, "file_rows": str(len(data.frame))}
+        | (tags or {})
+    )
     mlflow.log_input(dataset, context="training", tags=tags)
