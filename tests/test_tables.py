@@ -14,7 +14,8 @@ from handlers.tabular import TabularAdapter
 from training.data import prepare_model
 from training.nn import NadarayaWatson, NWConfig, build_model
 from training.search_space import suggest
-from training.tables import TableError, TableSpec, default_name, load_file_dataset, record_on_study
+from training.table_records import record_on_study
+from training.tables import TableError, TableSpec, default_name, load_file_dataset
 
 
 def table(n: int = 40, seed: int = 0) -> pd.DataFrame:

@@ -15,7 +15,7 @@ import mlflow
 import optuna
 import torch
 
-from . import plots, progress, run_notes, selection, study_plots, tables, tracking
+from . import plots, progress, run_notes, selection, study_plots, table_records, tables, tracking
 from .data import Dataset, load_dataset, prepare_model
 from .fit import PRIMARY_METRIC, FitResult, evaluate, fit, resolve_device
 from .nn import build_model, model_kind, save_checkpoint
@@ -135,11 +135,11 @@ def conclude(client, run_id: str, study: optuna.Study, storage_url: str, device:
 def study_data(study: optuna.Study) -> Dataset:
     """The data set a study was tuned on: a built-in one, or the user's file (refused if it changed since)."""
     seed = study.user_attrs.get("data_seed", DATA_SEED)
-    spec = tables.spec_from_study(study.user_attrs)
+    spec = table_records.spec_from_study(study.user_attrs)
     if spec is None:
         return load_dataset(study.user_attrs["dataset"], seed=seed)
     data = tables.load_file_dataset(spec, seed=seed)
-    tables.record_on_study(study, data)  # the same file and splits as the trials saw
+    table_records.record_on_study(study, data)  # the same file and splits as the trials saw
     return data
 
 
@@ -205,7 +205,7 @@ def log_data_input(data: Dataset, protocol: str = "holdout") -> None:
     fitted = data if protocol == "holdout" else selection.merged(data)
     tags = {"protocol": protocol, "fit_rows": str(len(fitted.train))}
     if isinstance(data, tables.FileDataset):
-        tables.log_dataset_input(data, tags)  # the file itself, with its split's row counts
+        table_records.log_dataset_input(data, tags)  # the file itself, with its split's row counts
         return
     train = fitted.train
     features = train.x.reshape(len(train), -1).numpy()

@@ -23,7 +23,7 @@ import optuna
 import torch
 from mlflow import MlflowClient
 
-from . import progress, run_notes, selection, tables, tracking
+from . import progress, run_notes, selection, table_records, tables, tracking
 from .conclude import DATA_SEED, Conclusion, conclude, study_states
 from .data import KINDS, MODEL_KINDS, Dataset, load_dataset, prepare_model
 from .fit import PRIMARY_METRIC, FitResult, NonFiniteLossError, fit, resolve_device
@@ -304,7 +304,7 @@ def tune(options: TuneOptions) -> TuneResult:
     on_stale.client = client
     study, invocation = open_study(options, direction, on_stale)
     if isinstance(data, tables.FileDataset):
-        tables.record_on_study(study, data)
+        table_records.record_on_study(study, data)
     close_dead_runs(client, experiment_id, study, options.grace)
     seed = sampler_seed(options.seed, invocation)
     study.set_metric_names([f"best_val_{PRIMARY_METRIC[data.task][0]}"])  # named in optuna-dashboard
