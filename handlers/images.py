@@ -27,7 +27,7 @@ from training.nn import PixelModel
 from .contract import Cost, Limits
 from .errors import RequestError
 from .numbers import NUMBER_TYPES, Bounds, preview, to_tensor
-from .sequences import HEAD_WEIGHT_MAC
+from .sequences import HEAD_WEIGHT_MAC, class_answers
 from .tabular import BYTES_PER_NUMBER, WEIGHT_DECIMALS, split_per_request
 
 
@@ -158,7 +158,7 @@ class ImageAdapter:
         weight = self.model.head.weight
         x = torch.stack([image for image, _ in items]).to(weight.device, weight.dtype)  # (B, C, H, W)
         logits, weights = self.model(x, need_weights=explain)  # (B, classes), {"attention": (B, N, N), "gamma"}
-        predictions = [self.prediction(row) for row in logits]
+        predictions = class_answers(logits, self.labels)
         if not explain:
             return predictions
         gamma = float(weights["gamma"])
@@ -166,13 +166,6 @@ class ImageAdapter:
             self.explanation(p, weights["attention"][i], gamma, queries or [brightest(image)])
             for i, (p, (image, queries)) in enumerate(zip(predictions, items))
         ]
-
-    def prediction(self, row: Tensor) -> dict:
-        probabilities = torch.softmax(row.double(), dim=-1)
-        return {
-            "label": self.labels[int(probabilities.argmax())],
-            "probabilities": probabilities.round(decimals=6).tolist(),
-        }
 
     def explanation(self, prediction: dict, attention: Tensor, gamma: float, queries: list) -> dict:
         """`attention` (N, N): query position x key position, positions numbered row by row."""

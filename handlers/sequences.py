@@ -135,19 +135,10 @@ class SequenceAdapter:
         lengths = torch.tensor([len(s) for s in sequences], device=device)
         x = nn.utils.rnn.pad_sequence(sequences, batch_first=True).to(device, dtype)  # (N, T, D)
         out, weights = self.model(x, lengths, need_weights=explain, head_weights=heads)
-        predictions = [self.prediction(row) for row in out]
+        predictions = out.tolist() if self.regression else class_answers(out, self.labels)
         if not explain:
             return predictions
         return [self.explanation(p, weights, i, int(n), heads) for i, (p, n) in enumerate(zip(predictions, lengths))]
-
-    def prediction(self, row: Tensor) -> Any:
-        if self.regression:
-            return row.item()
-        probabilities = torch.softmax(row.double(), dim=-1)
-        return {
-            "label": self.labels[int(probabilities.argmax())],
-            "probabilities": probabilities.round(decimals=6).tolist(),
-        }
 
     def explanation(self, prediction: Any, weights: dict[str, Tensor], i: int, n: int, heads: bool) -> dict:
         pooling = weights["pooling"][i, :n].double().round(decimals=WEIGHT_DECIMALS)
@@ -156,3 +147,10 @@ class SequenceAdapter:
             head_weights = weights["heads"][i, :, :, :n, :n].double().round(decimals=WEIGHT_DECIMALS)
             explanation["head_weights"] = head_weights.tolist()
         return explanation
+
+
+def class_answers(logits: Tensor, labels: list) -> list[dict]:
+    """Per row of (B, classes) logits, its label and probabilities: one float64 softmax for the whole batch."""
+    probabilities = torch.softmax(logits.double(), dim=-1)  # (B, classes)
+    best = probabilities.argmax(dim=-1).tolist()
+    return [{"label": labels[k], "probabilities": p} for k, p in zip(best, probabilities.round(decimals=6).tolist())]
