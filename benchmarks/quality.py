@@ -80,6 +80,13 @@ def without_attention(options: TuneOptions, params: dict, data: Dataset, epochs:
     return evaluate(model.cpu(), data.test, data.task)
 
 
+# Both digits rows (the sequence and the image view of one split) face the same peers.
+DIGITS_PEERS = {
+    "SVC (rbf)": (SVC, {"C": np.geomspace(0.1, 100, 7), "gamma": ["scale", 1e-3, 1e-2]}),
+    "KNeighborsClassifier": (KNeighborsClassifier, {"n_neighbors": range(1, 16)}),
+    "LogisticRegression": (logistic_regression, {"C": np.geomspace(1e-3, 100, 11)}),
+}
+
 TASKS = {
     "nw-diabetes": Task(
         model="nw",
@@ -117,11 +124,7 @@ TASKS = {
         label="test accuracy (higher is better)",
         score=accuracy_score,
         maximize=True,
-        peers={
-            "SVC (rbf)": (SVC, {"C": np.geomspace(0.1, 100, 7), "gamma": ["scale", 1e-3, 1e-2]}),
-            "KNeighborsClassifier": (KNeighborsClassifier, {"n_neighbors": range(1, 16)}),
-            "LogisticRegression": (logistic_regression, {"C": np.geomspace(1e-3, 100, 11)}),
-        },
+        peers=DIGITS_PEERS,
         budget=(8, 15),
         quick_budget=(1, 2),
     ),
@@ -132,11 +135,7 @@ TASKS = {
         label="test accuracy (higher is better)",
         score=accuracy_score,
         maximize=True,
-        peers={
-            "SVC (rbf)": (SVC, {"C": np.geomspace(0.1, 100, 7), "gamma": ["scale", 1e-3, 1e-2]}),
-            "KNeighborsClassifier": (KNeighborsClassifier, {"n_neighbors": range(1, 16)}),
-            "LogisticRegression": (logistic_regression, {"C": np.geomspace(1e-3, 100, 11)}),
-        },
+        peers=DIGITS_PEERS,
         budget=(8, 40),
         quick_budget=(1, 2),
     ),

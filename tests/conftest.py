@@ -14,6 +14,27 @@ def stores(tmp_path_factory):
     }
 
 
+@pytest.fixture(scope="module")
+def serve_champion(stores):
+    """`serve_champion(name)`: the study's @champion in `stores` archived (exactly one archive) and served by a
+    real TorchServe on free loopback ports; stopped when the module is done."""
+    from training import serve
+    from training.archive import archive_champions
+    from training.demo import free_ports
+
+    servers = []
+
+    def start(name: str):
+        (_archive,) = archive_champions(name, out_dir=stores["root"] / "archives", tracking_uri=stores["tracking_uri"])
+        run_dir, store = stores["root"] / "run", stores["root"] / "archives"
+        servers.append(serve.start(models=[name], run_dir=run_dir, model_store=store, ports=free_ports(), quiet=True))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        serve.stop(server.run_dir, quiet=True)
+
+
 @pytest.fixture(scope="session")
 def champions(tmp_path_factory):
     """nw-sine and mha-adding tuned briefly in real stores and archived from the registry's @champion,

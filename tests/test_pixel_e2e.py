@@ -6,10 +6,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from training import serve
-from training.archive import archive_champions
 from training.data import load_dataset
-from training.demo import free_ports
 from training.nn import load_checkpoint
 from training.tune import TuneOptions, tune
 
@@ -17,7 +14,7 @@ pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
-def served(stores):
+def served(stores, serve_champion):
     options = TuneOptions(
         model="pixel",
         dataset="digits",
@@ -28,18 +25,7 @@ def served(stores):
         progress=False,
     )
     result = tune(options)
-    (archive,) = archive_champions(
-        "pixel-digits", out_dir=stores["root"] / "archives", tracking_uri=stores["tracking_uri"]
-    )
-    server = serve.start(
-        models=["pixel-digits"],
-        run_dir=stores["root"] / "run",
-        model_store=stores["root"] / "archives",
-        ports=free_ports(),
-        quiet=True,
-    )
-    yield server, result
-    serve.stop(server.run_dir, quiet=True)
+    yield serve_champion("pixel-digits"), result
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,8 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from training import data, serve
-from training.archive import archive_champions
-from training.demo import DEMO_START, free_ports
+from training import data
+from training.demo import DEMO_START
 from training.tune import TuneOptions, enqueue_trial, tune
 
 pytestmark = pytest.mark.e2e
@@ -18,7 +17,7 @@ TEXTS = ["23 Nov 2026", "11/23/26", "Monday, November 23, 2026", "23.11.2026", "
 
 
 @pytest.fixture(scope="module")
-def served(stores):
+def served(stores, serve_champion):
     # A smaller `dates` (same generator and conventions) keeps the tune to seconds.
     with pytest.MonkeyPatch.context() as patch:
         patch.setitem(data.LOADERS, "dates", functools.partial(data.load_dates, n_train=1500, n_val=200, n_test=200))
@@ -33,18 +32,7 @@ def served(stores):
         )
         enqueue_trial(options, "maximize", DEMO_START["s2s-dates"])
         result = tune(options)
-    (archive,) = archive_champions(
-        "s2s-dates", out_dir=stores["root"] / "archives", tracking_uri=stores["tracking_uri"]
-    )
-    server = serve.start(
-        models=["s2s-dates"],
-        run_dir=stores["root"] / "run",
-        model_store=stores["root"] / "archives",
-        ports=free_ports(),
-        quiet=True,
-    )
-    yield server, result
-    serve.stop(server.run_dir, quiet=True)
+    yield serve_champion("s2s-dates"), result
 
 
 def test_the_archive_serves_the_same_strings_as_the_registered_model(stores, served):

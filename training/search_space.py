@@ -36,6 +36,19 @@ class TrialSetup:
 NW_METRICS = ("bandwidth", "per_feature", "low_rank")  # one bandwidth, one per feature, a learned map L (r, D)
 
 
+def adamw_fit(trial: optuna.Trial, epochs: int, seed: int, device: str, *, lr: tuple, weight_decay: tuple) -> FitConfig:
+    """AdamW's learning rate and weight decay (log ranges) and the batch size, with early stopping."""
+    return FitConfig(
+        epochs=epochs,
+        lr=trial.suggest_float("lr", *lr, log=True),
+        weight_decay=trial.suggest_float("weight_decay", *weight_decay, log=True),
+        batch_size=trial.suggest_categorical("batch_size", [32, 64, 128]),
+        patience=max(3, epochs // 3),
+        seed=seed,
+        device=device,
+    )
+
+
 def suggest_nw(trial: optuna.Trial, data: Dataset, epochs: int, seed: int, device: str) -> TrialSetup:
     """Bandwidth (fixed or learned; shared, per feature, or a learned linear map of rank r), optimizer and
     learning rate."""
@@ -75,16 +88,7 @@ def suggest_mha(trial: optuna.Trial, data: Dataset, epochs: int, seed: int, devi
         dropout=trial.suggest_float("dropout", 0.0, 0.3),
         **model_fields(data, "mha"),
     )
-    fit = FitConfig(
-        epochs=epochs,
-        lr=trial.suggest_float("lr", 3e-4, 1e-2, log=True),
-        weight_decay=trial.suggest_float("weight_decay", 1e-6, 1e-1, log=True),
-        batch_size=trial.suggest_categorical("batch_size", [32, 64, 128]),
-        patience=max(3, epochs // 3),
-        seed=seed,
-        device=device,
-    )
-    return TrialSetup("mha", config, fit)
+    return TrialSetup("mha", config, adamw_fit(trial, epochs, seed, device, lr=(3e-4, 1e-2), weight_decay=(1e-6, 1e-1)))
 
 
 def suggest_s2s(trial: optuna.Trial, data: Dataset, epochs: int, seed: int, device: str) -> TrialSetup:
@@ -133,16 +137,9 @@ def suggest_pixel(trial: optuna.Trial, data: Dataset, epochs: int, seed: int, de
         shift=trial.suggest_categorical("shift", [0, 1]),
         value_range=[float(images.min()), float(images.max())],
     )
-    fit = FitConfig(
-        epochs=epochs,
-        lr=trial.suggest_float("lr", 1e-3, 1e-2, log=True),
-        weight_decay=trial.suggest_float("weight_decay", 1e-5, 1e-1, log=True),
-        batch_size=trial.suggest_categorical("batch_size", [32, 64, 128]),
-        patience=max(3, epochs // 3),
-        seed=seed,
-        device=device,
+    return TrialSetup(
+        "pixel", config, adamw_fit(trial, epochs, seed, device, lr=(1e-3, 1e-2), weight_decay=(1e-5, 1e-1))
     )
-    return TrialSetup("pixel", config, fit)
 
 
 SEARCH_SPACES = {"nw": suggest_nw, "mha": suggest_mha, "s2s": suggest_s2s, "pixel": suggest_pixel}
