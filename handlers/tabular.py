@@ -44,6 +44,7 @@ class TabularAdapter:
             values = model.y_scaler.inverse(model.values[:, None]).squeeze(-1).tolist()  # (K,)
             self.values = [float(f"{v:.7g}") for v in values]  # float32 targets: 7 significant digits
         self.rows = config.key_rows
+        self.trend = config.trend  # regression along a linear trend: the prediction = pooled values + trend
 
     def example(self) -> bytes:
         """A valid one-instance request body: the training data's mean (by name, when features have names)."""
@@ -78,7 +79,7 @@ class TabularAdapter:
         return by_name(item, self.names, where)
 
     def cost(self, x: Tensor, explain: bool, heads: bool) -> Cost:
-        n, K, D, V = len(x), self.n_keys, self.n_features, max(1, self.n_classes)
+        n, K, D, V = len(x), self.n_keys, self.n_features, max(1, self.n_classes) + self.n_features * self.trend
         if not explain:
             return Cost(n * K * (D + V) * 2 / 1e6, n * (30 + (V - 1) * BYTES_PER_NUMBER))
         per_instance = K * BYTES_PER_NUMBER + self.limits.top_keys * (60 + D * 25) + 60
@@ -116,13 +117,21 @@ class TabularAdapter:
         }
 
     def explanation(self, prediction: Any, weights: Tensor) -> dict:
+        trend = self.trend_term(prediction, weights)
         weights = weights.round(decimals=WEIGHT_DECIMALS)
         best = torch.topk(weights, min(self.limits.top_keys, weights.numel()))
         return {
             "prediction": prediction,
             "weights": weights.tolist(),  # over the training keys, in stored order; sums to 1
             "top_keys": [self.top_key(int(i), float(w)) for w, i in zip(best.values, best.indices)],
-        }
+        } | ({"trend": trend} if self.trend else {})
+
+    def trend_term(self, prediction: Any, weights: Tensor) -> float | None:
+        """With a linear trend, what it adds to the keys' weighted values: prediction - sum_i weight_i value_i."""
+        if not self.trend:
+            return None
+        pooled = weights @ self.model.y_scaler.inverse(self.model.values[:, None]).squeeze(-1)  # ()
+        return prediction - float(pooled)
 
     def top_key(self, i: int, weight: float) -> dict:
         """A training key: its place among the keys, its inputs, its target, and its row in the file if known."""

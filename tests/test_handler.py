@@ -98,6 +98,29 @@ def test_nw_explanations_are_weights_over_training_keys_summing_to_one(nw):
     assert explanation["top_keys"][0]["weight"] == max(explanation["weights"])
 
 
+def test_nw_with_a_trend_explains_the_prediction_as_pooled_values_plus_the_trend(tmp_path):
+    torch.manual_seed(0)
+    model = build_model("nw", NWConfig(in_features=2, n_keys=30, bandwidth=1.5, trend=True))
+    keys = torch.randn(30, 2)
+    model.set_memory(keys, 3 * keys[:, 0] - keys[:, 1] + 0.1 * torch.randn(30))
+    sha = save_checkpoint(model.eval(), tmp_path / "checkpoint.pt")
+    info = {"name": "nw-trend", "version": "1", "run_id": "r1", "kind": "nw", "sha256": sha}
+    (tmp_path / "model_info.json").write_text(json.dumps(info))
+    handler = AttentionHandler()
+    handler.initialize(MockContext(tmp_path))
+    queries = [[0.5, -1.0], [2.5, 2.0]]
+    (predicted, explained), _ = call(handler, tmp_path, [{"instances": queries}] * 2, explain={1})
+    expected = model(torch.tensor(queries))[0]
+    assert predicted["predictions"] == pytest.approx(expected.tolist(), abs=1e-5)
+    for query, explanation in zip(queries, explained["explanations"]):
+        weights = torch.tensor(explanation["weights"], dtype=torch.float64)  # (K,)
+        pooled_value = float(weights @ model.values.double())
+        pooled_key = weights @ model.keys.double()  # (2,), the scalers are the identity here
+        along = float((torch.tensor(query, dtype=torch.float64) - pooled_key) @ model.slope.double())
+        assert explanation["trend"] == pytest.approx(along, abs=1e-4)
+        assert explanation["prediction"] == pytest.approx(pooled_value + explanation["trend"], abs=1e-5)
+
+
 def test_mha_variable_length_classification_and_heads_on_request(mha):
     handler, model, path = mha
     seqs = [[[0.1, 1.0], [0.2, 0.0]], [[0.5, 0.5]] * 5]

@@ -14,9 +14,9 @@ INFO = {"name": "toy", "version": "1", "run_id": "r"}
 VALID_SEQUENCE = [[0.5, 1.0], [0.2, 0.0], [0.9, 1.0]]
 
 
-def nw_model(bandwidth=2.0):
+def nw_model(bandwidth=2.0, trend=False):
     torch.manual_seed(0)
-    model = build_model("nw", NWConfig(in_features=1, n_keys=20, bandwidth=bandwidth))
+    model = build_model("nw", NWConfig(in_features=1, n_keys=20, bandwidth=bandwidth, trend=trend))
     model.set_memory(torch.linspace(0, 5, 20), torch.sin(torch.linspace(0, 5, 20)))
     return model.eval()
 
@@ -137,8 +137,9 @@ def test_hostile_sequences_fail_alone_on_both_routes(route):
     assert "instances[0][0]" in json.loads(answers[1].body)["detail"]
 
 
-def test_predictions_and_explanations_agree_over_the_whole_accepted_range():
-    model = nw_model(bandwidth=20.0)
+@pytest.mark.parametrize("trend", [False, True])
+def test_predictions_and_explanations_agree_over_the_whole_accepted_range(trend):
+    model = nw_model(bandwidth=20.0, trend=trend)
     limit = Limits().max_abs_z
     xs = [-limit, -1e4, -3.0, 0.0, 2.5, 7.0, 1e3, 1e5, limit]
     (predicted,) = ask(model, [{"instances": xs}])
@@ -146,8 +147,9 @@ def test_predictions_and_explanations_agree_over_the_whole_accepted_range():
     predictions = json.loads(predicted.body)["predictions"]
     explanations = json.loads(explained.body)["explanations"]
     assert all(math.isfinite(p) for p in predictions)
-    assert predictions == pytest.approx([e["prediction"] for e in explanations], abs=1e-6)
+    assert predictions == pytest.approx([e["prediction"] for e in explanations], abs=1e-6, rel=1e-12)
     assert all(sum(e["weights"]) == pytest.approx(1.0, abs=1e-5) for e in explanations)
+    assert all(("trend" in e) == trend for e in explanations)
     assert explanations[-1]["top_keys"][0]["index"] == 19  # far right: the rightmost training point
 
 

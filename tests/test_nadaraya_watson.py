@@ -150,3 +150,56 @@ def test_a_rank_outside_the_features_or_with_per_feature_bandwidths_is_refused()
         NWConfig(in_features=3, rank=4)
     with pytest.raises(ValueError, match="not both"):
         NWConfig(in_features=3, rank=2, per_feature=True)
+
+
+def trend_nw(learned: bool = True, dims: int = 4, n_keys: int = 120, rank: int = 0) -> NadarayaWatson:
+    torch.manual_seed(0)
+    config = NWConfig(in_features=dims, n_keys=n_keys, bandwidth=0.8, learn_bandwidth=learned, rank=rank, trend=True)
+    model = NadarayaWatson(config)
+    keys = torch.randn(n_keys, dims)
+    model.set_memory(keys, keys @ torch.linspace(1, -2, dims) + torch.sin(3 * keys[:, 0]))
+    return model
+
+
+@pytest.mark.parametrize("rank", [0, 2])
+def test_a_trend_pools_keys_with_values_and_the_fused_path_equals_the_direct_formula(rank):
+    model = trend_nw(rank=rank).double()
+    with torch.no_grad():
+        model.slope.add_(torch.randn(4, dtype=torch.float64) * 0.3)  # as after training: not the initial fit
+    queries = torch.randn(50, 4, dtype=torch.float64) * 2
+    q = model.x_scaler(queries)
+    weights = torch.softmax(model.scores(q), -1)  # (Q, K)
+    standardized = weights @ model.values + (q - weights @ model.keys) @ model.slope  # sum a y + b.(x - sum a x)
+    expected = model.y_scaler.inverse(standardized[:, None])[:, 0]
+    assert model.fused_is_exact(q)
+    fused, _ = model(queries)
+    direct, direct_weights = model(queries, need_weights=True)
+    assert torch.allclose(fused, expected, atol=1e-9) and torch.allclose(direct, expected, atol=1e-9)
+    assert torch.allclose(direct_weights, weights)
+    index = torch.arange(model.config.n_keys)
+    kept, left_out = model(model.x_scaler.inverse(model.keys), exclude=index, need_weights=True)
+    assert torch.equal(left_out.diagonal(), torch.zeros_like(left_out.diagonal()))
+    plain = model(model.x_scaler.inverse(model.keys))[0]
+    assert not torch.allclose(kept, plain)  # leaving one out changes the pooled values and keys alike
+
+
+def test_a_trend_follows_a_linear_target_past_the_keys_where_plain_nw_flattens():
+    torch.manual_seed(0)
+    keys = torch.randn(200, 3)  # standardized, as the model stores them
+    target = lambda x: x @ torch.tensor([4.0, -3.0, 2.0]) + 1  # noqa: E731
+    models = {}
+    for trend in (False, True):
+        models[trend] = NadarayaWatson(NWConfig(in_features=3, n_keys=200, bandwidth=1.0, trend=trend))
+        models[trend].set_memory(keys, target(keys))
+    outside = torch.rand(30, 3) + 4  # beyond (almost) every key
+    with torch.no_grad():
+        assert torch.allclose(models[True](outside)[0], target(outside), rtol=1e-2)  # the least-squares slope
+        assert (models[False](outside)[0] - target(outside)).abs().min() > 2  # a local average stays inside
+
+
+def test_a_trend_is_learned_with_the_kernel_or_fixed_with_it_and_only_for_regression():
+    assert "slope" in dict(trend_nw(learned=True).named_parameters())
+    fixed = trend_nw(learned=False)
+    assert "slope" not in dict(fixed.named_parameters()) and "slope" in dict(fixed.named_buffers())
+    with pytest.raises(ValueError, match="linear trend is for regression"):
+        NWConfig(in_features=3, n_classes=3, trend=True)

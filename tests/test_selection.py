@@ -43,8 +43,8 @@ def test_folds_are_deterministic_disjoint_and_cover_train_and_validation(diabete
 def test_refit_of_a_cross_validated_trial_uses_train_and_validation(diabetes):
     params = {"parametric": True, "bandwidth": 0.5, "metric": "low_rank", "rank": 1, "optimizer": "adamw"}
     params |= {"lr": 0.05, "weight_decay": 1e-3, "batch_size": 64}
-    holdout, _ = refit("nw", params, diabetes, epochs=3)
-    assert holdout.config.n_keys == len(diabetes.train)
+    holdout, _ = refit("nw", params, diabetes, epochs=3)  # tuned before `trend` was a choice: rebuilt without
+    assert holdout.config.n_keys == len(diabetes.train) and not holdout.config.trend
     model, history = refit("nw", params, diabetes, epochs=30, refit_epochs=4)
     assert model.config.n_keys == len(diabetes.train) + len(diabetes.val)
     assert torch.allclose(model.x_scaler.inverse(model.keys[len(diabetes.train) :]), diabetes.val.x, atol=1e-3)

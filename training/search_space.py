@@ -34,6 +34,14 @@ class TrialSetup:
 
 
 NW_METRICS = ("bandwidth", "per_feature", "low_rank")  # one bandwidth, one per feature, a learned map L (r, D)
+# Choices added to a search space after studies were tuned, with what a trial tuned before them had:
+# a stored trial's parameters are completed with these when it is rebuilt (`make conclude` of an old study).
+ADDED_CHOICES = {"trend": False}
+
+
+def rebuildable(params: dict) -> dict:
+    """A stored trial's parameters, completed with the choices it predates."""
+    return ADDED_CHOICES | params
 
 
 def adamw_fit(trial: optuna.Trial, epochs: int, seed: int, device: str, *, lr: tuple, weight_decay: tuple) -> FitConfig:
@@ -50,8 +58,8 @@ def adamw_fit(trial: optuna.Trial, epochs: int, seed: int, device: str, *, lr: t
 
 
 def suggest_nw(trial: optuna.Trial, data: Dataset, epochs: int, seed: int, device: str) -> TrialSetup:
-    """Bandwidth (fixed or learned; shared, per feature, or a learned linear map of rank r), optimizer and
-    learning rate."""
+    """Bandwidth (fixed or learned; shared, per feature, or a learned linear map of rank r), a linear trend
+    (tabular regression), optimizer and learning rate."""
     parametric = trial.suggest_categorical("parametric", [True, False])
     bandwidth = trial.suggest_float("bandwidth", 0.05, 20.0, log=True)
     config = NWConfig(
@@ -61,6 +69,8 @@ def suggest_nw(trial: optuna.Trial, data: Dataset, epochs: int, seed: int, devic
         bandwidth=bandwidth,
         **model_fields(data, "nw"),
     )
+    if data.in_features > 1 and not data.n_classes:  # tabular regression: carry values along a linear trend
+        config.trend = trial.suggest_categorical("trend", [False, True])
     fit = FitConfig(epochs=0, seed=seed, device=device)
     if parametric:
         if data.in_features > 1:

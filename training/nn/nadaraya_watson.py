@@ -10,6 +10,13 @@ w times r orthonormal directions, most telling first (the keys' least-squares fi
 principal directions): with r = D, an orthogonal turn, training starts from the plain kernel exactly.
 Both cases are one projection P: P(x) = x * w, or P(x) = L x; the kernel compares P(x) with P(k).
 
+Linear trend (`trend`, regression): a local-constant smoother is biased wherever the target has a slope
+(near the edges of the data, and along every direction in high dimensions). With a slope b (D,) the
+values become y_i + b.(x - x_i), each key's target carried along the trend to the query:
+    f(x) = sum_i a_i y_i + b.(x - sum_i a_i x_i),
+one pooling of [y_i, x_i] by the same weights a_i. So the answer is still the attention-weighted
+average of the keys' (trend-carried) values; b starts at the keys' least-squares slope.
+
 The fused path expands the Gaussian score into a dot product; with x' = P(x), k' = P(k),
     -|x' - k'|^2 / 2 = x'.k' - |k'|^2 / 2 - |x'|^2 / 2,
 drops the last term (constant along a softmax row) and runs scaled-dot-product attention on
@@ -50,6 +57,7 @@ class NWConfig:
     fused: bool = True  # gaussian only: attention kernel on augmented queries/keys
     chunk_size: int = 8192  # queries per chunk, bounds memory for large inputs
     n_classes: int = 0  # 0: regression; C > 0: classification over one-hot values
+    trend: bool = False  # regression: values carried along a learned linear trend to the query
     # What the inputs are, for data from a user's file (training/tables.py): served by name, explained by row.
     feature_names: list[str] | None = None  # one per input feature
     class_labels: list | None = None  # the file's label of each class index
@@ -66,16 +74,24 @@ class NWConfig:
             raise ValueError(f"rank must be between 0 and in_features ({self.in_features}), got {self.rank}")
         if self.rank and self.per_feature:
             raise ValueError("choose per_feature bandwidths or a linear map (rank > 0), not both")
+        if self.trend and self.n_classes:
+            raise ValueError("a linear trend is for regression (n_classes = 0)")
+
+
+def least_squares(keys: Tensor, values: Tensor, ridge: float = 1e-3) -> Tensor:
+    """The slope (D, V) of the keys' (K, D) ridge least-squares fit of the values (K,) or (K, V), intercept aside."""
+    n, d = keys.shape
+    x = keys - keys.mean(0)  # (K, D)
+    v = values.reshape(n, -1) - values.reshape(n, -1).mean(0)  # (K, V)
+    return torch.linalg.solve(x.T @ x + ridge * n * torch.eye(d, dtype=x.dtype, device=x.device), x.T @ v)
 
 
 def initial_directions(keys: Tensor, values: Tensor, ridge: float = 1e-3) -> Tensor:
     """An orthonormal basis (D, D) of the input space, most telling directions first: those of the keys'
     (ridge) least-squares fit of the values, then the principal directions of what they leave."""
-    n, d = keys.shape
+    d = keys.shape[1]
     x = keys - keys.mean(0)  # (K, D)
-    v = values.reshape(n, -1) - values.reshape(n, -1).mean(0)  # (K, V)
-    coef = torch.linalg.solve(x.T @ x + ridge * n * torch.eye(d, dtype=x.dtype, device=x.device), x.T @ v)  # (D, V)
-    fitted = torch.linalg.svd(coef, full_matrices=False).U  # (D, min(D, V))
+    fitted = torch.linalg.svd(least_squares(keys, values, ridge), full_matrices=False).U  # (D, min(D, V))
     rest = x - x @ fitted @ fitted.T  # (K, D), the keys without the fitted directions
     principal = torch.linalg.svd(rest, full_matrices=True).Vh[: d - fitted.shape[1]]  # (D - s, D)
     return torch.linalg.qr(torch.cat([fitted, principal.T], dim=1)).Q.T  # (D, D), Gram-Schmidt in that order
@@ -92,10 +108,9 @@ class NadarayaWatson(nn.Module):
         name = "L" if config.rank else "w"
         if config.rank:  # (r, D): w times the first r axes until `set_memory` turns them to principal directions
             w = w * torch.eye(config.in_features)[: config.rank]
-        if config.learn_bandwidth:
-            self.register_parameter(name, nn.Parameter(w))
-        else:
-            self.register_buffer(name, w)
+        self.learned(name, w)
+        if config.trend:  # (D,), in standardized units; `set_memory` starts it at the keys' least-squares slope
+            self.learned("slope", torch.zeros(config.in_features))
         # The training set is the attention memory: keys (K, D) and values (K,), both standardized,
         # or for classification one-hot values (K, C).
         self.register_buffer("keys", torch.zeros(config.n_keys, config.in_features))
@@ -103,6 +118,13 @@ class NadarayaWatson(nn.Module):
         self.register_buffer("values", torch.zeros(values))
         self.x_scaler = Standardize(config.in_features)
         self.y_scaler = Standardize(1)
+
+    def learned(self, name: str, value: Tensor) -> None:
+        """A parameter when the kernel is learned (parametric), else a fixed buffer."""
+        if self.config.learn_bandwidth:
+            self.register_parameter(name, nn.Parameter(value))
+        else:
+            self.register_buffer(name, value)
 
     @torch.no_grad()
     def set_memory(self, x: Tensor, y: Tensor) -> None:
@@ -116,6 +138,19 @@ class NadarayaWatson(nn.Module):
         if self.config.rank:
             directions = initial_directions(self.keys, self.values)  # (D, D), orthonormal rows
             self.L.copy_(self.L.norm(dim=-1, keepdim=True) * directions[: self.config.rank])  # (r, D)
+        if self.config.trend:
+            self.slope.copy_(least_squares(self.keys, self.values)[:, 0])  # (D,)
+
+    def memory(self) -> Tensor:
+        """What attention pools (K, V): the values (V = 1 or C one-hot columns), and with a trend the keys too."""
+        values = self.values.reshape(self.keys.shape[0], -1)  # (K, 1) or (K, C)
+        return torch.cat([values, self.keys], dim=-1) if self.config.trend else values  # (K, 1 + D)
+
+    def readout(self, q: Tensor, pooled: Tensor) -> Tensor:
+        """Standardized queries (Q, D) and pooled memory (Q, V) -> outputs (Q,) or (Q, C)."""
+        if self.config.trend:  # sum_i a_i y_i + slope . (q - sum_i a_i k_i)
+            return pooled[:, 0] + (q - pooled[:, 1:]) @ self.slope
+        return pooled if self.config.n_classes else pooled[:, 0]
 
     def project(self, x: Tensor) -> Tensor:
         """The kernel's view of standardized inputs: (N, D) -> x * w (N, D), or L x (N, r)."""
@@ -152,9 +187,9 @@ class NadarayaWatson(nn.Module):
             mask = torch.ones(q.shape[0], self.keys.shape[0], dtype=torch.bool, device=q.device)  # (Q, K)
             mask[torch.arange(q.shape[0], device=q.device), exclude] = False
         if fused:
-            return self.fused_attention(q, mask), None
+            return self.readout(q, self.fused_attention(q, mask)), None
         weights = F.softmax(self.scores(q, mask), dim=-1)  # (Q, K)
-        return weights @ self.values, weights if need_weights else None
+        return self.readout(q, weights @ self.memory()), weights if need_weights else None
 
     def fused_is_exact(self, q: Tensor) -> bool:
         """Whether the expanded scores' rounding error (about eps x their size) is below FUSED_MAX_SCORE_ERROR."""
@@ -176,7 +211,7 @@ class NadarayaWatson(nn.Module):
         return s if mask is None else s.masked_fill(~mask, torch.finfo(s.dtype).min)
 
     def fused_attention(self, q: Tensor, mask: Tensor | None = None) -> Tensor:
-        """Gaussian NW via scaled-dot-product attention on augmented queries/keys, (Q, D) -> (Q,) or (Q, C)."""
+        """Gaussian NW via scaled-dot-product attention on augmented queries/keys: pooled memory (Q, D) -> (Q, V)."""
         # Centre on the keys' mean: the kernel is shift-invariant and the expansion keeps precision.
         centre = self.keys.mean(0)
         k = self.project(self.keys - centre)  # (K, D) or (K, r)
@@ -184,7 +219,7 @@ class NadarayaWatson(nn.Module):
         q_aug = torch.cat([q, torch.ones_like(q[:, :1])], dim=-1)  # (Q, D+1)
         k_aug = torch.cat([k, -(k**2).sum(-1, keepdim=True) / 2], dim=-1)  # (K, D+1)
         # One width for q, k and v (fused kernels need one head size): zero columns add nothing to q.k.
-        v = self.values.reshape(k.shape[0], -1)  # (K, V): V = 1, or C one-hot columns
+        v = self.memory()  # (K, V)
         width = max(k_aug.shape[1], v.shape[1])
         q_aug, k_aug = F.pad(q_aug, (0, width - q_aug.shape[1])), F.pad(k_aug, (0, width - k_aug.shape[1]))
         v_aug = F.pad(v, (0, width - v.shape[1]))  # (K, W), values in the first V columns
@@ -195,5 +230,4 @@ class NadarayaWatson(nn.Module):
             attn_mask=None if mask is None else mask[None, None],
             scale=1.0,
         )  # (1, 1, Q, W)
-        out = out[0, 0, :, : v.shape[1]]  # (Q, V)
-        return out if self.config.n_classes else out[:, 0]
+        return out[0, 0, :, : v.shape[1]]  # (Q, V)
