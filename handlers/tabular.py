@@ -45,6 +45,8 @@ class TabularAdapter:
             self.values = [float(f"{v:.7g}") for v in values]  # float32 targets: 7 significant digits
         self.rows = config.key_rows
         self.trend = config.trend  # regression along a linear trend: the prediction = pooled values + trend
+        if self.trend:
+            self.raw_values = model.y_scaler.inverse(model.values[:, None]).squeeze(-1)  # (K,), float64
 
     def example(self) -> bytes:
         """A valid one-instance request body: the training data's mean (by name, when features have names)."""
@@ -130,8 +132,7 @@ class TabularAdapter:
         """With a linear trend, what it adds to the keys' weighted values: prediction - sum_i weight_i value_i."""
         if not self.trend:
             return None
-        pooled = weights @ self.model.y_scaler.inverse(self.model.values[:, None]).squeeze(-1)  # ()
-        return prediction - float(pooled)
+        return prediction - float(weights @ self.raw_values)
 
     def top_key(self, i: int, weight: float) -> dict:
         """A training key: its place among the keys, its inputs, its target, and its row in the file if known."""
