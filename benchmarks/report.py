@@ -214,7 +214,10 @@ def delay_section(rows: list[dict]) -> str:
         "`maxBatchDelay` is how long TorchServe waits for a batch to fill; a lone request waits all of it, so c1 "
         "latency is the delay plus the unbatched answer time (row 3). 0 ms in `model-config.yaml` is read as unset "
         "(TorchServe's default, 100 ms); 0 through the registration API makes batches of at most two requests "
-        "(c64 throughput fell to a quarter when tried). Each cell: the median of the runs.",
+        "(c64 throughput fell to a quarter when tried). TorchServe's `asyncCommunication` mode with `batchSize` 1 and "
+        "the worker taking every queued request at once was tried too (c1 p50 0.8 ms for nw-sine): its frontend "
+        "lost the model at c64 (an unsynchronized job map), left in-flight requests unanswered after a worker "
+        "kill and ignored `responseTimeout`, so it is not a variant here. Each cell: the median of the runs.",
         "",
         table(
             ["model", "maxBatchDelay ms", "concurrency", "req/s", "p50 ms", "p99 ms", "errors"],
