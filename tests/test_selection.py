@@ -1,6 +1,7 @@
 """Issue 12: small data sets are cross-validated (k folds of train+validation) and refit on train+validation."""
 
 import dataclasses
+import warnings
 
 import optuna
 import pytest
@@ -10,6 +11,7 @@ from mlflow import MlflowClient
 from training import selection
 from training.conclude import refit
 from training.data import load_dataset
+from training.search_space import rebuild
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +51,20 @@ def test_refit_of_a_cross_validated_trial_uses_train_and_validation(diabetes):
     assert model.config.n_keys == len(diabetes.train) + len(diabetes.val)
     assert torch.allclose(model.x_scaler.inverse(model.keys[len(diabetes.train) :]), diabetes.val.x, atol=1e-3)
     assert len(history.history) == 4  # the folds' mean best epoch, no early stop on in-sample rows
+
+
+@pytest.mark.parametrize("per_feature", [True, False])
+def test_a_trial_tuned_before_metric_learning_and_the_trend_is_rebuilt_as_it_was(diabetes, per_feature):
+    """Its parameters named `per_feature` (now `metric`) and lacked weight decay and the trend."""
+    old = {"parametric": True, "bandwidth": 0.5, "per_feature": per_feature, "optimizer": "sgd", "lr": 0.05}
+    old["batch_size"] = 64
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # nothing to say to the user about a faithful rebuild
+        model, _ = refit("nw", old, diabetes, epochs=2)
+        setup = rebuild("nw", old, diabetes, epochs=2, seed=0, device="cpu")
+    assert model.config.per_feature == per_feature and not model.config.rank and not model.config.trend
+    assert model.w.shape == ((diabetes.in_features,) if per_feature else (1,))
+    assert setup.fit_config.weight_decay == 0.0
 
 
 def test_tuning_diabetes_cross_validates_and_registers_a_champion(stores):

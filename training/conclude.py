@@ -19,7 +19,7 @@ from . import plots, progress, run_notes, selection, study_plots, table_records,
 from .data import Dataset, load_dataset, prepare_model
 from .fit import PRIMARY_METRIC, FitResult, evaluate, fit, resolve_device
 from .nn import build_model, model_kind, save_checkpoint
-from .search_space import default_epochs, rebuildable, suggest
+from .search_space import default_epochs, rebuild
 from .storage import storage_lock
 
 DATA_SEED = 0  # the splits never change between invocations, so a study compares like with like
@@ -158,14 +158,7 @@ def refit(
     many epochs, keeping the last state: no rows are left to select on before the test."""
     if refit_epochs is not None:
         data = selection.merged(data)
-    setup = suggest(
-        model,
-        optuna.trial.FixedTrial(rebuildable(params)),
-        data,
-        epochs=epochs,
-        seed=seed,
-        device=str(resolve_device(device)),
-    )
+    setup = rebuild(model, params, data, epochs=epochs, seed=seed, device=str(resolve_device(device)))
     if refit_epochs is not None and setup.fit_config.epochs:
         setup.fit_config.epochs, setup.fit_config.patience, setup.fit_config.keep_best = refit_epochs, 0, False
     torch.manual_seed(seed)

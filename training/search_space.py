@@ -35,13 +35,10 @@ class TrialSetup:
 
 NW_METRICS = ("bandwidth", "per_feature", "low_rank")  # one bandwidth, one per feature, a learned map L (r, D)
 # Choices added to a search space after studies were tuned, with what a trial tuned before them had:
-# a stored trial's parameters are completed with these when it is rebuilt (`make conclude` of an old study).
+# a stored trial is rebuilt with these (`make conclude` of an old study). Weight decay was 0 before it
+# was a choice; 0 lies outside its (log) range, so the rebuild passes the range's floor and then sets 0.
 ADDED_CHOICES = {"trend": False}
-
-
-def rebuildable(params: dict) -> dict:
-    """A stored trial's parameters, completed with the choices it predates."""
-    return ADDED_CHOICES | params
+NO_WEIGHT_DECAY_FLOOR = 1e-6
 
 
 def adamw_fit(trial: optuna.Trial, epochs: int, seed: int, device: str, *, lr: tuple, weight_decay: tuple) -> FitConfig:
@@ -79,7 +76,7 @@ def suggest_nw(trial: optuna.Trial, data: Dataset, epochs: int, seed: int, devic
             config.rank = trial.suggest_int("rank", 1, data.in_features) if metric == "low_rank" else 0
         fit.optimizer = trial.suggest_categorical("optimizer", ["sgd", "adamw"])
         fit.lr = trial.suggest_float("lr", 1e-3, 1.0, log=True)
-        fit.weight_decay = trial.suggest_float("weight_decay", 1e-6, 0.1, log=True)
+        fit.weight_decay = trial.suggest_float("weight_decay", NO_WEIGHT_DECAY_FLOOR, 0.1, log=True)
         fit.batch_size = trial.suggest_categorical("batch_size", [16, 64, 256])
         fit.epochs, fit.patience = epochs, max(3, epochs // 4)
     return TrialSetup("nw", config, fit)
@@ -157,3 +154,15 @@ SEARCH_SPACES = {"nw": suggest_nw, "mha": suggest_mha, "s2s": suggest_s2s, "pixe
 
 def suggest(model: str, trial: optuna.Trial, data: Dataset, *, epochs: int, seed: int, device: str) -> TrialSetup:
     return SEARCH_SPACES[model](trial, data, epochs, seed, device)
+
+
+def rebuild(model: str, params: dict, data: Dataset, *, epochs: int, seed: int, device: str) -> TrialSetup:
+    """A stored trial's setup in today's search space, as it was tuned: completed with the choices it
+    predates, and NW's former `per_feature` (True/False) read as the `metric` it was."""
+    filled = ADDED_CHOICES | {"weight_decay": NO_WEIGHT_DECAY_FLOOR} | params
+    if "per_feature" in filled:
+        filled["metric"] = "per_feature" if filled.pop("per_feature") else "bandwidth"
+    setup = suggest(model, optuna.trial.FixedTrial(filled), data, epochs=epochs, seed=seed, device=device)
+    if "weight_decay" not in params:
+        setup.fit_config.weight_decay = 0.0
+    return setup
