@@ -74,6 +74,7 @@ class Adapter(Protocol):
     has `parse_options(items, body, explain) -> items`."""
 
     model: nn.Module
+    per_head_weights: bool  # whether `"heads": true` can be answered (multi-head attention models)
 
     def example(self) -> bytes: ...
 
@@ -138,6 +139,9 @@ def parse_request(raw: Any, adapter: Adapter, limits: Limits, explain: bool = Fa
     heads = body.get("heads", False)
     if not isinstance(heads, bool):
         raise RequestError("invalid heads", '"heads" must be true or false')
+    if heads and not adapter.per_head_weights:
+        detail = '"heads": true asks for per-head attention weights; this model has no heads (only mha models do)'
+        raise RequestError("invalid heads", detail)
     items = adapter.parse(instances)
     if hasattr(adapter, "parse_options"):
         items = adapter.parse_options(items, body, explain)
@@ -151,7 +155,9 @@ def parse_request(raw: Any, adapter: Adapter, limits: Limits, explain: bool = Fa
     if cost.response_bytes > limits.max_response_bytes:
         detail = (
             f"the answer would be about {cost.response_bytes:,} bytes; at most {limits.max_response_bytes:,}: "
-            "send fewer or shorter instances" + (", or leave out per-head weights" if heads else "")
+            "send fewer or shorter instances"
+            + (", or leave out per-head weights" if heads else "")
+            + (", or fewer queries" if explain and body.get("queries") else "")
         )
         raise RequestError("response too large", detail, status=413)
     return Request(items, len(instances), explain, heads, cost)

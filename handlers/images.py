@@ -40,6 +40,8 @@ class Images:
 
 
 class ImageAdapter:
+    per_head_weights = False
+
     def __init__(self, model: PixelModel, limits: Limits):
         self.model = model.eval()
         self.limits = limits

@@ -25,6 +25,8 @@ HEAD_WEIGHT_MAC = 100  # materialized softmax weights cost about this many multi
 
 
 class SequenceAdapter:
+    per_head_weights = True  # layers x heads x steps x steps, when asked
+
     def __init__(self, model: SequenceModel, limits: Limits):
         self.model = model.eval()
         self.limits = limits

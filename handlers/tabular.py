@@ -27,6 +27,8 @@ WEIGHT_DECIMALS = 7  # explanations' weights are rounded: ample for weights in [
 
 
 class TabularAdapter:
+    per_head_weights = False
+
     def __init__(self, model: NadarayaWatson, limits: Limits):
         self.model = model.double().eval()
         self.limits = limits

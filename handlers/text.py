@@ -25,6 +25,8 @@ EXAMPLE = "23 Nov 2026"
 class TextAdapter(SequenceAdapter):
     """Parses, prices and explains texts; batching in length-sorted passes comes from `SequenceAdapter`."""
 
+    per_head_weights = False
+
     def __init__(self, model: Seq2Seq, limits: Limits):
         self.model = model.eval()
         self.limits = limits

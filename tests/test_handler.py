@@ -150,6 +150,7 @@ BAD_NW = [
     ({"instances": [True]}, 400, "invalid instance"),
     ({"instances": [float("inf")]}, 400, "non-finite number"),
     ({"instances": [1], "heads": "yes"}, 400, "invalid heads"),
+    ({"instances": [1], "heads": True}, 400, "invalid heads"),  # NW has no heads to explain
 ]
 
 

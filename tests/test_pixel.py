@@ -225,6 +225,8 @@ def test_explanations_over_the_response_budget_are_a_413_and_smaller_ones_pass(d
     images = digits.test.x[:1].tolist()
     limits = Limits(max_response_bytes=200_000)
     ((status, answer),) = ask(model, [{"instances": images * 40, "queries": every_pixel}], True, limits)
-    assert (status, answer["error"]) == (413, "response too large")
+    assert (status, answer["error"]) == (413, "response too large") and "fewer queries" in answer["detail"]
+    ((status, answer),) = ask(model, [{"instances": images, "heads": True}], True, limits)
+    assert (status, answer["error"]) == (400, "invalid heads") and "no heads" in answer["detail"]
     ((status, answer),) = ask(model, [{"instances": images * 2, "queries": every_pixel}], True, limits)
     assert status == 200 and len(answer["explanations"][1]["attention"]) == 64
