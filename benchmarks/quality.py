@@ -33,8 +33,9 @@ from training.conclude import DATA_SEED, refit
 from training.data import Dataset, load_dataset, prepare_model
 from training.fit import PRIMARY_METRIC, evaluate, fit
 from training.nn import build_model
+from training.objective import Objective
 from training.search_space import default_epochs, suggest
-from training.tune import Objective, TuneOptions, study_pruner, study_sampler
+from training.tune import TuneOptions, study_pruner, study_sampler
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,9 @@ from training.conclude import refit
 from training.data import load_dataset, prepare_model
 from training.fit import evaluate
 from training.nn import NWConfig, build_model
+from training.objective import Objective
 from training.search_space import DEFAULT_EPOCHS
-from training.tune import Objective, TuneOptions, study_pruner, study_sampler
+from training.tune import TuneOptions, study_pruner, study_sampler
 
 TARGET = 1.10  # within 10% of the anchor
 

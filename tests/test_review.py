@@ -16,7 +16,7 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 
-from training import plots, tracking
+from training import plots, progress, tracking
 from training.demo import free_port
 from training.fit import FitResult
 from training.run_notes import BEST_TAG, NOTE_TAG, git_provenance
@@ -153,6 +153,30 @@ def test_mha_heatmaps_show_inputs_pooling_and_every_head():
     maps = [ax for ax in heads.axes if ax.get_title().startswith("test #")]
     assert len(maps) == 2 * 2 * 2 and all(ax.images for ax in maps)  # examples x layers x heads
     plots.plt.close("all")
+
+
+def test_ctrl_c_during_the_search_waits_for_a_safe_point_and_a_second_one_does_not():
+    """A first Ctrl-C only asks (a signal landing inside a database write would be turned into another error
+    by MLflow and SQLAlchemy, and the study would go on); the search stops at its next check. A second
+    Ctrl-C interrupts at once, and outside the search Ctrl-C is the usual KeyboardInterrupt again."""
+    with pytest.raises(KeyboardInterrupt):
+        with progress.CTRL_C:
+            signal.raise_signal(signal.SIGINT)  # no exception here: only asked
+            asked = progress.CTRL_C.requested
+            progress.CTRL_C.check()
+    assert asked
+    with pytest.raises(KeyboardInterrupt):
+        with progress.CTRL_C:
+            signal.raise_signal(signal.SIGINT)
+            signal.raise_signal(signal.SIGINT)  # raises here
+            pytest.fail("a second Ctrl-C did not interrupt")
+    with pytest.raises(KeyboardInterrupt):
+        with progress.CTRL_C:
+            signal.raise_signal(signal.SIGINT)  # during the last trial: the search ends, then it stops
+    progress.CTRL_C.check()  # nothing pending after the search
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    with pytest.raises(KeyboardInterrupt):
+        signal.raise_signal(signal.SIGINT)
 
 
 def test_ctrl_c_keeps_finished_trials_and_closes_the_runs_as_killed(tmp_path):

@@ -35,11 +35,11 @@ SURVIVOR_TRIALS, HEARTBEAT, GRACE = 5, 2, 10
 # trial while a hold file exists, and optionally sleeps per epoch (a slow machine, so it is killed mid-trial).
 WORKER = """
 import os, sys, time
-import training.tune as tune
+import training.objective as objective
 from training.cli import main
 
 ready, go, hold, delay = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
-real_call, real_fit = tune.Objective.__call__, tune.fit
+real_call, real_fit = objective.Objective.__call__, objective.fit
 
 def held(self, trial):
     while hold and os.path.exists(hold):
@@ -52,7 +52,7 @@ def slow(model, data, config, on_epoch=None):
         on_epoch(epoch, row)
     return real_fit(model, data, config, beat if on_epoch else None)
 
-tune.Objective.__call__, tune.fit = held, slow
+objective.Objective.__call__, objective.fit = held, slow
 open(ready, "w").close()
 while not os.path.exists(go):
     time.sleep(0.05)

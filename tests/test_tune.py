@@ -7,6 +7,7 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 
+from training import objective as objective_module
 from training import tracking
 from training import tune as tune_module
 from training.tune import TuneError, TuneOptions, tune
@@ -109,7 +110,7 @@ def test_running_again_continues_the_same_study(stores, first):
 
 
 def test_a_diverging_trial_fails_cleanly_and_the_study_goes_on(stores, monkeypatch):
-    real_fit, calls = tune_module.fit, []
+    real_fit, calls = objective_module.fit, []
 
     def poisoned_fit(model, data, config, on_epoch=None):
         calls.append(1)
@@ -117,7 +118,7 @@ def test_a_diverging_trial_fails_cleanly_and_the_study_goes_on(stores, monkeypat
             model.values.fill_(float("nan"))
         return real_fit(model, data, config, on_epoch)
 
-    monkeypatch.setattr(tune_module, "fit", poisoned_fit)
+    monkeypatch.setattr(objective_module, "fit", poisoned_fit)
     result = tune(options(stores, dataset="diabetes", trials=4, epochs=3))
     study = optuna.load_study(study_name="nw-diabetes", storage=stores["storage"])
     failed = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
@@ -198,7 +199,7 @@ def test_device_pool_gives_each_running_trial_its_own_device():
     import threading
     import time as clock
 
-    from training.tune import DevicePool
+    from training.objective import DevicePool
 
     pool, lock, running, overlaps = DevicePool(["cuda:0", "cuda:1"]), threading.Lock(), {}, []
 

@@ -22,6 +22,50 @@ class TuneInterrupted(KeyboardInterrupt):
     """Ctrl-C during `tune`, after the finished trials were kept and the runs closed; the message says so."""
 
 
+class CtrlC:
+    """Ctrl-C during the search takes effect at the next safe point (an epoch's or a fold's end, a trial's
+    end, the search's end), not wherever the signal lands: landing inside a database write, MLflow and
+    SQLAlchemy turn the KeyboardInterrupt into "database is locked", which fails one trial and lets the
+    study go on. A second Ctrl-C interrupts at once. Outside `with CTRL_C:` (or off the main thread, where
+    signals cannot be handled) `check` never raises."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self) -> CtrlC:
+        self.requested = False
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._on_signal)
+        return self
+
+    def __exit__(self, kind, *_) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+        if kind is None:
+            self.check()  # asked for during the last trial: stop before the conclusion
+
+    def _on_signal(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def check(self) -> None:
+        """Raise KeyboardInterrupt if Ctrl-C was pressed since the search began."""
+        if self.requested:
+            self.requested = False
+            raise KeyboardInterrupt
+
+
+CTRL_C = CtrlC()
+
+
+def stop_if_asked(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    """An Optuna callback: after each trial, the search stops here if Ctrl-C was pressed."""
+    CTRL_C.check()
+
+
 class _NoInterruptTraces(logging.Filter):
     """Optuna logs a trial stopped by Ctrl-C with its whole traceback; the user pressed it, so drop that."""
 

@@ -12,6 +12,7 @@ import subprocess
 from pathlib import Path
 
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 
 from .tracking import ROOT, redact
 from .ui import ui_base
@@ -150,8 +151,16 @@ def link_trial(trial, experiment_id: str, run_id: str, tracking_uri: str) -> Non
 
 
 def mark_experiment(client: MlflowClient, experiment_id: str) -> None:
+    """Tag the experiment as classic model development. Workers starting together race to set the same tag
+    (MLflow's SQL store reads, then inserts: the loser hits the unique key); one write is enough."""
     for key, value in EXPERIMENT_KIND.items():
-        client.set_experiment_tag(experiment_id, key, value)
+        if client.get_experiment(experiment_id).tags.get(key) == value:
+            continue
+        try:
+            client.set_experiment_tag(experiment_id, key, value)
+        except MlflowException:
+            if client.get_experiment(experiment_id).tags.get(key) != value:
+                raise
 
 
 def explain(client: MlflowClient, experiment_id: str, run_id: str, study, conclusion, storage: str) -> None:
