@@ -155,7 +155,15 @@ def test_mha_heatmaps_show_inputs_pooling_and_every_head():
     plots.plt.close("all")
 
 
-def test_ctrl_c_during_the_search_waits_for_a_safe_point_and_a_second_one_does_not():
+@pytest.fixture
+def interactive_ctrl_c():
+    """Ctrl-C as in a terminal, whatever launched the tests (a background job of a script ignores it)."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
+def test_ctrl_c_during_the_search_waits_for_a_safe_point_and_a_second_one_does_not(interactive_ctrl_c):
     """A first Ctrl-C only asks (a signal landing inside a database write would be turned into another error
     by MLflow and SQLAlchemy, and the study would go on); the search stops at its next check. A second
     Ctrl-C interrupts at once, and outside the search Ctrl-C is the usual KeyboardInterrupt again."""
@@ -179,6 +187,15 @@ def test_ctrl_c_during_the_search_waits_for_a_safe_point_and_a_second_one_does_n
         signal.raise_signal(signal.SIGINT)
 
 
+def test_a_search_started_with_ctrl_c_ignored_keeps_ignoring_it(interactive_ctrl_c):
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # as under nohup
+    with progress.CTRL_C:
+        signal.raise_signal(signal.SIGINT)
+        signal.raise_signal(signal.SIGINT)
+        progress.CTRL_C.check()
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+
+
 def test_ctrl_c_keeps_finished_trials_and_closes_the_runs_as_killed(tmp_path):
     uri, storage = f"sqlite:///{tmp_path / 'mlflow.db'}", f"sqlite:///{tmp_path / 'optuna.db'}"
     command = [*CLI, "tune", "--model", "nw", "--dataset", "sine", "--trials", "500", "--no-progress"]
@@ -189,6 +206,7 @@ def test_ctrl_c_keeps_finished_trials_and_closes_the_runs_as_killed(tmp_path):
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as from a terminal, however we run
     )
     try:
         lines = []

@@ -27,7 +27,8 @@ class CtrlC:
     end, the search's end), not wherever the signal lands: landing inside a database write, MLflow and
     SQLAlchemy turn the KeyboardInterrupt into "database is locked", which fails one trial and lets the
     study go on. A second Ctrl-C interrupts at once. Outside `with CTRL_C:` (or off the main thread, where
-    signals cannot be handled) `check` never raises."""
+    signals cannot be handled) `check` never raises. A process started with Ctrl-C ignored (`nohup`, a
+    background job of a script) keeps ignoring it."""
 
     def __init__(self) -> None:
         self.requested = False
@@ -35,7 +36,8 @@ class CtrlC:
 
     def __enter__(self) -> CtrlC:
         self.requested = False
-        if threading.current_thread() is threading.main_thread():
+        main = threading.current_thread() is threading.main_thread()
+        if main and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
             self._previous = signal.signal(signal.SIGINT, self._on_signal)
         return self
 
@@ -124,8 +126,9 @@ def stage(label: str) -> Iterator[None]:
 
 def close_interrupted(client, experiment_id: str, parent: str, study: optuna.Study, before: int) -> TuneInterrupted:
     """Close the trial runs still open and the parent run as KILLED with the reason; say what was kept."""
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup short
+    main = threading.current_thread() is threading.main_thread()
+    if main:
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup short
     try:
         running = client.search_runs(
             [experiment_id], f"tags.mlflow.parentRunId = '{parent}' and attributes.status = 'RUNNING'"
@@ -138,8 +141,8 @@ def close_interrupted(client, experiment_id: str, parent: str, study: optuna.Stu
         new = study.trials[before:]
         kept = sum(t.state.is_finished() and t.user_attrs.get("fail_reason") != INTERRUPTED for t in new)
     finally:
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGINT, signal.default_int_handler)
+        if main:
+            signal.signal(signal.SIGINT, previous)
     return TuneInterrupted(
         f"interrupted: {kept} finished trial(s) of this run kept in study {study.study_name!r} "
         f"({len(study.trials)} in all); its MLflow runs closed as KILLED"
