@@ -26,7 +26,7 @@ from training.nn import PixelModel
 
 from .contract import Cost, Limits
 from .errors import RequestError
-from .numbers import NUMBER_TYPES, Bounds, preview, to_tensor
+from .numbers import NUMBER_TYPES, Bounds, all_numbers, preview, to_tensor
 from .sequences import HEAD_WEIGHT_MAC, class_answers
 from .tabular import BYTES_PER_NUMBER, WEIGHT_DECIMALS, split_per_request
 
@@ -89,7 +89,7 @@ class ImageAdapter:
         if len(item) != sizes[0]:
             raise RequestError("wrong image size", f"{where} has {len(item)} {name}s; the model takes {self.shape}")
         for j, part in enumerate(item):
-            if not (len(sizes) == 2 and type(part) is list and len(part) == sizes[1] and _numbers(part)):
+            if not (len(sizes) == 2 and type(part) is list and len(part) == sizes[1] and all_numbers(part)):
                 self.check_nested(part, f"{where}[{j}]", sizes[1:])
 
     def check_numbers(self, values: list, where: str, size: int, name: str) -> None:
@@ -200,7 +200,3 @@ def brightest(image: Tensor) -> tuple[int, int]:
     picture = image.sum(0)  # (H, W)
     index = int(torch.argmax(picture.flatten()))  # the first maximum, row by row
     return index // picture.shape[1], index % picture.shape[1]
-
-
-def _numbers(values: list) -> bool:
-    return all(type(v) in NUMBER_TYPES for v in values)

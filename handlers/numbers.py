@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +23,14 @@ NUMBER_TYPES = (int, float)  # what JSON numbers decode to; `type(...) in` keeps
 
 def is_number(value: Any) -> bool:
     return type(value) in NUMBER_TYPES
+
+
+def all_numbers(values: Iterable) -> bool:
+    """Whether every value is a JSON number: one pass in C, no Python frame per value (the hot path)."""
+    return set(map(type, values)) <= _NUMBER_TYPE_SET
+
+
+_NUMBER_TYPE_SET = frozenset(NUMBER_TYPES)
 
 
 def preview(value: Any, limit: int = 60) -> str:
@@ -53,10 +62,12 @@ class Bounds:
         return cls(mean - max_abs_z * std, mean + max_abs_z * std, max_abs_z, tuple(names or ()))
 
     def check(self, values: Tensor, where: str) -> None:
-        """`values` (..., D) float64; raise naming the first value out of range (NaN/inf included)."""
-        bad = ~(torch.isfinite(values) & (values >= self.low) & (values <= self.high))
-        if not bad.any():
+        """`values` (..., D) float64; raise naming the first value out of range (NaN/inf included: the
+        bounds are finite, and NaN compares false)."""
+        inside = (values >= self.low).logical_and_(values <= self.high)
+        if inside.all():
             return
+        bad = ~inside
         index = [int(i) for i in torch.nonzero(bad)[0]]
         value, feature = float(values[tuple(index)]), index[-1]
         position = where + "".join(f"[{i}]" for i in index[:-1]) if values.dim() > 1 else where

@@ -129,12 +129,22 @@ def test_hostile_sequences_fail_alone_on_both_routes(route):
         {"instances": [[[0.5, 1e308]]]},
         {"instances": [[[0.5, True]]]},
         '{"instances": [[[0.5, ' + "9" * 5000 + "]]]}",
+        '{"instances": [[[0.5, 1], [0.5, NaN]]]}',
+        {"instances": [[[0.5, 1], [0.5, [1]]]]},
+        {"instances": [[[0.5, 1], [0.5]]]},
         {"instances": [VALID_SEQUENCE]},
     ]
     raw = [b.encode() if isinstance(b, str) else b for b in bodies]
     answers = ask(mha_model(), raw, explain=route)
-    assert [a.status for a in answers] == [400, 400, 400, 400, 200]
+    assert [a.status for a in answers] == [400] * 7 + [200]
+    errors = [json.loads(a.body)["error"] for a in answers[:-1]]
+    assert errors[2] == "invalid instance" and errors[4:] == [
+        "non-finite number",
+        "invalid instance",
+        "wrong feature count",
+    ]
     assert "instances[0][0]" in json.loads(answers[1].body)["detail"]
+    assert "instances[0][1]" in json.loads(answers[4].body)["detail"]
 
 
 @pytest.mark.parametrize("trend", [False, True])
