@@ -116,7 +116,7 @@ def test_nw_with_a_trend_explains_the_prediction_as_pooled_values_plus_the_trend
         weights = torch.tensor(explanation["weights"], dtype=torch.float64)  # (K,)
         pooled_value = float(weights @ model.values.double())
         pooled_key = weights @ model.keys.double()  # (2,), the scalers are the identity here
-        along = float((torch.tensor(query, dtype=torch.float64) - pooled_key) @ model.slope.double())
+        along = float((torch.tensor(query, dtype=torch.float64) - pooled_key) @ model.slope.detach().double())
         assert explanation["trend"] == pytest.approx(along, abs=1e-4)
         assert explanation["prediction"] == pytest.approx(pooled_value + explanation["trend"], abs=1e-5)
 
