@@ -11,6 +11,7 @@ import json
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any
 
 import torch
@@ -19,6 +20,7 @@ from torch import Tensor
 from .errors import RequestError
 
 NUMBER_TYPES = (int, float)  # what JSON numbers decode to; `type(...) in` keeps bools (true/false) out
+_NUMBER_TYPE_SET = frozenset(NUMBER_TYPES)
 
 
 def is_number(value: Any) -> bool:
@@ -30,7 +32,10 @@ def all_numbers(values: Iterable) -> bool:
     return set(map(type, values)) <= _NUMBER_TYPE_SET
 
 
-_NUMBER_TYPE_SET = frozenset(NUMBER_TYPES)
+def is_table(rows: list, width: int) -> bool:
+    """Whether `rows` is a non-empty list of lists of `width` numbers each (sequence steps, image rows):
+    one pass in C per property; callers look for what is wrong only when this fails."""
+    return set(map(type, rows)) == {list} and set(map(len, rows)) == {width} and all_numbers(chain.from_iterable(rows))
 
 
 def preview(value: Any, limit: int = 60) -> str:

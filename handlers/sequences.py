@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import time
-from itertools import chain
 from typing import Any
 
 import torch
@@ -19,7 +18,7 @@ from training.nn import SequenceModel
 
 from .contract import Cost, Limits
 from .errors import RequestError
-from .numbers import NUMBER_TYPES, Bounds, all_numbers, preview, to_tensor
+from .numbers import NUMBER_TYPES, Bounds, all_numbers, is_table, preview, to_tensor
 from .tabular import BYTES_PER_NUMBER, WEIGHT_DECIMALS, by_name, split_per_request
 
 HEAD_WEIGHT_MAC = 100  # materialized softmax weights cost about this many multiply-adds each
@@ -61,24 +60,16 @@ class SequenceAdapter:
             raise RequestError("sequence too long", detail, status=413)
         if self.names and any(type(step) is dict for step in item):
             item = [by_name(s, self.names, f"{where}[{t}]") if type(s) is dict else s for t, s in enumerate(item)]
-        if not self.all_steps(item):  # the common case passes this one cheap check
+        if not is_table(item, self.n_features):  # the common case passes this one cheap check
             for t, step in enumerate(item):
                 self.check_step(step, f"{where}[{t}]")
         x = to_tensor(item, where)
         self.bounds.check(x, where)
         return x
 
-    def all_steps(self, item: list) -> bool:
-        """Whether every step is a list of `n_features` numbers (one pass in C per property)."""
-        return (
-            set(map(type, item)) == {list}
-            and set(map(len, item)) == {self.n_features}
-            and all_numbers(chain.from_iterable(item))
-        )
-
     def check_step(self, step: Any, where: str) -> None:
         values = [step] if type(step) in NUMBER_TYPES else step  # a bare number is a one-feature step
-        if type(values) is not list or not all(type(v) in NUMBER_TYPES for v in values):
+        if type(values) is not list or not all_numbers(values):
             detail = f"{where} must be a list of {self.n_features} numbers, got {preview(step)}"
             raise RequestError("invalid instance", detail)
         if len(values) != self.n_features:

@@ -20,7 +20,7 @@ from training.nn import NadarayaWatson
 
 from .contract import Cost, Limits
 from .errors import RequestError
-from .numbers import Bounds, is_number, preview, to_tensor
+from .numbers import Bounds, all_numbers, is_number, preview, to_tensor
 
 BYTES_PER_NUMBER = 12  # a rounded weight and its separator, in the JSON answer
 WEIGHT_DECIMALS = 7  # explanations' weights are rounded: ample for weights in [0, 1], and half the bytes
@@ -71,7 +71,7 @@ class TabularAdapter:
         if type(item) is dict:
             return self.parse_named(item, where)
         values = [item] if is_number(item) else item
-        if type(values) is not list or not all(is_number(v) for v in values):
+        if type(values) is not list or not all_numbers(values):
             shape = "a number or a list of numbers" if self.n_features == 1 else f"a list of {self.n_features} numbers"
             raise RequestError("invalid instance", f"{where} must be {shape}, got {preview(item)}")
         if len(values) != self.n_features:
