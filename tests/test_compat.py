@@ -1,0 +1,54 @@
+"""What was built before the layout moved (issue 19) still loads: an `nw-sine` archive and a registered MLflow
+model, both made with the code at git 60ff4dd and kept in tests/fixtures/pre_move with their answers."""
+
+import json
+import shutil
+import zipfile
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+from test_handler import MockContext
+
+from handlers.attention_handler import AttentionHandler
+
+FIXTURE = Path(__file__).parent / "fixtures" / "pre_move"
+EXPECTED = json.loads((FIXTURE / "expected.json").read_text())
+
+
+def test_a_registered_model_from_before_the_move_loads_and_answers_as_it_did():
+    model = mlflow.pyfunc.load_model(str(FIXTURE / "nw-sine-mlflow-model"))
+    frame = pd.DataFrame({"x0": [x[0] for x in EXPECTED["instances"]]})
+    assert model.predict(frame).tolist() == pytest.approx(EXPECTED["predictions"], abs=1e-6)
+
+
+def test_an_archive_from_before_the_move_answers_as_it_did_with_todays_handler(tmp_path):
+    with zipfile.ZipFile(FIXTURE / "nw-sine.mar") as archive:
+        for member in ("checkpoint.pt", "model_info.json"):
+            archive.extract(member, tmp_path)
+    handler = AttentionHandler()
+    handler.initialize(MockContext(tmp_path))
+    (raw,) = handler.handle([{"body": {"instances": EXPECTED["instances"]}}], MockContext(tmp_path))
+    answer = json.loads(raw)
+    assert answer["model"]["name"] == "nw-sine"
+    assert answer["predictions"] == pytest.approx(EXPECTED["predictions"], abs=1e-5)
+
+
+@pytest.mark.e2e
+def test_an_archive_from_before_the_move_is_served_by_todays_server(tmp_path):
+    from training import serve
+    from training.demo import free_ports
+
+    store = tmp_path / "store"
+    store.mkdir()
+    shutil.copy(FIXTURE / "nw-sine.mar", store / "nw-sine.mar")
+    server = serve.start(
+        models=["nw-sine"], run_dir=tmp_path / "run", model_store=store, ports=free_ports(), quiet=True
+    )
+    try:
+        status, body, _ = server.predict("nw-sine", EXPECTED["instances"])
+        assert status == 200, body
+        assert body["predictions"] == pytest.approx(EXPECTED["predictions"], abs=1e-5)
+    finally:
+        serve.stop(server.run_dir, quiet=True)
