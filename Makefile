@@ -18,10 +18,10 @@ NAME ?=
 CONCLUDE ?= 1
 HEARTBEAT ?=
 GRACE ?=
-HOST ?= 127.0.0.1
+HOST ?=
 PORT ?=
 PROGRESS ?= 1
-PG_PORT ?= 5433
+PG_PORT ?=
 ALLOWED_HOSTS ?=
 DATA ?=
 TARGET ?=
@@ -68,6 +68,10 @@ java: ## Check for Java 17+ (TorchServe); install openjdk-17-jre-headless with a
 test: install lint ## Run the whole test suite (installs what it needs)
 	$(PYTHON) -m pytest $(PYTEST_ARGS)
 
+.PHONY: test-fast
+test-fast: $(STAMP) lint ## The fast part alone: every test without the e2e marker (no TorchServe, tracking server or bench)
+	$(PYTHON) -m pytest -m "not e2e" $(PYTEST_ARGS)
+
 .PHONY: lint
 lint: $(STAMP) ## Lint and format check (ruff)
 	$(VENV)/bin/ruff check .
@@ -84,7 +88,7 @@ conclude: $(STAMP) ## Refit a study's best trial, register it if new, @champion 
 
 .PHONY: tracking-server
 tracking-server: $(STAMP) ## Local PostgreSQL + mlflow server for many workers: [PORT=5000 PG_PORT=5433 HOST=127.0.0.1 ALLOWED_HOSTS=]
-	$(PYTHON) -m training tracking-server --host $(HOST) --port $(or $(PORT),5000) --pg-port $(PG_PORT) $(if $(ALLOWED_HOSTS),--allowed-hosts $(ALLOWED_HOSTS))
+	$(PYTHON) -m training tracking-server $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT)) $(if $(PG_PORT),--pg-port $(PG_PORT)) $(if $(ALLOWED_HOSTS),--allowed-hosts $(ALLOWED_HOSTS))
 
 .PHONY: tracking-server-stop
 tracking-server-stop: $(STAMP) ## Stop the tracking server started by make tracking-server (its data stays in .tracking/)

@@ -12,8 +12,8 @@ import difflib
 import re
 from datetime import date
 
-from training.data import load_dataset, split_texts
-from training.dates import MONTHS, WEEKDAYS
+from training.data.datasets import load_dataset, split_texts
+from training.data.dates import MONTHS, WEEKDAYS
 
 NUMERIC = re.compile(r"^(\d{1,4})([./-])(\d{1,2})\2(\d{1,4})$")
 COMPACT = re.compile(r"^(\d{4})(\d{2})(\d{2})$")

@@ -3,7 +3,7 @@
 Peers are grid-searched by 5-fold cross-validation on train+validation (fixed seeded folds, stratified for
 classes), refit on train+validation and scored once on test; the validation-selected variant (chosen on the
 validation split, refit on train) is reported beside it. Ours is tuned by the project's own protocol
-(`training/selection.py`: cross-validated on small data sets, then refit on train+validation).
+(`training/cross_validation.py`: cross-validated on small data sets, then refit on train+validation).
 """
 
 from __future__ import annotations
@@ -28,14 +28,15 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC, SVR
 
 from benchmarks.dates_baseline import RuleBasedDates, text_splits
-from training import selection
-from training.conclude import DATA_SEED, refit
-from training.data import Dataset, load_dataset, prepare_model
-from training.fit import PRIMARY_METRIC, evaluate, fit
+from training.data.datasets import Dataset, load_dataset, prepare_model
+from training.fit import cross_validation
+from training.fit.loop import PRIMARY_METRIC, evaluate, fit
 from training.nn import build_model
-from training.objective import Objective
-from training.search_space import default_epochs, suggest
-from training.tune import TuneOptions, study_pruner, study_sampler
+from training.search.conclude import DATA_SEED, refit
+from training.search.objective import Objective
+from training.search.options import TuneOptions
+from training.search.space import default_epochs, suggest
+from training.search.study import study_pruner, study_sampler
 
 
 @dataclass(frozen=True)
@@ -271,7 +272,9 @@ def run(quick: bool = False, tasks: list[str] | None = None) -> list[dict]:
                 "task": name,
                 "metric": task.label,
                 "ours": metrics[task.metric],
-                "protocol": selection.protocol(data),  # ours: "cv5" (cross-validated, refit on train+val) or "holdout"
+                "protocol": cross_validation.protocol(
+                    data
+                ),  # ours: "cv5" (cross-validated, refit on train+val) or "holdout"
                 "peers": {peer: value for peer, (value, _) in searched.items()},
                 "peers_validation_selected": on_validation,
                 "peer_seconds": peer_seconds,  # both selections of each peer

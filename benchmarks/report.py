@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from benchmarks.serving_ops import SOAK_CONCURRENCY, qualifying_delays
-from training.archive import MODEL_CONFIG
+from training.serving.archive import MODEL_CONFIG
 
 
 def fmt(value, digits: int = 3) -> str:

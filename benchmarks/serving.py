@@ -14,10 +14,12 @@ import optuna
 
 from benchmarks.common import ROOT
 from benchmarks.load import run_load
-from training import serve, tracking
-from training.archive import MODEL_CONFIG, archive_champion
-from training.demo import free_ports
-from training.tune import TuneOptions, tune
+from training.search.options import TuneOptions
+from training.search.study import tune
+from training.serving import serve
+from training.serving.archive import MODEL_CONFIG, archive_champion
+from training.serving.serve import free_ports
+from training.tracking import store
 
 CONCURRENCY = [1, 16, 64]
 ADDING_SEQUENCE = [[round((i * 37 % 100) / 100, 2), float(i in (5, 30))] for i in range(50)]
@@ -46,8 +48,8 @@ def champion_registry(quick: bool) -> str:
 def build_archives(root: Path, quick: bool, variants: dict[str, dict] | None = None) -> Path:
     """The champions packed in each variant under root/archives (suffix -> handler and model-config
     overrides; default: the three variants of this row)."""
-    client = tracking.configure(champion_registry(quick))
-    store = root / "archives"
+    client = store.configure(champion_registry(quick))
+    model_store = root / "archives"
     variants = variants or {
         suffix: {"handler": handler, "batchSize": batch_size} for suffix, (handler, batch_size) in VARIANTS.items()
     }
@@ -55,8 +57,8 @@ def build_archives(root: Path, quick: bool, variants: dict[str, dict] | None = N
         for suffix, overrides in variants.items():
             handler = overrides.get("handler", VARIANTS[""][0])
             config = {**MODEL_CONFIG, **{k: v for k, v in overrides.items() if k != "handler"}}
-            archive_champion(client, name, store, config, archive_name=name + suffix, handler=handler)
-    return store
+            archive_champion(client, name, model_store, config, archive_name=name + suffix, handler=handler)
+    return model_store
 
 
 def run(quick: bool = False, client: str = "auto") -> list[dict]:

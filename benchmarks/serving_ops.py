@@ -13,8 +13,8 @@ from pathlib import Path
 
 from benchmarks.load import run_load
 from benchmarks.serving import PAYLOADS, build_archives
-from training import serve
-from training.demo import free_ports
+from training.serving import serve
+from training.serving.serve import free_ports
 
 DELAYS_MS = [0, 1, 2, 5]
 SOAK_SECONDS, SOAK_CONCURRENCY = 60, 64

@@ -13,13 +13,14 @@ import time
 import numpy as np
 import optuna
 
-from training.conclude import refit
-from training.data import load_dataset, prepare_model
-from training.fit import evaluate
+from training.data.datasets import load_dataset, prepare_model
+from training.fit.loop import evaluate
 from training.nn import NWConfig, build_model
-from training.objective import Objective
-from training.search_space import DEFAULT_EPOCHS
-from training.tune import TuneOptions, study_pruner, study_sampler
+from training.search.conclude import refit
+from training.search.objective import Objective
+from training.search.options import TuneOptions
+from training.search.space import DEFAULT_EPOCHS
+from training.search.study import study_pruner, study_sampler
 
 TARGET = 1.10  # within 10% of the anchor
 

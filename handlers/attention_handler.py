@@ -16,8 +16,8 @@ from ts.torch_handler.base_handler import BaseHandler
 
 import training.nn
 from handlers.contract import Limits, adapter_for, answer_batch
-from handlers.integrity import verified_checkpoint
 from training.nn import load_checkpoint
+from training.nn.integrity import verified_checkpoint
 
 logger = logging.getLogger(__name__)
 PER_BATCH_NOISE = "Backend received inference at"  # TorchServe's worker logs this for every batch

@@ -16,85 +16,23 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from torch import nn
 
+from training.nn import model_kind
+
 from .errors import RequestError
+from .images import ImageAdapter
+from .sequences import SequenceAdapter
+from .tabular import TabularAdapter
+from .text import TextAdapter
+from .types import Adapter, Answer, Limits, Request
 
 __all__ = ["Answer", "Limits", "RequestError", "adapter_for", "answer_batch", "decode_body", "parse_request"]
 
 
-@dataclass(frozen=True)
-class Limits:
-    max_body_bytes: int = 6_000_000  # request body; TorchServe's own max_request_size is set above it
-    max_instances: int = 256  # per request
-    max_steps: int = 1000  # per sequence
-    max_request_mmac: float = 5_000  # compute one request may need (about 2.5 s on one slow core)
-    max_batch_mmac: float = 20_000  # compute one batch may hold; the costliest requests beyond it get 503
-    max_pass_mmac: float = 1_000  # compute per forward pass: bounds memory and padding
-    max_response_bytes: int = 4_000_000  # per answer; TorchServe drops a worker past max_response_size
-    batch_seconds: float = 15.0  # a batch still running after this answers its unfinished requests 503
-    max_abs_z: float = 1e6  # inputs within the training data's mean ± this many standard deviations
-    top_keys: int = 5  # NW explanations list this many most-attended training points
-
-    @classmethod
-    def from_options(cls, options: dict) -> Limits:
-        """From the model-config YAML's `handler:` section; unknown keys are someone else's settings."""
-        fields = cls.__dataclass_fields__
-        return cls(**{k: type(getattr(cls, k))(v) for k, v in options.items() if k in fields})
-
-
-@dataclass
-class Cost:
-    mmac: float  # millions of multiply-adds
-    response_bytes: int  # estimated size of the JSON answer
-
-
-@dataclass
-class Request:
-    items: Any  # the adapter's validated instances
-    count: int
-    explain: bool
-    heads: bool
-    cost: Cost
-
-
-@dataclass
-class Answer:
-    status: int
-    body: str  # strict JSON
-    headers: dict[str, str]
-
-
-class Adapter(Protocol):
-    """What differs between model kinds; see `handlers/tabular.py`, `handlers/sequences.py`, `handlers/text.py`,
-    `handlers/images.py`. A kind whose requests carry fields besides the instances (pixel: "queries") also
-    has `parse_options(items, body, explain) -> items`."""
-
-    model: nn.Module
-    per_head_weights: bool  # whether `"heads": true` can be answered (multi-head attention models)
-
-    def example(self) -> bytes: ...
-
-    def parse(self, instances: list) -> Any: ...
-
-    def cost(self, items: Any, explain: bool, heads: bool) -> Cost: ...
-
-    def run(self, batch: list[Any], explain: bool, heads: bool, deadline: float) -> list[list | None]: ...
-
-    def budget_hint(self) -> str: ...
-
-
 def adapter_for(model: nn.Module, limits: Limits) -> Adapter:
-    from training.nn import model_kind
-
-    from .images import ImageAdapter
-    from .sequences import SequenceAdapter
-    from .tabular import TabularAdapter
-    from .text import TextAdapter
-
     adapters = {"nw": TabularAdapter, "mha": SequenceAdapter, "s2s": TextAdapter, "pixel": ImageAdapter}
     return adapters[model_kind(model)](model, limits)
 

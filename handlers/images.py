@@ -24,11 +24,19 @@ from torch import Tensor
 
 from training.nn import PixelModel
 
-from .contract import Cost, Limits
+from .answers import (
+    BYTES_PER_NUMBER,
+    CLASS_ANSWER_BYTES,
+    EXPLANATION_BYTES,
+    HEAD_WEIGHT_MAC,
+    MAP_SEPARATOR_BYTES,
+    WEIGHT_DECIMALS,
+    class_answers,
+    split_per_request,
+)
 from .errors import RequestError
 from .numbers import NUMBER_TYPES, Bounds, all_numbers, is_table, preview, to_tensor
-from .sequences import HEAD_WEIGHT_MAC, class_answers
-from .tabular import BYTES_PER_NUMBER, WEIGHT_DECIMALS, split_per_request
+from .types import Cost, Limits
 
 
 @dataclass
@@ -137,10 +145,10 @@ class ImageAdapter:
 
     def cost(self, items: Images, explain: bool, heads: bool) -> Cost:
         n, N = len(items.images), self.H * self.W
-        size = n * (40 + self.classes * BYTES_PER_NUMBER)
+        size = n * (CLASS_ANSWER_BYTES + self.classes * BYTES_PER_NUMBER)
         if explain:
             maps = 1 + (len(items.queries) if items.queries else 1)  # the query maps and `attended`
-            size += n * (60 + maps * N * BYTES_PER_NUMBER + (maps - 1) * 12)
+            size += n * (EXPLANATION_BYTES + maps * N * BYTES_PER_NUMBER + (maps - 1) * MAP_SEPARATOR_BYTES)
         return Cost(n * self.image_mmac(explain), size)
 
     def budget_hint(self) -> str:

@@ -115,3 +115,21 @@ def _flat(values: list):
             yield from _flat(v)
         else:
             yield v
+
+
+def by_name(item: dict, names: list[str], where: str) -> list:
+    """An object of numbers by feature name as the model's list of numbers, in the model's feature order."""
+    if not names:
+        raise RequestError("unnamed features", f"{where}: this model's features have no names; send a list of numbers")
+    unknown = [k for k in item if k not in names]
+    if unknown:
+        detail = f"{where} has unknown feature {preview(unknown[0])}; the model takes {', '.join(names)}"
+        raise RequestError("unknown feature", detail)
+    missing = [name for name in names if name not in item]
+    if missing:
+        detail = f"{where} lacks feature {', '.join(map(repr, missing))}; the model takes {', '.join(names)}"
+        raise RequestError("missing feature", detail)
+    for name in names:
+        if not is_number(item[name]):
+            raise RequestError("invalid instance", f"{where}[{name!r}] must be a number, got {preview(item[name])}")
+    return [item[name] for name in names]

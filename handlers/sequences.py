@@ -16,12 +16,19 @@ from torch import Tensor, nn
 
 from training.nn import SequenceModel
 
-from .contract import Cost, Limits
+from .answers import (
+    BYTES_PER_NUMBER,
+    BYTES_PER_STEP_ROW,
+    CLASS_ANSWER_BYTES,
+    HEAD_WEIGHT_MAC,
+    NUMBER_ANSWER_BYTES,
+    WEIGHT_DECIMALS,
+    class_answers,
+    split_per_request,
+)
 from .errors import RequestError
-from .numbers import NUMBER_TYPES, Bounds, all_numbers, is_table, preview, to_tensor
-from .tabular import BYTES_PER_NUMBER, WEIGHT_DECIMALS, by_name, split_per_request
-
-HEAD_WEIGHT_MAC = 100  # materialized softmax weights cost about this many multiply-adds each
+from .numbers import NUMBER_TYPES, Bounds, all_numbers, by_name, is_table, preview, to_tensor
+from .types import Cost, Limits
 
 
 class SequenceAdapter:
@@ -90,12 +97,14 @@ class SequenceAdapter:
     def cost(self, sequences: list[Tensor], explain: bool, heads: bool) -> Cost:
         lengths = [len(s) for s in sequences]
         mmac = sum(self.sequence_mmac(T, heads and explain) for T in lengths)
-        per_prediction = 30 if self.regression else 40 + self.classes * BYTES_PER_NUMBER
+        per_prediction = (
+            NUMBER_ANSWER_BYTES if self.regression else CLASS_ANSWER_BYTES + self.classes * BYTES_PER_NUMBER
+        )
         size = len(lengths) * per_prediction
         if explain:
             size += sum(T * BYTES_PER_NUMBER for T in lengths)
             if heads:
-                size += sum(self.layers * self.heads * T * (T * BYTES_PER_NUMBER + 4) for T in lengths)
+                size += sum(self.layers * self.heads * T * (T * BYTES_PER_NUMBER + BYTES_PER_STEP_ROW) for T in lengths)
         return Cost(mmac, size)
 
     def budget_hint(self) -> str:
@@ -146,10 +155,3 @@ class SequenceAdapter:
             head_weights = weights["heads"][i, :, :, :n, :n].double().round(decimals=WEIGHT_DECIMALS)
             explanation["head_weights"] = head_weights.tolist()
         return explanation
-
-
-def class_answers(logits: Tensor, labels: list) -> list[dict]:
-    """Per row of (B, classes) logits, its label and probabilities: one float64 softmax for the whole batch."""
-    probabilities = torch.softmax(logits.double(), dim=-1)  # (B, classes)
-    best = probabilities.argmax(dim=-1).tolist()
-    return [{"label": labels[k], "probabilities": p} for k, p in zip(best, probabilities.round(decimals=6).tolist())]

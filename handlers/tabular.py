@@ -18,12 +18,18 @@ from torch import Tensor
 
 from training.nn import NadarayaWatson
 
-from .contract import Cost, Limits
+from .answers import (
+    BYTES_PER_NUMBER,
+    EXPLANATION_BYTES,
+    KEY_FEATURE_BYTES,
+    NUMBER_ANSWER_BYTES,
+    TOP_KEY_BYTES,
+    WEIGHT_DECIMALS,
+    split_per_request,
+)
 from .errors import RequestError
-from .numbers import Bounds, all_numbers, is_number, preview, to_tensor
-
-BYTES_PER_NUMBER = 12  # a rounded weight and its separator, in the JSON answer
-WEIGHT_DECIMALS = 7  # explanations' weights are rounded: ample for weights in [0, 1], and half the bytes
+from .numbers import Bounds, all_numbers, by_name, is_number, preview, to_tensor
+from .types import Cost, Limits
 
 
 class TabularAdapter:
@@ -85,9 +91,16 @@ class TabularAdapter:
     def cost(self, x: Tensor, explain: bool, heads: bool) -> Cost:
         n, K, D, V = len(x), self.n_keys, self.n_features, max(1, self.n_classes) + self.n_features * self.trend
         if not explain:
-            return Cost(n * K * (D + V) * 2 / 1e6, n * (30 + (V - 1) * BYTES_PER_NUMBER))
-        per_instance = K * BYTES_PER_NUMBER + self.limits.top_keys * (60 + D * 25) + 60
+            return Cost(n * K * (D + V) * 2 / 1e6, n * (NUMBER_ANSWER_BYTES + (V - 1) * BYTES_PER_NUMBER))
+        per_instance = (
+            K * BYTES_PER_NUMBER + self.limits.top_keys * (TOP_KEY_BYTES + D * KEY_FEATURE_BYTES) + EXPLANATION_BYTES
+        )
         return Cost(n * K * (3 * D + 3 + V) / 1e6, n * per_instance)
+
+    def rows_per_pass(self, explain: bool, heads: bool) -> int:
+        """As many rows as one forward pass may hold, priced by the same `cost` that admitted the requests."""
+        per_row = self.cost(torch.zeros(1, self.n_features), explain, heads).mmac
+        return max(1, int(self.limits.max_pass_mmac / per_row))
 
     def budget_hint(self) -> str:
         per_instance = self.cost(torch.zeros(1, self.n_features), explain=True, heads=False).mmac
@@ -97,7 +110,7 @@ class TabularAdapter:
     def run(self, batch: list[list], explain: bool, heads: bool, deadline: float) -> list[list | None]:
         rows = [row for request in batch for row in request]
         x = torch.tensor(rows, dtype=torch.float64, device=self.model.keys.device)  # (N, D)
-        rows_per_pass = max(1, int(self.limits.max_pass_mmac * 1e6 / (self.n_keys * (3 * self.n_features + 4))))
+        rows_per_pass = self.rows_per_pass(explain, heads)
         results: list = []
         for start in range(0, len(x), rows_per_pass):
             if time.monotonic() > deadline:
@@ -141,32 +154,3 @@ class TabularAdapter:
         inputs = [float(f"{v:.7g}") for v in self.keys[i].tolist()]  # float32 keys: 7 significant digits
         key = {"index": i, "key": inputs, "value": self.values[i], "weight": weight}
         return key | ({"row": self.rows[i]} if self.rows else {})
-
-
-def by_name(item: dict, names: list[str], where: str) -> list:
-    """An object of numbers by feature name as the model's list of numbers, in the model's feature order."""
-    if not names:
-        raise RequestError("unnamed features", f"{where}: this model's features have no names; send a list of numbers")
-    unknown = [k for k in item if k not in names]
-    if unknown:
-        detail = f"{where} has unknown feature {preview(unknown[0])}; the model takes {', '.join(names)}"
-        raise RequestError("unknown feature", detail)
-    missing = [name for name in names if name not in item]
-    if missing:
-        detail = f"{where} lacks feature {', '.join(map(repr, missing))}; the model takes {', '.join(names)}"
-        raise RequestError("missing feature", detail)
-    for name in names:
-        if not is_number(item[name]):
-            raise RequestError("invalid instance", f"{where}[{name!r}] must be a number, got {preview(item[name])}")
-    return [item[name] for name in names]
-
-
-def split_per_request(results: list, counts: list[int]) -> list[list | None]:
-    """Cut a flat list of per-instance results back into requests; a request left unfinished gets None."""
-    results = results + [None] * (sum(counts) - len(results))
-    out, start = [], 0
-    for n in counts:
-        chunk = results[start : start + n]
-        out.append(None if any(r is None for r in chunk) else chunk)
-        start += n
-    return out

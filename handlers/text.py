@@ -13,11 +13,11 @@ from typing import Any
 from training.nn import Seq2Seq, translate
 from training.nn.seq2seq import Translation, UnknownCharacterError, source_ids
 
-from .contract import Cost, Limits
+from .answers import BYTES_PER_CHARACTER, BYTES_PER_NUMBER, TEXT_ANSWER_BYTES, TOKEN_BYTES, WEIGHT_DECIMALS
 from .errors import RequestError
 from .numbers import preview
 from .sequences import SequenceAdapter
-from .tabular import BYTES_PER_NUMBER, WEIGHT_DECIMALS
+from .types import Cost, Limits
 
 EXAMPLE = "23 Nov 2026"
 
@@ -74,9 +74,9 @@ class TextAdapter(SequenceAdapter):
     def cost(self, texts: list[str], explain: bool, heads: bool) -> Cost:
         mmac = sum(self.sequence_mmac(len(t)) for t in texts)
         outputs = self.config.max_target_len
-        size = sum(20 + outputs * 4 for _ in texts)  # the decoded strings
+        size = sum(TEXT_ANSWER_BYTES + outputs * BYTES_PER_CHARACTER for _ in texts)  # the decoded strings
         if explain:
-            size += sum(len(t) * 6 + outputs * (6 + len(t) * BYTES_PER_NUMBER) for t in texts)
+            size += sum(len(t) * TOKEN_BYTES + outputs * (TOKEN_BYTES + len(t) * BYTES_PER_NUMBER) for t in texts)
         return Cost(mmac, size)
 
     def budget_hint(self) -> str:

@@ -18,9 +18,9 @@ def stores(tmp_path_factory):
 def serve_champion(stores):
     """`serve_champion(name)`: the study's @champion in `stores` archived (exactly one archive) and served by a
     real TorchServe on free loopback ports; stopped when the module is done."""
-    from training import serve
-    from training.archive import archive_champions
-    from training.demo import free_ports
+    from training.serving import serve
+    from training.serving.archive import archive_champions
+    from training.serving.serve import free_ports
 
     servers = []
 
@@ -39,8 +39,9 @@ def serve_champion(stores):
 def champions(tmp_path_factory):
     """nw-sine and mha-adding tuned briefly in real stores and archived from the registry's @champion,
     shared by the serving tests (each starts its own TorchServe over a copy of the model store)."""
-    from training.archive import archive_champions
-    from training.tune import TuneOptions, tune
+    from training.search.options import TuneOptions
+    from training.search.study import tune
+    from training.serving.archive import archive_champions
 
     root = tmp_path_factory.mktemp("champions")
     stores = {"tracking_uri": f"sqlite:///{root / 'mlflow.db'}", "storage": f"sqlite:///{root / 'optuna.db'}"}

@@ -18,6 +18,7 @@ def run_bench(out: Path, *args: str) -> dict:
     return json.loads((out / "results.json").read_text())
 
 
+@pytest.mark.e2e  # the quick bench tunes, serves and loads a real TorchServe
 def test_quick_benchmark_writes_every_row(tmp_path):
     results = run_bench(tmp_path)
     assert set(results["rows"]) == {"nw_kernel", "mha", "serving", "tuning", "quality", "batch_delay", "soak"}

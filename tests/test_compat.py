@@ -50,8 +50,8 @@ def test_an_archive_from_before_the_move_answers_as_it_did_with_todays_handler(t
 
 @pytest.mark.e2e
 def test_an_archive_from_before_the_move_is_served_by_todays_server(tmp_path):
-    from training import serve
-    from training.demo import free_ports
+    from training.serving import serve
+    from training.serving.serve import free_ports
 
     store = tmp_path / "store"
     store.mkdir()

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from training.data import LOADERS, load_dataset
+from training.data.datasets import LOADERS, load_dataset
 
 SMALL = {
     "adding": dict(n_train=200, n_val=50, n_test=50, max_len=40),

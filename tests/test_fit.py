@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from training.data import load_dataset, prepare_model
-from training.fit import FitConfig, NonFiniteLossError, evaluate, fit, resolve_device
+from training.data.datasets import load_dataset, prepare_model
+from training.fit.loop import FitConfig, NonFiniteLossError, evaluate, fit, resolve_device
 from training.nn import NWConfig, SequenceConfig, build_model, load_checkpoint, save_checkpoint
 
 

@@ -7,7 +7,7 @@ import torch
 
 from handlers.attention_handler import AttentionHandler
 from handlers.contract import Limits, RequestError, adapter_for, answer_batch, parse_request
-from training import dates
+from training.data import dates
 from training.nn import NWConfig, Seq2SeqConfig, SequenceConfig, build_model, save_checkpoint, translate
 from training.nn.seq2seq import EOS
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from handlers.contract import Limits, adapter_for, answer_batch, render
-from handlers.integrity import ArchiveIntegrityError, verified_checkpoint
 from training.nn import NWConfig, SequenceConfig, build_model, save_checkpoint
+from training.nn.integrity import ArchiveIntegrityError, verified_checkpoint
 
 INFO = {"name": "toy", "version": "1", "run_id": "r"}
 VALID_SEQUENCE = [[0.5, 1.0], [0.2, 0.0], [0.9, 1.0]]

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from training.data import load_dataset, prepare_model
-from training.fit import FitConfig, evaluate, fit
+from training.data.datasets import load_dataset, prepare_model
+from training.fit.loop import FitConfig, evaluate, fit
 from training.nn import NadarayaWatson, NWConfig, build_model
 
 

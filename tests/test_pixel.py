@@ -9,12 +9,12 @@ import torch
 
 from handlers.contract import Limits, adapter_for, answer_batch
 from handlers.images import brightest
-from training.data import as_images, load_dataset, prepare_model
+from training.data.datasets import as_images, load_dataset, prepare_model
 from training.nn import PixelConfig, PixelSelfAttention, build_model, load_checkpoint, save_checkpoint
 from training.nn.pixel import random_shift
-from training.pyfunc import example_frame, predict_frame
-from training.search_space import default_epochs, suggest
-from training.tune import TuneError, TuneOptions
+from training.search.options import TuneError, TuneOptions
+from training.search.space import default_epochs, suggest
+from training.tracking.pyfunc import example_frame, predict_frame
 
 INFO = {"name": "pixel-toy", "version": "1", "run_id": "r"}
 

@@ -6,9 +6,10 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from training.data import load_dataset
+from training.data.datasets import load_dataset
 from training.nn import load_checkpoint
-from training.tune import TuneOptions, tune
+from training.search.options import TuneOptions
+from training.search.study import tune
 
 pytestmark = pytest.mark.e2e
 

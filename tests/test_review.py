@@ -16,10 +16,11 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 
-from training import plots, progress, tracking
-from training.demo import free_port
-from training.fit import FitResult
-from training.run_notes import BEST_TAG, NOTE_TAG, git_provenance
+from training.fit.loop import FitResult
+from training.infra.processes import free_port
+from training.search import progress
+from training.tracking import plots, registry, store
+from training.tracking.run_notes import BEST_TAG, NOTE_TAG, git_provenance
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "training"]
@@ -59,7 +60,7 @@ def test_study_page_renders_offline_with_every_plot(stores, tuned):
 
 
 def test_log_searched_parameters_get_log_axes(stores, tuned):
-    from training.study_plots import draw_all
+    from training.tracking.study_plots import draw_all
 
     study = optuna.load_study(study_name="nw-sine", storage=stores["storage"])
     figures, _ = draw_all(study)
@@ -69,7 +70,7 @@ def test_log_searched_parameters_get_log_axes(stores, tuned):
 
 
 def test_a_plot_the_study_cannot_draw_is_skipped_with_why(tmp_path):
-    from training.study_plots import draw_all
+    from training.tracking.study_plots import draw_all
 
     study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'o.db'}")
     study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=1)
@@ -139,7 +140,7 @@ def test_learning_curve_marks_the_restored_epoch_even_at_zero():
 
 
 def test_mha_heatmaps_show_inputs_pooling_and_every_head():
-    from training.data import load_dataset, prepare_model
+    from training.data.datasets import load_dataset, prepare_model
     from training.nn import SequenceConfig, build_model
 
     data = load_dataset("digits", seed=0)
@@ -234,15 +235,15 @@ def test_ctrl_c_keeps_finished_trials_and_closes_the_runs_as_killed(tmp_path):
 
 
 def test_unknown_archive_name_lists_the_champions(stores, tuned):
-    from training.archive import archive_champions
+    from training.serving.archive import archive_champions
 
     with pytest.raises(RuntimeError, match=r"nw-sinee.*champions: nw-sine"):
         archive_champions("nw-sinee", tracking_uri=stores["tracking_uri"])
 
 
 def test_mark_version_sets_an_alias_and_a_stamp(stores, tuned):
-    client = tracking.configure(stores["tracking_uri"])
-    tracking.mark_version(client, "nw-sine", "1", "archived")
+    client = store.configure(stores["tracking_uri"])
+    registry.mark_version(client, "nw-sine", "1", "archived")
     version = client.get_model_version_by_alias("nw-sine", "archived")
     assert str(version.version) == "1" and version.tags["archived_at"].endswith("Z")
 
@@ -303,6 +304,7 @@ def serve_then_stop(args: list[str], url: str) -> bytes:
     return body
 
 
+@pytest.mark.e2e  # starts a real UI server
 def test_dashboard_serves_the_studies_on_loopback_and_stops_cleanly(stores, tuned):
     port = free_port()
     body = serve_then_stop(
@@ -311,6 +313,7 @@ def test_dashboard_serves_the_studies_on_loopback_and_stops_cleanly(stores, tune
     assert "nw-sine" in [s["study_name"] for s in json.loads(body)["study_summaries"]]
 
 
+@pytest.mark.e2e  # starts a real UI server
 def test_ui_ends_with_its_wrapper(stores, tuned):
     port = free_port()
     body = serve_then_stop(
@@ -319,6 +322,7 @@ def test_ui_ends_with_its_wrapper(stores, tuned):
     assert body.strip() == b"OK"
 
 
+@pytest.mark.e2e  # starts a real UI server
 def test_ui_on_a_busy_port_exits_non_zero_with_the_cause(stores):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))

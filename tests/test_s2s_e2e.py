@@ -8,9 +8,10 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from training import data
+from training.data import datasets as data
 from training.demo import DEMO_START
-from training.tune import TuneOptions, enqueue_trial, tune
+from training.search.options import TuneOptions
+from training.search.study import enqueue_trial, tune
 
 pytestmark = pytest.mark.e2e
 TEXTS = ["23 Nov 2026", "11/23/26", "Monday, November 23, 2026", "23.11.2026", "nov 23rd, 2026"]

@@ -20,8 +20,9 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 
-from training import tracking_server
-from training.trial_log import RUN_STATUS
+from training.infra.processes import free_port
+from training.tracking import server as tracking_server
+from training.tracking.trial_log import RUN_STATUS
 
 pytestmark = pytest.mark.e2e
 
@@ -35,7 +36,7 @@ SURVIVOR_TRIALS, HEARTBEAT, GRACE = 5, 2, 10
 # trial while a hold file exists, and optionally sleeps per epoch (a slow machine, so it is killed mid-trial).
 WORKER = """
 import os, sys, time
-import training.objective as objective
+from training.search import objective
 from training.cli import main
 
 ready, go, hold, delay = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
@@ -65,7 +66,7 @@ def server():
     state = Path(tempfile.mkdtemp(prefix="tracking-"))
     state.chmod(0o755)  # PostgreSQL runs as an unprivileged user when the tests run as root
     try:
-        ports = dict(pg_port=tracking_server.free_port(), mlflow_port=tracking_server.free_port())
+        ports = dict(pg_port=free_port(), mlflow_port=free_port())
         yield tracking_server.start(state, **ports, workers=1)
     finally:
         tracking_server.stop(state)

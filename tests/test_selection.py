@@ -8,10 +8,10 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from training import selection
-from training.conclude import refit
-from training.data import load_dataset
-from training.search_space import rebuild
+from training.data.datasets import load_dataset
+from training.fit import cross_validation
+from training.search.conclude import refit
+from training.search.space import rebuild
 
 
 @pytest.fixture(scope="module")
@@ -20,18 +20,18 @@ def diabetes():
 
 
 def test_cv_is_chosen_for_small_data_and_not_for_large(diabetes):
-    assert selection.protocol(diabetes) == "cv5"
-    assert selection.protocol(load_dataset("sine", seed=0)) == "holdout"  # the reference design, by name
-    rows = selection.SMALL_DATA_ROWS
+    assert cross_validation.protocol(diabetes) == "cv5"
+    assert cross_validation.protocol(load_dataset("sine", seed=0)) == "holdout"  # the reference design, by name
+    rows = cross_validation.SMALL_DATA_ROWS
     big = dataclasses.replace(diabetes, train=diabetes.train.subset(torch.zeros(rows, dtype=torch.long)))
-    assert selection.protocol(big) == "holdout"
+    assert cross_validation.protocol(big) == "holdout"
     just_small = dataclasses.replace(big, train=big.train.subset(torch.arange(rows - len(diabetes.val) - 1)))
-    assert selection.protocol(just_small) == "cv5"
+    assert cross_validation.protocol(just_small) == "cv5"
 
 
 def test_folds_are_deterministic_disjoint_and_cover_train_and_validation(diabetes):
-    first, again = selection.folds(diabetes), selection.folds(diabetes)
-    assert len(first) == selection.N_FOLDS
+    first, again = cross_validation.folds(diabetes), cross_validation.folds(diabetes)
+    assert len(first) == cross_validation.N_FOLDS
     pooled = torch.cat([diabetes.train.x, diabetes.val.x])
     held_out = torch.cat([f.val.x for f in first])
     assert len(held_out) == len(pooled) and torch.unique(held_out, dim=0).shape == torch.unique(pooled, dim=0).shape
@@ -68,7 +68,8 @@ def test_a_trial_tuned_before_metric_learning_and_the_trend_is_rebuilt_as_it_was
 
 
 def test_tuning_diabetes_cross_validates_and_registers_a_champion(stores):
-    from training.tune import TuneOptions, tune
+    from training.search.options import TuneOptions
+    from training.search.study import tune
 
     result = tune(
         TuneOptions(
@@ -91,7 +92,7 @@ def test_tuning_diabetes_cross_validates_and_registers_a_champion(stores):
     assert done and all(t.user_attrs["protocol"] == "cv5" and "refit_epochs" in t.user_attrs for t in done)
     trial_run = client.get_run(done[0].user_attrs["mlflow_run_id"])
     folds = client.get_metric_history(trial_run.info.run_id, "cv_val_mse")
-    assert [m.step for m in folds] == list(range(1, selection.N_FOLDS + 1))
+    assert [m.step for m in folds] == list(range(1, cross_validation.N_FOLDS + 1))
     assert folds[-1].value == pytest.approx(done[0].value, rel=1e-6)  # the trial's value is the folds' mean
     assert set(result.conclusion.test_metrics) >= {"mse", "r2"}
 
@@ -129,7 +130,7 @@ def test_peers_are_selected_by_seeded_cv_on_train_and_validation_and_refit_on_bo
 
 
 def test_the_epoch_is_chosen_by_the_folds_mean_curve_not_each_folds_own_best(diabetes):
-    from training.fit import FitResult
+    from training.fit.loop import FitResult
 
     # Each fold is best at another epoch (its own held-out rows would flatter it); epoch 2 is best on average.
     curves = iter([[9, 1, 5, 9], [9, 5, 1, 9], [9, 9, 2, 1], [9, 5, 3, 5], [9, 5, 4, 5]])
@@ -140,7 +141,7 @@ def test_the_epoch_is_chosen_by_the_folds_mean_curve_not_each_folds_own_best(dia
         history = [{"epoch": e, "val_mse": v} for e, v in enumerate(mse[1:], 1)]
         return FitResult(history, min(range(1, 4), key=lambda e: mse[e]), {"mse": min(mse)}, {"mse": mse[0]})
 
-    result = selection.cross_validate(diabetes, "mse", "minimize", train_fold, lambda *a: reported.append(a))
+    result = cross_validation.cross_validate(diabetes, "mse", "minimize", train_fold, lambda *a: reported.append(a))
     assert result.best_epoch == 2 and result.val_metrics["mse"] == pytest.approx(3.0)  # not the folds' bests, 1.6
     assert [step for step, _, _ in reported] == [1, 2, 3, 4, 5]
     assert reported[0][2] == 1 and reported[-1][2] == pytest.approx(3.0)  # the best of the mean curve so far

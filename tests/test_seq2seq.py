@@ -8,12 +8,12 @@ import optuna
 import pytest
 import torch
 
-from training import dates
-from training.data import load_dataset, split_texts
-from training.fit import FitConfig, evaluate, fit
+from training.data import dates
+from training.data.datasets import load_dataset, split_texts
+from training.fit.loop import FitConfig, evaluate, fit
 from training.nn import Seq2SeqConfig, build_model, load_checkpoint, save_checkpoint, translate
 from training.nn.seq2seq import EOS, PAD, UnknownCharacterError, pad_batch, source_ids
-from training.search_space import suggest_s2s
+from training.search.space import suggest_s2s
 
 SMALL = dict(n_train=4000, n_val=300, n_test=300)
 EXAMPLES = {

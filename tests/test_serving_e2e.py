@@ -6,11 +6,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import mlflow
 import pandas as pd
+import psutil
 import pytest
 from mlflow import MlflowClient
 
-from training import serve
-from training.demo import free_ports
+from training.infra import places
+from training.infra.processes import process_tree
+from training.serving import serve
+from training.serving.serve import free_ports
 
 pytestmark = pytest.mark.e2e
 SEQUENCES = [[[0.3, 1], [0.9, 0], [0.5, 1]], [[0.1, 0]] * 7 + [[0.7, 1], [0.2, 1]]]
@@ -119,7 +122,7 @@ def test_workers_run_the_archived_code_not_the_checkout(served):
     log = (server.run_dir / "logs" / "model_log.log").read_text()
     loaded = [line for line in log.splitlines() if "code from" in line]
     assert loaded, "the handler logs where its code came from"
-    checkout = str(serve.ROOT)
+    checkout = str(places.ROOT)
     for line in loaded:
         sources = line.split("code from ", 1)[1].split(" and ")
         assert all(not s.strip().startswith(checkout) for s in sources), line
@@ -140,8 +143,15 @@ def test_model_registration_is_token_guarded_and_limited_to_the_model_store(serv
 
 def test_everything_binds_to_loopback(served):
     server, _ = served
-    for address in (server.inference_url, server.management_url, server.metrics_url):
-        assert address.startswith("http://127.0.0.1:")
+    listening = [
+        connection.laddr
+        for process in process_tree(serve.running_pid(server.run_dir))
+        for connection in process.net_connections(kind="inet")
+        if connection.status == psutil.CONN_LISTEN
+    ]
+    ports = {int(url.rsplit(":", 1)[1]) for url in (server.inference_url, server.management_url, server.metrics_url)}
+    assert ports <= {address.port for address in listening}, listening  # the server's own sockets, as bound
+    assert all(address.ip in ("127.0.0.1", "::1") for address in listening), listening
     status, metrics, _ = server.request("GET", f"{server.metrics_url}/metrics", token=server.token())
     assert status == 200 and "ts_inference_requests_total" in metrics
 

@@ -12,10 +12,10 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from handlers.contract import Limits, adapter_for
-from training import serve
-from training.archive import MODEL_CONFIG
-from training.demo import free_ports
 from training.nn import load_checkpoint
+from training.serving import serve
+from training.serving.archive import MODEL_CONFIG
+from training.serving.serve import free_ports
 
 pytestmark = pytest.mark.e2e
 LIMITS = Limits.from_options(MODEL_CONFIG["handler"])

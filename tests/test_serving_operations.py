@@ -15,11 +15,12 @@ import psutil
 import pytest
 import torch
 
-from training import serve, tracking
-from training.archive import archive_champions
-from training.demo import free_ports
-from training.deploy import deploy
 from training.nn import load_checkpoint, save_checkpoint
+from training.serving import serve
+from training.serving.archive import archive_champions
+from training.serving.deploy import deploy
+from training.serving.serve import free_ports
+from training.tracking import registry, store
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,12 +40,12 @@ def new_champion_version(champions, root: Path, name: str) -> tuple[str, str]:
     db = root / "registry.db"
     shutil.copy(champions["tracking_uri"].removeprefix("sqlite:///"), db)
     uri = f"sqlite:///{db}"
-    client = tracking.configure(uri)
-    current = client.get_model_version_by_alias(name, tracking.CHAMPION)
+    client = store.configure(uri)
+    current = client.get_model_version_by_alias(name, registry.CHAMPION)
     new = client.create_model_version(name, source=current.source, run_id=current.run_id)
     for key, value in current.tags.items():
         client.set_model_version_tag(name, new.version, key, value)
-    client.set_registered_model_alias(name, tracking.CHAMPION, new.version)
+    client.set_registered_model_alias(name, registry.CHAMPION, new.version)
     return uri, str(new.version)
 
 
@@ -76,8 +77,8 @@ def test_a_new_champion_rolls_out_under_load_with_zero_failed_requests(running, 
     assert all(v == version for _, v in last), "answers switch to the new version and stay there"
     assert rollout.version == version and rollout.previous == [old_version]
     assert [v["modelVersion"] for v in server.versions("nw-sine")] == [version]
-    client = tracking.configure(uri)
-    assert str(client.get_model_version_by_alias("nw-sine", tracking.SERVING).version) == version
+    client = store.configure(uri)
+    assert str(client.get_model_version_by_alias("nw-sine", registry.SERVING).version) == version
     again = deploy("nw-sine", run_dir=server.run_dir, model_store=store, tracking_uri=uri)
     assert again.previous == [] and server.predict("nw-sine", [2.5])[0] == 200
 
@@ -156,9 +157,23 @@ def test_logs_rotate_by_size_and_requests_do_not_reach_stdout(running):
     grown = {name: (logs / name).stat().st_size - before[name] for name in quiet}
     assert all(size < 1000 for size in grown.values()), f"per-request lines only go to the access log: {grown}"
     assert (logs / "access_log.log").stat().st_size > 200 * 50
-    config = serve.LOG_CONFIG.read_text()
-    assert config.count("SizeBasedTriggeringPolicy") >= 1 and config.count("<RollingFile") == 5
-    assert "TimeBasedTriggeringPolicy" not in config
+
+
+def test_a_log_at_its_size_cap_rolls_over_into_a_compressed_file(model_store_copy, tmp_path):
+    store = model_store_copy(tmp_path / "archives")
+    server = serve.start(
+        models=["nw-sine"], run_dir=tmp_path / "run", model_store=store, ports=free_ports(), quiet=True, log_size="8 KB"
+    )
+    logs = server.run_dir / "logs"
+    try:
+        for _ in range(300):  # ~100 bytes per access-log line: about four caps' worth
+            assert server.predict("nw-sine", [1.0])[0] == 200
+    finally:
+        serve.stop(server.run_dir, quiet=True)
+    rolled = sorted(p.name for p in logs.glob("access_log.*.log.gz"))
+    assert rolled, sorted(p.name for p in logs.iterdir())
+    assert len(rolled) <= 3  # DefaultRolloverStrategy max: older files are deleted
+    assert (logs / "access_log.log").stat().st_size < 16 * 1024
 
 
 def test_the_token_command_replaces_an_expired_token_and_says_so(running):

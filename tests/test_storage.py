@@ -7,11 +7,13 @@ import time
 import optuna
 import pytest
 
-from training import tracking
 from training.cli import main
-from training.demo import free_port
-from training.storage import sampler_seed, storage_lock
-from training.tune import TuneOptions, tune
+from training.infra.locks import storage_lock
+from training.infra.processes import free_port
+from training.search.options import TuneOptions
+from training.search.storage import sampler_seed
+from training.search.study import tune
+from training.tracking import registry, store
 
 
 def test_each_invocation_samples_with_its_own_seed_and_the_first_with_the_seed_given():
@@ -58,14 +60,14 @@ def test_an_unreachable_tracking_server_is_one_line_naming_it(capsys, tmp_path, 
 
 
 def test_the_ui_over_a_tracking_server_only_points_at_it(capsys, monkeypatch):
-    monkeypatch.setattr(tracking, "check_tracking_uri", lambda uri: None)
+    monkeypatch.setattr(store, "check_tracking_uri", lambda uri: None)
     assert main(["ui", "--tracking-uri", "http://mlflow.internal:5000"]) == 0
     assert "http://mlflow.internal:5000" in capsys.readouterr().out
 
 
 def test_review_links_point_at_the_store_in_use():
-    from training.run_notes import run_route
-    from training.ui import review_link
+    from training.tracking.run_notes import run_route
+    from training.tracking.ui import review_link
 
     route = run_route("3", "abc")
     assert review_link("http://u:pw@mlflow:5000/", route).startswith(
@@ -106,7 +108,7 @@ def test_the_storage_lock_admits_one_holder_at_a_time(tmp_path):
 
 def test_concluding_together_leaves_the_best_by_validation_as_champion(tmp_path):
     """Eight conclusions at once, each registering a candidate and deciding under the study's lock."""
-    client = tracking.configure(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = store.configure(f"sqlite:///{tmp_path / 'mlflow.db'}")
     client.create_registered_model("toy")
     url, values = f"sqlite:///{tmp_path / 'optuna.db'}", random.Random(0).sample(range(100, 200), 8)
     errors = []
@@ -116,7 +118,7 @@ def test_concluding_together_leaves_the_best_by_validation_as_champion(tmp_path)
             with storage_lock(url, "conclude:toy"):
                 tags = {"val_mse": str(val / 100), "test_mse": str(1 / val)}  # test ranks them the other way
                 client.create_model_version("toy", source="file:///nowhere", tags=tags)
-                tracking.promote_best(client, "toy", "mse", "minimize")
+                registry.promote_best(client, "toy", "mse", "minimize")
         except Exception as error:  # surfaced below: a thread's assertion would be lost
             errors.append(error)
 

@@ -11,11 +11,11 @@ import torch
 from handlers.contract import Limits
 from handlers.errors import RequestError
 from handlers.tabular import TabularAdapter
-from training.data import prepare_model
+from training.data.datasets import prepare_model
+from training.data.tables import TableError, TableSpec, default_name, load_file_dataset
 from training.nn import NadarayaWatson, NWConfig, build_model
-from training.search_space import suggest
-from training.table_records import record_on_study
-from training.tables import TableError, TableSpec, default_name, load_file_dataset
+from training.search.space import suggest
+from training.tracking.records import record_on_study
 
 
 def table(n: int = 40, seed: int = 0) -> pd.DataFrame:
@@ -213,7 +213,7 @@ def test_a_served_file_model_takes_named_features_and_names_training_rows(tmp_pa
 
 
 def test_a_parametric_nw_classifier_trains_on_a_file(tmp_path):
-    from training.fit import evaluate, fit
+    from training.fit.loop import evaluate, fit
 
     rng = np.random.default_rng(0)
     label = np.repeat(["a", "b", "c"], 30)
@@ -238,7 +238,7 @@ def test_a_parametric_nw_classifier_trains_on_a_file(tmp_path):
     ],
 )
 def test_tune_refuses_a_file_request_before_reading_it(tmp_path, overrides, message):
-    from training.tune import TuneOptions
+    from training.search.options import TuneOptions
 
     options = TuneOptions(**{"model": "nw", "data": write(table(), tmp_path / "d.csv"), "target": "cost", **overrides})
     assert TuneOptions(model="nw", data="x/House Prices.csv", target="y").name == "nw-house-prices"

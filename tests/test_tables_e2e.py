@@ -10,11 +10,12 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from training import serve
-from training.archive import archive_champions
-from training.demo import free_ports
-from training.tables import TableError
-from training.tune import TuneOptions, tune
+from training.data.tables import TableError
+from training.search.options import TuneOptions
+from training.search.study import tune
+from training.serving import serve
+from training.serving.archive import archive_champions
+from training.serving.serve import free_ports
 
 pytestmark = pytest.mark.e2e
 

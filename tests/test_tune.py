@@ -7,10 +7,11 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 
-from training import objective as objective_module
-from training import tracking
-from training import tune as tune_module
-from training.tune import TuneError, TuneOptions, tune
+from training.search import objective as objective_module
+from training.search import study as tune_module
+from training.search.options import TuneError, TuneOptions
+from training.search.study import tune
+from training.tracking import registry, store
 
 
 def options(stores, **overrides):
@@ -129,7 +130,7 @@ def test_a_diverging_trial_fails_cleanly_and_the_study_goes_on(stores, monkeypat
 
 
 def test_champion_is_the_best_version_by_validation_never_by_test(stores):
-    client = tracking.configure(stores["tracking_uri"])
+    client = store.configure(stores["tracking_uri"])
     client.create_registered_model("toy-model")
     # (validation, test): the test metric points the other way and must not decide
     scores = [(0.5, 0.1), (0.9, 0.05), (0.2, 0.8)]
@@ -137,12 +138,12 @@ def test_champion_is_the_best_version_by_validation_never_by_test(stores):
     for val, test in scores:
         tags = {"val_mse": str(val), "test_mse": str(test)}
         versions.append(client.create_model_version("toy-model", source="file:///nowhere", tags=tags).version)
-        decision = tracking.promote_best(client, "toy-model", "mse", "minimize")
+        decision = registry.promote_best(client, "toy-model", "mse", "minimize")
         if len(versions) == 2:
             assert not decision.promoted and decision.version == str(versions[0]) and "stays" in decision.reason
     assert decision.promoted and decision.version == str(versions[2]) and "beats" in decision.reason
     assert str(client.get_model_version_by_alias("toy-model", "champion").version) == str(versions[2])
-    again = tracking.promote_best(client, "toy-model", "mse", "minimize")
+    again = registry.promote_best(client, "toy-model", "mse", "minimize")
     assert not again.promoted and again.version == str(versions[2])  # idempotent
 
 
@@ -162,13 +163,14 @@ def test_bad_requests_are_refused_by_name(stores, overrides, message):
         tune(options(stores, **overrides))
 
 
+@pytest.mark.e2e  # starts a real UI server
 def test_the_ui_serves_the_store_on_loopback(stores, first):
     import subprocess
     import sys
     import time
     import urllib.request
 
-    from training.demo import free_port
+    from training.infra.processes import free_port
 
     port = free_port()
     ui = subprocess.Popen(
@@ -199,7 +201,7 @@ def test_device_pool_gives_each_running_trial_its_own_device():
     import threading
     import time as clock
 
-    from training.objective import DevicePool
+    from training.search.objective import DevicePool
 
     pool, lock, running, overlaps = DevicePool(["cuda:0", "cuda:1"]), threading.Lock(), {}, []
 
@@ -225,12 +227,12 @@ def test_device_pool_gives_each_running_trial_its_own_device():
 def test_a_trial_whose_process_died_is_retried_and_its_runs_closed(tmp_path):
     import time as clock
 
-    from training.trial_log import MlflowTrialLog, StaleTrialCallback
+    from training.tracking.trial_log import MlflowTrialLog, StaleTrialCallback
 
     stores = {"storage": f"sqlite:///{tmp_path / 'optuna.db'}", "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}
     quick = dict(heartbeat=1, grace=2)
-    client = tracking.configure(stores["tracking_uri"])
-    experiment = tracking.experiment_id(client, "nw-sine")
+    client = store.configure(stores["tracking_uri"])
+    experiment = store.experiment_id(client, "nw-sine")
     study, _ = tune_module.open_study(options(stores, **quick), "minimize", StaleTrialCallback())
     dead = study.ask(
         {

@@ -1,5 +1,6 @@
 """Attention models tuned with Optuna, tracked in MLflow and served by TorchServe.
 
-`training.nn` holds the torch-only models (the serving path); the other modules (data, fit, tuning,
-tracking, archiving, CLI) may import anything.
+Subpackages by role, imports one way: `infra` (paths, ports, process plumbing; stdlib) and `nn` (torch-only
+models, shipped in every archive) <- `data` <- `fit` <- `tracking` <- `search`; `tracking` <- `serving`;
+`cli` and `demo` on top. `python -m training` is the command line.
 """

@@ -6,7 +6,10 @@ import argparse
 import logging
 import sys
 
-from .data import KINDS, MODEL_KINDS
+from training.data.datasets import KINDS, MODEL_KINDS
+from training.infra import storage_urls
+from training.infra.places import DASHBOARD_PORT, LOOPBACK, MLFLOW_PORT, POSTGRES_PORT
+from training.tracking import store
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -15,14 +18,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     tune = commands.add_parser("tune", help="run (or continue) an Optuna study, tracked in MLflow")
     tune.add_argument("--model", required=True, choices=list(MODEL_KINDS))
-    tune.add_argument("--dataset", choices=sorted(KINDS), help="a built-in data set (or --data FILE)")
+    tune.add_argument("--dataset", default="", choices=sorted(KINDS), help="a built-in data set (or --data FILE)")
     tune.add_argument("--data", default=None, help="your own CSV or Parquet file instead of --dataset")
     tune.add_argument("--target", default=None, help="with --data: the column to predict")
-    tune.add_argument("--features", default=None, help="with --data: comma-separated columns (default: numeric ones)")
+    tune.add_argument(
+        "--features", type=comma_list, default=(), help="with --data: comma-separated columns (default: numeric ones)"
+    )
     tune.add_argument("--task", choices=["regression", "classification"], default=None, help="default: inferred")
-    tune.add_argument("--name", default=None, help="with --data: study/model name (default: <model>-<file name>)")
-    tune.add_argument("--id", default=None, help="with --data, long-format sequences: the sequence ID column")
-    tune.add_argument("--order", default=None, help="with --data, long-format sequences: the step order column")
+    tune.add_argument("--name", dest="study_name", help="with --data: study/model name (default: <model>-<file name>)")
+    tune.add_argument("--id", dest="id_column", help="with --data, long-format sequences: the sequence ID column")
+    tune.add_argument("--order", dest="order_column", help="with --data, long-format sequences: the step order column")
     tune.add_argument("--trials", type=int, default=20, help="trials to add to the study")
     tune.add_argument("--timeout", type=float, default=None, help="stop starting new trials after this many seconds")
     tune.add_argument(
@@ -35,10 +40,13 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument(
         "--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or mlruns/)"
     )
-    tune.add_argument("--no-progress", action="store_true", help="no progress bar: one plain line per trial")
+    tune.add_argument(
+        "--no-progress", dest="progress", action="store_false", help="no progress bar: one plain line per trial"
+    )
     tune.add_argument(
         "--no-conclude",
-        action="store_true",
+        dest="conclude",
+        action="store_false",
         help="only add trials; leave refit/register/promote to `conclude` (many workers, one conclusion)",
     )
     add_heartbeat_arguments(tune)
@@ -64,19 +72,21 @@ def build_parser() -> argparse.ArgumentParser:
     token = commands.add_parser("token", help="print the running server's inference token")
     token.add_argument("--refresh", action="store_true", help="ask TorchServe for a new one first")
     token.add_argument("--run-dir", default=None, help="the server's run directory (default: .serve/)")
-    ui = commands.add_parser("ui", help="MLflow UI on http://127.0.0.1:5000 over mlruns/")
-    ui.add_argument("--port", type=int, default=5000)
+    ui = commands.add_parser("ui", help=f"MLflow UI on http://{LOOPBACK}:{MLFLOW_PORT} over mlruns/")
+    ui.add_argument("--port", type=int, default=MLFLOW_PORT)
     ui.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI or mlruns/")
     server = commands.add_parser("tracking-server", help="local PostgreSQL + mlflow server for many tuning workers")
-    server.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
-    server.add_argument("--port", type=int, default=5000, help="mlflow server port")
-    server.add_argument("--pg-port", type=int, default=5433, help="PostgreSQL port")
+    server.add_argument("--host", default=LOOPBACK, help="address to bind (default loopback)")
+    server.add_argument("--port", type=int, default=MLFLOW_PORT, help="mlflow server port")
+    server.add_argument("--pg-port", type=int, default=POSTGRES_PORT, help="PostgreSQL port")
     server.add_argument("--allowed-hosts", default="", help="extra host names workers use, comma-separated")
     server.add_argument("--state-dir", default=None, help="default: .tracking/")
     stop_server = commands.add_parser("tracking-server-stop", help="stop the tracking server (its data stays)")
     stop_server.add_argument("--state-dir", default=None, help="default: .tracking/")
-    dashboard = commands.add_parser("dashboard", help="optuna-dashboard on http://127.0.0.1:8083 over the studies")
-    dashboard.add_argument("--port", type=int, default=8083)
+    dashboard = commands.add_parser(
+        "dashboard", help=f"optuna-dashboard on http://{LOOPBACK}:{DASHBOARD_PORT} over the studies"
+    )
+    dashboard.add_argument("--port", type=int, default=DASHBOARD_PORT)
     dashboard.add_argument("--storage", default=None, help="Optuna storage URL (default: sqlite under mlruns/)")
     commands.add_parser("demo", help="tune, archive, serve, query and stop: the whole product in one go")
     return parser
@@ -92,6 +102,10 @@ def add_heartbeat_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="seconds without a beat before a trial is failed and retried, a run closed ($TUNE_GRACE, 120)",
     )
+
+
+def comma_list(text: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in text.split(",") if item.strip())
 
 
 def heartbeat_arguments(args) -> dict[str, int]:
@@ -117,43 +131,23 @@ def main(argv: list[str] | None = None) -> int:
 def run_tune(args) -> int:
     import optuna
 
-    from .progress import quiet_libraries
-    from .report import print_tune_summary
-    from .tune import TuneOptions, tune
+    from training.search.options import TuneOptions
+    from training.search.progress import quiet_libraries
+    from training.search.report import print_tune_summary
+    from training.search.study import tune
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # progress: the bar, or our own line per trial
     quiet_libraries()
     if bool(args.dataset) == bool(args.data):
         raise ValueError("give either --dataset (built in) or --data FILE --target COLUMN (your own file)")
-    options = TuneOptions(
-        model=args.model,
-        dataset=args.dataset or "",
-        data=args.data,
-        target=args.target,
-        features=tuple(f.strip() for f in args.features.split(",") if f.strip()) if args.features else (),
-        task=args.task,
-        study_name=args.name,
-        id_column=args.id,
-        order_column=args.order,
-        trials=args.trials,
-        timeout=args.timeout,
-        jobs=args.jobs,
-        device=args.device,
-        storage=args.storage,
-        seed=args.seed,
-        epochs=args.epochs,
-        tracking_uri=args.tracking_uri,
-        progress=not args.no_progress,
-        conclude=not args.no_conclude,
-        **heartbeat_arguments(args),
-    )
+    options = TuneOptions.from_arguments(args)
     print_tune_summary(tune(options), options)
     return 0
 
 
 def run_conclude(args) -> int:
-    from .report import print_conclusion
-    from .tune import conclude_study
+    from training.search.report import print_conclusion
+    from training.search.study import conclude_study
 
     conclusion, client, experiment_id, run_id = conclude_study(
         args.name, args.storage, args.tracking_uri, args.device, **heartbeat_arguments(args)
@@ -163,7 +157,7 @@ def run_conclude(args) -> int:
 
 
 def run_tracking_server(args) -> int:
-    from . import tracking_server
+    from training.tracking import server as tracking_server
 
     hosts = [h for h in args.allowed_hosts.split(",") if h]
     where = args.state_dir or tracking_server.STATE
@@ -178,7 +172,7 @@ def run_tracking_server(args) -> int:
 
 
 def run_tracking_server_stop(args) -> int:
-    from . import tracking_server
+    from training.tracking import server as tracking_server
 
     stopped = tracking_server.stop(args.state_dir or tracking_server.STATE)
     print("tracking server stopped" if stopped else "no tracking server was running")
@@ -186,7 +180,7 @@ def run_tracking_server_stop(args) -> int:
 
 
 def run_archive(args) -> int:
-    from .archive import archive_champions
+    from training.serving.archive import archive_champions
 
     for path in archive_champions(args.name, out_dir=args.out, tracking_uri=args.tracking_uri):
         print(f"built {path}")
@@ -194,8 +188,8 @@ def run_archive(args) -> int:
 
 
 def run_serve(args) -> int:
-    from .deploy import archive_info, mark_serving
-    from .serve import ARCHIVES, start
+    from training.serving.deploy import archive_info, mark_serving
+    from training.serving.serve import ARCHIVES, start
 
     names = args.models.split(",") if args.models else None
     start(models=names)
@@ -206,7 +200,7 @@ def run_serve(args) -> int:
 
 
 def run_deploy(args) -> int:
-    from .deploy import deploy
+    from training.serving.deploy import deploy
 
     rollout = deploy(args.name, tracking_uri=args.tracking_uri)
     replaced = f" (replaced version {', '.join(rollout.previous)})" if rollout.previous else ""
@@ -216,7 +210,7 @@ def run_deploy(args) -> int:
 
 
 def run_stop(args) -> int:
-    from .serve import stop
+    from training.serving.serve import stop
 
     stop()
     return 0
@@ -225,7 +219,7 @@ def run_stop(args) -> int:
 def run_token(args) -> int:
     from pathlib import Path
 
-    from .serve import RUN_DIR, running_pid, server_for
+    from training.serving.serve import RUN_DIR, running_pid, server_for
 
     run_dir = Path(args.run_dir) if args.run_dir else RUN_DIR
     if not running_pid(run_dir):
@@ -240,26 +234,25 @@ def run_token(args) -> int:
 
 
 def run_ui(args) -> int:
-    from . import tracking
-    from .ui import mlflow_ui
+    from training.tracking.ui import mlflow_ui
 
-    uri = args.tracking_uri or tracking.default_tracking_uri()
+    uri = args.tracking_uri or store.default_tracking_uri()
     if uri.startswith(("http://", "https://")):  # a tracking server already is the UI
-        tracking.check_tracking_uri(uri)
-        print(f"MLflow UI: {tracking.redact(uri)} (the tracking server in use serves it)")
+        store.check_tracking_uri(uri)
+        print(f"MLflow UI: {storage_urls.redact(uri)} (the tracking server in use serves it)")
         return 0
     return mlflow_ui(args.port, uri)
 
 
 def run_dashboard(args) -> int:
-    from .ui import dashboard
+    from training.tracking.ui import dashboard
 
     return dashboard(args.port, args.storage)
 
 
 def run_demo(args) -> int:
-    from .demo import demo
-    from .progress import quiet_libraries
+    from training.demo import demo
+    from training.search.progress import quiet_libraries
 
     quiet_libraries()
 

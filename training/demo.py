@@ -4,15 +4,16 @@ ask, stop."""
 from __future__ import annotations
 
 import json
-import socket
 
 import optuna
 
-from . import serve
-from .archive import archive_champions
-from .data import load_dataset
-from .report import print_tune_summary
-from .tune import TuneOptions, enqueue_trial, tune
+from training.data.datasets import load_dataset
+from training.infra import places
+from training.search.options import TuneOptions
+from training.search.report import print_tune_summary
+from training.search.study import enqueue_trial, tune
+from training.serving import serve
+from training.serving.archive import archive_champions
 
 DEMO_TUNES = [
     TuneOptions(model="nw", dataset="sine", trials=20),
@@ -49,18 +50,6 @@ DEMO_START = {
 DATES = ["23 Nov 2026", "11/23/26", "Monday, November 23, 2026", "23.11.2026", "nov 23rd, 2026"]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def free_ports() -> dict[str, int]:
-    """The demo runs beside anything already on TorchServe's default ports."""
-    keys = ["inference_address", "management_address", "metrics_address", "grpc_inference_port", "grpc_management_port"]
-    return {key: free_port() for key in keys}
-
-
 def banner(text: str) -> None:
     print(f"\n=== {text} " + "=" * max(0, 70 - len(text)))
 
@@ -75,11 +64,11 @@ def demo() -> int:
 
     banner("archive the champions")
     for path in archive_champions():
-        print(f"built {path.relative_to(serve.ROOT)}")
+        print(f"built {path.relative_to(places.ROOT)}")
 
     names = [options.name for options in DEMO_TUNES]
     banner("serve")
-    server = serve.start(models=names, run_dir=serve.RUN_DIR / "demo", ports=free_ports(), quiet=True)
+    server = serve.start(models=names, run_dir=serve.RUN_DIR / "demo", ports=serve.free_ports(), quiet=True)
     print(f"TorchServe is up on {server.inference_url} with {', '.join(names)}")
     try:
         ask(server)

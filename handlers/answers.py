@@ -1,0 +1,40 @@
+"""What the adapters share in building answers: how numbers are rounded and what they cost in bytes, class
+answers, and cutting a batch's results back into requests."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+WEIGHT_DECIMALS = 7  # explanations' weights are rounded: ample for weights in [0, 1], and half the bytes
+HEAD_WEIGHT_MAC = 100  # materialized softmax weights cost about this many multiply-adds each
+# Estimated bytes of the JSON answer, to price a request before it runs:
+BYTES_PER_NUMBER = 12  # a rounded weight and its separator
+BYTES_PER_STEP_ROW = 4  # the brackets and separator around one row of step weights
+NUMBER_ANSWER_BYTES = 30  # a regression prediction: a number with its separator
+CLASS_ANSWER_BYTES = 40  # a class answer's label and keys, before its probabilities
+EXPLANATION_BYTES = 60  # an explanation's own keys and brackets, before its weights
+TOP_KEY_BYTES = 60  # an NW explanation's most attended key: index, value, weight, row
+KEY_FEATURE_BYTES = 25  # one input of a most attended key, at 7 significant digits
+MAP_SEPARATOR_BYTES = 12  # between two attention maps of a pixel explanation
+TEXT_ANSWER_BYTES = 20  # a decoded string's quotes and separator
+BYTES_PER_CHARACTER = 4  # one decoded character, escaped at worst
+TOKEN_BYTES = 6  # one token of an explanation's token list
+
+
+def class_answers(logits: Tensor, labels: list) -> list[dict]:
+    """Per row of (B, classes) logits, its label and probabilities: one float64 softmax for the whole batch."""
+    probabilities = torch.softmax(logits.double(), dim=-1)  # (B, classes)
+    best = probabilities.argmax(dim=-1).tolist()
+    return [{"label": labels[k], "probabilities": p} for k, p in zip(best, probabilities.round(decimals=6).tolist())]
+
+
+def split_per_request(results: list, counts: list[int]) -> list[list | None]:
+    """Cut a flat list of per-instance results back into requests; a request left unfinished gets None."""
+    results = results + [None] * (sum(counts) - len(results))
+    out, start = [], 0
+    for n in counts:
+        chunk = results[start : start + n]
+        out.append(None if any(r is None for r in chunk) else chunk)
+        start += n
+    return out

@@ -1,0 +1,130 @@
+"""Process plumbing, written once: free ports and port probes, servers in process groups of their own, waiting
+until something answers, and stopping a whole process tree (launcher, children, and what they re-parented)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO
+
+import psutil
+
+from training.infra.places import LOOPBACK
+
+
+def free_port(host: str = LOOPBACK) -> int:
+    """A port nothing listens on now (the kernel's choice)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def port_is_free(port: int, host: str = LOOPBACK) -> bool:
+    """Whether a server could bind `port` on `host` now."""
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def answers(url: str, timeout: float = 2) -> bool:
+    """Whether `url` answers 200 (a health endpoint)."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def start_group(
+    command: list[str], log: IO, env: dict | None = None, cwd: str | Path | None = None
+) -> subprocess.Popen:
+    """Start `command` in a process group (session) of its own, output to `log`: a stop reaches its workers."""
+    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True)
+
+
+def wait_until(
+    ready: Callable[[], bool], timeout: float, interval: float = 0.5, check: Callable[[], None] | None = None
+) -> bool:
+    """Poll `ready()` until it is true (True) or `timeout` seconds pass (False). `check()` runs before each poll
+    and raises when waiting is pointless (the process died, the server refused the model)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if check is not None:
+            check()
+        if ready():
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(interval)
+
+
+def pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        process = psutil.Process(pid)
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def signal_group(pid: int, sig: int) -> None:
+    """Signal the process group led by `pid`, if it is still there."""
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def process_tree(pid: int) -> list[psutil.Process]:
+    """The process `pid`, its descendants, and anything left in its process group (children re-parented)."""
+    try:
+        root = psutil.Process(pid)
+        tree = {p.pid: p for p in [root, *root.children(recursive=True)]}
+    except psutil.NoSuchProcess:
+        tree = {}
+    for process in psutil.process_iter():
+        try:
+            if os.getpgid(process.pid) == pid:
+                tree.setdefault(process.pid, process)
+        except (ProcessLookupError, psutil.Error):
+            continue
+    return list(tree.values())
+
+
+def stop_tree(pid: int, timeout: float = 30) -> None:
+    """SIGTERM to the group led by `pid` and to every process of its tree, a bounded wait, then SIGKILL; returns
+    when all of them are gone, and reaps `pid` when it is this process's child (so no zombie stays)."""
+    tree = process_tree(pid)
+    _signal_all(pid, tree, signal.SIGTERM)
+    _, alive = psutil.wait_procs(tree, timeout=timeout)
+    if alive:
+        _signal_all(pid, alive, signal.SIGKILL)
+        psutil.wait_procs(alive, timeout=10)
+    reap(pid)
+
+
+def _signal_all(group: int, processes: list[psutil.Process], sig: int) -> None:
+    signal_group(group, sig)
+    for process in processes:
+        try:
+            process.send_signal(sig)
+        except psutil.Error:
+            pass
+
+
+def reap(pid: int) -> None:
+    """Collect the exit status of a child that has ended."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass

@@ -1,0 +1,184 @@
+"""One trial: its configuration from the search space, trained on a device of its own, every epoch (or, on
+small data, every fold) reported to the pruner, and recorded as an MLflow child run when a log is given."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import queue
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import optuna
+import torch
+
+from training.data.datasets import Dataset, prepare_model
+from training.fit import cross_validation
+from training.fit.loop import PRIMARY_METRIC, FitResult, NonFiniteLossError, fit, resolve_device
+from training.nn import build_model
+from training.search import progress
+from training.search.options import TuneOptions
+from training.search.space import default_epochs, suggest
+from training.tracking import run_notes
+from training.tracking.trial_log import MlflowTrialLog
+
+
+class DevicePool:
+    """Hands each running trial a device of its own when there are several (one trial per GPU);
+    with a single device, every trial uses it."""
+
+    def __init__(self, devices: list[str]):
+        self.devices = devices
+        self._free: queue.Queue[str] = queue.Queue()
+        for device in devices:
+            self._free.put(device)
+
+    @classmethod
+    def for_option(cls, option: str) -> DevicePool:
+        device = resolve_device(option)
+        if device.type == "cuda" and device.index is None and torch.cuda.device_count() > 1:
+            return cls([f"cuda:{i}" for i in range(torch.cuda.device_count())])
+        return cls([str(device)])
+
+    @contextmanager
+    def acquire(self) -> Iterator[str]:
+        if len(self.devices) == 1:
+            yield self.devices[0]
+            return
+        device = self._free.get()
+        try:
+            yield device
+        finally:
+            self._free.put(device)
+
+
+class Objective:
+    """Train one trial's configuration: report every epoch to the pruner, record it in `log` when given."""
+
+    def __init__(self, options: TuneOptions, data: Dataset, log: MlflowTrialLog | None = None):
+        self.options, self.data, self.log = options, data, log
+        self.metric, self.direction = PRIMARY_METRIC[data.task]
+        self.epochs = options.epochs or default_epochs(options.model, data.name)
+        self.protocol = cross_validation.protocol(data)  # "holdout", or "cv5" on small data
+        self.devices = DevicePool.for_option(options.device)
+        self.worker = f"{socket.gethostname()}:{os.getpid()}"
+        self.numbers: list[int] = []  # the trials this invocation ran (the study holds every worker's)
+        self._lock = threading.Lock()
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        with self._lock:
+            self.numbers.append(trial.number)
+        with self.devices.acquire() as device:
+            return self.train(trial, device)
+
+    def train(self, trial: optuna.Trial, device: str) -> float:
+        run = TrialRun(self, trial, device)
+        try:
+            result = run.fit()
+            value = result.val_metrics[self.metric]
+            if not math.isfinite(value):
+                raise NonFiniteLossError(f"validation {self.metric} is {value}")
+        except optuna.TrialPruned as pruned:
+            if self.log:
+                # Optuna's value of a pruned trial is its last reported one; the run carries the same
+                run_notes.mark_pruned(self.log.client, run.run_id, self.metric, run.seen[-1] if run.seen else None)
+            self._finish(run.run_id, "PRUNED", "KILLED", reason=str(pruned))
+            raise
+        except KeyboardInterrupt:
+            # Best effort, and nothing here may replace the interrupt: it can cut a database write short
+            # (SQLite then reports "database is locked" for a while), and any other exception would fail
+            # only this trial and let the study go on. `tune` closes the runs left open afterwards.
+            with contextlib.suppress(Exception):
+                trial.set_user_attr("fail_reason", progress.INTERRUPTED)
+            with contextlib.suppress(Exception):
+                self._finish(run.run_id, "FAIL", "KILLED", reason=progress.INTERRUPTED)
+            raise
+        except NonFiniteLossError as diverged:
+            # Returning NaN makes Optuna fail this trial and go on with the study.
+            trial.set_user_attr("fail_reason", str(diverged))
+            self._finish(run.run_id, "FAIL", "FAILED", reason=str(diverged))
+            return float("nan")
+        except BaseException as error:
+            self._finish(run.run_id, "FAIL", "FAILED", reason=f"{type(error).__name__}: {error}")
+            raise
+        if self.log:
+            self.log.metrics(run.run_id, summary_metrics(result), 0)
+        self._finish(run.run_id, "COMPLETE", "FINISHED")
+        return value
+
+    def _finish(self, run_id: str | None, state: str, status: str, reason: str | None = None) -> None:
+        if self.log:
+            self.log.finish(run_id, state, status, reason)
+
+
+class TrialRun:
+    """One trial being trained: its setup recorded on the trial and its MLflow run, every epoch (or fold)
+    reported to the pruner and the log, the values seen so far kept for a pruned trial's record."""
+
+    def __init__(self, objective: Objective, trial: optuna.Trial, device: str):
+        self.objective, self.trial, self.device = objective, trial, device
+        self.options, self.metric, self.log = objective.options, objective.metric, objective.log
+        self.seen: list[float] = []
+        setup = self.setup(objective.data)
+        params = {**trial.params, "device": device, "seed": self.options.seed, "max_epochs": setup.fit_config.epochs}
+        # what a later conclusion needs to refit this trial exactly, and who ran it
+        for key, value in [
+            ("seed", self.options.seed),
+            ("max_epochs", setup.fit_config.epochs),
+            ("worker", objective.worker),
+            ("protocol", objective.protocol),
+        ]:
+            trial.set_user_attr(key, value)
+        self.run_id = self.log.start(trial, params) if self.log else None
+
+    def setup(self, data: Dataset):
+        return suggest(
+            self.options.model,
+            self.trial,
+            data,
+            epochs=self.objective.epochs,
+            seed=self.options.seed,
+            device=self.device,
+        )
+
+    def fit(self) -> FitResult:
+        """Holdout: train once, reporting every epoch. Small data: cross-validate, reporting every fold."""
+        data, objective = self.objective.data, self.objective
+        if objective.protocol == "holdout":
+            return self.train_on(data, self.on_epoch)
+        result = cross_validation.cross_validate(data, self.metric, objective.direction, self.train_on, self.on_fold)
+        self.trial.set_user_attr("refit_epochs", result.best_epoch)  # the refit on train+validation trains this long
+        return result
+
+    def train_on(self, data: Dataset, callback=None) -> FitResult:
+        setup = self.setup(data)
+        torch.manual_seed(self.options.seed)
+        model = prepare_model(build_model(setup.model_kind, setup.model_config), data)
+        return fit(model, data, setup.fit_config, callback)
+
+    def on_epoch(self, epoch: int, row: dict[str, float]) -> None:
+        progress.CTRL_C.check()  # a safe point to stop: no database write under way
+        if self.log:
+            self.log.metrics(self.run_id, {k: v for k, v in row.items() if k != "epoch"}, epoch)
+        self.report(epoch, row[f"val_{self.metric}"], "epoch")
+
+    def on_fold(self, fold: int, value: float, mean: float) -> None:
+        # Small data: the pruner's step is the fold, its value the best of the folds' mean curve so far.
+        progress.CTRL_C.check()
+        if self.log:
+            self.log.metrics(self.run_id, {f"fold_val_{self.metric}": value, f"cv_val_{self.metric}": mean}, fold)
+        self.report(fold, mean, "fold")
+
+    def report(self, step: int, value: float, unit: str) -> None:
+        self.seen.append(value)
+        self.trial.report(value, step)
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(f"pruned at {unit} {step}: val_{self.metric}={value:.6g} is behind the median")
+
+
+def summary_metrics(result: FitResult) -> dict[str, float]:
+    metrics = {f"best_val_{k}": v for k, v in result.val_metrics.items()}
+    return metrics | {"epochs_run": len(result.history), "best_epoch": result.best_epoch, "fit_seconds": result.seconds}

@@ -1,0 +1,168 @@
+"""Optuna search spaces, apart from model code: suggest(trial) -> (model config, fit config).
+
+The same functions rebuild the best trial exactly: `suggest(optuna.trial.FixedTrial(best_params), ...)`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import optuna
+
+from training.data.datasets import Dataset, as_images
+from training.data.tables import model_fields
+from training.fit.loop import FitConfig
+from training.nn import NWConfig, PixelConfig, Seq2SeqConfig, SequenceConfig
+
+# Epochs per trial unless the user sets --epochs; keeps `make tune` on the CPU short.
+DEFAULT_EPOCHS = {"sine": 30, "diabetes": 60, "adding": 8, "digits": 20, "dates": 5}
+FILE_EPOCHS = 30  # a user's file (training/tables.py)
+# Where a family needs other epochs on a data set than the data set's default (pixel: random shifts learn slower).
+STUDY_EPOCHS = {"pixel-digits": 40}
+
+
+def default_epochs(model: str, dataset: str) -> int:
+    """Epochs per trial of `<model>-<dataset>` unless the user sets --epochs."""
+    return STUDY_EPOCHS.get(f"{model}-{dataset}", DEFAULT_EPOCHS.get(dataset, FILE_EPOCHS))
+
+
+@dataclass
+class TrialSetup:
+    model_kind: str
+    model_config: NWConfig | SequenceConfig | Seq2SeqConfig | PixelConfig
+    fit_config: FitConfig
+
+
+NW_METRICS = ("bandwidth", "per_feature", "low_rank")  # one bandwidth, one per feature, a learned map L (r, D)
+# Choices added to a search space after studies were tuned, with what a trial tuned before them had:
+# a stored trial is rebuilt with these (`make conclude` of an old study). Weight decay was 0 before it
+# was a choice; 0 lies outside its (log) range, so the rebuild passes the range's floor and then sets 0.
+ADDED_CHOICES = {"trend": False}
+NO_WEIGHT_DECAY_FLOOR = 1e-6
+
+
+def adamw_fit(trial: optuna.Trial, epochs: int, seed: int, device: str, *, lr: tuple, weight_decay: tuple) -> FitConfig:
+    """AdamW's learning rate and weight decay (log ranges) and the batch size, with early stopping."""
+    return FitConfig(
+        epochs=epochs,
+        lr=trial.suggest_float("lr", *lr, log=True),
+        weight_decay=trial.suggest_float("weight_decay", *weight_decay, log=True),
+        batch_size=trial.suggest_categorical("batch_size", [32, 64, 128]),
+        patience=max(3, epochs // 3),
+        seed=seed,
+        device=device,
+    )
+
+
+def suggest_nw(trial: optuna.Trial, data: Dataset, epochs: int, seed: int, device: str) -> TrialSetup:
+    """Bandwidth (fixed or learned; shared, per feature, or a learned linear map of rank r), a linear trend
+    (tabular regression), optimizer and learning rate."""
+    parametric = trial.suggest_categorical("parametric", [True, False])
+    bandwidth = trial.suggest_float("bandwidth", 0.05, 20.0, log=True)
+    config = NWConfig(
+        in_features=data.in_features,
+        n_keys=len(data.train),
+        learn_bandwidth=parametric,
+        bandwidth=bandwidth,
+        **model_fields(data, "nw"),
+    )
+    if data.in_features > 1 and not data.n_classes:  # tabular regression: carry values along a linear trend
+        config.trend = trial.suggest_categorical("trend", [False, True])
+    fit = FitConfig(epochs=0, seed=seed, device=device)
+    if parametric:
+        if data.in_features > 1:
+            metric = trial.suggest_categorical("metric", list(NW_METRICS))
+            config.per_feature = metric == "per_feature"
+            config.rank = trial.suggest_int("rank", 1, data.in_features) if metric == "low_rank" else 0
+        fit.optimizer = trial.suggest_categorical("optimizer", ["sgd", "adamw"])
+        fit.lr = trial.suggest_float("lr", 1e-3, 1.0, log=True)
+        fit.weight_decay = trial.suggest_float("weight_decay", NO_WEIGHT_DECAY_FLOOR, 0.1, log=True)
+        fit.batch_size = trial.suggest_categorical("batch_size", [16, 64, 256])
+        fit.epochs, fit.patience = epochs, max(3, epochs // 4)
+    return TrialSetup("nw", config, fit)
+
+
+def suggest_mha(trial: optuna.Trial, data: Dataset, epochs: int, seed: int, device: str) -> TrialSetup:
+    """Width, heads, depth, feed-forward size, dropout and AdamW settings."""
+    config = SequenceConfig(
+        in_features=data.in_features,
+        out_features=data.n_classes or 1,
+        task=data.task,
+        d_model=trial.suggest_categorical("d_model", [16, 32, 64]),
+        n_heads=trial.suggest_categorical("n_heads", [1, 2, 4]),
+        n_layers=trial.suggest_int("n_layers", 1, 3),
+        ff_mult=trial.suggest_categorical("ff_mult", [2, 4]),
+        dropout=trial.suggest_float("dropout", 0.0, 0.3),
+        **model_fields(data, "mha"),
+    )
+    return TrialSetup("mha", config, adamw_fit(trial, epochs, seed, device, lr=(3e-4, 1e-2), weight_decay=(1e-6, 1e-1)))
+
+
+def suggest_s2s(trial: optuna.Trial, data: Dataset, epochs: int, seed: int, device: str) -> TrialSetup:
+    """Embedding, hidden and attention sizes, depth, dropout, teacher forcing, learning rate and batch size."""
+    n_layers = trial.suggest_int("n_layers", 1, 2)
+    config = Seq2SeqConfig(
+        source_vocab=list(data.source_vocab),
+        target_vocab=list(data.target_vocab),
+        embed_size=trial.suggest_categorical("embed_size", [16, 32, 64]),
+        hidden_size=trial.suggest_categorical("hidden_size", [32, 64, 128]),
+        attention_size=trial.suggest_categorical("attention_size", [32, 64, 128]),
+        n_layers=n_layers,
+        dropout=trial.suggest_float("dropout", 0.0, 0.3),
+        teacher_forcing=trial.suggest_float("teacher_forcing", 0.5, 1.0),
+        max_source_len=data.train.x.shape[1],
+        max_target_len=data.train.y.shape[1],
+    )
+    fit = FitConfig(
+        epochs=epochs,
+        lr=trial.suggest_float("lr", 2e-3, 2e-2, log=True),
+        # Large batches: a recurrent step costs the CPU about the same at 32 or 256 rows, so epochs are cheap.
+        batch_size=trial.suggest_categorical("batch_size", [128, 256]),
+        patience=max(2, epochs // 3),
+        seed=seed,
+        device=device,
+    )
+    return TrialSetup("s2s", config, fit)
+
+
+def suggest_pixel(trial: optuna.Trial, data: Dataset, epochs: int, seed: int, device: str) -> TrialSetup:
+    """Width, depth, where the attention block sits, its query/key reduction, dropout, random shifts in
+    training, and AdamW settings."""
+    images = as_images(data.train)  # (N, C, H, W)
+    depth = trial.suggest_int("depth", 1, 3)
+    config = PixelConfig(
+        in_channels=images.shape[1],
+        height=images.shape[2],
+        width=images.shape[3],
+        n_classes=data.n_classes,
+        channels=trial.suggest_categorical("channels", [16, 32]),
+        depth=depth,
+        # after the first or the last convolution (a fixed choice set, so every trial samples the same space)
+        attention_at=1 if trial.suggest_categorical("attention_at", ["first", "last"]) == "first" else depth,
+        reduction=trial.suggest_categorical("reduction", [2, 4, 8]),
+        dropout=trial.suggest_float("dropout", 0.0, 0.4),
+        shift=trial.suggest_categorical("shift", [0, 1]),
+        value_range=[float(images.min()), float(images.max())],
+    )
+    return TrialSetup(
+        "pixel", config, adamw_fit(trial, epochs, seed, device, lr=(1e-3, 1e-2), weight_decay=(1e-5, 1e-1))
+    )
+
+
+SEARCH_SPACES = {"nw": suggest_nw, "mha": suggest_mha, "s2s": suggest_s2s, "pixel": suggest_pixel}
+
+
+def suggest(model: str, trial: optuna.Trial, data: Dataset, *, epochs: int, seed: int, device: str) -> TrialSetup:
+    return SEARCH_SPACES[model](trial, data, epochs, seed, device)
+
+
+def rebuild(model: str, params: dict, data: Dataset, *, epochs: int, seed: int, device: str) -> TrialSetup:
+    """A stored trial's setup in today's search space, as it was tuned: completed with the choices it
+    predates, and NW's former `per_feature` (True/False) read as the `metric` it was."""
+    filled = ADDED_CHOICES | {"weight_decay": NO_WEIGHT_DECAY_FLOOR} | params
+    if "per_feature" in filled:
+        filled["metric"] = "per_feature" if filled.pop("per_feature") else "bandwidth"
+    setup = suggest(model, optuna.trial.FixedTrial(filled), data, epochs=epochs, seed=seed, device=device)
+    if "weight_decay" not in params:
+        setup.fit_config.weight_decay = 0.0
+    return setup

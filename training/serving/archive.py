@@ -1,0 +1,134 @@
+"""Build `archives/<name>.mar` from the MLflow registry's `@champion` with torch-model-archiver.
+
+The archive is self-contained: the handler, the HTTP contract, the torch-only model package, the
+checkpoint (weights + config JSON, loaded with weights_only=True) and `model_info.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import mlflow
+import yaml
+
+from training.infra import places, storage_urls
+from training.nn import load_checkpoint, model_kind
+from training.nn.checkpoint import file_sha256
+from training.tracking import registry, store
+
+ROOT = places.ROOT
+ARCHIVES = ROOT / "archives"
+HANDLER = ROOT / "handlers" / "attention_handler.py"
+ARCHIVED = "archived"  # registry alias on the version the last archive was built from
+# Serving settings per archive; TorchServe reads them from the model-config YAML.
+MODEL_CONFIG = {
+    "minWorkers": 1,
+    "maxWorkers": 1,
+    "batchSize": 32,  # requests per forward pass (dynamic batching)
+    "maxBatchDelay": 1,  # ms to wait for a batch to fill: 1 keeps c1 latency low and c64 throughput (make bench, row 6)
+    "responseTimeout": 30,  # s per batch
+    "startupTimeout": 120,  # s to load the model
+    # The handler's request limits and cost budget (handlers/contract.py `Limits`), and 1 torch thread per CPU worker.
+    "handler": {
+        "max_instances": 256,
+        "max_steps": 1000,
+        "max_request_mmac": 5000,
+        "max_batch_mmac": 20000,
+        "max_response_bytes": 4000000,
+        "torch_threads": 1,
+    },
+}
+
+
+def champion_names(client) -> list[str]:
+    return sorted(m.name for m in client.search_registered_models() if registry.CHAMPION in (m.aliases or {}))
+
+
+def archive_champions(
+    name: str | None = None,
+    out_dir: str | Path | None = None,
+    tracking_uri: str | None = None,
+    model_config: dict | None = None,
+) -> list[Path]:
+    client = store.configure(tracking_uri)
+    names = [name] if name else champion_names(client)
+    if not names:
+        raise RuntimeError("no registered model has a @champion yet: run `make tune` first")
+    return [archive_champion(client, n, Path(out_dir or ARCHIVES), model_config or MODEL_CONFIG) for n in names]
+
+
+def archive_champion(
+    client, name: str, out_dir: Path, model_config: dict, archive_name: str | None = None, handler: Path = HANDLER
+) -> Path:
+    """`archive_name` and `handler` let benchmarks pack variants (unbatched, bare baseline) of a champion."""
+    archive_name = archive_name or name
+    version = registry.champion_version(client, name)
+    if version is None:
+        known = ", ".join(champion_names(client)) or "none yet"
+        raise RuntimeError(
+            f"{name!r} has no @champion in the registry at {storage_urls.redact(client.tracking_uri)} "
+            f"(champions: {known}): run `make tune` first, or pick one of those"
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        local = Path(
+            mlflow.artifacts.download_artifacts(f"models:/{name}@{registry.CHAMPION}", dst_path=str(tmp / "mlflow"))
+        )
+        checkpoint = local / "artifacts" / "checkpoint.pt"
+        sha = file_sha256(checkpoint)
+        expected = version.tags.get("checkpoint_sha256")
+        if expected and expected != sha:
+            raise RuntimeError(
+                f"{name} version {version.version}: checkpoint sha256 {sha} differs from the registry's {expected}"
+            )
+        model, _ = load_checkpoint(checkpoint)  # proves it loads with weights_only=True
+        payload = stage_payload(tmp / "payload")
+        info = {
+            "name": name,
+            "version": str(version.version),
+            "run_id": version.run_id,
+            "kind": model_kind(model),
+            "sha256": sha,
+            "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            **{k: float(v) for k, v in version.tags.items() if k.startswith("test_")},
+        }
+        (payload / "model_info.json").write_text(json.dumps(info, indent=2))
+        config_file = tmp / "model-config.yaml"
+        config_file.write_text(yaml.safe_dump(model_config, sort_keys=False))
+        command = [
+            str(Path(sys.executable).with_name("torch-model-archiver")),
+            "--model-name",
+            archive_name,
+            "--version",
+            str(version.version),
+            "--serialized-file",
+            str(checkpoint),
+            "--handler",
+            str(handler),
+            "--extra-files",
+            str(payload),
+            "--config-file",
+            str(config_file),
+            "--export-path",
+            str(out_dir),
+            "--force",
+        ]
+        subprocess.run(command, check=True, capture_output=True, text=True)
+    if archive_name == name:  # benchmark variants are not what gets served
+        registry.mark_version(client, name, version.version, ARCHIVED)
+    return out_dir / f"{archive_name}.mar"
+
+
+def stage_payload(target: Path) -> Path:
+    """The code an archive carries: handlers/ and training/nn/ (torch only), with an empty training/__init__."""
+    shutil.copytree(ROOT / "handlers", target / "handlers", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "training" / "nn", target / "training" / "nn", ignore=shutil.ignore_patterns("__pycache__"))
+    (target / "training" / "__init__.py").write_text('"""The torch-only part of the training package, as served."""\n')
+    return target

@@ -1,0 +1,121 @@
+"""Roll a newly archived champion into the running TorchServe without dropping a request.
+
+TorchServe holds several versions of a model side by side. The rollout registers the new archive's
+version from the model store, waits until its workers are READY, makes it the default version (from then
+on `/predictions/<name>` goes to it), lets the old version finish what it already holds, and unregisters
+it. The registry's `serving` alias then moves to the version that answers, so a reviewer sees it in MLflow.
+
+Each deployed version is registered from its own copy under `<model store>/releases/`, so two versions
+never share an archive file or an unpacked directory.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from training.infra.processes import wait_until
+from training.serving.serve import ARCHIVES, RUN_DIR, running_pid
+from training.serving.torchserve import Server, server_for
+from training.tracking import registry, store
+
+RELEASES = "releases"
+
+
+@dataclass
+class Rollout:
+    name: str
+    version: str
+    previous: list[str]
+    seconds: float
+    registry: str  # what happened to the registry's `serving` alias
+
+
+def archive_info(path: Path) -> dict:
+    """model_info.json of an archive: name, version, run id, sha256."""
+    with zipfile.ZipFile(path) as archive:
+        return json.loads(archive.read("model_info.json"))
+
+
+def deploy(
+    name: str,
+    run_dir: Path = RUN_DIR,
+    model_store: Path = ARCHIVES,
+    tracking_uri: str | None = None,
+    drain_seconds: float = 1.0,
+    mark_registry: bool = True,
+) -> Rollout:
+    run_dir, model_store = Path(run_dir), Path(model_store).resolve()
+    if not running_pid(run_dir):
+        raise RuntimeError(f"TorchServe is not running from {run_dir}: `make serve` first")
+    archive = model_store / f"{name}.mar"
+    if not archive.exists():
+        known = ", ".join(sorted(p.stem for p in model_store.glob("*.mar"))) or "none"
+        raise RuntimeError(f"no archive {archive}: `make archive NAME={name}` first (archives: {known})")
+    server = server_for(run_dir)
+    version = str(archive_info(archive)["version"])
+    served = [str(v["modelVersion"]) for v in server.versions(name)]
+    start = time.monotonic()
+    if version not in served:
+        register(server, name, version, release_copy(archive, model_store, name, version))
+    set_default(server, name, version)
+    old = [v for v in served if v != version]
+    if old:
+        drain(server, name, old, drain_seconds)
+    for previous in old:
+        status, body, _ = server.manage("DELETE", f"/models/{name}/{previous}")
+        if status != 200:
+            raise RuntimeError(f"version {version} serves {name}, but unregistering version {previous} failed: {body}")
+    registry = mark_serving(name, version, tracking_uri) if mark_registry else "not updated"
+    return Rollout(name, version, old, time.monotonic() - start, registry)
+
+
+def drain(server: Server, name: str, versions: list[str], settle_seconds: float, timeout: float = 60) -> None:
+    """Wait until the old versions' queues are empty, then `settle_seconds` for the batch in flight."""
+
+    def drained() -> bool:
+        old = [v for v in server.versions(name) if str(v["modelVersion"]) in versions]
+        return not any(v.get("jobQueueStatus", {}).get("pendingRequests", 0) for v in old)
+
+    wait_until(drained, timeout, interval=0.1)
+    time.sleep(settle_seconds)
+
+
+def release_copy(archive: Path, model_store: Path, name: str, version: str) -> str:
+    """Copy the archive to releases/<name>-v<version>.mar and return its file:// URL (inside `allowed_urls`)."""
+    releases = model_store / RELEASES
+    releases.mkdir(exist_ok=True)
+    target = releases / f"{name}-v{version}.mar"
+    shutil.copyfile(archive, target)
+    return target.as_uri()
+
+
+def register(server: Server, name: str, version: str, url: str) -> None:
+    status, body, _ = server.manage("POST", "/models", url=url, synchronous="true", initial_workers=1)
+    if status != 200:
+        raise RuntimeError(f"registering {name} version {version} from {url} failed: HTTP {status} {body}")
+    if not wait_until(lambda: server.workers_ready(name, version), timeout=180, interval=0.2):
+        server.manage("DELETE", f"/models/{name}/{version}")
+        raise RuntimeError(f"{name} version {version} had no READY worker within 180 s; it was unregistered")
+
+
+def set_default(server: Server, name: str, version: str) -> None:
+    status, body, _ = server.manage("PUT", f"/models/{name}/{version}/set-default")
+    if status != 200:
+        raise RuntimeError(f"making version {version} the default of {name} failed: HTTP {status} {body}")
+
+
+def mark_serving(name: str, version: str, tracking_uri: str | None) -> str:
+    """Move the registry's `serving` alias to `version`; the rollout stands even if the registry is elsewhere."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client = store.configure(tracking_uri)
+        registry.mark_version(client, name, version, registry.SERVING)
+    except MlflowException as error:
+        return f"not updated ({error.message.splitlines()[0][:120]})"
+    return f"@{registry.SERVING} -> version {version}"

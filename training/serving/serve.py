@@ -1,0 +1,224 @@
+"""Run TorchServe in the background over archives/, health-checked; stop it; hand out its tokens.
+
+The server runs in a run directory (default `.serve/`, git-ignored) that holds its resolved config,
+logs, pid file and `key_file.json` (TorchServe's tokens: a secret).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from training.infra.places import ARCHIVES, SERVE_DIR, TORCHSERVE_CONFIG
+from training.infra.processes import free_port, pid_alive, port_is_free, reap, start_group, stop_tree, wait_until
+from training.nn.integrity import REFUSAL  # what a worker logs when an archive fails its sha256 check
+from training.serving.torchserve import Server, read_properties, server_for
+
+__all__ = ["RUN_DIR", "Server", "running_pid", "server_for", "start", "stop"]
+
+RUN_DIR = SERVE_DIR
+BASE_CONFIG = TORCHSERVE_CONFIG
+LOG_CONFIG = Path(__file__).with_name("log4j2.xml")  # size-capped, rotating logs; nothing per request on stdout
+
+
+# config
+
+
+def resolve_config(
+    run_dir: Path, model_store: Path, ports: dict[str, int] | None = None, overrides: dict[str, str] | None = None
+) -> tuple[Path, dict[str, str]]:
+    """Write the run's config: the base file with an absolute model store and, when given, other ports."""
+    properties = read_properties(BASE_CONFIG)
+    properties["model_store"] = str(model_store)
+    properties["allowed_urls"] = "file://" + re.escape(str(model_store)).replace("\\", "\\\\") + "/.*\\\\.mar"
+    for key, port in (ports or {}).items():  # e.g. {"inference_address": 18080, "grpc_inference_port": 17070}
+        properties[key] = f"http://127.0.0.1:{port}" if key.endswith("_address") else str(port)
+    properties.update(overrides or {})
+    path = run_dir / "config.properties"
+    path.write_text("".join(f"{k}={v}\n" for k, v in properties.items()))
+    return path, properties
+
+
+# start / stop
+
+
+def check_java() -> None:
+    java = shutil.which("java")
+    if java is None:
+        raise RuntimeError(
+            "TorchServe needs Java 17+ and `java` is not on PATH: run `make install` "
+            "(installs openjdk-17-jre-headless with apt) or install a JDK 17 yourself"
+        )
+    version = subprocess.run([java, "-version"], capture_output=True, text=True).stderr
+    match = re.search(r'version "(\d+)', version)
+    if not match or int(match.group(1)) < 17:
+        raise RuntimeError(f"TorchServe needs Java 17+; found: {version.splitlines()[0] if version else 'unknown'}")
+
+
+def start(
+    models: list[str] | None = None,
+    run_dir: Path = RUN_DIR,
+    model_store: Path = ARCHIVES,
+    ports: dict[str, int] | None = None,
+    overrides: dict[str, str] | None = None,
+    timeout: float = 180,
+    quiet: bool = False,
+    log_size: str | None = None,
+) -> Server:
+    """Start TorchServe in the background from `run_dir` over the archives in `model_store`, and return once it
+    is healthy with a ready worker per model. `log_size` caps each log file before it rolls over ("10 MB")."""
+    check_java()
+    model_store = Path(model_store).resolve()
+    archives = sorted(p.stem for p in model_store.glob("*.mar"))
+    if not archives:
+        raise RuntimeError(f"no archives in {model_store}: run `make archive` (after `make tune`) first")
+    missing = sorted(set(models or []) - set(archives))
+    if missing:
+        raise RuntimeError(f"no archive for {', '.join(missing)} in {model_store} (have: {', '.join(archives)})")
+    run_dir = Path(run_dir)
+    if running_pid(run_dir):
+        raise RuntimeError(f"TorchServe is already running from {run_dir}: `make stop` first")
+    (run_dir / "logs").mkdir(parents=True, exist_ok=True)
+    (run_dir / "key_file.json").unlink(missing_ok=True)
+    config, properties = resolve_config(run_dir, model_store, ports, overrides)
+    check_ports_free(properties)
+    names = models or archives
+    command = [
+        str(Path(sys.executable).with_name("torchserve")),
+        "--start",
+        "--foreground",
+        "--ncs",
+        "--ts-config",
+        str(config),
+        "--log-config",
+        str(LOG_CONFIG),
+        "--model-store",
+        str(model_store),
+        "--models",
+        ",".join(f"{n}={n}.mar" for n in names),
+    ]
+    env = {
+        **os.environ,
+        "TMPDIR": str(run_dir),
+        "LOG_LOCATION": str(run_dir / "logs"),
+        "METRICS_LOCATION": str(run_dir / "logs"),
+        **({"TS_LOG_SIZE": log_size} if log_size else {}),
+    }
+    env.pop("PYTHONPATH", None)  # workers import only what the archives carry
+    with open(run_dir / "logs" / "torchserve.out", "ab") as log:
+        process = start_group(command, log, env=env, cwd=run_dir)
+    (run_dir / "server.pid").write_text(str(process.pid))
+    server = server_for(run_dir)
+    try:
+        wait_healthy(server, process, names, timeout)
+    except BaseException:
+        stop(run_dir, quiet=True)
+        raise
+    if not quiet:
+        print_usage(server, names)
+    return server
+
+
+def free_ports() -> dict[str, int]:
+    """A free loopback port for each of TorchServe's listeners: a second server runs beside the first."""
+    keys = ["inference_address", "management_address", "metrics_address", "grpc_inference_port", "grpc_management_port"]
+    return {key: free_port() for key in keys}
+
+
+def check_ports_free(properties: dict[str, str]) -> None:
+    """Refuse to start on a busy port with the port's name, instead of a server that exits at once."""
+    for key, value in properties.items():
+        listens = key.endswith("_port") or (key.endswith("_address") and not key.startswith("grpc_"))
+        if not listens:
+            continue
+        port = int(value.rsplit(":", 1)[-1])
+        if not port_is_free(port):
+            raise RuntimeError(
+                f"port {port} ({key}) is in use by another process: stop it, or change {key} in config.properties"
+            )
+
+
+def wait_healthy(server: Server, process: subprocess.Popen, names: list[str], timeout: float) -> None:
+    def check() -> None:
+        if process.poll() is not None:
+            raise RuntimeError(f"TorchServe stopped during start-up: {last_error(server)}; see {log_hint(server)}")
+        refusal = archive_refusal(server)
+        if refusal:
+            raise RuntimeError(f"{refusal}; see {log_hint(server)}")
+
+    def healthy() -> bool:
+        try:
+            return server.health() == "Healthy" and all(server.workers_ready(n) for n in names)
+        except (OSError, KeyError, ValueError):  # not listening yet, or key file not written yet
+            return False
+
+    if not wait_until(healthy, timeout, check=check):
+        raise RuntimeError(f"TorchServe was not healthy within {timeout:.0f}s; see {log_hint(server)}")
+
+
+def archive_refusal(server: Server) -> str | None:
+    """The first archive a worker refused to load (tampered checkpoint), from the model log."""
+    log = server.run_dir / "logs" / "model_log.log"
+    if not log.exists():
+        return None
+    for line in log.read_text(errors="replace").splitlines():
+        if REFUSAL in line and "ArchiveIntegrityError" not in line:
+            return line[line.index(REFUSAL) :]
+    return None
+
+
+def last_error(server: Server) -> str:
+    out = server.run_dir / "logs" / "torchserve.out"
+    lines = out.read_text(errors="replace").splitlines() if out.exists() else []
+    errors = [line for line in lines if "Exception" in line or "ERROR" in line or "error" in line.lower()]
+    return (errors or lines or ["no output"])[-1].strip()[:300]
+
+
+def log_hint(server: Server) -> str:
+    return str(server.run_dir / "logs")
+
+
+def running_pid(run_dir: Path) -> int | None:
+    pid_file = Path(run_dir) / "server.pid"
+    if not pid_file.exists():
+        return None
+    pid = int(pid_file.read_text())
+    if not pid_alive(pid):
+        reap(pid)
+        pid_file.unlink(missing_ok=True)
+        return None
+    return pid
+
+
+def stop(run_dir: Path = RUN_DIR, quiet: bool = False, timeout: float = 30) -> bool:
+    """Stop the server started from `run_dir` and return only when its whole process tree is gone
+    (the launcher, Java and every worker): SIGTERM, a bounded wait, then SIGKILL."""
+    run_dir = Path(run_dir)
+    pid = running_pid(run_dir)
+    if pid is None:
+        if not quiet:
+            print("TorchServe is not running")
+        return False
+    stop_tree(pid, timeout)
+    (run_dir / "server.pid").unlink(missing_ok=True)
+    (run_dir / "key_file.json").unlink(missing_ok=True)
+    if not quiet:
+        print("TorchServe stopped")
+    return True
+
+
+def print_usage(server: Server, names: list[str]) -> None:
+    example = names[0]
+    print(f"TorchServe is up: {', '.join(names)}")
+    print(f"  inference   {server.inference_url}   metrics {server.metrics_url}/metrics")
+    print(f"  tokens      {server.run_dir / 'key_file.json'} (secret; expire, see README)")
+    print("  token       TOKEN=$(.venv/bin/python -m training token)")
+    print(
+        f"  try         curl -s -H \"Authorization: Bearer $TOKEN\" -H 'Content-Type: application/json' "
+        f"-d '{{\"instances\": [...]}}' {server.inference_url}/predictions/{example}"
+    )
+    print("  stop        make stop")

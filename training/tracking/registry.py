@@ -1,0 +1,71 @@
+"""The registry's aliases: `@champion` chosen by the validation metric; `@archived` and `@serving` mark where
+a version is."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+CHAMPION = "champion"
+SERVING = "serving"  # moves on `make deploy`: the version TorchServe answers with
+
+
+@dataclass
+class ChampionDecision:
+    version: str
+    promoted: bool
+    reason: str
+
+
+def champion_version(client: MlflowClient, name: str):
+    try:
+        return client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        return None
+
+
+def selection_value(version, metric: str) -> float:
+    """A registered version's selection value: the validation metric of the trial it was refit from."""
+    try:
+        return float(version.tags.get(f"val_{metric}", "nan"))
+    except ValueError:
+        return math.nan
+
+
+def promote_best(client: MlflowClient, name: str, metric: str, direction: str) -> ChampionDecision:
+    """Point `@champion` at the version with the best validation metric (`val_<metric>` tag); the test
+    metric is only reported. Idempotent; callers serialize it (`storage_lock`) so that two
+    conclusions never interleave their read and their set."""
+    versions = [
+        v for v in client.search_model_versions(f"name = '{name}'") if math.isfinite(selection_value(v, metric))
+    ]
+    if not versions:
+        raise ValueError(f"no version of {name!r} has a val_{metric} tag to select on")
+    sign = 1 if direction == "minimize" else -1
+    best = min(versions, key=lambda v: (sign * selection_value(v, metric), int(v.version)))
+    current = champion_version(client, name)
+    value = selection_value(best, metric)
+    if current is not None and str(current.version) == str(best.version):
+        return ChampionDecision(
+            str(best.version), False, f"version {best.version} stays: best val_{metric}={value:.6g}"
+        )
+    client.set_registered_model_alias(name, CHAMPION, str(best.version))
+    if current is None:
+        reason = f"version {best.version} is the first champion (val_{metric}={value:.6g})"
+    else:
+        was = selection_value(current, metric)
+        reason = f"version {best.version} val_{metric}={value:.6g} beats version {current.version} ({was:.6g})"
+    return ChampionDecision(str(best.version), True, reason)
+
+
+def mark_version(client: MlflowClient, name: str, version: str, alias: str) -> None:
+    """Point the registry alias `alias` at `version` and stamp the version (tag `<alias>_at`, UTC time).
+
+    Shows in the Models tab which version is where: `archive` marks `@archived` after a successful build,
+    a deploy marks `@serving` once the server answers with it. An alias names one version at a time."""
+    client.set_registered_model_alias(name, alias, str(version))
+    client.set_model_version_tag(name, str(version), f"{alias}_at", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))

@@ -1,0 +1,251 @@
+"""`make tracking-server`: a local PostgreSQL and an `mlflow server` in front of it, for many tuning workers.
+
+PostgreSQL holds two databases: `optuna` (the studies; workers connect to it directly) and `mlflow` (the
+tracking and registry store, used only by the server). The server proxies artifacts
+(`--serve-artifacts`), so workers need nothing but its URL; artifacts land under `<state>/artifacts`.
+Everything binds to loopback unless a host is given. State (data, logs, password) lives in `.tracking/`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import secrets
+import shutil
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from training.infra.places import LOOPBACK, MLFLOW_PORT, POSTGRES_PORT, TRACKING_DIR
+from training.infra.processes import answers, pid_alive, start_group, stop_tree, wait_until
+
+STATE = TRACKING_DIR
+UNPRIVILEGED = ("postgres", "nobody")  # who runs PostgreSQL when we are root (initdb refuses root)
+
+
+class TrackingServerError(RuntimeError):
+    """The tracking server cannot be started or found."""
+
+
+@dataclass
+class TrackingServer:
+    state_dir: str
+    host: str
+    pg_port: int
+    mlflow_port: int
+    password: str
+    mlflow_pid: int = 0
+
+    def database_url(self, database: str) -> str:
+        return f"postgresql://postgres:{self.password}@{self.host}:{self.pg_port}/{database}"
+
+    @property
+    def storage_url(self) -> str:
+        """What workers pass as STORAGE (Optuna)."""
+        return self.database_url("optuna")
+
+    @property
+    def tracking_uri(self) -> str:
+        """What workers set as MLFLOW_TRACKING_URI."""
+        return f"http://{self.host}:{self.mlflow_port}"
+
+    @property
+    def pgdata(self) -> Path:
+        return Path(self.state_dir) / "pgdata"
+
+
+# helpers
+
+
+def postgres_bin() -> Path:
+    """The directory of the system's PostgreSQL server binaries (initdb, pg_ctl, postgres)."""
+    found = shutil.which("pg_ctl")
+    if found and shutil.which("initdb"):
+        return Path(found).resolve().parent
+    candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"), key=lambda p: int(p.parts[-3]))
+    if candidates:
+        return candidates[-1].parent
+    if os.geteuid() == 0 and shutil.which("apt-get") and not getattr(postgres_bin, "tried_apt", False):
+        postgres_bin.tried_apt = True  # once per process; Debian/Ubuntu put the binaries in /usr/lib/postgresql
+        print("PostgreSQL not found; trying apt-get install postgresql ...", flush=True)
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "update", "-qq"], env=env, capture_output=True)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "postgresql"], env=env, capture_output=True)
+        return postgres_bin()
+    raise TrackingServerError(
+        "PostgreSQL server binaries (initdb, pg_ctl) not found: install them "
+        "(Debian/Ubuntu: apt-get install postgresql; macOS: brew install postgresql@15) and run again"
+    )
+
+
+def as_postgres_user() -> list[str]:
+    """A command prefix running PostgreSQL as an unprivileged user when we are root; empty otherwise."""
+    if os.geteuid() != 0:
+        return []
+    for name in UNPRIVILEGED:
+        try:
+            pwd.getpwnam(name)
+        except KeyError:
+            continue
+        return ["runuser", "-u", name, "--"]
+    raise TrackingServerError(f"running as root and none of the users {UNPRIVILEGED} exists to run PostgreSQL")
+
+
+def hand_over(path: Path) -> None:
+    """Give `path` to the user PostgreSQL runs as (when we are root)."""
+    prefix = as_postgres_user()
+    if prefix:
+        entry = pwd.getpwnam(prefix[2])
+        os.chown(path, entry.pw_uid, entry.pw_gid)
+
+
+def run(command: list[str], what: str) -> None:
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode:
+        detail = (done.stderr or done.stdout).strip().splitlines()
+        raise TrackingServerError(f"{what} failed: {detail[-1] if detail else done.returncode}")
+
+
+def read_state(state_dir: Path) -> TrackingServer | None:
+    file = state_dir / "server.json"
+    return TrackingServer(**json.loads(file.read_text())) if file.exists() else None
+
+
+def write_state(server: TrackingServer) -> None:
+    file = Path(server.state_dir) / "server.json"
+    file.write_text(json.dumps(asdict(server), indent=2))
+    file.chmod(0o600)  # it holds the database password
+
+
+# PostgreSQL
+
+
+def start_postgres(server: TrackingServer) -> None:
+    bin_dir, prefix, state = postgres_bin(), as_postgres_user(), Path(server.state_dir)
+    if not (server.pgdata / "PG_VERSION").exists():
+        server.pgdata.mkdir(mode=0o700)
+        hand_over(server.pgdata)
+        password_file = state / "initdb.pw"
+        password_file.write_text(server.password + "\n")
+        password_file.chmod(0o600)
+        hand_over(password_file)
+        try:
+            command = [str(bin_dir / "initdb"), "-D", str(server.pgdata), "-U", "postgres", "-E", "UTF8"]
+            command += [f"--pwfile={password_file}", "--auth=scram-sha-256", "--no-instructions"]
+            run(prefix + command, f"initdb in {server.pgdata} (is every parent directory readable by {prefix[2:3]}?)")
+        finally:
+            password_file.unlink()
+        if server.host not in ("127.0.0.1", "localhost", "::1"):
+            with open(server.pgdata / "pg_hba.conf", "a") as hba:  # workers on other machines, with the password
+                hba.write("host all all 0.0.0.0/0 scram-sha-256\nhost all all ::/0 scram-sha-256\n")
+    log = state / "postgres.log"
+    log.touch()
+    hand_over(log)
+    options = f"-c listen_addresses={server.host} -p {server.pg_port} -k {server.pgdata}"
+    command = [str(bin_dir / "pg_ctl"), "-D", str(server.pgdata), "-l", str(log), "-w", "-t", "60", "-o", options]
+    run(prefix + command + ["start"], f"PostgreSQL on {server.host}:{server.pg_port} (see {log})")
+    create_databases(server, ["optuna", "mlflow"])
+
+
+def create_databases(server: TrackingServer, names: list[str]) -> None:
+    import psycopg
+
+    with psycopg.connect(server.database_url("postgres"), autocommit=True, connect_timeout=10) as connection:
+        for name in names:
+            if not connection.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+                connection.execute(f'CREATE DATABASE "{name}"')
+
+
+def stop_postgres(server: TrackingServer) -> None:
+    if (server.pgdata / "postmaster.pid").exists():
+        command = [str(postgres_bin() / "pg_ctl"), "-D", str(server.pgdata), "-m", "fast", "-w", "stop"]
+        run(as_postgres_user() + command, "stopping PostgreSQL")
+
+
+# the MLflow server
+
+
+def start_mlflow(server: TrackingServer, allowed_hosts: list[str], workers: int) -> int:
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    artifacts = Path(server.state_dir) / "artifacts"
+    artifacts.mkdir(exist_ok=True)
+    backend = server.database_url("mlflow")
+    SqlAlchemyStore(backend, artifacts.as_uri())  # the schema, created once here, not raced by server workers
+    hosts = [f"{h}:{server.mlflow_port}" for h in ["127.0.0.1", "localhost", server.host, *allowed_hosts]]
+    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend]
+    command += ["--serve-artifacts", "--artifacts-destination", artifacts.as_uri()]
+    command += ["--host", server.host, "--port", str(server.mlflow_port), "--workers", str(workers)]
+    command += ["--allowed-hosts", ",".join(dict.fromkeys(hosts))]
+    with open(Path(server.state_dir) / "mlflow.log", "ab") as log:
+        process = start_group(command, log, cwd=server.state_dir)
+
+    def check() -> None:
+        if process.poll() is not None:
+            raise TrackingServerError(f"mlflow server on {server.tracking_uri} exited: {log_tail(server)}")
+
+    try:
+        if not wait_until(lambda: healthy(server), timeout=180, check=check):
+            raise TrackingServerError(f"mlflow server on {server.tracking_uri} did not come up: {log_tail(server)}")
+    except BaseException:
+        stop_tree(process.pid, timeout=5)
+        raise
+    return process.pid
+
+
+def healthy(server: TrackingServer) -> bool:
+    return answers(f"{server.tracking_uri}/health")
+
+
+def log_tail(server: TrackingServer) -> str:
+    return " | ".join((Path(server.state_dir) / "mlflow.log").read_text(errors="replace").strip().splitlines()[-3:])
+
+
+# commands
+
+
+def start(
+    state_dir: str | Path = STATE,
+    host: str = LOOPBACK,
+    pg_port: int | None = None,
+    mlflow_port: int | None = None,
+    allowed_hosts: list[str] | None = None,
+    workers: int = 2,
+) -> TrackingServer:
+    """Start (or find running) PostgreSQL + mlflow server with their state in `state_dir`."""
+    state = Path(state_dir).resolve()
+    state.mkdir(parents=True, exist_ok=True)
+    previous = read_state(state)
+    if previous and pid_alive(previous.mlflow_pid) and healthy(previous):
+        return previous
+    server = TrackingServer(
+        state_dir=str(state),
+        host=host,
+        pg_port=pg_port or (previous.pg_port if previous else POSTGRES_PORT),
+        mlflow_port=mlflow_port or (previous.mlflow_port if previous else MLFLOW_PORT),
+        password=previous.password if previous else secrets.token_urlsafe(18),
+    )
+    if previous:
+        stop_postgres(previous)  # a half-stopped server from before: start clean
+    start_postgres(server)
+    try:
+        server.mlflow_pid = start_mlflow(server, allowed_hosts or [], workers)
+    except BaseException:
+        stop_postgres(server)
+        raise
+    write_state(server)
+    return server
+
+
+def stop(state_dir: str | Path = STATE) -> bool:
+    """Stop what `start` started; the data stays. False when nothing was running."""
+    server = read_state(Path(state_dir).resolve())
+    if server is None:
+        return False
+    if pid_alive(server.mlflow_pid):
+        stop_tree(server.mlflow_pid, timeout=5)  # uvicorn waits for idle keep-alive clients; requests are committed
+    stop_postgres(server)
+    (Path(server.state_dir) / "server.json").unlink()
+    return True

@@ -1,0 +1,132 @@
+"""What a tuning invocation records in MLflow: its parent run, one child run per trial, and the cleanup
+of runs whose process died (nothing is left RUNNING once the study is opened again)."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+
+import mlflow
+import optuna
+from mlflow.entities import Metric, Param
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+from training.tracking import run_notes, store
+
+# Optuna's trial state -> the MLflow run status a closed child run ends with.
+RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
+STALE_REASON = "the worker running this trial stopped sending heartbeats (killed or lost); Optuna failed it"
+
+
+class MlflowTrialLog:
+    """Each trial as an MLflow child run of the tuning invocation's parent run."""
+
+    def __init__(self, client: mlflow.MlflowClient, experiment_id: str, parent: str, study: str):
+        self.client, self.experiment_id, self.parent, self.study = client, experiment_id, parent, study
+
+    def start(self, trial: optuna.Trial, params: dict) -> str:
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=f"trial-{trial.number}",
+            tags={MLFLOW_PARENT_RUN_ID: self.parent, "optuna.study": self.study, "optuna.trial": str(trial.number)},
+        )
+        trial.set_user_attr("mlflow_run_id", run.info.run_id)
+        run_notes.link_trial(trial, self.experiment_id, run.info.run_id, self.client.tracking_uri)
+        self.client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
+        return run.info.run_id
+
+    def metrics(self, run_id: str, values: dict[str, float], step: int) -> None:
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, float(v), now, step) for k, v in values.items() if math.isfinite(v)]
+        self.client.log_batch(run_id, metrics=metrics)
+
+    def finish(self, run_id: str, state: str, status: str, reason: str | None = None) -> None:
+        close_run(self.client, run_id, state, reason, status)
+
+
+def close_run(client: mlflow.MlflowClient, run_id: str, state: str, reason: str | None, status: str | None = None):
+    client.set_tag(run_id, "optuna.state", state)
+    if reason:
+        client.set_tag(run_id, "optuna.reason", reason)
+    client.set_terminated(run_id, status or RUN_STATUS[state])
+
+
+class StaleTrialCallback:
+    """Optuna calls this for a trial it failed because its worker went silent: retry the trial (up to
+    `max_retry` times) and close its MLflow child run FAILED with the reason."""
+
+    def __init__(self, max_retry: int = 2):
+        self.retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
+        self.client: mlflow.MlflowClient | None = None  # set once the tracking store is known
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        self.retry(study, trial)
+        run_id = trial.user_attrs.get("mlflow_run_id")
+        if self.client is not None and run_id:
+            close_run(self.client, run_id, "FAIL", STALE_REASON)
+
+
+class ParentHeartbeat:
+    """Stamps the parent run every `interval` seconds while the invocation lives, so the next invocation
+    can tell a dead parent run (silent longer than the grace period) from one still working."""
+
+    def __init__(self, client: mlflow.MlflowClient, run_id: str, interval: float):
+        self.client, self.run_id, self.interval = client, run_id, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="parent-heartbeat", daemon=True)
+
+    def __enter__(self) -> ParentHeartbeat:
+        self.client.set_tag(self.run_id, "heartbeat", f"{time.time():.3f}")
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.client.set_tag(self.run_id, "heartbeat", f"{time.time():.3f}")
+            except Exception:  # a missed beat is retried next interval; the grace period covers a few
+                pass
+
+
+def close_dead_runs(client: mlflow.MlflowClient, experiment_id: str, study: optuna.Study, grace: float) -> list[str]:
+    """Close what dead invocations left RUNNING: child runs whose Optuna trial has ended (state copied
+    from Optuna) and parent runs silent for longer than `grace` seconds (KILLED). Returns their ids."""
+    optuna.storages.fail_stale_trials(study)  # runs StaleTrialCallback for trials dead since last look
+    trials = {str(t.number): t for t in study.get_trials(deepcopy=False)}
+    running = client.search_runs(
+        [experiment_id],
+        f"attributes.status = 'RUNNING' and tags.`optuna.study` = '{study.study_name}'",
+        max_results=5000,
+    )
+    closed, now = [], time.time()
+    for run in running:
+        tags = run.data.tags
+        if "optuna.trial" in tags:
+            trial = trials.get(tags["optuna.trial"])
+            if trial is not None and trial.state.is_finished():
+                # a run its trial does not know (the worker died in between) is a failed attempt
+                state = trial.state.name if trial.user_attrs.get("mlflow_run_id") == run.info.run_id else "FAIL"
+                reason = trial.user_attrs.get("fail_reason") or (STALE_REASON if state == "FAIL" else None)
+                close_run(client, run.info.run_id, state, reason)
+                closed.append(run.info.run_id)
+        elif tags.get("kind") in ("tuning", "conclusion"):
+            last = float(tags.get("heartbeat", run.info.start_time / 1000))
+            if now - last > grace:
+                client.set_tag(
+                    run.info.run_id, "killed_reason", f"no heartbeat for {now - last:.0f} s: the process died"
+                )
+                client.set_terminated(run.info.run_id, "KILLED")
+                closed.append(run.info.run_id)
+    return closed
+
+
+def log_invocation(client, run_id: str, params: dict, description: dict) -> None:
+    client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
+    for key, value in store.package_versions().items():
+        client.set_tag(run_id, f"version.{key}", value)
+    client.log_dict(run_id, description, "data/description.json")
