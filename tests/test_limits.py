@@ -185,3 +185,22 @@ def test_a_tampered_checkpoint_is_refused_before_loading(tmp_path):
     save_checkpoint(tampered, tmp_path / "checkpoint.pt")
     with pytest.raises(ArchiveIntegrityError, match="differs from model_info.json"):
         verified_checkpoint(str(tmp_path), "checkpoint.pt", info)
+
+
+def test_a_tabular_pass_holds_as_many_rows_as_the_adapters_own_price_allows(monkeypatch):
+    # With a trend, a row's price is K (3D + 3 + V) multiply-adds, V counting the trend's values: a pass holds 6
+    # rows under this cap (a formula of its own, K (3D + 4), used to let 7 through, over the cap).
+    limits = Limits(max_pass_mmac=0.00105)
+    adapter = adapter_for(nw_model(trend=True), limits)
+    sizes, real = [], adapter.model.forward
+
+    def counting(x, **kwargs):
+        sizes.append(len(x))
+        return real(x, **kwargs)
+
+    monkeypatch.setattr(adapter.model, "forward", counting)
+    (answer,) = answer_batch([json.dumps({"instances": [1.0] * 20}).encode()], [True], adapter, limits, INFO)
+    assert answer.status == 200 and len(json.loads(answer.body)["explanations"]) == 20
+    per_row = adapter.cost([[1.0]], explain=True, heads=False).mmac
+    assert sizes == [6, 6, 6, 2]
+    assert max(sizes) * per_row <= limits.max_pass_mmac < (max(sizes) + 1) * per_row
