@@ -80,6 +80,9 @@ def parse_request(raw: Any, adapter: Adapter, limits: Limits, explain: bool = Fa
     if heads and not adapter.per_head_weights:
         detail = '"heads": true asks for per-head attention weights; this model has no heads (only mha models do)'
         raise RequestError("invalid heads", detail)
+    if heads and not explain:
+        detail = '"heads": true asks for per-head attention weights, which only explanations carry: use /explanations'
+        raise RequestError("invalid heads", detail)
     items = adapter.parse(instances)
     if hasattr(adapter, "parse_options"):
         items = adapter.parse_options(items, body, explain)
@@ -156,10 +159,9 @@ def answer_batch(
         detail = f"this batch already holds {limits.max_batch_mmac:,.0f} million multiply-adds of work"
         answers[i] = error_answer(over_capacity(detail))
     deadline = time.monotonic() + limits.batch_seconds
-    for wants in ((False, False), (True, False), (True, True)):
+    # One group per combination of options the admitted requests hold: none can fall between groups.
+    for wants in sorted({(requests[i].explain, requests[i].heads) for i in admitted}):
         group = [i for i in admitted if (requests[i].explain, requests[i].heads) == wants]
-        if not group:
-            continue
         try:
             results = adapter.run([requests[i].items for i in group], *wants, deadline)
         except Exception as error:  # a bug or resource exhaustion: answer, never kill the worker

@@ -142,6 +142,24 @@ def test_a_poisonous_request_does_not_fail_the_valid_ones_batched_with_it(server
     assert batched > 1
 
 
+def test_predictions_with_heads_get_a_400_and_the_requests_batched_with_them_their_answers(server):
+    # It used to fall between the handler's groups: a 503 "Prediction failed" for the whole batch.
+    asking = json.dumps({"instances": VALID["mha-adding"], "heads": True}).encode()
+    plain = json.dumps({"instances": VALID["mha-adding"]}).encode()
+    bodies = [asking] * 4 + [plain] * 12
+    barrier = threading.Barrier(len(bodies))
+
+    def send(body):
+        barrier.wait()
+        return post(server, "mha-adding", body)
+
+    with ThreadPoolExecutor(max_workers=len(bodies)) as pool:
+        answers = list(pool.map(send, bodies))
+    assert [(status, answer["error"]) for status, answer, _ in answers[:4]] == [(400, "invalid heads")] * 4
+    assert [status for status, _, _ in answers[4:]] == [200] * 12
+    assert post(server, "mha-adding", asking, explain=True)[0] == 200
+
+
 def largest_sequences(champions, tmp_path):
     """As many 1000-step sequences as one request may hold for the served mha-adding champion."""
     archive = next(a for a in champions["archives"] if a.stem == "mha-adding")
