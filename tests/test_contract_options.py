@@ -77,7 +77,8 @@ def test_predictions_asking_for_heads_are_told_that_heads_belong_to_explanations
     model, instance = MODELS["mha"]
     limits = Limits()
     adapter = adapter_for(model, limits)
-    raw = [json.dumps({"instances": [instance], "heads": True}).encode(), json.dumps({"instances": [instance]}).encode()]
+    bodies = [{"instances": [instance], "heads": True}, {"instances": [instance]}]
+    raw = [json.dumps(body).encode() for body in bodies]
     asked, plain = answer_batch(raw, [False, False], adapter, limits, INFO)
     assert asked.status == 400 and json.loads(asked.body)["error"] == "invalid heads"
     assert "/explanations" in json.loads(asked.body)["detail"]
