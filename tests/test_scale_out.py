@@ -17,10 +17,12 @@ import zipfile
 from pathlib import Path
 
 import optuna
+import psutil
 import pytest
 from mlflow import MlflowClient
 
 from training.infra.processes import free_port
+from training.infra.storage_urls import sqlalchemy_url
 from training.tracking import server as tracking_server
 from training.tracking.trial_log import RUN_STATUS
 
@@ -222,3 +224,41 @@ def test_archive_builds_the_champion_through_the_tracking_server(server, conclud
     with zipfile.ZipFile(tmp_path / "nw-sine.mar") as archive:
         info = json.loads(archive.read("model_info.json"))
     assert info["version"] == str(champion.version) and info["name"] == "nw-sine"
+
+
+def test_stop_start_and_a_start_after_kill_9_bring_back_the_same_data(tmp_path):
+    state = Path(tempfile.mkdtemp(prefix="tracking-restart-"))
+    state.chmod(0o755)  # PostgreSQL runs as an unprivileged user when the tests run as root
+    ports = dict(pg_port=free_port(), mlflow_port=free_port())
+
+    def studies(server) -> list[str]:
+        return optuna.get_all_study_names(storage=sqlalchemy_url(server.storage_url))
+
+    try:
+        first = tracking_server.start(state, **ports, workers=1)
+        optuna.create_study(study_name="kept", storage=sqlalchemy_url(first.storage_url))
+        assert tracking_server.stop(state) and not (state / "server.json").exists()
+        assert (state / tracking_server.PASSWORD_FILE).stat().st_mode & 0o777 == 0o600  # kept, private
+        again = tracking_server.start(state, **ports, workers=1)
+        assert again.password == first.password and studies(again) == ["kept"]
+
+        postmaster = int((again.pgdata / "postmaster.pid").read_text().split()[0])
+        killed = [psutil.Process(postmaster), *psutil.Process(postmaster).children(recursive=True)]
+        killed += [psutil.Process(again.mlflow_pid), *psutil.Process(again.mlflow_pid).children(recursive=True)]
+        for process in killed:
+            process.kill()
+        psutil.wait_procs(killed, timeout=30)
+        third = tracking_server.start(state, **ports, workers=1)
+        assert studies(third) == ["kept"] and tracking_server.healthy(third)
+
+        tracking_server.stop(state)
+        with socket.socket() as squatter:  # the mlflow server cannot start: whatever started is stopped again
+            squatter.bind(("127.0.0.1", ports["mlflow_port"]))
+            squatter.listen()
+            with pytest.raises(tracking_server.TrackingServerError):
+                tracking_server.start(state, **ports, workers=1)
+        assert not tracking_server.postgres_running(third)
+        assert studies(tracking_server.start(state, **ports, workers=1)) == ["kept"]
+    finally:
+        tracking_server.stop(state)
+        shutil.rmtree(state, ignore_errors=True)

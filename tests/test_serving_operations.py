@@ -1,6 +1,7 @@
 """Operating a real TorchServe: rollout under load, verified archives, stop, busy ports, logs, tokens."""
 
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -15,6 +16,7 @@ import psutil
 import pytest
 import torch
 
+from training.infra.processes import process_tree
 from training.nn import load_checkpoint, save_checkpoint
 from training.serving import serve
 from training.serving.archive import archive_champions
@@ -188,3 +190,41 @@ def test_the_token_command_replaces_an_expired_token_and_says_so(running):
     assert fresh and fresh != keys["inference"]["key"] and not server.token_expired()
     url = f"{server.inference_url}/predictions/nw-sine"
     assert server.request("POST", url, {"instances": [1.0]}, token=fresh)[0] == 200
+
+
+def test_the_server_runtime_is_private_to_its_user(running):
+    server, _, _ = running
+    run_dir = server.run_dir
+    for folder in (run_dir, run_dir / "logs", run_dir / "tmp"):
+        assert folder.stat().st_mode & 0o777 == 0o700, folder
+    assert (run_dir / "key_file.json").stat().st_mode & 0o077 == 0  # written under umask 077: never readable
+    java = [p for p in process_tree(serve.running_pid(run_dir)) if p.name() == "java"]
+    assert java and f"-Djava.io.tmpdir={run_dir / 'tmp'}" in java[0].cmdline()  # not the shared /tmp
+    assert any((run_dir / "tmp" / "models").iterdir())  # the unpacked archives (handler code) live there
+    sockets = [c.laddr for p in process_tree(serve.running_pid(run_dir)) for c in p.net_connections(kind="unix")]
+    assert sockets and all(str(s).startswith(str(run_dir / "tmp")) for s in sockets if s), sockets
+    if os.geteuid() == 0 and shutil.which("setpriv"):  # another local user (nobody) can open none of it
+        nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+        for target in ("key_file.json", "tmp/models", "logs/model_log.log"):
+            done = subprocess.run(nobody + ["cat", str(run_dir / target)], capture_output=True, text=True)
+            assert done.returncode != 0 and "Permission denied" in done.stderr, (target, done.stderr)
+
+
+def test_an_interrupted_archive_build_leaves_the_archive_before_it_whole(champions, tmp_path, monkeypatch):
+    from training.serving import archive
+
+    (built,) = archive_champions("nw-sine", out_dir=tmp_path, tracking_uri=champions["tracking_uri"])
+    before = built.read_bytes()
+    real = shutil.copyfile
+
+    def interrupted(source, target, *args, **kwargs):
+        if not str(target).endswith(".partial"):  # the payload's files
+            return real(source, target, *args, **kwargs)
+        Path(target).write_bytes(Path(source).read_bytes()[:100])  # the archive itself, cut short while written
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(archive.shutil, "copyfile", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        archive_champions("nw-sine", out_dir=tmp_path, tracking_uri=champions["tracking_uri"])
+    monkeypatch.setattr(archive.shutil, "copyfile", real)
+    assert built.read_bytes() == before and sorted(p.name for p in tmp_path.glob("*.mar")) == ["nw-sine.mar"]

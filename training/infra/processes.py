@@ -45,10 +45,20 @@ def answers(url: str, timeout: float = 2) -> bool:
 
 
 def start_group(
-    command: list[str], log: IO, env: dict | None = None, cwd: str | Path | None = None
+    command: list[str], log: IO, env: dict | None = None, cwd: str | Path | None = None, umask: int = -1
 ) -> subprocess.Popen:
-    """Start `command` in a process group (session) of its own, output to `log`: a stop reaches its workers."""
-    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True)
+    """Start `command` in a process group (session) of its own, output to `log`: a stop reaches its workers.
+    `umask` (e.g. 0o077) applies to the command and everything it starts: the files they create."""
+    return subprocess.Popen(
+        command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True, umask=umask
+    )
+
+
+def private_dir(path: Path) -> Path:
+    """`path` as a folder only its owner can open (0700), made so if it exists already."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.chmod(0o700)
+    return path
 
 
 def wait_until(

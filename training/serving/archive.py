@@ -7,6 +7,7 @@ checkpoint (weights + config JSON, loaded with weights_only=True) and `model_inf
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -117,10 +118,14 @@ def archive_champion(
             "--config-file",
             str(config_file),
             "--export-path",
-            str(out_dir),
-            "--force",
+            str(tmp),
         ]
         subprocess.run(command, check=True, capture_output=True, text=True)
+        # Whole or not at all: the finished archive is renamed over the old one (same folder, one rename), so an
+        # interrupted build never leaves a truncated archive where `make serve` would read it.
+        staged = out_dir / f".{archive_name}.mar.partial"
+        shutil.copyfile(tmp / f"{archive_name}.mar", staged)
+        os.replace(staged, out_dir / f"{archive_name}.mar")
     if archive_name == name:  # benchmark variants are not what gets served
         registry.mark_version(client, name, version.version, ARCHIVED)
     return out_dir / f"{archive_name}.mar"

@@ -14,7 +14,16 @@ import sys
 from pathlib import Path
 
 from training.infra.places import ARCHIVES, SERVE_DIR, TORCHSERVE_CONFIG
-from training.infra.processes import free_port, pid_alive, port_is_free, reap, start_group, stop_tree, wait_until
+from training.infra.processes import (
+    free_port,
+    pid_alive,
+    port_is_free,
+    private_dir,
+    reap,
+    start_group,
+    stop_tree,
+    wait_until,
+)
 from training.nn.integrity import REFUSAL  # what a worker logs when an archive fails its sha256 check
 from training.serving.torchserve import Server, read_properties, server_for
 
@@ -82,7 +91,8 @@ def start(
     run_dir = Path(run_dir)
     if running_pid(run_dir):
         raise RuntimeError(f"TorchServe is already running from {run_dir}: `make stop` first")
-    (run_dir / "logs").mkdir(parents=True, exist_ok=True)
+    for private in (run_dir, run_dir / "logs", run_dir / "tmp"):  # tokens, logs, unpacked handler code: ours alone
+        private_dir(private)
     (run_dir / "key_file.json").unlink(missing_ok=True)
     config, properties = resolve_config(run_dir, model_store, ports, overrides)
     check_ports_free(properties)
@@ -103,14 +113,17 @@ def start(
     ]
     env = {
         **os.environ,
-        "TMPDIR": str(run_dir),
+        # TorchServe unpacks archives and puts worker sockets in Java's temp folder, which its launcher takes
+        # from TEMP (not TMPDIR): never the shared /tmp, where another user could plant /tmp/models first.
+        "TEMP": str(run_dir / "tmp"),
+        "TMPDIR": str(run_dir / "tmp"),
         "LOG_LOCATION": str(run_dir / "logs"),
         "METRICS_LOCATION": str(run_dir / "logs"),
         **({"TS_LOG_SIZE": log_size} if log_size else {}),
     }
     env.pop("PYTHONPATH", None)  # workers import only what the archives carry
     with open(run_dir / "logs" / "torchserve.out", "ab") as log:
-        process = start_group(command, log, env=env, cwd=run_dir)
+        process = start_group(command, log, env=env, cwd=run_dir, umask=0o077)  # key_file.json: 0600 from birth
     (run_dir / "server.pid").write_text(str(process.pid))
     server = server_for(run_dir)
     try:

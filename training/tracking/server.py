@@ -22,6 +22,7 @@ from training.infra.places import LOOPBACK, MLFLOW_PORT, POSTGRES_PORT, TRACKING
 from training.infra.processes import answers, pid_alive, start_group, stop_tree, wait_until
 
 STATE = TRACKING_DIR
+PASSWORD_FILE = "postgres.password"  # outside server.json, which a stop removes: the data outlives every stop
 UNPRIVILEGED = ("postgres", "nobody")  # who runs PostgreSQL when we are root (initdb refuses root)
 
 
@@ -109,14 +110,33 @@ def run(command: list[str], what: str) -> None:
 
 
 def read_state(state_dir: Path) -> TrackingServer | None:
+    """The running server's state (server.json), with the database password from its own file."""
     file = state_dir / "server.json"
-    return TrackingServer(**json.loads(file.read_text())) if file.exists() else None
+    if not file.exists():
+        return None
+    fields = json.loads(file.read_text())
+    fields["password"] = read_password(state_dir) or fields.get("password", "")  # server.json of old kept it
+    return TrackingServer(**fields)
 
 
 def write_state(server: TrackingServer) -> None:
     file = Path(server.state_dir) / "server.json"
-    file.write_text(json.dumps(asdict(server), indent=2))
-    file.chmod(0o600)  # it holds the database password
+    fields = {k: v for k, v in asdict(server).items() if k != "password"}
+    file.write_text(json.dumps(fields, indent=2))
+    file.chmod(0o600)
+
+
+def read_password(state_dir: Path) -> str | None:
+    file = state_dir / PASSWORD_FILE
+    return file.read_text().strip() if file.exists() else None
+
+
+def write_password(state_dir: Path, password: str) -> None:
+    """The database password, 0600 from its first byte; a stop keeps it, since the data needs it."""
+    file = state_dir / PASSWORD_FILE
+    descriptor = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(password + "\n")
 
 
 # PostgreSQL
@@ -158,8 +178,16 @@ def create_databases(server: TrackingServer, names: list[str]) -> None:
                 connection.execute(f'CREATE DATABASE "{name}"')
 
 
+def postgres_running(server: TrackingServer) -> bool:
+    """Whether a PostgreSQL runs on this data (a postmaster.pid left by a killed one does not count)."""
+    if not (server.pgdata / "postmaster.pid").exists():
+        return False
+    command = as_postgres_user() + [str(postgres_bin() / "pg_ctl"), "-D", str(server.pgdata), "status"]
+    return subprocess.run(command, capture_output=True).returncode == 0
+
+
 def stop_postgres(server: TrackingServer) -> None:
-    if (server.pgdata / "postmaster.pid").exists():
+    if postgres_running(server):
         command = [str(postgres_bin() / "pg_ctl"), "-D", str(server.pgdata), "-m", "fast", "-w", "stop"]
         run(as_postgres_user() + command, "stopping PostgreSQL")
 
@@ -220,32 +248,44 @@ def start(
     previous = read_state(state)
     if previous and pid_alive(previous.mlflow_pid) and healthy(previous):
         return previous
+    password = read_password(state) or (previous.password if previous else None) or secrets.token_urlsafe(18)
+    write_password(state, password)
     server = TrackingServer(
         state_dir=str(state),
         host=host,
         pg_port=pg_port or (previous.pg_port if previous else POSTGRES_PORT),
         mlflow_port=mlflow_port or (previous.mlflow_port if previous else MLFLOW_PORT),
-        password=previous.password if previous else secrets.token_urlsafe(18),
+        password=password,
     )
-    if previous:
-        stop_postgres(previous)  # a half-stopped server from before: start clean
-    start_postgres(server)
+    stop_leftovers(server, previous)
     try:
+        start_postgres(server)
         server.mlflow_pid = start_mlflow(server, allowed_hosts or [], workers)
     except BaseException:
-        stop_postgres(server)
+        stop_postgres(server)  # a start that fails leaves nothing running
         raise
     write_state(server)
     return server
 
 
+def stop_leftovers(server: TrackingServer, previous: TrackingServer | None) -> None:
+    """What a crashed, killed or half-failed start left running (an mlflow server, a PostgreSQL): start clean."""
+    if previous and pid_alive(previous.mlflow_pid):
+        stop_tree(previous.mlflow_pid, timeout=5)
+    stop_postgres(server)
+
+
 def stop(state_dir: str | Path = STATE) -> bool:
     """Stop what `start` started; the data stays. False when nothing was running."""
-    server = read_state(Path(state_dir).resolve())
-    if server is None:
-        return False
+    state = Path(state_dir).resolve()
+    server = read_state(state)
+    if server is None:  # no server.json: still stop a PostgreSQL a failed start may have left
+        leftover = TrackingServer(str(state), LOOPBACK, 0, 0, "")
+        running = postgres_running(leftover)
+        stop_postgres(leftover)
+        return running
     if pid_alive(server.mlflow_pid):
         stop_tree(server.mlflow_pid, timeout=5)  # uvicorn waits for idle keep-alive clients; requests are committed
     stop_postgres(server)
-    (Path(server.state_dir) / "server.json").unlink()
+    (state / "server.json").unlink()
     return True
