@@ -192,6 +192,21 @@ def test_the_token_command_replaces_an_expired_token_and_says_so(running):
     assert server.request("POST", url, {"instances": [1.0]}, token=fresh)[0] == 200
 
 
+def test_the_header_file_lets_curl_send_the_token_without_it_on_a_command_line(running):
+    server, _, _ = running
+    command = [sys.executable, "-m", "training", "token", "--header-file", "--run-dir", str(server.run_dir)]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    header = Path(result.stdout.strip())
+    assert result.returncode == 0 and header == server.run_dir / "auth-header"
+    assert header.stat().st_mode & 0o777 == 0o600 and server.token() not in result.stdout + result.stderr
+    assert header.read_text() == f"Authorization: Bearer {server.token()}\n"
+    if shutil.which("curl"):
+        url = f"{server.inference_url}/predictions/nw-sine"
+        curl = ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-H", f"@{header}", "-d", '{"instances": [1]}']
+        curl += ["-H", "Content-Type: application/json", url]
+        assert subprocess.run(curl, capture_output=True, text=True, timeout=60).stdout == "200"
+
+
 def test_the_server_runtime_is_private_to_its_user(running):
     server, _, _ = running
     run_dir = server.run_dir

@@ -72,6 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
     token = commands.add_parser("token", help="print the running server's inference token")
     token.add_argument("--refresh", action="store_true", help="ask TorchServe for a new one first")
     token.add_argument("--run-dir", default=None, help="the server's run directory (default: .serve/)")
+    token.add_argument(
+        "--header-file",
+        action="store_true",
+        help="write the header `Authorization: Bearer <token>` to .serve/auth-header (0600) for curl -H @FILE",
+    )
     ui = commands.add_parser("ui", help=f"MLflow UI on http://{LOOPBACK}:{MLFLOW_PORT} over mlruns/")
     ui.add_argument("--port", type=int, default=MLFLOW_PORT)
     ui.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI or mlruns/")
@@ -219,7 +224,8 @@ def run_stop(args) -> int:
 def run_token(args) -> int:
     from pathlib import Path
 
-    from training.serving.serve import RUN_DIR, running_pid, server_for
+    from training.infra.processes import write_secret
+    from training.serving.serve import AUTH_HEADER, RUN_DIR, running_pid, server_for
 
     run_dir = Path(args.run_dir) if args.run_dir else RUN_DIR
     if not running_pid(run_dir):
@@ -229,7 +235,11 @@ def run_token(args) -> int:
         expired = server.token_expiry().strftime("%H:%M:%S UTC")
         print(f"the inference token expired at {expired}; issuing a fresh one", file=sys.stderr)
         args.refresh = True
-    print(server.refresh_token() if args.refresh else server.token())
+    token = server.refresh_token() if args.refresh else server.token()
+    if args.header_file:  # for `curl -H @file`: the token stays out of every command line
+        print(write_secret(run_dir / AUTH_HEADER, f"Authorization: Bearer {token}\n"))
+    else:
+        print(token)
     return 0
 
 

@@ -54,6 +54,15 @@ def start_group(
     )
 
 
+def write_secret(path: Path, text: str) -> Path:
+    """Write `text` to `path`, readable by its owner alone (0600) from its first byte."""
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(descriptor, 0o600)  # an older file of laxer mode
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(text)
+    return path
+
+
 def private_dir(path: Path) -> Path:
     """`path` as a folder only its owner can open (0700), made so if it exists already."""
     path.mkdir(mode=0o700, parents=True, exist_ok=True)

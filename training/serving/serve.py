@@ -30,6 +30,7 @@ from training.serving.torchserve import Server, read_properties, server_for
 __all__ = ["RUN_DIR", "Server", "running_pid", "server_for", "start", "stop"]
 
 RUN_DIR = SERVE_DIR
+AUTH_HEADER = "auth-header"  # `python -m training token --header-file`: for curl -H @.serve/auth-header
 BASE_CONFIG = TORCHSERVE_CONFIG
 LOG_CONFIG = Path(__file__).with_name("log4j2.xml")  # size-capped, rotating logs; nothing per request on stdout
 
@@ -219,6 +220,7 @@ def stop(run_dir: Path = RUN_DIR, quiet: bool = False, timeout: float = 30) -> b
     stop_tree(pid, timeout)
     (run_dir / "server.pid").unlink(missing_ok=True)
     (run_dir / "key_file.json").unlink(missing_ok=True)
+    (run_dir / AUTH_HEADER).unlink(missing_ok=True)
     if not quiet:
         print("TorchServe stopped")
     return True
@@ -229,9 +231,9 @@ def print_usage(server: Server, names: list[str]) -> None:
     print(f"TorchServe is up: {', '.join(names)}")
     print(f"  inference   {server.inference_url}   metrics {server.metrics_url}/metrics")
     print(f"  tokens      {server.run_dir / 'key_file.json'} (secret; expire, see README)")
-    print("  token       TOKEN=$(.venv/bin/python -m training token)")
+    print("  token       .venv/bin/python -m training token --header-file   # writes .serve/auth-header (0600)")
     print(
-        f"  try         curl -s -H \"Authorization: Bearer $TOKEN\" -H 'Content-Type: application/json' "
+        f"  try         curl -s -H @{server.run_dir / AUTH_HEADER} -H 'Content-Type: application/json' "
         f"-d '{{\"instances\": [...]}}' {server.inference_url}/predictions/{example}"
     )
     print("  stop        make stop")

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from training.infra.places import LOOPBACK, MLFLOW_PORT, POSTGRES_PORT, TRACKING_DIR
-from training.infra.processes import answers, pid_alive, start_group, stop_tree, wait_until
+from training.infra.processes import answers, pid_alive, start_group, stop_tree, wait_until, write_secret
 
 STATE = TRACKING_DIR
 PASSWORD_FILE = "postgres.password"  # outside server.json, which a stop removes: the data outlives every stop
@@ -133,10 +133,7 @@ def read_password(state_dir: Path) -> str | None:
 
 def write_password(state_dir: Path, password: str) -> None:
     """The database password, 0600 from its first byte; a stop keeps it, since the data needs it."""
-    file = state_dir / PASSWORD_FILE
-    descriptor = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "w") as handle:
-        handle.write(password + "\n")
+    write_secret(state_dir / PASSWORD_FILE, password + "\n")
 
 
 # PostgreSQL
