@@ -1,6 +1,8 @@
 """End to end: real stores, real archives built from the registry, a real TorchServe on free loopback ports."""
 
 import json
+import re
+import shutil
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 
@@ -129,12 +131,20 @@ def test_workers_run_the_archived_code_not_the_checkout(served):
 
 
 def test_model_registration_is_token_guarded_and_limited_to_the_model_store(served, tmp_path):
-    server, _ = served
+    server, archives = served
     outside = tmp_path / "elsewhere.mar"
     outside.write_bytes(b"not an archive")
     for url in (outside.as_uri(), "http://127.0.0.1:9/x.mar", "../nw-sine.mar"):
         status, body, _ = server.manage("POST", "/models", url=url)
         assert status >= 400, (url, body)
+    store = archives[0].parent
+    planted = store / "planted.mar"  # a file someone put in the store after the server started
+    shutil.copy(store / "nw-sine.mar", planted)
+    try:
+        status, body, _ = server.manage("POST", "/models", url=planted.as_uri())
+        assert status >= 400, body
+    finally:
+        planted.unlink()
     register = f"{server.management_url}/models?url=nw-sine.mar"
     for token in (None, server.token()):  # none, or the inference token
         assert server.request("POST", register, token=token)[0] >= 400
@@ -172,3 +182,17 @@ def test_a_refreshed_token_replaces_the_old_one(served):
     url = f"{server.inference_url}/predictions/nw-sine"
     assert server.request("POST", url, {"instances": [1.0]}, token=old)[0] != 200
     assert server.request("POST", url, {"instances": [1.0]}, token=new)[0] == 200
+
+
+def test_allowed_urls_admit_exactly_the_stores_own_archives_and_their_releases(tmp_path):
+    for name in ("nw-sine", "mha-adding"):
+        (tmp_path / f"{name}.mar").touch()
+    patterns = serve.allowed_urls(tmp_path).split(",")
+    admitted = [(tmp_path / "nw-sine.mar").as_uri(), (tmp_path / "releases" / "mha-adding-v12.mar").as_uri()]
+    refused = [tmp_path / "planted.mar", tmp_path / "releases" / "planted-v1.mar", tmp_path / "nw-sine.mar.mar"]
+    refused += [tmp_path / "sub" / "nw-sine.mar", tmp_path / "releases" / "nw-sine-vx.mar", tmp_path / "nw-sinexmar"]
+    for url in admitted:
+        assert any(re.fullmatch(p, url) for p in patterns), url
+    for path in refused:
+        assert not any(re.fullmatch(p, path.as_uri()) for p in patterns), path
+    assert not any(re.fullmatch(p, "http://127.0.0.1:9/nw-sine.mar") for p in patterns)

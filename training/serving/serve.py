@@ -44,13 +44,21 @@ def resolve_config(
     """Write the run's config: the base file with an absolute model store and, when given, other ports."""
     properties = read_properties(BASE_CONFIG)
     properties["model_store"] = str(model_store)
-    properties["allowed_urls"] = "file://" + re.escape(str(model_store)).replace("\\", "\\\\") + "/.*\\\\.mar"
+    properties["allowed_urls"] = allowed_urls(model_store).replace("\\", "\\\\")  # a properties file escapes "\\"
     for key, port in (ports or {}).items():  # e.g. {"inference_address": 18080, "grpc_inference_port": 17070}
         properties[key] = f"http://127.0.0.1:{port}" if key.endswith("_address") else str(port)
     properties.update(overrides or {})
     path = run_dir / "config.properties"
     path.write_text("".join(f"{k}={v}\n" for k, v in properties.items()))
     return path, properties
+
+
+def allowed_urls(model_store: Path) -> str:
+    """The only archives the management API may register: the store's own, `<name>.mar`, and a rollout's
+    `releases/<name>-v<N>.mar`, for the names in the store now (TorchServe matches each regex whole)."""
+    store = re.escape(model_store.as_uri())
+    names = "|".join(re.escape(p.stem) for p in sorted(model_store.glob("*.mar")))
+    return f"{store}/({names})\\.mar,{store}/releases/({names})-v[0-9]+\\.mar"
 
 
 # start / stop
