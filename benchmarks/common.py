@@ -91,7 +91,7 @@ def provenance() -> dict[str, str]:
 
 
 def machine() -> dict[str, object]:
-    from training.tracking.store import package_versions
+    from training.tracking.mlflow_store import package_versions
 
     cpu = platform.processor() or platform.machine()
     try:

@@ -19,7 +19,7 @@ from training.search.study import tune
 from training.serving import serve
 from training.serving.archive import MODEL_CONFIG, archive_champion
 from training.serving.serve import free_ports
-from training.tracking import store
+from training.tracking import mlflow_store
 
 CONCURRENCY = [1, 16, 64]
 ADDING_SEQUENCE = [[round((i * 37 % 100) / 100, 2), float(i in (5, 30))] for i in range(50)]
@@ -48,7 +48,7 @@ def champion_registry(quick: bool) -> str:
 def build_archives(root: Path, quick: bool, variants: dict[str, dict] | None = None) -> Path:
     """The champions packed in each variant under root/archives (suffix -> handler and model-config
     overrides; default: the three variants of this row)."""
-    client = store.configure(champion_registry(quick))
+    client = mlflow_store.configure(champion_registry(quick))
     model_store = root / "archives"
     variants = variants or {
         suffix: {"handler": handler, "batchSize": batch_size} for suffix, (handler, batch_size) in VARIANTS.items()

@@ -19,7 +19,7 @@ from mlflow import MlflowClient
 from training.fit.loop import FitResult
 from training.infra.processes import free_port
 from training.search import progress
-from training.tracking import plots, registry, store
+from training.tracking import mlflow_store, plots, registry
 from training.tracking.run_notes import BEST_TAG, NOTE_TAG, git_provenance
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -242,7 +242,7 @@ def test_unknown_archive_name_lists_the_champions(stores, tuned):
 
 
 def test_mark_version_sets_an_alias_and_a_stamp(stores, tuned):
-    client = store.configure(stores["tracking_uri"])
+    client = mlflow_store.configure(stores["tracking_uri"])
     registry.mark_version(client, "nw-sine", "1", "archived")
     version = client.get_model_version_by_alias("nw-sine", "archived")
     assert str(version.version) == "1" and version.tags["archived_at"].endswith("Z")

@@ -1,5 +1,6 @@
 """End to end: real stores, real archives built from the registry, a real TorchServe on free loopback ports."""
 
+import ipaddress
 import json
 import re
 import shutil
@@ -161,9 +162,15 @@ def test_everything_binds_to_loopback(served):
     ]
     ports = {int(url.rsplit(":", 1)[1]) for url in (server.inference_url, server.management_url, server.metrics_url)}
     assert ports <= {address.port for address in listening}, listening  # the server's own sockets, as bound
-    assert all(address.ip in ("127.0.0.1", "::1") for address in listening), listening
+    assert all(loopback(address.ip) for address in listening), listening
     status, metrics, _ = server.request("GET", f"{server.metrics_url}/metrics", token=server.token())
     assert status == 200 and "ts_inference_requests_total" in metrics
+
+
+def loopback(ip: str) -> bool:
+    """127.0.0.0/8 or ::1, also as Java's IPv6 sockets report IPv4 ones (::ffff:127.0.0.1)."""
+    address = ipaddress.ip_address(ip)
+    return (getattr(address, "ipv4_mapped", None) or address).is_loopback
 
 
 def test_serve_explains_what_is_missing(tmp_path, monkeypatch):

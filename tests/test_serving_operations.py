@@ -22,7 +22,7 @@ from training.serving import serve
 from training.serving.archive import archive_champions
 from training.serving.deploy import deploy
 from training.serving.serve import free_ports
-from training.tracking import registry, store
+from training.tracking import mlflow_store, registry
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,7 +42,7 @@ def new_champion_version(champions, root: Path, name: str) -> tuple[str, str]:
     db = root / "registry.db"
     shutil.copy(champions["tracking_uri"].removeprefix("sqlite:///"), db)
     uri = f"sqlite:///{db}"
-    client = store.configure(uri)
+    client = mlflow_store.configure(uri)
     current = client.get_model_version_by_alias(name, registry.CHAMPION)
     new = client.create_model_version(name, source=current.source, run_id=current.run_id)
     for key, value in current.tags.items():
@@ -79,7 +79,7 @@ def test_a_new_champion_rolls_out_under_load_with_zero_failed_requests(running, 
     assert all(v == version for _, v in last), "answers switch to the new version and stay there"
     assert rollout.version == version and rollout.previous == [old_version]
     assert [v["modelVersion"] for v in server.versions("nw-sine")] == [version]
-    client = store.configure(uri)
+    client = mlflow_store.configure(uri)
     assert str(client.get_model_version_by_alias("nw-sine", registry.SERVING).version) == version
     again = deploy("nw-sine", run_dir=server.run_dir, model_store=store, tracking_uri=uri)
     assert again.previous == [] and server.predict("nw-sine", [2.5])[0] == 200

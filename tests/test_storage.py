@@ -13,7 +13,7 @@ from training.infra.processes import free_port
 from training.search.options import TuneOptions
 from training.search.storage import sampler_seed
 from training.search.study import tune
-from training.tracking import registry, store
+from training.tracking import mlflow_store, registry
 
 
 def test_each_invocation_samples_with_its_own_seed_and_the_first_with_the_seed_given():
@@ -60,7 +60,7 @@ def test_an_unreachable_tracking_server_is_one_line_naming_it(capsys, tmp_path, 
 
 
 def test_the_ui_over_a_tracking_server_only_points_at_it(capsys, monkeypatch):
-    monkeypatch.setattr(store, "check_tracking_uri", lambda uri: None)
+    monkeypatch.setattr(mlflow_store, "check_tracking_uri", lambda uri: None)
     assert main(["ui", "--tracking-uri", "http://mlflow.internal:5000"]) == 0
     assert "http://mlflow.internal:5000" in capsys.readouterr().out
 
@@ -108,7 +108,7 @@ def test_the_storage_lock_admits_one_holder_at_a_time(tmp_path):
 
 def test_concluding_together_leaves_the_best_by_validation_as_champion(tmp_path):
     """Eight conclusions at once, each registering a candidate and deciding under the study's lock."""
-    client = store.configure(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = mlflow_store.configure(f"sqlite:///{tmp_path / 'mlflow.db'}")
     client.create_registered_model("toy")
     url, values = f"sqlite:///{tmp_path / 'optuna.db'}", random.Random(0).sample(range(100, 200), 8)
     errors = []

@@ -11,7 +11,7 @@ from training.search import objective as objective_module
 from training.search import study as tune_module
 from training.search.options import TuneError, TuneOptions
 from training.search.study import tune
-from training.tracking import registry, store
+from training.tracking import mlflow_store, registry
 
 
 def options(stores, **overrides):
@@ -130,7 +130,7 @@ def test_a_diverging_trial_fails_cleanly_and_the_study_goes_on(stores, monkeypat
 
 
 def test_champion_is_the_best_version_by_validation_never_by_test(stores):
-    client = store.configure(stores["tracking_uri"])
+    client = mlflow_store.configure(stores["tracking_uri"])
     client.create_registered_model("toy-model")
     # (validation, test): the test metric points the other way and must not decide
     scores = [(0.5, 0.1), (0.9, 0.05), (0.2, 0.8)]
@@ -231,8 +231,8 @@ def test_a_trial_whose_process_died_is_retried_and_its_runs_closed(tmp_path):
 
     stores = {"storage": f"sqlite:///{tmp_path / 'optuna.db'}", "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}
     quick = dict(heartbeat=1, grace=2)
-    client = store.configure(stores["tracking_uri"])
-    experiment = store.experiment_id(client, "nw-sine")
+    client = mlflow_store.configure(stores["tracking_uri"])
+    experiment = mlflow_store.experiment_id(client, "nw-sine")
     study, _ = tune_module.open_study(options(stores, **quick), "minimize", StaleTrialCallback())
     dead = study.ask(
         {

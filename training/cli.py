@@ -9,7 +9,7 @@ import sys
 from training.data.datasets import KINDS, MODEL_KINDS
 from training.infra import storage_urls
 from training.infra.places import DASHBOARD_PORT, LOOPBACK, MLFLOW_PORT, POSTGRES_PORT
-from training.tracking import store
+from training.tracking import mlflow_store
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -246,9 +246,9 @@ def run_token(args) -> int:
 def run_ui(args) -> int:
     from training.tracking.ui import mlflow_ui
 
-    uri = args.tracking_uri or store.default_tracking_uri()
+    uri = args.tracking_uri or mlflow_store.default_tracking_uri()
     if uri.startswith(("http://", "https://")):  # a tracking server already is the UI
-        store.check_tracking_uri(uri)
+        mlflow_store.check_tracking_uri(uri)
         print(f"MLflow UI: {storage_urls.redact(uri)} (the tracking server in use serves it)")
         return 0
     return mlflow_ui(args.port, uri)

@@ -26,7 +26,7 @@ from training.search.conclude import DATA_SEED, Conclusion, conclude, study_stat
 from training.search.objective import Objective
 from training.search.options import GRACE_SECONDS, HEARTBEAT_SECONDS, TuneError, TuneOptions
 from training.search.storage import open_storage, sampler_seed
-from training.tracking import records, run_notes, store
+from training.tracking import mlflow_store, records, run_notes
 from training.tracking.trial_log import (
     MlflowTrialLog,
     ParentHeartbeat,
@@ -104,8 +104,8 @@ def tune(options: TuneOptions) -> TuneResult:
     else:
         data = load_dataset(options.dataset, seed=DATA_SEED)
     _, direction = PRIMARY_METRIC[data.task]
-    client = store.configure(options.tracking_uri)
-    experiment_id = store.experiment_id(client, options.name)
+    client = mlflow_store.configure(options.tracking_uri)
+    experiment_id = mlflow_store.experiment_id(client, options.name)
     url = options.storage_url
     on_stale = StaleTrialCallback()
     on_stale.client = client
@@ -199,7 +199,7 @@ def conclude_study(
 ) -> tuple[Conclusion, MlflowClient, str, str]:
     """`make conclude`: close what dead workers left, then conclude the study in a run of its own.
     Returns the conclusion, the client, the experiment id and the conclusion's run id."""
-    client = store.configure(tracking_uri)
+    client = mlflow_store.configure(tracking_uri)
     url = storage or places.default_optuna_storage()
     on_stale = StaleTrialCallback()
     on_stale.client = client
@@ -207,7 +207,7 @@ def conclude_study(
         study = optuna.load_study(study_name=name, storage=open_storage(url, heartbeat, grace, on_stale))
     except KeyError:
         raise TuneError(f"no study {name!r} in {storage_urls.redact(url)}") from None
-    experiment_id = store.experiment_id(client, name)
+    experiment_id = mlflow_store.experiment_id(client, name)
     close_dead_runs(client, experiment_id, study, grace)
     run_id = client.create_run(
         experiment_id,

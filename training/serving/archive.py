@@ -21,7 +21,7 @@ import yaml
 from training.infra import places, storage_urls
 from training.nn import load_checkpoint, model_kind
 from training.nn.checkpoint import file_sha256
-from training.tracking import registry, store
+from training.tracking import mlflow_store, registry
 
 ROOT = places.ROOT
 ARCHIVES = ROOT / "archives"
@@ -57,7 +57,7 @@ def archive_champions(
     tracking_uri: str | None = None,
     model_config: dict | None = None,
 ) -> list[Path]:
-    client = store.configure(tracking_uri)
+    client = mlflow_store.configure(tracking_uri)
     names = [name] if name else champion_names(client)
     if not names:
         raise RuntimeError("no registered model has a @champion yet: run `make tune` first")

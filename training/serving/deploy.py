@@ -21,7 +21,7 @@ from pathlib import Path
 from training.infra.processes import wait_until
 from training.serving.serve import ARCHIVES, RUN_DIR, running_pid
 from training.serving.torchserve import Server, server_for
-from training.tracking import registry, store
+from training.tracking import mlflow_store, registry
 
 RELEASES = "releases"
 
@@ -114,7 +114,7 @@ def mark_serving(name: str, version: str, tracking_uri: str | None) -> str:
     from mlflow.exceptions import MlflowException
 
     try:
-        client = store.configure(tracking_uri)
+        client = mlflow_store.configure(tracking_uri)
         registry.mark_version(client, name, version, registry.SERVING)
     except MlflowException as error:
         return f"not updated ({error.message.splitlines()[0][:120]})"

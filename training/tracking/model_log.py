@@ -15,7 +15,7 @@ from training.fit import cross_validation
 from training.fit.loop import FitResult
 from training.infra import places
 from training.nn import model_kind, save_checkpoint
-from training.tracking import plots, records, store, study_plots
+from training.tracking import mlflow_store, plots, records, study_plots
 
 
 def log_study_plots(study: optuna.Study, metric: str) -> None:
@@ -71,7 +71,7 @@ def log_and_register(
 
     example = example_frame(data, model)
     signature = infer_signature(example, predict_frame(model, example))
-    versions = store.package_versions()
+    versions = mlflow_store.package_versions()
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = Path(tmp) / "checkpoint.pt"
         sha = save_checkpoint(model, checkpoint, {"name": name, "run_id": run_id, f"test_{metric}": test[metric]})

@@ -12,7 +12,7 @@ import optuna
 from mlflow.entities import Metric, Param
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-from training.tracking import run_notes, store
+from training.tracking import mlflow_store, run_notes
 
 # Optuna's trial state -> the MLflow run status a closed child run ends with.
 RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
@@ -127,6 +127,6 @@ def close_dead_runs(client: mlflow.MlflowClient, experiment_id: str, study: optu
 
 def log_invocation(client, run_id: str, params: dict, description: dict) -> None:
     client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
-    for key, value in store.package_versions().items():
+    for key, value in mlflow_store.package_versions().items():
         client.set_tag(run_id, f"version.{key}", value)
     client.log_dict(run_id, description, "data/description.json")

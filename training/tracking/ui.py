@@ -17,7 +17,7 @@ from pathlib import Path
 from training.infra import places, storage_urls
 from training.infra.places import DASHBOARD_PORT, LOOPBACK, MLFLOW_PORT
 from training.infra.processes import answers, port_is_free, signal_group, start_group, wait_until
-from training.tracking import store
+from training.tracking import mlflow_store
 
 HOST = LOOPBACK
 UI_PORT, DASHBOARD_PORT = MLFLOW_PORT, DASHBOARD_PORT
@@ -30,7 +30,7 @@ class UIError(RuntimeError):
 
 def ui_base(tracking_uri: str | None = None, port: int = UI_PORT) -> str:
     """Where the MLflow UI for this store is: the tracking server itself, or `make ui` on loopback."""
-    uri = tracking_uri or store.default_tracking_uri()
+    uri = tracking_uri or mlflow_store.default_tracking_uri()
     if uri.startswith(("http://", "https://")):
         return storage_urls.redact(uri).rstrip("/")  # links are printed and stored: never with a password
     return f"http://{HOST}:{port}"
@@ -38,7 +38,7 @@ def ui_base(tracking_uri: str | None = None, port: int = UI_PORT) -> str:
 
 def ui_command_for(tracking_uri: str | None = None) -> str:
     """The command that serves the UI for this store ('' when a tracking server already does)."""
-    uri = tracking_uri or store.default_tracking_uri()
+    uri = tracking_uri or mlflow_store.default_tracking_uri()
     if uri.startswith(("http://", "https://")):
         return ""
     if uri == f"sqlite:///{places.MLRUNS / 'mlflow.db'}":
@@ -106,14 +106,21 @@ def _wait_ready(child, port: int, health_path: str, what: str, log, stopping: li
 
 
 def mlflow_ui(port: int = UI_PORT, tracking_uri: str | None = None) -> int:
-    uri = tracking_uri or store.default_tracking_uri()
+    uri = tracking_uri or mlflow_store.default_tracking_uri()
     if uri.startswith(("http://", "https://")):
         print(f"{uri} is a tracking server with its own UI: open {uri}")
         return 0
-    store.configure(uri)  # creates mlruns/ on a fresh checkout
+    mlflow_store.configure(uri)  # creates mlruns/ on a fresh checkout
     print(f"starting the MLflow UI over {storage_urls.redact(uri)} ...", flush=True)
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri]
-    command += ["--default-artifact-root", store.artifact_root(uri).as_uri(), "--host", HOST, "--port", str(port)]
+    command += [
+        "--default-artifact-root",
+        mlflow_store.artifact_root(uri).as_uri(),
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+    ]
     return run_foreground(command, port, "/health", "MLflow UI", env={**os.environ, "MLFLOW_TRACKING_URI": uri})
 
 
