@@ -29,6 +29,7 @@ FEATURES ?=
 TASK ?=
 ID ?=
 ORDER ?=
+TRUST_UNSIGNED ?=
 PYTEST_ARGS ?=
 
 DATA_ARGS = $(if $(DATA),--data '$(DATA)' $(if $(TARGET),--target '$(TARGET)') $(if $(FEATURES),--features '$(FEATURES)') \
@@ -99,13 +100,13 @@ archive: $(STAMP) ## Build archives/<name>.mar from the registry's @champion: ma
 	$(PYTHON) -m training archive $(if $(NAME),--name $(NAME))
 
 .PHONY: serve
-serve: install ## Start TorchServe in the background with every archive, wait until healthy
-	$(PYTHON) -m training serve
+serve: install ## Start TorchServe in the background with every archive (each verified first), wait until healthy [TRUST_UNSIGNED=1]
+	$(PYTHON) -m training serve $(if $(filter 1,$(TRUST_UNSIGNED)),--trust-unsigned)
 
 .PHONY: deploy
 deploy: $(STAMP) ## Roll the newly archived champion into the running server, no request dropped: make deploy NAME=nw-sine
 	@test -n "$(NAME)" || { echo "NAME is required, e.g. make deploy NAME=nw-sine"; exit 2; }
-	$(PYTHON) -m training deploy --name $(NAME)
+	$(PYTHON) -m training deploy --name $(NAME) $(if $(filter 1,$(TRUST_UNSIGNED)),--trust-unsigned)
 
 .PHONY: stop
 stop: $(STAMP) ## Stop TorchServe (returns when the whole server process tree is gone)

@@ -1,6 +1,13 @@
+import os
 import shutil
+import tempfile
 
 import pytest
+
+
+def pytest_configure(config):
+    """Archives built by the tests are signed with a key of their own, never the user's (~/.config)."""
+    os.environ.setdefault("ATTENTION_SERVE_KEYS", tempfile.mkdtemp(prefix="test-signing-keys-"))
 
 
 @pytest.fixture(scope="module")

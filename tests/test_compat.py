@@ -52,12 +52,20 @@ def test_an_archive_from_before_the_move_answers_as_it_did_with_todays_handler(t
 def test_an_archive_from_before_the_move_is_served_by_todays_server(tmp_path):
     from training.serving import serve
     from training.serving.serve import free_ports
+    from training.serving.signing import UnsignedArchiveError
 
     store = tmp_path / "store"
     store.mkdir()
     shutil.copy(FIXTURE / "nw-sine.mar", store / "nw-sine.mar")
+    with pytest.raises(UnsignedArchiveError, match="make archive"):  # built before archives were signed
+        serve.start(models=["nw-sine"], run_dir=tmp_path / "run", model_store=store, ports=free_ports(), quiet=True)
     server = serve.start(
-        models=["nw-sine"], run_dir=tmp_path / "run", model_store=store, ports=free_ports(), quiet=True
+        models=["nw-sine"],
+        run_dir=tmp_path / "run",
+        model_store=store,
+        ports=free_ports(),
+        quiet=True,
+        trust_unsigned=True,  # the user opts in to serve it as it is
     )
     try:
         status, body, _ = server.predict("nw-sine", EXPECTED["instances"])

@@ -22,6 +22,7 @@ from training.serving import serve
 from training.serving.archive import archive_champions
 from training.serving.deploy import deploy
 from training.serving.serve import free_ports
+from training.serving.signing import SIGNATURE, ArchiveSignatureError, UnsignedArchiveError
 from training.tracking import mlflow_store, registry
 
 pytestmark = pytest.mark.e2e
@@ -93,10 +94,11 @@ def test_deploy_names_what_is_missing(running, tmp_path):
         deploy("nw-sine", run_dir=tmp_path, model_store=store, mark_registry=False)
 
 
-def tampered_copy(archive: Path, target: Path) -> Path:
-    """The same archive with its checkpoint swapped: every training target set to 42."""
+def tampered_copy(archive: Path, target: Path, signed: bool = True) -> Path:
+    """The same archive with its checkpoint swapped: every training target set to 42 (and, unless `signed`,
+    without its signed manifest: an archive as built before signing)."""
     with zipfile.ZipFile(archive) as original:
-        members = {name: original.read(name) for name in original.namelist()}
+        members = {name: original.read(name) for name in original.namelist() if signed or name != SIGNATURE}
     checkpoint = target.parent / "checkpoint.pt"
     checkpoint.write_bytes(members["checkpoint.pt"])
     model, metadata = load_checkpoint(checkpoint)
@@ -110,16 +112,46 @@ def tampered_copy(archive: Path, target: Path) -> Path:
     return target
 
 
-def test_a_tampered_archive_is_refused_and_the_model_does_not_come_up(champions, tmp_path):
+def test_a_tampered_archive_is_refused_before_torchserve_sees_it(champions, tmp_path):
     store = tmp_path / "archives"
     store.mkdir()
     original = next(a for a in champions["archives"] if a.stem == "nw-sine")
     tampered_copy(original, store / "nw-sine.mar")
+    with pytest.raises(ArchiveSignatureError, match="nw-sine.mar: member checkpoint.pt was changed after signing"):
+        serve.start(run_dir=tmp_path / "run", model_store=store, ports=free_ports(), quiet=True, timeout=120)
+    assert serve.running_pid(tmp_path / "run") is None and not (tmp_path / "run" / "store" / "nw-sine.mar").exists()
+
+
+def test_an_unsigned_archive_trusted_on_request_is_still_checked_by_the_worker(champions, tmp_path):
+    store = tmp_path / "archives"
+    store.mkdir()
+    original = next(a for a in champions["archives"] if a.stem == "nw-sine")
+    tampered_copy(original, store / "nw-sine.mar", signed=False)
+    with pytest.raises(UnsignedArchiveError, match="is not signed"):
+        serve.start(run_dir=tmp_path / "run", model_store=store, ports=free_ports(), quiet=True, timeout=120)
     started = time.monotonic()
     with pytest.raises(RuntimeError, match="refusing to load nw-sine version .*differs from model_info.json"):
-        serve.start(run_dir=tmp_path / "run", model_store=store, ports=free_ports(), quiet=True, timeout=120)
+        serve.start(
+            run_dir=tmp_path / "run",
+            model_store=store,
+            ports=free_ports(),
+            quiet=True,
+            timeout=120,
+            trust_unsigned=True,
+        )
     assert time.monotonic() - started < 100, "the refusal is reported as soon as a worker logs it"
     assert serve.running_pid(tmp_path / "run") is None and not (tmp_path / "run" / "key_file.json").exists()
+
+
+def test_a_tampered_archive_is_not_deployed_and_the_served_version_goes_on(running, tmp_path):
+    server, store, _ = running
+    before = server.predict("nw-sine", [2.5])[1]
+    upload = tmp_path / "upload"
+    upload.mkdir()
+    tampered_copy(store / "nw-sine.mar", upload / "nw-sine.mar")
+    with pytest.raises(ArchiveSignatureError, match="member checkpoint.pt was changed after signing"):
+        deploy("nw-sine", run_dir=server.run_dir, model_store=upload, mark_registry=False)
+    assert server.predict("nw-sine", [2.5])[1] == before
 
 
 def test_stop_returns_when_the_whole_process_tree_is_gone_and_start_works_right_after(model_store_copy, tmp_path):

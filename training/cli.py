@@ -11,6 +11,8 @@ from training.infra import storage_urls
 from training.infra.places import DASHBOARD_PORT, LOOPBACK, MLFLOW_PORT, POSTGRES_PORT
 from training.tracking import mlflow_store
 
+TRUST_UNSIGNED_HELP = "also serve archives built before archives were signed (signed ones are verified all the same)"
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
@@ -65,9 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="start TorchServe in the background with every archive")
     serve.add_argument("--models", default=None, help="comma-separated model names (default: every archive)")
+    serve.add_argument("--trust-unsigned", action="store_true", help=TRUST_UNSIGNED_HELP)
     deploy = commands.add_parser("deploy", help="roll archives/<name>.mar into the running server, no request dropped")
     deploy.add_argument("--name", required=True, help="e.g. nw-sine (run `make archive NAME=...` first)")
     deploy.add_argument("--tracking-uri", default=None, help="registry whose @serving alias moves (default: mlruns/)")
+    deploy.add_argument("--trust-unsigned", action="store_true", help=TRUST_UNSIGNED_HELP)
     commands.add_parser("stop", help="stop TorchServe")
     token = commands.add_parser("token", help="print the running server's inference token")
     token.add_argument("--refresh", action="store_true", help="ask TorchServe for a new one first")
@@ -197,7 +201,7 @@ def run_serve(args) -> int:
     from training.serving.serve import ARCHIVES, start
 
     names = args.models.split(",") if args.models else None
-    start(models=names)
+    start(models=names, trust_unsigned=args.trust_unsigned)
     for name in names or sorted(p.stem for p in ARCHIVES.glob("*.mar")):
         version = str(archive_info(ARCHIVES / f"{name}.mar")["version"])
         print(f"  registry    {name}: {mark_serving(name, version, None)}")
@@ -207,7 +211,7 @@ def run_serve(args) -> int:
 def run_deploy(args) -> int:
     from training.serving.deploy import deploy
 
-    rollout = deploy(args.name, tracking_uri=args.tracking_uri)
+    rollout = deploy(args.name, tracking_uri=args.tracking_uri, trust_unsigned=args.trust_unsigned)
     replaced = f" (replaced version {', '.join(rollout.previous)})" if rollout.previous else ""
     print(f"{rollout.name} now serves version {rollout.version}{replaced} in {rollout.seconds:.1f} s")
     print(f"registry: {rollout.registry}")

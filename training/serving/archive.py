@@ -21,6 +21,7 @@ import yaml
 from training.infra import places, storage_urls
 from training.nn import load_checkpoint, model_kind
 from training.nn.checkpoint import file_sha256
+from training.serving.signing import sign_archive
 from training.tracking import mlflow_store, registry
 
 ROOT = places.ROOT
@@ -123,11 +124,13 @@ def archive_champion(
         subprocess.run(command, check=True, capture_output=True, text=True)
         # Whole or not at all: the finished archive is renamed over the old one (same folder, one rename), so an
         # interrupted build never leaves a truncated archive where `make serve` would read it.
+        digest = sign_archive(tmp / f"{archive_name}.mar")  # a manifest of every member's sha256, signed
         staged = out_dir / f".{archive_name}.mar.partial"
         shutil.copyfile(tmp / f"{archive_name}.mar", staged)
         os.replace(staged, out_dir / f"{archive_name}.mar")
     if archive_name == name:  # benchmark variants are not what gets served
         registry.mark_version(client, name, version.version, ARCHIVED)
+        client.set_model_version_tag(name, str(version.version), "archive_sha256", digest)
     return out_dir / f"{archive_name}.mar"
 
 

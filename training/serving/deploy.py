@@ -5,21 +5,22 @@ version from the model store, waits until its workers are READY, makes it the de
 on `/predictions/<name>` goes to it), lets the old version finish what it already holds, and unregisters
 it. The registry's `serving` alias then moves to the version that answers, so a reviewer sees it in MLflow.
 
-Each deployed version is registered from its own copy under `<model store>/releases/`, so two versions
-never share an archive file or an unpacked directory.
+Each deployed version is verified (signature and every member), then registered from its own copy under
+the server's store (`.serve/store/releases/`), so two versions never share an archive file or an unpacked
+directory.
 """
 
 from __future__ import annotations
 
+import io
 import json
-import shutil
 import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from training.infra.processes import wait_until
-from training.serving.serve import ARCHIVES, RUN_DIR, running_pid
+from training.serving.serve import ARCHIVES, RUN_DIR, private_store, running_pid, verified_bytes
 from training.serving.torchserve import Server, server_for
 from training.tracking import mlflow_store, registry
 
@@ -35,10 +36,10 @@ class Rollout:
     registry: str  # what happened to the registry's `serving` alias
 
 
-def archive_info(path: Path) -> dict:
-    """model_info.json of an archive: name, version, run id, sha256."""
-    with zipfile.ZipFile(path) as archive:
-        return json.loads(archive.read("model_info.json"))
+def archive_info(archive: Path | bytes) -> dict:
+    """model_info.json of an archive (a file, or its bytes): name, version, run id, sha256."""
+    with zipfile.ZipFile(io.BytesIO(archive) if isinstance(archive, bytes) else archive) as opened:
+        return json.loads(opened.read("model_info.json"))
 
 
 def deploy(
@@ -48,6 +49,7 @@ def deploy(
     tracking_uri: str | None = None,
     drain_seconds: float = 1.0,
     mark_registry: bool = True,
+    trust_unsigned: bool = False,
 ) -> Rollout:
     run_dir, model_store = Path(run_dir), Path(model_store).resolve()
     if not running_pid(run_dir):
@@ -57,11 +59,12 @@ def deploy(
         known = ", ".join(sorted(p.stem for p in model_store.glob("*.mar"))) or "none"
         raise RuntimeError(f"no archive {archive}: `make archive NAME={name}` first (archives: {known})")
     server = server_for(run_dir)
-    version = str(archive_info(archive)["version"])
+    data = verified_bytes(archive, trust_unsigned)  # what was verified is what the server reads
+    version = str(archive_info(data)["version"])
     served = [str(v["modelVersion"]) for v in server.versions(name)]
     start = time.monotonic()
     if version not in served:
-        register(server, name, version, release_copy(archive, model_store, name, version))
+        register(server, name, version, release_copy(data, run_dir, name, version))
     set_default(server, name, version)
     old = [v for v in served if v != version]
     if old:
@@ -85,12 +88,11 @@ def drain(server: Server, name: str, versions: list[str], settle_seconds: float,
     time.sleep(settle_seconds)
 
 
-def release_copy(archive: Path, model_store: Path, name: str, version: str) -> str:
-    """Copy the archive to releases/<name>-v<version>.mar and return its file:// URL (inside `allowed_urls`)."""
-    releases = model_store / RELEASES
-    releases.mkdir(exist_ok=True)
-    target = releases / f"{name}-v{version}.mar"
-    shutil.copyfile(archive, target)
+def release_copy(data: bytes, run_dir: Path, name: str, version: str) -> str:
+    """Write the verified archive to the server's store as releases/<name>-v<version>.mar and return its
+    file:// URL (inside `allowed_urls`)."""
+    target = private_store(run_dir) / RELEASES / f"{name}-v{version}.mar"
+    target.write_bytes(data)
     return target.as_uri()
 
 

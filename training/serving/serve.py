@@ -25,11 +25,13 @@ from training.infra.processes import (
     wait_until,
 )
 from training.nn.integrity import REFUSAL  # what a worker logs when an archive fails its sha256 check
+from training.serving.signing import UnsignedArchiveError, verify_archive
 from training.serving.torchserve import Server, read_properties, server_for
 
 __all__ = ["RUN_DIR", "Server", "running_pid", "server_for", "start", "stop"]
 
 RUN_DIR = SERVE_DIR
+STORE = "store"  # under the run directory: the verified archives TorchServe reads
 AUTH_HEADER = "auth-header"  # `python -m training token --header-file`: for curl -H @.serve/auth-header
 BASE_CONFIG = TORCHSERVE_CONFIG
 LOG_CONFIG = Path(__file__).with_name("log4j2.xml")  # size-capped, rotating logs; nothing per request on stdout
@@ -39,12 +41,16 @@ LOG_CONFIG = Path(__file__).with_name("log4j2.xml")  # size-capped, rotating log
 
 
 def resolve_config(
-    run_dir: Path, model_store: Path, ports: dict[str, int] | None = None, overrides: dict[str, str] | None = None
+    run_dir: Path,
+    model_store: Path,
+    names: list[str],
+    ports: dict[str, int] | None = None,
+    overrides: dict[str, str] | None = None,
 ) -> tuple[Path, dict[str, str]]:
     """Write the run's config: the base file with an absolute model store and, when given, other ports."""
     properties = read_properties(BASE_CONFIG)
     properties["model_store"] = str(model_store)
-    properties["allowed_urls"] = allowed_urls(model_store).replace("\\", "\\\\")  # a properties file escapes "\\"
+    properties["allowed_urls"] = allowed_urls(model_store, names).replace("\\", "\\\\")  # properties escape "\\"
     for key, port in (ports or {}).items():  # e.g. {"inference_address": 18080, "grpc_inference_port": 17070}
         properties[key] = f"http://127.0.0.1:{port}" if key.endswith("_address") else str(port)
     properties.update(overrides or {})
@@ -53,12 +59,33 @@ def resolve_config(
     return path, properties
 
 
-def allowed_urls(model_store: Path) -> str:
-    """The only archives the management API may register: the store's own, `<name>.mar`, and a rollout's
-    `releases/<name>-v<N>.mar`, for the names in the store now (TorchServe matches each regex whole)."""
+def allowed_urls(model_store: Path, names: list[str]) -> str:
+    """The only archives the management API may register: the server's store's own, `<name>.mar`, and a
+    rollout's `releases/<name>-v<N>.mar`, for the archive names given (TorchServe matches each regex whole)."""
     store = re.escape(model_store.as_uri())
-    names = "|".join(re.escape(p.stem) for p in sorted(model_store.glob("*.mar")))
-    return f"{store}/({names})\\.mar,{store}/releases/({names})-v[0-9]+\\.mar"
+    alternatives = "|".join(re.escape(name) for name in sorted(names))
+    return f"{store}/({alternatives})\\.mar,{store}/releases/({alternatives})-v[0-9]+\\.mar"
+
+
+def private_store(run_dir: Path, reset: bool = False) -> Path:
+    """The server's own model store (0700): verified copies of the archives it serves and their releases."""
+    store = run_dir / STORE
+    if reset and store.exists():
+        shutil.rmtree(store)
+    private_dir(store / "releases")
+    return private_dir(store)
+
+
+def verified_bytes(archive: Path, trust_unsigned: bool = False) -> bytes:
+    """The archive's bytes once its signature and every member are verified (read once: what was checked is
+    what gets served). Unsigned archives pass only with `trust_unsigned`."""
+    data = archive.read_bytes()
+    try:
+        verify_archive(data, str(archive))
+    except UnsignedArchiveError:
+        if not trust_unsigned:
+            raise
+    return data
 
 
 # start / stop
@@ -86,9 +113,12 @@ def start(
     timeout: float = 180,
     quiet: bool = False,
     log_size: str | None = None,
+    trust_unsigned: bool = False,
 ) -> Server:
     """Start TorchServe in the background from `run_dir` over the archives in `model_store`, and return once it
-    is healthy with a ready worker per model. `log_size` caps each log file before it rolls over ("10 MB")."""
+    is healthy with a ready worker per model. Each archive is verified (its signature and every member) and
+    only the verified bytes are copied to the server's private store, which TorchServe reads. `log_size` caps
+    each log file before it rolls over ("10 MB"); `trust_unsigned` serves archives built before signing."""
     check_java()
     model_store = Path(model_store).resolve()
     archives = sorted(p.stem for p in model_store.glob("*.mar"))
@@ -103,9 +133,13 @@ def start(
     for private in (run_dir, run_dir / "logs", run_dir / "tmp"):  # tokens, logs, unpacked handler code: ours alone
         private_dir(private)
     (run_dir / "key_file.json").unlink(missing_ok=True)
-    config, properties = resolve_config(run_dir, model_store, ports, overrides)
-    check_ports_free(properties)
     names = models or archives
+    served_store = private_store(run_dir, reset=True)
+    for name in names:
+        data = verified_bytes(model_store / f"{name}.mar", trust_unsigned)
+        (served_store / f"{name}.mar").write_bytes(data)
+    config, properties = resolve_config(run_dir, served_store, archives, ports, overrides)
+    check_ports_free(properties)
     command = [
         str(Path(sys.executable).with_name("torchserve")),
         "--start",
@@ -116,7 +150,7 @@ def start(
         "--log-config",
         str(LOG_CONFIG),
         "--model-store",
-        str(model_store),
+        str(served_store),
         "--models",
         ",".join(f"{n}={n}.mar" for n in names),
     ]

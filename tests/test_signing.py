@@ -1,0 +1,92 @@
+"""Signed archives: a manifest of every member's sha256, signed with Ed25519 and verified before serving."""
+
+import json
+import shutil
+import zipfile
+
+import pytest
+
+from training.serving import signing
+from training.serving.signing import ArchiveSignatureError, UnsignedArchiveError, verify_archive
+
+MEMBERS = {"attention_handler.py": b"class Handler: ...\n", "checkpoint.pt": b"\x00weights", "model_info.json": b"{}"}
+
+
+@pytest.fixture
+def keys(tmp_path, monkeypatch):
+    folder = tmp_path / "keys"
+    monkeypatch.setenv("ATTENTION_SERVE_KEYS", str(folder))
+    return folder
+
+
+def build(path, members=MEMBERS):
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return path
+
+
+def rewritten(path, change):
+    """The archive with its members changed by `change(dict)`, the signed manifest kept as it was."""
+    with zipfile.ZipFile(path) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    change(members)
+    return build(path.with_name("changed.mar"), members).read_bytes()
+
+
+def test_a_signed_archive_verifies_and_the_key_is_private(keys, tmp_path):
+    archive = build(tmp_path / "nw-sine.mar")
+    digest = signing.sign_archive(archive)
+    manifest = verify_archive(archive.read_bytes(), "nw-sine.mar")
+    assert set(manifest["members"]) == set(MEMBERS) and len(digest) == 64
+    assert (keys / signing.PRIVATE_KEY).stat().st_mode & 0o777 == 0o600 and keys.stat().st_mode & 0o777 == 0o700
+
+
+@pytest.mark.parametrize(
+    "change, named",
+    [
+        (lambda m: m.update({"attention_handler.py": b"import os; os.system('id')\n"}), "attention_handler.py"),
+        (lambda m: m.update({"checkpoint.pt": b"\x00other weights"}), "checkpoint.pt"),
+        (lambda m: m.update({"evil.py": b"print('hi')\n"}), "evil.py"),
+        (lambda m: m.pop("model_info.json"), "model_info.json"),
+    ],
+)
+def test_a_changed_added_or_removed_member_is_refused_by_name(keys, tmp_path, change, named):
+    archive = build(tmp_path / "nw-sine.mar")
+    signing.sign_archive(archive)
+    with pytest.raises(ArchiveSignatureError, match=f"member {named} was"):
+        verify_archive(rewritten(archive, change), "nw-sine.mar")
+
+
+def test_a_forged_manifest_or_an_untrusted_key_is_refused_naming_the_key(keys, tmp_path, monkeypatch):
+    archive = build(tmp_path / "nw-sine.mar")
+    signing.sign_archive(archive)
+
+    def forge(members):  # a manifest that lists the new handler's digest, under the old signature
+        manifest = json.loads(members[signing.SIGNATURE])
+        members["attention_handler.py"] = b"pass\n"
+        manifest["members"]["attention_handler.py"] = signing.hashlib.sha256(b"pass\n").hexdigest()
+        members[signing.SIGNATURE] = json.dumps(manifest).encode()
+
+    with pytest.raises(ArchiveSignatureError, match="signature is not valid"):
+        verify_archive(rewritten(archive, forge), "nw-sine.mar")
+
+    other = tmp_path / "other-machine"
+    monkeypatch.setenv("ATTENTION_SERVE_KEYS", str(other))
+    theirs = build(tmp_path / "theirs.mar")
+    key = signing.key_id(signing.signing_key().public_key())
+    signing.sign_archive(theirs)
+    monkeypatch.setenv("ATTENTION_SERVE_KEYS", str(keys))
+    signing.signing_key()
+    with pytest.raises(ArchiveSignatureError, match=f"signed by key {key}, which is not trusted"):
+        verify_archive(theirs.read_bytes(), "theirs.mar")
+    (keys / signing.TRUSTED).mkdir()
+    shutil.copy(other / signing.PUBLIC_KEY, keys / signing.TRUSTED / "build-machine.pub")
+    assert verify_archive(theirs.read_bytes(), "theirs.mar")["key"] == key
+
+
+def test_an_unsigned_archive_is_refused_with_how_to_sign_it(keys, tmp_path):
+    with pytest.raises(UnsignedArchiveError, match="make archive"):
+        verify_archive(build(tmp_path / "old.mar").read_bytes(), "old.mar")
+    with pytest.raises(ArchiveSignatureError, match="not a readable archive"):
+        verify_archive(b"not a zip", "junk.mar")
