@@ -69,7 +69,10 @@ def server():
     state.chmod(0o755)  # PostgreSQL runs as an unprivileged user when the tests run as root
     try:
         ports = dict(pg_port=free_port(), mlflow_port=free_port())
-        yield tracking_server.start(state, **ports, workers=1)
+        started = tracking_server.start(state, **ports, workers=1)
+        with pytest.MonkeyPatch.context() as patch:  # as each worker is told to: the password file, no password
+            patch.setenv("PGPASSFILE", str(started.pgpass))
+            yield started
     finally:
         tracking_server.stop(state)
         shutil.rmtree(state, ignore_errors=True)
@@ -226,7 +229,35 @@ def test_archive_builds_the_champion_through_the_tracking_server(server, conclud
     assert info["version"] == str(champion.version) and info["name"] == "nw-sine"
 
 
-def test_stop_start_and_a_start_after_kill_9_bring_back_the_same_data(tmp_path):
+def test_workers_log_in_as_a_role_that_owns_the_two_databases_and_cannot_run_programs(server):
+    import psycopg
+
+    assert "@" in server.storage_url and ":" not in server.storage_url.split("//", 1)[1].split("@")[0]
+    assert (server.pgpass.stat().st_mode & 0o777) == 0o600
+    with psycopg.connect(server.storage_url, autocommit=True) as connection:
+        who = "SELECT current_user, rolsuper FROM pg_roles WHERE rolname = current_user"
+        role, superuser = connection.execute(who).fetchone()
+        assert (role, superuser) == (tracking_server.WORKER_ROLE, False)
+        member = "SELECT pg_has_role(current_user, 'pg_execute_server_program', 'MEMBER')"
+        assert connection.execute(member).fetchone() == (False,)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            connection.execute("COPY (SELECT 1) TO PROGRAM 'true'")
+        owners = "SELECT datname, pg_get_userbyid(datdba) FROM pg_database WHERE datname IN ('optuna', 'mlflow')"
+        assert dict(connection.execute(owners).fetchall()) == dict.fromkeys(["optuna", "mlflow"], role)
+
+
+def test_no_password_is_on_any_command_line(server, tuned, tmp_path):
+    state = Path(server.state_dir)
+    secrets_ = [(state / name).read_text().strip() for name in ("postgres.password", "worker.password")]
+    lines = []
+    for process in psutil.process_iter(["cmdline"]):
+        lines.append(" ".join(process.info["cmdline"] or []))
+    lines.append(" ".join(cli(server, "tune", "conclude")))  # what the workers were started with
+    assert all(secret not in line for secret in secrets_ for line in lines)
+    assert any("mlflow" in line and "server" in line for line in lines)  # the scan saw the tracking server
+
+
+def test_stop_start_and_a_start_after_kill_9_bring_back_the_same_data(tmp_path, monkeypatch):
     state = Path(tempfile.mkdtemp(prefix="tracking-restart-"))
     state.chmod(0o755)  # PostgreSQL runs as an unprivileged user when the tests run as root
     ports = dict(pg_port=free_port(), mlflow_port=free_port())
@@ -236,6 +267,7 @@ def test_stop_start_and_a_start_after_kill_9_bring_back_the_same_data(tmp_path):
 
     try:
         first = tracking_server.start(state, **ports, workers=1)
+        monkeypatch.setenv("PGPASSFILE", str(first.pgpass))
         optuna.create_study(study_name="kept", storage=sqlalchemy_url(first.storage_url))
         assert tracking_server.stop(state) and not (state / "server.json").exists()
         assert (state / tracking_server.PASSWORD_FILE).stat().st_mode & 0o777 == 0o600  # kept, private

@@ -172,10 +172,15 @@ def run_tracking_server(args) -> int:
     where = args.state_dir or tracking_server.STATE
     server = tracking_server.start(where, args.host, args.pg_port, args.port, hosts)
     print(f"PostgreSQL on {server.host}:{server.pg_port} and mlflow server on {server.tracking_uri} (state: {where})")
-    print("Give every tuning worker these two (the storage URL holds the database password):")
+    print(f"Give every tuning worker these three (workers log in as {tracking_server.WORKER_ROLE!r}, not a superuser;")
+    print("the password is only in the password file: copy it, mode 0600, to each worker machine):")
+    print(f"  PGPASSFILE={server.pgpass}")
     print(f"  STORAGE='{server.storage_url}'")
     print(f"  MLFLOW_TRACKING_URI={server.tracking_uri}")
-    print(f"e.g. MLFLOW_TRACKING_URI={server.tracking_uri} make tune STORAGE='{server.storage_url}' CONCLUDE=0")
+    print(
+        f"e.g. PGPASSFILE={server.pgpass} MLFLOW_TRACKING_URI={server.tracking_uri} "
+        f"make tune STORAGE='{server.storage_url}' CONCLUDE=0"
+    )
     print("Stop both with `make tracking-server-stop`.")
     return 0
 

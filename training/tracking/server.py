@@ -15,6 +15,8 @@ import secrets
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -22,7 +24,11 @@ from training.infra.places import LOOPBACK, MLFLOW_PORT, POSTGRES_PORT, TRACKING
 from training.infra.processes import answers, pid_alive, start_group, stop_tree, wait_until, write_secret
 
 STATE = TRACKING_DIR
-PASSWORD_FILE = "postgres.password"  # outside server.json, which a stop removes: the data outlives every stop
+# Secrets outside server.json, which a stop removes: the data outlives every stop. Each 0600.
+PASSWORD_FILE = "postgres.password"  # the superuser's: provisioning only
+WORKER_PASSWORD_FILE = "worker.password"  # the worker role's (also in the pgpass file workers read)
+WORKER_ROLE = "tuner"
+DATABASES = ("optuna", "mlflow")
 UNPRIVILEGED = ("postgres", "nobody")  # who runs PostgreSQL when we are root (initdb refuses root)
 
 
@@ -40,12 +46,32 @@ class TrackingServer:
     mlflow_pid: int = 0
 
     def database_url(self, database: str) -> str:
-        return f"postgresql://postgres:{self.password}@{self.host}:{self.pg_port}/{database}"
+        """The worker role's URL, without a password: libpq reads it from the password file (PGPASSFILE)."""
+        return f"postgresql://{WORKER_ROLE}@{self.host}:{self.pg_port}/{database}"
 
     @property
     def storage_url(self) -> str:
         """What workers pass as STORAGE (Optuna)."""
         return self.database_url("optuna")
+
+    @property
+    def pgpass(self) -> Path:
+        """The worker role's password file (0600): what workers set as PGPASSFILE."""
+        return Path(self.state_dir) / "pgpass"
+
+    def admin(self, database: str = "postgres"):
+        """A connection as the superuser, for provisioning only; its password never leaves this process."""
+        import psycopg
+
+        return psycopg.connect(
+            host=self.host,
+            port=self.pg_port,
+            user="postgres",
+            password=self.password,
+            dbname=database,
+            autocommit=True,
+            connect_timeout=10,
+        )
 
     @property
     def tracking_uri(self) -> str:
@@ -126,14 +152,14 @@ def write_state(server: TrackingServer) -> None:
     file.chmod(0o600)
 
 
-def read_password(state_dir: Path) -> str | None:
-    file = state_dir / PASSWORD_FILE
+def read_password(state_dir: Path, name: str = PASSWORD_FILE) -> str | None:
+    file = state_dir / name
     return file.read_text().strip() if file.exists() else None
 
 
-def write_password(state_dir: Path, password: str) -> None:
-    """The database password, 0600 from its first byte; a stop keeps it, since the data needs it."""
-    write_secret(state_dir / PASSWORD_FILE, password + "\n")
+def write_password(state_dir: Path, password: str, name: str = PASSWORD_FILE) -> None:
+    """A database password, 0600 from its first byte; a stop keeps it, since the data needs it."""
+    write_secret(state_dir / name, password + "\n")
 
 
 # PostgreSQL
@@ -163,16 +189,44 @@ def start_postgres(server: TrackingServer) -> None:
     options = f"-c listen_addresses={server.host} -p {server.pg_port} -k {server.pgdata}"
     command = [str(bin_dir / "pg_ctl"), "-D", str(server.pgdata), "-l", str(log), "-w", "-t", "60", "-o", options]
     run(prefix + command + ["start"], f"PostgreSQL on {server.host}:{server.pg_port} (see {log})")
-    create_databases(server, ["optuna", "mlflow"])
 
 
-def create_databases(server: TrackingServer, names: list[str]) -> None:
-    import psycopg
+def provision(server: TrackingServer, worker_password: str) -> None:
+    """The worker role: a login that owns the `optuna` and `mlflow` databases and nothing else (no superuser,
+    so no `COPY ... TO PROGRAM`); its password goes to the 0600 password file workers read."""
+    from psycopg import sql
 
-    with psycopg.connect(server.database_url("postgres"), autocommit=True, connect_timeout=10) as connection:
-        for name in names:
-            if not connection.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
-                connection.execute(f'CREATE DATABASE "{name}"')
+    role = sql.Identifier(WORKER_ROLE)
+    with server.admin() as connection:
+        exists = connection.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (WORKER_ROLE,)).fetchone()
+        verb = sql.SQL("ALTER ROLE" if exists else "CREATE ROLE")
+        options = sql.SQL("WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION PASSWORD {}")
+        connection.execute(sql.SQL("{} {} ").format(verb, role) + options.format(sql.Literal(worker_password)))
+        for name in DATABASES:
+            if connection.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+                connection.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(sql.Identifier(name), role))
+            else:
+                connection.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(name), role))
+    for name in DATABASES:
+        hand_over_objects(server, name)
+    hosts = dict.fromkeys([server.host, "127.0.0.1", "localhost"])
+    write_secret(server.pgpass, "".join(f"{h}:{server.pg_port}:*:{WORKER_ROLE}:{worker_password}\n" for h in hosts))
+
+
+def hand_over_objects(server: TrackingServer, database: str) -> None:
+    """Tables, sequences and enum types the superuser made before there was a worker role: the role's now."""
+    from psycopg import sql
+
+    query = (
+        "SELECT 'TABLE', c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = 'public' AND c.relkind IN ('r', 'S', 'v') AND pg_get_userbyid(c.relowner) = 'postgres' "
+        "UNION ALL SELECT 'TYPE', t.typname FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace "
+        "WHERE n.nspname = 'public' AND t.typtype = 'e' AND pg_get_userbyid(t.typowner) = 'postgres'"
+    )
+    with server.admin(database) as connection:
+        for kind, name in connection.execute(query).fetchall():
+            statement = sql.SQL("ALTER {} public.{} OWNER TO {}")
+            connection.execute(statement.format(sql.SQL(kind), sql.Identifier(name), sql.Identifier(WORKER_ROLE)))
 
 
 def postgres_running(server: TrackingServer) -> bool:
@@ -197,15 +251,17 @@ def start_mlflow(server: TrackingServer, allowed_hosts: list[str], workers: int)
 
     artifacts = Path(server.state_dir) / "artifacts"
     artifacts.mkdir(exist_ok=True)
-    backend = server.database_url("mlflow")
-    SqlAlchemyStore(backend, artifacts.as_uri())  # the schema, created once here, not raced by server workers
+    backend = server.database_url("mlflow")  # no password: the server reads the worker role's from PGPASSFILE
+    env = {**os.environ, "PGPASSFILE": str(server.pgpass)}
+    with password_file(server.pgpass):
+        SqlAlchemyStore(backend, artifacts.as_uri())  # the schema, created once here, not raced by server workers
     hosts = [f"{h}:{server.mlflow_port}" for h in ["127.0.0.1", "localhost", server.host, *allowed_hosts]]
     command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend]
     command += ["--serve-artifacts", "--artifacts-destination", artifacts.as_uri()]
     command += ["--host", server.host, "--port", str(server.mlflow_port), "--workers", str(workers)]
     command += ["--allowed-hosts", ",".join(dict.fromkeys(hosts))]
     with open(Path(server.state_dir) / "mlflow.log", "ab") as log:
-        process = start_group(command, log, cwd=server.state_dir)
+        process = start_group(command, log, env=env, cwd=server.state_dir)
 
     def check() -> None:
         if process.poll() is not None:
@@ -218,6 +274,20 @@ def start_mlflow(server: TrackingServer, allowed_hosts: list[str], workers: int)
         stop_tree(process.pid, timeout=5)
         raise
     return process.pid
+
+
+@contextmanager
+def password_file(path: Path) -> Iterator[None]:
+    """PGPASSFILE set to `path` in this process for the duration (libpq reads it at each connection)."""
+    before = os.environ.get("PGPASSFILE")
+    os.environ["PGPASSFILE"] = str(path)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("PGPASSFILE", None)
+        else:
+            os.environ["PGPASSFILE"] = before
 
 
 def healthy(server: TrackingServer) -> bool:
@@ -254,9 +324,12 @@ def start(
         mlflow_port=mlflow_port or (previous.mlflow_port if previous else MLFLOW_PORT),
         password=password,
     )
+    worker_password = read_password(state, WORKER_PASSWORD_FILE) or secrets.token_urlsafe(18)
+    write_password(state, worker_password, WORKER_PASSWORD_FILE)
     stop_leftovers(server, previous)
     try:
         start_postgres(server)
+        provision(server, worker_password)
         server.mlflow_pid = start_mlflow(server, allowed_hosts or [], workers)
     except BaseException:
         stop_postgres(server)  # a start that fails leaves nothing running
