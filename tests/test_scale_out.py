@@ -72,6 +72,8 @@ def server():
         started = tracking_server.start(state, **ports, workers=1)
         with pytest.MonkeyPatch.context() as patch:  # as each worker is told to: the password file, no password
             patch.setenv("PGPASSFILE", str(started.pgpass))
+            for key, value in tracking_server.worker_credentials(started).items():
+                patch.setenv(key, value)
             yield started
     finally:
         tracking_server.stop(state)
@@ -246,9 +248,22 @@ def test_workers_log_in_as_a_role_that_owns_the_two_databases_and_cannot_run_pro
         assert dict(connection.execute(owners).fetchall()) == dict.fromkeys(["optuna", "mlflow"], role)
 
 
+def test_the_tracking_server_wants_an_account_and_the_workers_is_no_admin(server):
+    alias = "/api/2.0/mlflow/registered-models/alias"
+    planted = {"name": "nw-sine", "alias": "champion", "version": "1"}
+    assert tracking_server.auth_request(server, "POST", alias, planted, ("", ""))[0] == 401
+    assert tracking_server.auth_request(server, "POST", alias, planted, ("tuner", "guess"))[0] == 401
+    worker = (tracking_server.MLFLOW_WORKER, tracking_server.worker_credentials(server)["MLFLOW_TRACKING_PASSWORD"])
+    account = {"username": "intruder", "password": "a-password-long-enough-1"}
+    assert tracking_server.auth_request(server, "POST", "/api/2.0/mlflow/users/create", account, worker)[0] == 403
+    for name in (tracking_server.MLFLOW_ADMIN_PASSWORD_FILE, tracking_server.MLFLOW_WORKER_PASSWORD_FILE):
+        assert (Path(server.state_dir) / name).stat().st_mode & 0o777 == 0o600
+
+
 def test_no_password_is_on_any_command_line(server, tuned, tmp_path):
     state = Path(server.state_dir)
-    secrets_ = [(state / name).read_text().strip() for name in ("postgres.password", "worker.password")]
+    names = ["postgres.password", "worker.password", "mlflow-admin.password", "mlflow-worker.password"]
+    secrets_ = [(state / name).read_text().strip() for name in names]
     lines = []
     for process in psutil.process_iter(["cmdline"]):
         lines.append(" ".join(process.info["cmdline"] or []))

@@ -172,15 +172,14 @@ def run_tracking_server(args) -> int:
     where = args.state_dir or tracking_server.STATE
     server = tracking_server.start(where, args.host, args.pg_port, args.port, hosts)
     print(f"PostgreSQL on {server.host}:{server.pg_port} and mlflow server on {server.tracking_uri} (state: {where})")
-    print(f"Give every tuning worker these three (workers log in as {tracking_server.WORKER_ROLE!r}, not a superuser;")
-    print("the password is only in the password file: copy it, mode 0600, to each worker machine):")
-    print(f"  PGPASSFILE={server.pgpass}")
-    print(f"  STORAGE='{server.storage_url}'")
-    print(f"  MLFLOW_TRACKING_URI={server.tracking_uri}")
-    print(
-        f"e.g. PGPASSFILE={server.pgpass} MLFLOW_TRACKING_URI={server.tracking_uri} "
-        f"make tune STORAGE='{server.storage_url}' CONCLUDE=0"
-    )
+    worker = f"{server.state_dir}/{tracking_server.MLFLOW_WORKER_PASSWORD_FILE}"
+    print(f"Workers log in as {tracking_server.WORKER_ROLE!r} (no superuser, no MLflow admin). Passwords stay in files")
+    print("(0600; copy them to each worker machine), never on a command line. In each worker's shell:")
+    print(f"  export PGPASSFILE={server.pgpass}")
+    print(f"  export MLFLOW_TRACKING_USERNAME={tracking_server.MLFLOW_WORKER}")
+    print(f'  export MLFLOW_TRACKING_PASSWORD="$(cat {worker})"')
+    print(f"  export MLFLOW_TRACKING_URI={server.tracking_uri}")
+    print(f"  make tune MODEL=nw DATASET=sine STORAGE='{server.storage_url}' CONCLUDE=0")
     print("Stop both with `make tracking-server-stop`.")
     return 0
 

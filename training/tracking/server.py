@@ -8,6 +8,7 @@ Everything binds to loopback unless a host is given. State (data, logs, password
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import pwd
@@ -15,6 +16,8 @@ import secrets
 import shutil
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -29,6 +32,10 @@ PASSWORD_FILE = "postgres.password"  # the superuser's: provisioning only
 WORKER_PASSWORD_FILE = "worker.password"  # the worker role's (also in the pgpass file workers read)
 WORKER_ROLE = "tuner"
 DATABASES = ("optuna", "mlflow")
+# MLflow's basic-auth app: an admin (provisioning only) and a worker account, which writes experiments, runs and
+# models but is no admin. Clients use MLflow's own conventions: MLFLOW_TRACKING_USERNAME/PASSWORD.
+MLFLOW_ADMIN, MLFLOW_ADMIN_PASSWORD_FILE = "admin", "mlflow-admin.password"
+MLFLOW_WORKER, MLFLOW_WORKER_PASSWORD_FILE = WORKER_ROLE, "mlflow-worker.password"
 UNPRIVILEGED = ("postgres", "nobody")  # who runs PostgreSQL when we are root (initdb refuses root)
 
 
@@ -256,7 +263,9 @@ def start_mlflow(server: TrackingServer, allowed_hosts: list[str], workers: int)
     with password_file(server.pgpass):
         SqlAlchemyStore(backend, artifacts.as_uri())  # the schema, created once here, not raced by server workers
     hosts = [f"{h}:{server.mlflow_port}" for h in ["127.0.0.1", "localhost", server.host, *allowed_hosts]]
-    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend]
+    env |= {"MLFLOW_AUTH_CONFIG_PATH": str(auth_config(server)), "MLFLOW_AUTH_ADMIN_USERNAME": MLFLOW_ADMIN}
+    env["MLFLOW_AUTH_ADMIN_PASSWORD"] = secret(server, MLFLOW_ADMIN_PASSWORD_FILE)  # the environment: not in `ps`
+    command = [sys.executable, "-m", "mlflow", "server", "--app-name", "basic-auth", "--backend-store-uri", backend]
     command += ["--serve-artifacts", "--artifacts-destination", artifacts.as_uri()]
     command += ["--host", server.host, "--port", str(server.mlflow_port), "--workers", str(workers)]
     command += ["--allowed-hosts", ",".join(dict.fromkeys(hosts))]
@@ -270,10 +279,65 @@ def start_mlflow(server: TrackingServer, allowed_hosts: list[str], workers: int)
     try:
         if not wait_until(lambda: healthy(server), timeout=180, check=check):
             raise TrackingServerError(f"mlflow server on {server.tracking_uri} did not come up: {log_tail(server)}")
+        add_worker_account(server)
     except BaseException:
         stop_tree(process.pid, timeout=5)
         raise
     return process.pid
+
+
+def secret(server: TrackingServer, name: str) -> str:
+    """A password kept in the state folder (0600), made on first use; a stop keeps it."""
+    state = Path(server.state_dir)
+    value = read_password(state, name) or secrets.token_urlsafe(18)
+    write_password(state, value, name)
+    return value
+
+
+def auth_config(server: TrackingServer) -> Path:
+    """MLflow's basic-auth settings (no secret in them): its user store beside the data, READ by default."""
+    path = Path(server.state_dir) / "basic_auth.ini"
+    database = Path(server.state_dir) / "basic_auth.db"
+    path.write_text(
+        "[mlflow]\ndefault_permission = READ\n"
+        f"database_uri = sqlite:///{database}\nadmin_username = {MLFLOW_ADMIN}\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+    )
+    return path
+
+
+def add_worker_account(server: TrackingServer) -> None:
+    """The workers' MLflow account (created, or its password set again from its file): not an admin."""
+    admin = (MLFLOW_ADMIN, secret(server, MLFLOW_ADMIN_PASSWORD_FILE))
+    account = {"username": MLFLOW_WORKER, "password": secret(server, MLFLOW_WORKER_PASSWORD_FILE)}
+    status, body = auth_request(server, "POST", "/api/2.0/mlflow/users/create", account, admin)
+    if status != 200 and "RESOURCE_ALREADY_EXISTS" in body:
+        status, body = auth_request(server, "PATCH", "/api/2.0/mlflow/users/update-password", account, admin)
+    if status != 200:
+        raise TrackingServerError(f"cannot set up the MLflow account {MLFLOW_WORKER!r}: HTTP {status} {body[:200]}")
+
+
+def auth_request(server: TrackingServer, method: str, path: str, body: dict, user: tuple[str, str]) -> tuple[int, str]:
+    credentials = base64.b64encode(f"{user[0]}:{user[1]}".encode()).decode()
+    request = urllib.request.Request(
+        server.tracking_uri + path,
+        data=json.dumps(body).encode(),
+        method=method,
+        headers={"Content-Type": "application/json", "Authorization": f"Basic {credentials}"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode(errors="replace")
+
+
+def worker_credentials(server: TrackingServer) -> dict[str, str]:
+    """What a worker's environment needs to write to the tracking server."""
+    return {
+        "MLFLOW_TRACKING_USERNAME": MLFLOW_WORKER,
+        "MLFLOW_TRACKING_PASSWORD": secret(server, MLFLOW_WORKER_PASSWORD_FILE),
+    }
 
 
 @contextmanager
