@@ -30,6 +30,7 @@ TASK ?=
 ID ?=
 ORDER ?=
 TRUST_UNSIGNED ?=
+EXPLAIN_KEYS ?=
 PYTEST_ARGS ?=
 
 DATA_ARGS = $(if $(DATA),--data '$(DATA)' $(if $(TARGET),--target '$(TARGET)') $(if $(FEATURES),--features '$(FEATURES)') \
@@ -96,8 +97,8 @@ tracking-server-stop: $(STAMP) ## Stop the tracking server started by make track
 	$(PYTHON) -m training tracking-server-stop
 
 .PHONY: archive
-archive: $(STAMP) ## Build archives/<name>.mar from the registry's @champion: make archive [NAME=nw-sine] (default: every champion)
-	$(PYTHON) -m training archive $(if $(NAME),--name $(NAME))
+archive: $(STAMP) ## Build archives/<name>.mar from the registry's @champion: make archive [NAME=nw-sine] [EXPLAIN_KEYS=values|index|none]
+	$(PYTHON) -m training archive $(if $(NAME),--name $(NAME)) $(if $(EXPLAIN_KEYS),--explain-keys $(EXPLAIN_KEYS))
 
 .PHONY: serve
 serve: install ## Start TorchServe in the background with every archive (each verified first), wait until healthy [TRUST_UNSIGNED=1]

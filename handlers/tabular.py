@@ -134,14 +134,19 @@ class TabularAdapter:
         }
 
     def explanation(self, prediction: Any, weights: Tensor) -> dict:
-        trend = self.trend_term(prediction, weights)
+        """The weights over the training keys and the most attended ones, as much as `explain_keys` reveals."""
+        trend = {"trend": self.trend_term(prediction, weights)} if self.trend else {}
+        revealed = self.limits.explain_keys
+        if revealed == "none":
+            return {"prediction": prediction, "revealed": revealed} | trend
         weights = weights.round(decimals=WEIGHT_DECIMALS)
         best = torch.topk(weights, min(self.limits.top_keys, weights.numel()))
         return {
             "prediction": prediction,
             "weights": weights.tolist(),  # over the training keys, in stored order; sums to 1
             "top_keys": [self.top_key(int(i), float(w)) for w, i in zip(best.values, best.indices)],
-        } | ({"trend": trend} if self.trend else {})
+            "revealed": revealed,
+        } | trend
 
     def trend_term(self, prediction: Any, weights: Tensor) -> float | None:
         """With a linear trend, what it adds to the keys' weighted values: prediction - sum_i weight_i value_i."""
@@ -150,7 +155,10 @@ class TabularAdapter:
         return prediction - float(weights @ self.raw_values)
 
     def top_key(self, i: int, weight: float) -> dict:
-        """A training key: its place among the keys, its inputs, its target, and its row in the file if known."""
+        """A training key: its place among the keys, its row in the file if known, and (when `explain_keys` is
+        "values") its inputs and target."""
+        row = {"row": self.rows[i]} if self.rows else {}
+        if self.limits.explain_keys != "values":
+            return {"index": i, "weight": weight} | row
         inputs = [float(f"{v:.7g}") for v in self.keys[i].tolist()]  # float32 keys: 7 significant digits
-        key = {"index": i, "key": inputs, "value": self.values[i], "weight": weight}
-        return key | ({"row": self.rows[i]} if self.rows else {})
+        return {"index": i, "key": inputs, "value": self.values[i], "weight": weight} | row

@@ -8,6 +8,8 @@ from typing import Any, Protocol
 
 from torch import nn
 
+EXPLAIN_KEYS = ("values", "index", "none")
+
 
 @dataclass(frozen=True)
 class Limits:
@@ -21,6 +23,13 @@ class Limits:
     batch_seconds: float = 15.0  # a batch still running after this answers its unfinished requests 503
     max_abs_z: float = 1e6  # inputs within the training data's mean ± this many standard deviations
     top_keys: int = 5  # NW explanations list this many most-attended training points
+    # What NW explanations reveal of the training rows: "values" (each top key's inputs and target), "index"
+    # (which rows, by index and file row, and their weights) or "none" (the prediction alone).
+    explain_keys: str = "values"
+
+    def __post_init__(self) -> None:
+        if self.explain_keys not in EXPLAIN_KEYS:
+            raise ValueError(f"explain_keys is {self.explain_keys!r}; expected one of {', '.join(EXPLAIN_KEYS)}")
 
     @classmethod
     def from_options(cls, options: dict) -> Limits:

@@ -259,3 +259,24 @@ def test_a_served_sequence_model_takes_steps_by_name_and_answers_file_labels():
     assert answer["label"] in ("low", "high")
     with pytest.raises(RequestError, match=r"instances\[0\]\[1\] lacks feature 'flag'"):
         adapter.parse([[{"flag": 1, "value": 0.5}, {"value": 0.2}]])
+
+
+def test_what_explanations_reveal_of_the_training_rows_is_a_setting(tmp_path):
+    data = load(table(60), tmp_path, target="cost", features=("age", "bmi"))
+    model = nw_for(data, {"parametric": False, "bandwidth": 1.0, "trend": False})
+    answers = {}
+    for revealed in ("values", "index", "none"):
+        adapter = TabularAdapter(model, Limits(explain_keys=revealed))
+        (answers[revealed],) = adapter.run([adapter.parse([[50, 31.0]])], True, False, float("inf"))[0]
+        assert answers[revealed]["revealed"] == revealed
+    frame, values = table(60), answers["values"]
+    assert all(frame.loc[k["row"], "cost"] == pytest.approx(k["value"], rel=1e-5) for k in values["top_keys"])
+    index = answers["index"]
+    assert index["weights"] == values["weights"] and all(
+        set(k) == {"index", "weight", "row"} for k in index["top_keys"]
+    )
+    assert [k["row"] for k in index["top_keys"]] == [k["row"] for k in values["top_keys"]]
+    assert set(answers["none"]) == {"prediction", "revealed"}
+    assert answers["none"]["prediction"] == values["prediction"] == index["prediction"]
+    with pytest.raises(ValueError, match="explain_keys is 'rows'; expected one of values, index, none"):
+        Limits(explain_keys="rows")

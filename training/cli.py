@@ -64,6 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
     archive.add_argument("--name", default=None, help="e.g. nw-sine (default: every registered champion)")
     archive.add_argument("--out", default=None, help="directory for the .mar files (default: archives/)")
     archive.add_argument("--tracking-uri", default=None)
+    archive.add_argument(
+        "--explain-keys",
+        choices=["values", "index", "none"],
+        default=None,
+        help="what NW explanations reveal of training rows (default: values; index for a model of your own file)",
+    )
 
     serve = commands.add_parser("serve", help="start TorchServe in the background with every archive")
     serve.add_argument("--models", default=None, help="comma-separated model names (default: every archive)")
@@ -194,9 +200,13 @@ def run_tracking_server_stop(args) -> int:
 
 def run_archive(args) -> int:
     from training.serving.archive import archive_champions
+    from training.serving.deploy import archive_info
 
-    for path in archive_champions(args.name, out_dir=args.out, tracking_uri=args.tracking_uri):
-        print(f"built {path}")
+    built = archive_champions(
+        args.name, out_dir=args.out, tracking_uri=args.tracking_uri, explain_keys=args.explain_keys
+    )
+    for path in built:
+        print(f"built {path} (explanations reveal the training rows' {archive_info(path)['explain_keys']})")
     return 0
 
 

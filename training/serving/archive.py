@@ -57,18 +57,28 @@ def archive_champions(
     out_dir: str | Path | None = None,
     tracking_uri: str | None = None,
     model_config: dict | None = None,
+    explain_keys: str | None = None,
 ) -> list[Path]:
     client = mlflow_store.configure(tracking_uri)
     names = [name] if name else champion_names(client)
     if not names:
         raise RuntimeError("no registered model has a @champion yet: run `make tune` first")
-    return [archive_champion(client, n, Path(out_dir or ARCHIVES), model_config or MODEL_CONFIG) for n in names]
+    config = model_config or MODEL_CONFIG
+    return [archive_champion(client, n, Path(out_dir or ARCHIVES), config, explain_keys=explain_keys) for n in names]
 
 
 def archive_champion(
-    client, name: str, out_dir: Path, model_config: dict, archive_name: str | None = None, handler: Path = HANDLER
+    client,
+    name: str,
+    out_dir: Path,
+    model_config: dict,
+    archive_name: str | None = None,
+    handler: Path = HANDLER,
+    explain_keys: str | None = None,
 ) -> Path:
-    """`archive_name` and `handler` let benchmarks pack variants (unbatched, bare baseline) of a champion."""
+    """`archive_name` and `handler` let benchmarks pack variants (unbatched, bare baseline) of a champion.
+    `explain_keys` (values | index | none): what NW explanations reveal of the training rows; by default the
+    rows' values for built-in data sets, only their index (file row) for a model tuned on a user's file."""
     archive_name = archive_name or name
     version = registry.champion_version(client, name)
     if version is None:
@@ -91,6 +101,8 @@ def archive_champion(
                 f"{name} version {version.version}: checkpoint sha256 {sha} differs from the registry's {expected}"
             )
         model, _ = load_checkpoint(checkpoint)  # proves it loads with weights_only=True
+        revealed = explain_keys or default_explain_keys(model)
+        model_config = {**model_config, "handler": {**model_config.get("handler", {}), "explain_keys": revealed}}
         payload = stage_payload(tmp / "payload")
         info = {
             "name": name,
@@ -98,6 +110,7 @@ def archive_champion(
             "run_id": version.run_id,
             "kind": model_kind(model),
             "sha256": sha,
+            "explain_keys": revealed,
             "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             **{k: float(v) for k, v in version.tags.items() if k.startswith("test_")},
         }
@@ -132,6 +145,12 @@ def archive_champion(
         registry.mark_version(client, name, version.version, ARCHIVED)
         client.set_model_version_tag(name, str(version.version), "archive_sha256", digest)
     return out_dir / f"{archive_name}.mar"
+
+
+def default_explain_keys(model) -> str:
+    """A user's file may be private: its model's explanations name training rows, not their values."""
+    from_a_file = model_kind(model) == "nw" and bool(model.config.key_rows)
+    return "index" if from_a_file else "values"
 
 
 def stage_payload(target: Path) -> Path:
