@@ -21,8 +21,9 @@ import psutil
 import pytest
 from mlflow import MlflowClient
 
-from training.infra.processes import free_port
+from training.infra.processes import answers, free_port
 from training.infra.storage_urls import sqlalchemy_url
+from training.tracking import mlflow_server, mlflow_store, postgres, server_state
 from training.tracking import server as tracking_server
 from training.tracking.trial_log import RUN_STATUS
 
@@ -72,7 +73,7 @@ def server():
         started = tracking_server.start(state, **ports, workers=1)
         with pytest.MonkeyPatch.context() as patch:  # as each worker is told to: the password file, no password
             patch.setenv("PGPASSFILE", str(started.pgpass))
-            for key, value in tracking_server.worker_credentials(started).items():
+            for key, value in mlflow_server.worker_credentials(started).items():
                 patch.setenv(key, value)
             yield started
     finally:
@@ -239,7 +240,7 @@ def test_workers_log_in_as_a_role_that_owns_the_two_databases_and_cannot_run_pro
     with psycopg.connect(server.storage_url, autocommit=True) as connection:
         who = "SELECT current_user, rolsuper FROM pg_roles WHERE rolname = current_user"
         role, superuser = connection.execute(who).fetchone()
-        assert (role, superuser) == (tracking_server.WORKER_ROLE, False)
+        assert (role, superuser) == (server_state.WORKER_ROLE, False)
         member = "SELECT pg_has_role(current_user, 'pg_execute_server_program', 'MEMBER')"
         assert connection.execute(member).fetchone() == (False,)
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
@@ -251,12 +252,12 @@ def test_workers_log_in_as_a_role_that_owns_the_two_databases_and_cannot_run_pro
 def test_the_tracking_server_wants_an_account_and_the_workers_is_no_admin(server):
     alias = "/api/2.0/mlflow/registered-models/alias"
     planted = {"name": "nw-sine", "alias": "champion", "version": "1"}
-    assert tracking_server.auth_request(server, "POST", alias, planted, ("", ""))[0] == 401
-    assert tracking_server.auth_request(server, "POST", alias, planted, ("tuner", "guess"))[0] == 401
-    worker = (tracking_server.MLFLOW_WORKER, tracking_server.worker_credentials(server)["MLFLOW_TRACKING_PASSWORD"])
+    assert mlflow_server.auth_request(server, "POST", alias, planted, ("", ""))[0] == 401
+    assert mlflow_server.auth_request(server, "POST", alias, planted, ("tuner", "guess"))[0] == 401
+    worker = (server_state.MLFLOW_WORKER, mlflow_server.worker_credentials(server)["MLFLOW_TRACKING_PASSWORD"])
     account = {"username": "intruder", "password": "a-password-long-enough-1"}
-    assert tracking_server.auth_request(server, "POST", "/api/2.0/mlflow/users/create", account, worker)[0] == 403
-    for name in (tracking_server.MLFLOW_ADMIN_PASSWORD_FILE, tracking_server.MLFLOW_WORKER_PASSWORD_FILE):
+    assert mlflow_server.auth_request(server, "POST", "/api/2.0/mlflow/users/create", account, worker)[0] == 403
+    for name in (server_state.MLFLOW_ADMIN_PASSWORD_FILE, server_state.MLFLOW_WORKER_PASSWORD_FILE):
         assert (Path(server.state_dir) / name).stat().st_mode & 0o777 == 0o600
 
 
@@ -285,7 +286,7 @@ def test_stop_start_and_a_start_after_kill_9_bring_back_the_same_data(tmp_path, 
         monkeypatch.setenv("PGPASSFILE", str(first.pgpass))
         optuna.create_study(study_name="kept", storage=sqlalchemy_url(first.storage_url))
         assert tracking_server.stop(state) and not (state / "server.json").exists()
-        assert (state / tracking_server.PASSWORD_FILE).stat().st_mode & 0o777 == 0o600  # kept, private
+        assert (state / server_state.PASSWORD_FILE).stat().st_mode & 0o777 == 0o600  # kept, private
         again = tracking_server.start(state, **ports, workers=1)
         assert again.password == first.password and studies(again) == ["kept"]
 
@@ -296,16 +297,44 @@ def test_stop_start_and_a_start_after_kill_9_bring_back_the_same_data(tmp_path, 
             process.kill()
         psutil.wait_procs(killed, timeout=30)
         third = tracking_server.start(state, **ports, workers=1)
-        assert studies(third) == ["kept"] and tracking_server.healthy(third)
+        assert studies(third) == ["kept"] and mlflow_server.healthy(third)
 
         tracking_server.stop(state)
         with socket.socket() as squatter:  # the mlflow server cannot start: whatever started is stopped again
             squatter.bind(("127.0.0.1", ports["mlflow_port"]))
             squatter.listen()
-            with pytest.raises(tracking_server.TrackingServerError):
+            with pytest.raises(server_state.TrackingServerError):
                 tracking_server.start(state, **ports, workers=1)
-        assert not tracking_server.postgres_running(third)
+        assert not postgres.postgres_running(third)
         assert studies(tracking_server.start(state, **ports, workers=1)) == ["kept"]
+    finally:
+        tracking_server.stop(state)
+        shutil.rmtree(state, ignore_errors=True)
+
+
+def test_off_loopback_the_servers_speak_tls_and_the_clients_verify_them(tmp_path, monkeypatch):
+    import psycopg
+
+    with pytest.raises(server_state.TrackingServerError, match="refusing to listen on 0.0.0.0 without TLS"):
+        tracking_server.start(tmp_path / "plain", host="0.0.0.0", tls=False)
+    state = Path(tempfile.mkdtemp(prefix="tracking-tls-"))
+    state.chmod(0o755)  # PostgreSQL runs as an unprivileged user when the tests run as root
+    ports = dict(pg_port=free_port(), mlflow_port=free_port())
+    try:
+        server = tracking_server.start(state, **ports, workers=1, tls=True)  # what a host off loopback gets
+        assert server.tracking_uri.startswith("https://")
+        assert (state / "tls" / "server.key").stat().st_mode & 0o777 == 0o600
+        for key, value in (server.client_environment() | mlflow_server.worker_credentials(server)).items():
+            monkeypatch.setenv(key, value)  # PGSSLMODE=verify-full, the CA, the password file, the account
+        with psycopg.connect(server.storage_url) as connection:
+            assert connection.execute("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()").fetchone() == (True,)
+        with pytest.raises(psycopg.OperationalError):  # no TLS, no login
+            psycopg.connect(server.storage_url, sslmode="disable", connect_timeout=10)
+        client = mlflow_store.configure(server.tracking_uri)  # https, verified against the state's CA
+        assert client.get_experiment_by_name("Default") is not None
+        assert not answers(server.tracking_uri.replace("https://", "http://") + "/health")  # no plain http
+        assert not answers(server.tracking_uri + "/health")  # nor a client that does not know the CA
+        assert answers(server.tracking_uri + "/health", cafile=server.ca)
     finally:
         tracking_server.stop(state)
         shutil.rmtree(state, ignore_errors=True)

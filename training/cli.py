@@ -95,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--port", type=int, default=MLFLOW_PORT, help="mlflow server port")
     server.add_argument("--pg-port", type=int, default=POSTGRES_PORT, help="PostgreSQL port")
     server.add_argument("--allowed-hosts", default="", help="extra host names workers use, comma-separated")
+    server.add_argument(
+        "--tls", action=argparse.BooleanOptionalAction, default=None, help="default: on exactly off loopback"
+    )
     server.add_argument("--state-dir", default=None, help="default: .tracking/")
     stop_server = commands.add_parser("tracking-server-stop", help="stop the tracking server (its data stays)")
     stop_server.add_argument("--state-dir", default=None, help="default: .tracking/")
@@ -173,16 +176,18 @@ def run_conclude(args) -> int:
 
 def run_tracking_server(args) -> int:
     from training.tracking import server as tracking_server
+    from training.tracking import server_state
 
     hosts = [h for h in args.allowed_hosts.split(",") if h]
     where = args.state_dir or tracking_server.STATE
-    server = tracking_server.start(where, args.host, args.pg_port, args.port, hosts)
+    server = tracking_server.start(where, args.host, args.pg_port, args.port, hosts, tls=args.tls)
     print(f"PostgreSQL on {server.host}:{server.pg_port} and mlflow server on {server.tracking_uri} (state: {where})")
-    worker = f"{server.state_dir}/{tracking_server.MLFLOW_WORKER_PASSWORD_FILE}"
-    print(f"Workers log in as {tracking_server.WORKER_ROLE!r} (no superuser, no MLflow admin). Passwords stay in files")
+    worker = f"{server.state_dir}/{server_state.MLFLOW_WORKER_PASSWORD_FILE}"
+    print(f"Workers log in as {server_state.WORKER_ROLE!r} (no superuser, no MLflow admin). Passwords stay in files")
     print("(0600; copy them to each worker machine), never on a command line. In each worker's shell:")
-    print(f"  export PGPASSFILE={server.pgpass}")
-    print(f"  export MLFLOW_TRACKING_USERNAME={tracking_server.MLFLOW_WORKER}")
+    for key, value in server.client_environment().items():  # the password file; with TLS, the CA to verify
+        print(f"  export {key}={value}")
+    print(f"  export MLFLOW_TRACKING_USERNAME={server_state.MLFLOW_WORKER}")
     print(f'  export MLFLOW_TRACKING_PASSWORD="$(cat {worker})"')
     print(f"  export MLFLOW_TRACKING_URI={server.tracking_uri}")
     print(f"  make tune MODEL=nw DATASET=sine STORAGE='{server.storage_url}' CONCLUDE=0")

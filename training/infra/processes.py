@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import time
 import urllib.request
@@ -35,10 +36,11 @@ def port_is_free(port: int, host: str = LOOPBACK) -> bool:
     return True
 
 
-def answers(url: str, timeout: float = 2) -> bool:
-    """Whether `url` answers 200 (a health endpoint)."""
+def answers(url: str, timeout: float = 2, cafile: str | Path | None = None) -> bool:
+    """Whether `url` answers 200 (a health endpoint); over https, verified against `cafile` when given."""
+    context = ssl.create_default_context(cafile=cafile) if cafile else None
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
+        with urllib.request.urlopen(url, timeout=timeout, context=context) as response:
             return response.status == 200
     except OSError:
         return False

@@ -4,6 +4,7 @@ configured, its experiments, and the package versions every run records."""
 from __future__ import annotations
 
 import os
+import ssl
 import urllib.request
 from importlib import metadata
 from pathlib import Path
@@ -58,8 +59,10 @@ def configure(tracking_uri: str | None = None) -> MlflowClient:
 def check_tracking_uri(uri: str) -> None:
     """Fail fast on a tracking server that does not answer, instead of MLflow's minutes of retries."""
     if uri.startswith(("http://", "https://")):
+        # A private CA's server (make tracking-server off loopback): verified the way MLflow's client verifies it.
+        context = ssl.create_default_context(cafile=os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH") or None)
         try:
-            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=10) as response:
+            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=10, context=context) as response:
                 response.read()
         except (OSError, ValueError) as error:
             raise TrackingError(f"cannot reach MLflow tracking server {redact(uri)}: {error}") from None
