@@ -129,15 +129,23 @@ def test_a_diverging_trial_fails_cleanly_and_the_study_goes_on(stores, monkeypat
     assert len(study.trials) == 4 and result.states["complete"] >= 2
 
 
-def test_champion_is_the_best_version_by_validation_never_by_test(stores):
+def model_files(folder):
+    """A stand-in for a logged model's files (what the registry checks is there)."""
+    folder.mkdir(parents=True)
+    (folder / "MLmodel").write_text("flavors: {}\n")
+    return folder.as_uri()
+
+
+def test_champion_is_the_best_version_by_validation_never_by_test(stores, tmp_path):
     client = mlflow_store.configure(stores["tracking_uri"])
     client.create_registered_model("toy-model")
     # (validation, test): the test metric points the other way and must not decide
     scores = [(0.5, 0.1), (0.9, 0.05), (0.2, 0.8)]
     versions = []
-    for val, test in scores:
+    for i, (val, test) in enumerate(scores):
         tags = {"val_mse": str(val), "test_mse": str(test)}
-        versions.append(client.create_model_version("toy-model", source="file:///nowhere", tags=tags).version)
+        source = model_files(tmp_path / f"v{i}")
+        versions.append(client.create_model_version("toy-model", source=source, tags=tags).version)
         decision = registry.promote_best(client, "toy-model", "mse", "minimize")
         if len(versions) == 2:
             assert not decision.promoted and decision.version == str(versions[0]) and "stays" in decision.reason
@@ -145,6 +153,18 @@ def test_champion_is_the_best_version_by_validation_never_by_test(stores):
     assert str(client.get_model_version_by_alias("toy-model", "champion").version) == str(versions[2])
     again = registry.promote_best(client, "toy-model", "mse", "minimize")
     assert not again.promoted and again.version == str(versions[2])  # idempotent
+
+
+def test_the_champion_never_points_at_a_version_whose_model_files_are_gone(stores, tmp_path):
+    client = mlflow_store.configure(stores["tracking_uri"])
+    client.create_registered_model("gone-model")
+    kept = client.create_model_version("gone-model", source=model_files(tmp_path / "kept"), tags={"val_mse": "0.5"})
+    # better by validation, but registered from another machine's disk (a PostgreSQL store without the server)
+    elsewhere = (tmp_path / "other-machine").as_uri()
+    client.create_model_version("gone-model", source=elsewhere, tags={"val_mse": "0.1"})
+    decision = registry.promote_best(client, "gone-model", "mse", "minimize")
+    assert decision.version == str(kept.version)
+    assert str(client.get_model_version_by_alias("gone-model", "champion").version) == str(kept.version)
 
 
 @pytest.mark.parametrize(

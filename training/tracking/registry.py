@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import math
 import time
+import urllib.parse
 from dataclasses import dataclass
+from pathlib import Path
 
+import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
@@ -45,6 +48,9 @@ def promote_best(client: MlflowClient, name: str, metric: str, direction: str) -
     ]
     if not versions:
         raise ValueError(f"no version of {name!r} has a val_{metric} tag to select on")
+    versions = [v for v in versions if has_artifacts(client, v)]  # an alias never points at files that are gone
+    if not versions:
+        raise ValueError(f"no version of {name!r} has its model files where the registry says they are")
     sign = 1 if direction == "minimize" else -1
     best = min(versions, key=lambda v: (sign * selection_value(v, metric), int(v.version)))
     current = champion_version(client, name)
@@ -60,6 +66,18 @@ def promote_best(client: MlflowClient, name: str, metric: str, direction: str) -
         was = selection_value(current, metric)
         reason = f"version {best.version} val_{metric}={value:.6g} beats version {current.version} ({was:.6g})"
     return ChampionDecision(str(best.version), True, reason)
+
+
+def has_artifacts(client: MlflowClient, version) -> bool:
+    """Whether the version's model files are where the registry says (a version registered through a
+    PostgreSQL store on another machine may point at that machine's disk)."""
+    try:
+        uri = client.get_model_version_download_uri(version.name, version.version)
+        if uri.startswith("file://") or "://" not in uri:
+            return (Path(urllib.parse.urlparse(uri).path if "://" in uri else uri) / "MLmodel").exists()
+        return bool(mlflow.artifacts.list_artifacts(artifact_uri=uri))
+    except (MlflowException, OSError):
+        return False
 
 
 def mark_version(client: MlflowClient, name: str, version: str, alias: str) -> None:

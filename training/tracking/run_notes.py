@@ -121,7 +121,7 @@ def description(conclusion, study, *, experiment_id: str, storage: str, best_run
     verdict = "moved to" if conclusion.promoted else "stays on"
     return f"""**Best: {best_link}**, validation {metric} **{conclusion.best_value:.6g}** ({direction}); refit, on the \
 test split: {test} (reported, never used to select). **`@champion` {verdict} version {conclusion.decision_version}**: \
-{conclusion.decision}.
+{conclusion.decision.removeprefix(f"version {conclusion.decision_version} stays: ")}.
 
 **Study** `{study.study_name}` (`{redact(storage)}`): {states} trials in all, every worker. \
 [Every trial, best first]({trials}): one child run each, sorted by `best_val_{metric}` (pruned runs end \

@@ -54,6 +54,7 @@ def start(
         )
     state = Path(state_dir).resolve()
     state.mkdir(parents=True, exist_ok=True)
+    state.chmod(0o711)  # PostgreSQL's user passes through to its data; nobody else lists or reads what is here
     previous = read_state(state)
     if previous and pid_alive(previous.mlflow_pid) and healthy(previous):
         return previous
