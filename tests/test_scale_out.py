@@ -136,6 +136,7 @@ def tuned(server, tmp_path_factory):
         victim.wait(timeout=30)
         time.sleep(GRACE + HEARTBEAT)  # the dead trial is stale from now on
         hold.unlink()  # the survivors go on: the next trial one of them starts fails and retries the dead one
+        command_lines = every_command_line()  # while the survivors tune, the server and PostgreSQL serve them
         outputs = [p.communicate(timeout=300)[0] for p in survivors]
     finally:
         for process in workers:
@@ -143,7 +144,19 @@ def tuned(server, tmp_path_factory):
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
     storage = optuna.storages.RDBStorage(server.storage_url)
-    return {"dead": dead, "victim": victim, "survivors": survivors, "outputs": outputs, "storage": storage}
+    return {
+        "dead": dead,
+        "victim": victim,
+        "survivors": survivors,
+        "outputs": outputs,
+        "storage": storage,
+        "command_lines": command_lines,
+    }
+
+
+def every_command_line() -> list[str]:
+    """What `ps -eo args` shows every local user."""
+    return [" ".join(p.info["cmdline"] or []) for p in psutil.process_iter(["cmdline"])]
 
 
 @pytest.fixture(scope="module")
@@ -265,12 +278,10 @@ def test_no_password_is_on_any_command_line(server, tuned, tmp_path):
     state = Path(server.state_dir)
     names = ["postgres.password", "worker.password", "mlflow-admin.password", "mlflow-worker.password"]
     secrets_ = [(state / name).read_text().strip() for name in names]
-    lines = []
-    for process in psutil.process_iter(["cmdline"]):
-        lines.append(" ".join(process.info["cmdline"] or []))
-    lines.append(" ".join(cli(server, "tune", "conclude")))  # what the workers were started with
+    lines = tuned["command_lines"] + every_command_line()  # during the multi-worker run, and after it
     assert all(secret not in line for secret in secrets_ for line in lines)
     assert any("mlflow" in line and "server" in line for line in lines)  # the scan saw the tracking server
+    assert any("--storage" in line and "tune" in line for line in tuned["command_lines"])  # and the workers
 
 
 def test_stop_start_and_a_start_after_kill_9_bring_back_the_same_data(tmp_path, monkeypatch):
