@@ -192,9 +192,7 @@ def test_a_refreshed_token_replaces_the_old_one(served):
 
 
 def test_allowed_urls_admit_exactly_the_stores_own_archives_and_their_releases(tmp_path):
-    for name in ("nw-sine", "mha-adding"):
-        (tmp_path / f"{name}.mar").touch()
-    patterns = serve.allowed_urls(tmp_path).split(",")
+    patterns = serve.allowed_urls(tmp_path, ["nw-sine", "mha-adding"]).split(",")
     admitted = [(tmp_path / "nw-sine.mar").as_uri(), (tmp_path / "releases" / "mha-adding-v12.mar").as_uri()]
     refused = [tmp_path / "planted.mar", tmp_path / "releases" / "planted-v1.mar", tmp_path / "nw-sine.mar.mar"]
     refused += [tmp_path / "sub" / "nw-sine.mar", tmp_path / "releases" / "nw-sine-vx.mar", tmp_path / "nw-sinexmar"]
