@@ -1,5 +1,6 @@
 """Operating a real TorchServe: rollout under load, verified archives, stop, busy ports, logs, tokens."""
 
+import hashlib
 import json
 import os
 import shutil
@@ -262,6 +263,9 @@ def test_an_interrupted_archive_build_leaves_the_archive_before_it_whole(champio
 
     (built,) = archive_champions("nw-sine", out_dir=tmp_path, tracking_uri=champions["tracking_uri"])
     before = built.read_bytes()
+    client = mlflow_store.configure(champions["tracking_uri"])
+    archived = client.get_model_version_by_alias("nw-sine", "archived")
+    assert archived.tags["archive_sha256"] == hashlib.sha256(before).hexdigest()  # the registry knows the bytes
     real = shutil.copyfile
 
     def interrupted(source, target, *args, **kwargs):
