@@ -20,6 +20,7 @@ from training.tracking.postgres import (
     certificate_names,
 )
 from training.tracking.server_state import (
+    FLASK_SECRET_FILE,
     MLFLOW_ADMIN,
     MLFLOW_ADMIN_PASSWORD_FILE,
     MLFLOW_WORKER,
@@ -42,6 +43,7 @@ def start_mlflow(server: TrackingServer, allowed_hosts: list[str], workers: int)
     hosts = [f"{h}:{server.mlflow_port}" for h in ["127.0.0.1", "localhost", server.host, *allowed_hosts]]
     env |= {"MLFLOW_AUTH_CONFIG_PATH": str(auth_config(server)), "MLFLOW_AUTH_ADMIN_USERNAME": MLFLOW_ADMIN}
     env["MLFLOW_AUTH_ADMIN_PASSWORD"] = secret(server, MLFLOW_ADMIN_PASSWORD_FILE)  # the environment: not in `ps`
+    env["MLFLOW_FLASK_SERVER_SECRET_KEY"] = secret(server, FLASK_SECRET_FILE)  # CSRF tokens, the same every start
     command = [sys.executable, "-m", "mlflow", "server", "--app-name", "basic-auth", "--backend-store-uri", backend]
     command += ["--serve-artifacts", "--artifacts-destination", artifacts.as_uri()]
     command += ["--host", server.host, "--port", str(server.mlflow_port), "--workers", str(workers)]

@@ -21,6 +21,7 @@ DATABASES = ("optuna", "mlflow")
 # models but is no admin. Clients use MLflow's own conventions: MLFLOW_TRACKING_USERNAME/PASSWORD.
 MLFLOW_ADMIN, MLFLOW_ADMIN_PASSWORD_FILE = "admin", "mlflow-admin.password"
 MLFLOW_WORKER, MLFLOW_WORKER_PASSWORD_FILE = WORKER_ROLE, "mlflow-worker.password"
+FLASK_SECRET_FILE = "mlflow-flask.secret"  # the basic-auth app's CSRF key
 UNPRIVILEGED = ("postgres", "nobody")  # who runs PostgreSQL when we are root (initdb refuses root)
 
 
