@@ -9,7 +9,6 @@ import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
-import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
@@ -69,15 +68,17 @@ def promote_best(client: MlflowClient, name: str, metric: str, direction: str) -
 
 
 def has_artifacts(client: MlflowClient, version) -> bool:
-    """Whether the version's model files are where the registry says (a version registered through a
-    PostgreSQL store on another machine may point at that machine's disk)."""
+    """Whether the version's model files are where the registry says. A version registered through a
+    PostgreSQL store on another machine points at that machine's disk; a tracking server keeps its own."""
     try:
         uri = client.get_model_version_download_uri(version.name, version.version)
-        if uri.startswith("file://") or "://" not in uri:
-            return (Path(urllib.parse.urlparse(uri).path if "://" in uri else uri) / "MLmodel").exists()
-        return bool(mlflow.artifacts.list_artifacts(artifact_uri=uri))
-    except (MlflowException, OSError):
+    except MlflowException:
         return False
+    if uri.startswith("file:"):
+        return (Path(urllib.parse.unquote(urllib.parse.urlparse(uri).path)) / "MLmodel").exists()
+    if "://" not in uri and ":" not in uri.split("/", 1)[0]:
+        return (Path(uri) / "MLmodel").exists()
+    return True  # served by a tracking server or a cloud store: its business
 
 
 def mark_version(client: MlflowClient, name: str, version: str, alias: str) -> None:
