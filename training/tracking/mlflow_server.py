@@ -16,6 +16,7 @@ from pathlib import Path
 
 from training.infra.processes import answers, start_group, stop_tree, wait_until
 from training.tracking.certificates import ensure_certificates
+from training.tracking.mlflow_store import NO_JOB_RUNNERS
 from training.tracking.postgres import (
     certificate_names,
 )
@@ -37,7 +38,7 @@ def start_mlflow(server: TrackingServer, allowed_hosts: list[str], workers: int)
     artifacts = Path(server.state_dir) / "artifacts"
     artifacts.mkdir(exist_ok=True)
     backend = server.database_url("mlflow")  # no password: the server reads the worker role's from PGPASSFILE
-    env = {**os.environ, "PGPASSFILE": str(server.pgpass)}
+    env = {**os.environ, "PGPASSFILE": str(server.pgpass)} | NO_JOB_RUNNERS
     with password_file(server.pgpass):
         SqlAlchemyStore(backend, artifacts.as_uri())  # the schema, created once here, not raced by server workers
     hosts = [f"{h}:{server.mlflow_port}" for h in ["127.0.0.1", "localhost", server.host, *allowed_hosts]]

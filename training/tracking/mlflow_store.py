@@ -17,6 +17,8 @@ from training.infra.locks import storage_lock
 from training.infra.places import MLRUNS
 from training.infra.storage_urls import redact
 
+# MLflow 3's servers start job runners (six processes) for GenAI features this project does not use.
+NO_JOB_RUNNERS = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 VERSIONED_PACKAGES = ("torch", "mlflow", "optuna", "scikit-learn", "torchserve", "torch-model-archiver", "numpy")
 
 

@@ -18,6 +18,7 @@ from training.infra import places, storage_urls
 from training.infra.places import DASHBOARD_PORT, LOOPBACK, MLFLOW_PORT
 from training.infra.processes import answers, port_is_free, signal_group, start_group, wait_until
 from training.tracking import mlflow_store
+from training.tracking.mlflow_store import NO_JOB_RUNNERS
 
 HOST = LOOPBACK
 UI_PORT, DASHBOARD_PORT = MLFLOW_PORT, DASHBOARD_PORT
@@ -121,7 +122,8 @@ def mlflow_ui(port: int = UI_PORT, tracking_uri: str | None = None) -> int:
         "--port",
         str(port),
     ]
-    return run_foreground(command, port, "/health", "MLflow UI", env={**os.environ, "MLFLOW_TRACKING_URI": uri})
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri} | NO_JOB_RUNNERS
+    return run_foreground(command, port, "/health", "MLflow UI", env=env)
 
 
 def dashboard(port: int = DASHBOARD_PORT, storage: str | None = None) -> int:
