@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from http import HTTPStatus
 
 import torch
@@ -16,6 +17,7 @@ from ts.torch_handler.base_handler import BaseHandler
 
 import training.nn
 from handlers.contract import Limits, adapter_for, answer_batch
+from handlers.metrics import MetricsSink, batch_figures
 from training.nn import load_checkpoint
 from training.nn.integrity import verified_checkpoint
 
@@ -54,6 +56,7 @@ class AttentionHandler(BaseHandler):
         warm_up = answer_batch([self.adapter.example()], [False], self.adapter, self.limits, self.model_info)
         if warm_up[0].status != 200:
             raise RuntimeError(f"the model does not answer its own example: {warm_up[0].body}")
+        self.metrics = MetricsSink()
         self.initialized = True
         # Where the code came from: the archive's own copy, never a repository checkout.
         logger.info(
@@ -66,9 +69,12 @@ class AttentionHandler(BaseHandler):
         )
 
     def handle(self, data, context):
+        started = time.perf_counter()
         bodies = [row.get("data", row.get("body")) for row in data]
         explain = [context.get_request_header(i, "explain") == "True" for i in range(len(data))]
         answers = answer_batch(bodies, explain, self.adapter, self.limits, self.model_info)
+        figures = batch_figures(answers, explain, self.model_info["version"], time.perf_counter() - started)
+        self.metrics.emit(getattr(context, "metrics", None), figures)
         for i, answer in enumerate(answers):
             context.set_response_status(answer.status, HTTPStatus(answer.status).phrase, idx=i)
             context.set_response_content_type(i, "application/json")

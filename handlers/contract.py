@@ -121,7 +121,7 @@ def render(status: int, body: dict, limits: Limits, headers: dict[str, str] | No
 
 
 def error_answer(error: RequestError) -> Answer:
-    return Answer(error.status, json.dumps(error.body()), error.headers)
+    return Answer(error.status, json.dumps(error.body()), error.headers, outcome=error.error)
 
 
 def over_capacity(detail: str) -> RequestError:
@@ -174,4 +174,6 @@ def answer_batch(
                 answers[i] = error_answer(over_capacity(f"the batch ran past {limits.batch_seconds:g} s"))
             else:
                 answers[i] = render(200, {key: result, "model": model_info}, limits)
+    for i, request in requests.items():  # what the metrics count: instances and priced cost of parsed requests
+        answers[i].instances, answers[i].mmac = request.count, request.cost.mmac
     return answers

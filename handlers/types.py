@@ -58,6 +58,9 @@ class Answer:
     status: int
     body: str  # strict JSON
     headers: dict[str, str]
+    outcome: str = "answered"  # or the contract's error name ("invalid instance", "over capacity", ...)
+    instances: int = 0  # how many the request held, once parsed
+    mmac: float = 0.0  # its priced cost, once parsed
 
 
 class Adapter(Protocol):

@@ -4,6 +4,7 @@ import ipaddress
 import json
 import re
 import shutil
+import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 
@@ -201,3 +202,43 @@ def test_allowed_urls_admit_exactly_the_stores_own_archives_and_their_releases(t
     for path in refused:
         assert not any(re.fullmatch(p, path.as_uri()) for p in patterns), path
     assert not any(re.fullmatch(p, "http://127.0.0.1:9/nw-sine.mar") for p in patterns)
+
+
+def scrape(server) -> dict[tuple[str, frozenset], float]:
+    """TorchServe's Prometheus page as {(metric, labels): value}."""
+    status, text, _ = server.request("GET", f"{server.metrics_url}/metrics", token=server.token())
+    assert status == 200, text
+    samples = {}
+    for line in text.splitlines():
+        match = re.fullmatch(r"(\w+)\{(.*)\} (\S+)", line)
+        if match:
+            labels = frozenset(re.findall(r'(\w+)="([^"]*)"', match.group(2)))
+            samples[(match.group(1), labels)] = float(match.group(3))
+    return samples
+
+
+def test_the_handlers_metrics_reach_prometheus_by_route_and_outcome(served):
+    server, _ = served
+
+    def requests(route: str, outcome: str) -> float:
+        want = {("route", route), ("outcome", outcome), ("ModelName", "nw-sine")}
+        return sum(
+            v for (name, labels), v in scrape(server).items() if name == "attention_requests_total" and want <= labels
+        )
+
+    before = {key: requests(*key) for key in [("predictions", "answered"), ("predictions", "invalid instance")]}
+    before[("explanations", "answered")] = requests("explanations", "answered")
+    for _ in range(3):
+        assert server.predict("nw-sine", [1.0, 2.0])[0] == 200
+    for _ in range(2):
+        assert server.predict("nw-sine", ["x"])[0] == 400
+    assert server.predict("nw-sine", [1.0], explain=True)[0] == 200
+    deadline = time.monotonic() + 30  # the frontend picks the worker's metric lines up as they come
+    while time.monotonic() < deadline and requests("predictions", "answered") < before[("predictions", "answered")] + 3:
+        time.sleep(0.5)
+    assert requests("predictions", "answered") - before[("predictions", "answered")] == 3
+    assert requests("predictions", "invalid instance") - before[("predictions", "invalid instance")] == 2
+    assert requests("explanations", "answered") - before[("explanations", "answered")] == 1
+    samples = scrape(server)
+    assert any(name.startswith("attention_handler_ms") for name, _ in samples)
+    assert any(name.startswith("attention_batch_requests") for name, _ in samples)

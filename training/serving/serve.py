@@ -34,6 +34,7 @@ RUN_DIR = SERVE_DIR
 STORE = "store"  # under the run directory: the verified archives TorchServe reads
 AUTH_HEADER = "auth-header"  # `python -m training token --header-file`: for curl -H @.serve/auth-header
 BASE_CONFIG = TORCHSERVE_CONFIG
+METRICS_CONFIG = Path(__file__).with_name("metrics.yaml")
 LOG_CONFIG = Path(__file__).with_name("log4j2.xml")  # size-capped, rotating logs; nothing per request on stdout
 
 
@@ -50,6 +51,7 @@ def resolve_config(
     """Write the run's config: the base file with an absolute model store and, when given, other ports."""
     properties = read_properties(BASE_CONFIG)
     properties["model_store"] = str(model_store)
+    properties["metrics_config"] = str(METRICS_CONFIG)  # declares the handler's metrics: only those are exported
     properties["allowed_urls"] = allowed_urls(model_store, names).replace("\\", "\\\\")  # properties escape "\\"
     for key, port in (ports or {}).items():  # e.g. {"inference_address": 18080, "grpc_inference_port": 17070}
         properties[key] = f"http://127.0.0.1:{port}" if key.endswith("_address") else str(port)

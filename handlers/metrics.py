@@ -1,0 +1,72 @@
+"""What each batch did, as metrics an operator can watch: requests and instances by route and outcome, how full
+the batch was, the handler's time and the priced cost. They go out through TorchServe's metrics, and only
+those declared in the server's metrics configuration (`training/serving/metrics.yaml`) reach Prometheus;
+`DECLARED` names them, and a test keeps the two in step. Measuring never fails a request."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from .types import Answer
+
+logger = logging.getLogger(__name__)
+
+REQUESTS, INSTANCES = "attention_requests_total", "attention_instances_total"
+BATCH_REQUESTS, HANDLER_MS, BATCH_MMAC = "attention_batch_requests", "attention_handler_ms", "attention_batch_mmac"
+# name -> (TorchServe's metric type, unit, dimensions besides the model's name and TorchServe's Level)
+DECLARED = {
+    REQUESTS: ("counter", "Count", ["model_version", "route", "outcome"]),
+    INSTANCES: ("counter", "Count", ["model_version", "route", "outcome"]),
+    BATCH_REQUESTS: ("histogram", "Count", ["model_version"]),
+    HANDLER_MS: ("histogram", "ms", ["model_version"]),
+    BATCH_MMAC: ("histogram", "Count", ["model_version"]),
+}
+
+
+@dataclass(frozen=True)
+class Figure:
+    name: str
+    value: float
+    dimensions: dict[str, str]
+
+
+def batch_figures(answers: list[Answer], explain: list[bool], version: str, seconds: float) -> list[Figure]:
+    """The batch's figures: a count per (route, outcome), its fill, its time and its priced cost."""
+    counts: dict[tuple[str, str], list[int]] = {}
+    for answer, explained in zip(answers, explain):
+        key = ("explanations" if explained else "predictions", answer.outcome)
+        requests, instances = counts.setdefault(key, [0, 0])
+        counts[key] = [requests + 1, instances + answer.instances]
+    figures = []
+    for (route, outcome), (requests, instances) in sorted(counts.items()):
+        dimensions = {"model_version": version, "route": route, "outcome": outcome}
+        figures += [Figure(REQUESTS, requests, dimensions), Figure(INSTANCES, instances, dimensions)]
+    version_only = {"model_version": version}
+    mmac = sum(a.mmac for a in answers if a.status == 200)
+    return figures + [
+        Figure(BATCH_REQUESTS, len(answers), version_only),
+        Figure(HANDLER_MS, seconds * 1000, version_only),
+        Figure(BATCH_MMAC, mmac, version_only),
+    ]
+
+
+class MetricsSink:
+    """Hands figures to TorchServe's metrics cache; a failure is logged once and never reaches an answer."""
+
+    def __init__(self) -> None:
+        self.failed = False
+
+    def emit(self, cache, figures: list[Figure]) -> None:
+        try:
+            from ts.metrics.dimension import Dimension
+            from ts.metrics.metric_type_enum import MetricTypes
+
+            for figure in figures:
+                kind, unit, names = DECLARED[figure.name]
+                dimensions = [Dimension(name, str(figure.dimensions[name])) for name in names]
+                cache.add_metric(figure.name, figure.value, unit, dimensions=dimensions, metric_type=MetricTypes(kind))
+        except Exception as error:  # measuring must not fail the batch
+            if not self.failed:
+                logger.warning("handler metrics are off for this worker: %s: %s", type(error).__name__, error)
+            self.failed = True
