@@ -272,6 +272,10 @@ def test_the_tracking_server_wants_an_account_and_the_workers_is_no_admin(server
     assert mlflow_server.auth_request(server, "POST", "/api/2.0/mlflow/users/create", account, worker)[0] == 403
     for name in (server_state.MLFLOW_ADMIN_PASSWORD_FILE, server_state.MLFLOW_WORKER_PASSWORD_FILE):
         assert (Path(server.state_dir) / name).stat().st_mode & 0o777 == 0o600
+    state = Path(server.state_dir)
+    assert state.stat().st_mode & 0o777 == 0o711 and (state / "artifacts").stat().st_mode & 0o777 == 0o700
+    for name in ("mlflow.log", "basic_auth.db", "postgres.log"):
+        assert (state / name).stat().st_mode & 0o077 == 0, name  # no other user reads the logs or accounts
 
 
 def test_no_password_is_on_any_command_line(server, tuned, tmp_path):
@@ -349,3 +353,13 @@ def test_off_loopback_the_servers_speak_tls_and_the_clients_verify_them(tmp_path
     finally:
         tracking_server.stop(state)
         shutil.rmtree(state, ignore_errors=True)
+
+
+def test_a_start_never_stops_a_process_that_merely_has_the_recorded_pid(tmp_path):
+    stranger = subprocess.Popen(["sleep", "60"])
+    try:
+        recorded = server_state.TrackingServer(str(tmp_path), "127.0.0.1", 1, 5000, "", mlflow_pid=stranger.pid)
+        assert not tracking_server.ours(recorded)  # after a reboot the pid may belong to anything
+    finally:
+        stranger.kill()
+        stranger.wait()

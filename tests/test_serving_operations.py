@@ -279,3 +279,13 @@ def test_an_interrupted_archive_build_leaves_the_archive_before_it_whole(champio
         archive_champions("nw-sine", out_dir=tmp_path, tracking_uri=champions["tracking_uri"])
     monkeypatch.setattr(archive.shutil, "copyfile", real)
     assert built.read_bytes() == before and sorted(p.name for p in tmp_path.glob("*.mar")) == ["nw-sine.mar"]
+
+
+def test_a_version_built_again_differently_is_not_deployed_over_the_one_served(running, champions, tmp_path):
+    server, _, _ = running
+    (rebuilt,) = archive_champions(
+        "nw-sine", out_dir=tmp_path, tracking_uri=champions["tracking_uri"], explain_keys="none"
+    )  # the same version, now withholding the training rows: serving it needs a restart
+    with pytest.raises(RuntimeError, match="served already, built differently"):
+        deploy("nw-sine", run_dir=server.run_dir, model_store=tmp_path, mark_registry=False)
+    assert server.predict("nw-sine", [1.0], explain=True)[1]["explanations"][0]["revealed"] == "values"

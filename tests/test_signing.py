@@ -2,7 +2,9 @@
 
 import json
 import shutil
+import struct
 import zipfile
+import zlib
 
 import pytest
 
@@ -90,3 +92,51 @@ def test_an_unsigned_archive_is_refused_with_how_to_sign_it(keys, tmp_path):
         verify_archive(build(tmp_path / "old.mar").read_bytes(), "old.mar")
     with pytest.raises(ArchiveSignatureError, match="not a readable archive"):
         verify_archive(b"not a zip", "junk.mar")
+
+
+def front_to_back(data: bytes) -> dict[str, bytes]:
+    """The members as a reader that scans local headers from the first byte meets them (TorchServe unpacks
+    that way), the last of a name winning."""
+    members, at = {}, 0
+    while data[at : at + 4] == b"PK\x03\x04":
+        method, _, _, _, size, _, name_length, extra_length = struct.unpack("<HHHIIIHH", data[at + 8 : at + 30])
+        name = data[at + 30 : at + 30 + name_length].decode()
+        start = at + 30 + name_length + extra_length
+        raw = data[start : start + size]
+        members[name] = zlib.decompress(raw, -15) if method == zipfile.ZIP_DEFLATED else raw
+        at = start + size
+    return members
+
+
+def test_what_is_served_is_exactly_what_was_verified_even_with_an_entry_hidden_before_the_index(keys, tmp_path):
+    archive = build(tmp_path / "nw-sine.mar")
+    signing.sign_archive(archive)
+    hidden = build(tmp_path / "evil.mar", {"attention_handler.py": b"import os; os.system('id')\n"}).read_bytes()
+    local_entry = hidden[: hidden.index(b"PK\x01\x02")]  # an entry without an index of its own
+    genuine = archive.read_bytes()
+    index = genuine.index(b"PK\x01\x02")  # placed after the genuine entries, before the index, which moves along
+    end = genuine.rindex(b"PK\x05\x06")
+    (offset,) = struct.unpack("<I", genuine[end + 16 : end + 20])
+    moved = genuine[:end] + genuine[end : end + 16] + struct.pack("<I", offset + len(local_entry)) + genuine[end + 20 :]
+    tampered = moved[:index] + local_entry + moved[index:]
+    verify_archive(tampered, "nw-sine.mar")  # Python's reader sees the signed members only...
+    assert front_to_back(tampered)["attention_handler.py"] != MEMBERS["attention_handler.py"]  # ...a scan does not
+    served = signing.rebuilt(tampered)
+    assert front_to_back(served) == {**MEMBERS, signing.SIGNATURE: front_to_back(served)[signing.SIGNATURE]}
+    verify_archive(served, "nw-sine.mar")
+
+
+def test_a_signed_archive_of_another_model_or_a_broken_manifest_is_refused(keys, tmp_path):
+    from training.serving.serve import verified_bytes
+
+    other = build(tmp_path / "nw-sine.mar", {**MEMBERS, "model_info.json": json.dumps({"name": "nw-other"}).encode()})
+    signing.sign_archive(other)
+    with pytest.raises(ArchiveSignatureError, match="holds model 'nw-other', not 'nw-sine'"):
+        verified_bytes(other)
+    broken = build(tmp_path / "broken.mar", {**MEMBERS, signing.SIGNATURE: b"[1, 2]"})
+    with pytest.raises(ArchiveSignatureError, match="not a signed manifest"):
+        verify_archive(broken.read_bytes(), "broken.mar")
+    (keys / signing.TRUSTED).mkdir(parents=True)
+    (keys / signing.TRUSTED / "junk.pub").write_text("not a key")
+    with pytest.raises(ArchiveSignatureError, match="junk.pub is not an Ed25519 public key"):
+        signing.trusted_keys()

@@ -205,7 +205,7 @@ def run_tracking_server_stop(args) -> int:
 
 def run_archive(args) -> int:
     from training.serving.archive import archive_champions
-    from training.serving.deploy import archive_info
+    from training.serving.serve import archive_info
 
     built = archive_champions(
         args.name, out_dir=args.out, tracking_uri=args.tracking_uri, explain_keys=args.explain_keys
@@ -216,14 +216,14 @@ def run_archive(args) -> int:
 
 
 def run_serve(args) -> int:
-    from training.serving.deploy import archive_info, mark_serving
-    from training.serving.serve import ARCHIVES, start
+    from training.serving.deploy import mark_serving
+    from training.serving.serve import RUN_DIR, archive_info, private_store, start
 
     names = args.models.split(",") if args.models else None
     start(models=names, trust_unsigned=args.trust_unsigned)
-    for name in names or sorted(p.stem for p in ARCHIVES.glob("*.mar")):
-        version = str(archive_info(ARCHIVES / f"{name}.mar")["version"])
-        print(f"  registry    {name}: {mark_serving(name, version, None)}")
+    for served in sorted(private_store(RUN_DIR).glob("*.mar")):  # the verified copies the server reads
+        version = str(archive_info(served)["version"])
+        print(f"  registry    {served.stem}: {mark_serving(served.stem, version, None)}")
     return 0
 
 

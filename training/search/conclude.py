@@ -72,17 +72,18 @@ def conclude(client, run_id: str, study: optuna.Study, storage_url: str, device:
         trials = completed_trials(study)
         data = study_data(study)
         metric, direction = PRIMARY_METRIC[data.task]
+        best = study.best_trial  # read once: workers still running may finish a better trial meanwhile
         with mlflow.start_run(run_id=run_id):
-            log_search(study, trials, metric)
-            candidate = known_candidate(client, study) or new_candidate(study, data, run_id, metric, device)
+            log_search(study, best, trials, metric)
+            candidate = known_candidate(client, study, best) or new_candidate(study, best, data, run_id, metric, device)
             mlflow.log_metrics({f"test_{k}": v for k, v in candidate.test.items()})
             with progress.stage("champion decision"):
                 decision = registry.promote_best(client, name, metric, direction)
             mlflow.set_tags(decision_tags(candidate, decision))
         conclusion = Conclusion(
-            best_trial=study.best_trial.number,
-            best_value=study.best_trial.value,
-            best_params=study.best_trial.params,
+            best_trial=best.number,
+            best_value=best.value,
+            best_params=best.params,
             test_metrics=candidate.test,
             model_version=candidate.version,
             registered=candidate.new,
@@ -106,9 +107,10 @@ def completed_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     return trials
 
 
-def log_search(study: optuna.Study, trials: list[optuna.trial.FrozenTrial], metric: str) -> None:
+def log_search(
+    study: optuna.Study, best: optuna.trial.FrozenTrial, trials: list[optuna.trial.FrozenTrial], metric: str
+) -> None:
     """The search as the conclusion run sees it: the best trial, the trial counts, and the study's plots."""
-    best = study.best_trial
     mlflow.log_params({f"best.{k}": v for k, v in best.params.items()})
     mlflow.log_metrics(
         {f"best_val_{metric}": best.value, **{f"trials_{k}": v for k, v in study_states(trials).items()}}
@@ -124,9 +126,9 @@ def log_search(study: optuna.Study, trials: list[optuna.trial.FrozenTrial], metr
         model_log.log_study_plots(study, metric)
 
 
-def known_candidate(client, study: optuna.Study) -> Candidate | None:
+def known_candidate(client, study: optuna.Study, best: optuna.trial.FrozenTrial) -> Candidate | None:
     """The version an earlier conclusion registered from this best trial, if any: it is not refit again."""
-    key = candidate_key(study, study.best_trial)
+    key = candidate_key(study, best)
     versions = client.search_model_versions(f"name = '{study.study_name}'")
     version = next((v for v in versions if v.tags.get("candidate") == key), None)
     if version is None:
@@ -135,9 +137,11 @@ def known_candidate(client, study: optuna.Study) -> Candidate | None:
     return Candidate(str(version.version), version.tags.get("checkpoint_sha256", ""), test, new=False)
 
 
-def new_candidate(study: optuna.Study, data: Dataset, run_id: str, metric: str, device: str) -> Candidate:
+def new_candidate(
+    study: optuna.Study, best: optuna.trial.FrozenTrial, data: Dataset, run_id: str, metric: str, device: str
+) -> Candidate:
     """Refit the best trial, test it once, plot it, and register it as a new version."""
-    best, model_name = study.best_trial, study.user_attrs["model"]
+    model_name = study.user_attrs["model"]
     epochs = int(best.user_attrs.get("max_epochs", default_epochs(model_name, data.name)))
     seed = int(best.user_attrs.get("seed", 0))
     refit_epochs = best.user_attrs.get("refit_epochs")  # cross-validated: refit on train+validation

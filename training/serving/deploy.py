@@ -13,14 +13,14 @@ directory.
 from __future__ import annotations
 
 import io
-import json
 import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from training.infra.processes import wait_until
-from training.serving.serve import ARCHIVES, RUN_DIR, private_store, running_pid, verified_bytes
+from training.serving.serve import ARCHIVES, RUN_DIR, archive_info, private_store, running_pid, verified_bytes
+from training.serving.signing import member_digests
 from training.serving.torchserve import Server, server_for
 from training.tracking import mlflow_store, registry
 
@@ -36,12 +36,6 @@ class Rollout:
     registry: str  # what happened to the registry's `serving` alias
 
 
-def archive_info(archive: Path | bytes) -> dict:
-    """model_info.json of an archive (a file, or its bytes): name, version, run id, sha256."""
-    with zipfile.ZipFile(io.BytesIO(archive) if isinstance(archive, bytes) else archive) as opened:
-        return json.loads(opened.read("model_info.json"))
-
-
 def deploy(
     name: str,
     run_dir: Path = RUN_DIR,
@@ -51,7 +45,7 @@ def deploy(
     mark_registry: bool = True,
     trust_unsigned: bool = False,
 ) -> Rollout:
-    run_dir, model_store = Path(run_dir), Path(model_store).resolve()
+    run_dir, model_store = Path(run_dir).resolve(), Path(model_store).resolve()
     if not running_pid(run_dir):
         raise RuntimeError(f"TorchServe is not running from {run_dir}: `make serve` first")
     archive = model_store / f"{name}.mar"
@@ -65,6 +59,11 @@ def deploy(
     start = time.monotonic()
     if version not in served:
         register(server, name, version, release_copy(data, run_dir, name, version))
+    elif not same_contents(data, served_copy(run_dir, name, version)):
+        raise RuntimeError(
+            f"{name} version {version} is served already, built differently (archived again with other settings?): "
+            "restart the server (`make stop`, `make serve`) to serve this build"
+        )
     set_default(server, name, version)
     old = [v for v in served if v != version]
     if old:
@@ -75,6 +74,24 @@ def deploy(
             raise RuntimeError(f"version {version} serves {name}, but unregistering version {previous} failed: {body}")
     registry = mark_serving(name, version, tracking_uri) if mark_registry else "not updated"
     return Rollout(name, version, old, time.monotonic() - start, registry)
+
+
+def served_copy(run_dir: Path, name: str, version: str) -> Path | None:
+    """The verified copy the server registered `version` from: the store's own, or a rollout's release."""
+    store = private_store(run_dir)
+    release = store / RELEASES / f"{name}-v{version}.mar"
+    if release.exists():
+        return release
+    started = store / f"{name}.mar"
+    return started if started.exists() and str(archive_info(started)["version"]) == version else None
+
+
+def same_contents(data: bytes, copy: Path | None) -> bool:
+    """Whether two archives hold the same members with the same bytes (their zip framing aside)."""
+    if copy is None:
+        return False
+    with zipfile.ZipFile(io.BytesIO(data)) as new, zipfile.ZipFile(copy) as old:
+        return member_digests(new) == member_digests(old)
 
 
 def drain(server: Server, name: str, versions: list[str], settle_seconds: float, timeout: float = 60) -> None:

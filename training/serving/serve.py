@@ -6,11 +6,15 @@ logs, pid file and `key_file.json` (TorchServe's tokens: a secret).
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import tempfile
+import zipfile
 from pathlib import Path
 
 from training.infra.places import ARCHIVES, SERVE_DIR, TORCHSERVE_CONFIG
@@ -25,7 +29,7 @@ from training.infra.processes import (
     wait_until,
 )
 from training.nn.integrity import REFUSAL  # what a worker logs when an archive fails its sha256 check
-from training.serving.signing import UnsignedArchiveError, verify_archive
+from training.serving.signing import ArchiveSignatureError, UnsignedArchiveError, rebuilt, verify_archive
 from training.serving.torchserve import Server, read_properties, server_for
 
 __all__ = ["RUN_DIR", "Server", "running_pid", "server_for", "start", "stop"]
@@ -33,6 +37,7 @@ __all__ = ["RUN_DIR", "Server", "running_pid", "server_for", "start", "stop"]
 RUN_DIR = SERVE_DIR
 STORE = "store"  # under the run directory: the verified archives TorchServe reads
 AUTH_HEADER = "auth-header"  # `python -m training token --header-file`: for curl -H @.serve/auth-header
+SOCKET_PATH_BYTES = 107  # sun_path, less its terminating zero
 BASE_CONFIG = TORCHSERVE_CONFIG
 METRICS_CONFIG = Path(__file__).with_name("metrics.yaml")
 LOG_CONFIG = Path(__file__).with_name("log4j2.xml")  # size-capped, rotating logs; nothing per request on stdout
@@ -61,6 +66,17 @@ def resolve_config(
     return path, properties
 
 
+def runtime_temp(run_dir: Path) -> Path:
+    """TorchServe's temp folder (0700): `<run dir>/tmp`, or, where that path is too long for the worker sockets
+    it holds (a Unix socket path has at most 107 bytes), a fresh folder of ours under the system's temp."""
+    temp = run_dir / "tmp"
+    if len(str(temp / ".ts.sock.65535").encode()) > SOCKET_PATH_BYTES:
+        temp = Path(tempfile.mkdtemp(prefix="attention-serve-"))  # 0700, a name nobody could take first
+        (run_dir / "tmp-elsewhere").write_text(str(temp))  # for `stop` to remove
+        return temp
+    return private_dir(temp)
+
+
 def allowed_urls(model_store: Path, names: list[str]) -> str:
     """The only archives the management API may register: the server's store's own, `<name>.mar`, and a
     rollout's `releases/<name>-v<N>.mar`, for the archive names given (TorchServe matches each regex whole)."""
@@ -78,6 +94,12 @@ def private_store(run_dir: Path, reset: bool = False) -> Path:
     return private_dir(store)
 
 
+def archive_info(archive: Path | bytes) -> dict:
+    """model_info.json of an archive (a file, or its bytes): name, version, run id, sha256."""
+    with zipfile.ZipFile(io.BytesIO(archive) if isinstance(archive, bytes) else archive) as opened:
+        return json.loads(opened.read("model_info.json"))
+
+
 def verified_bytes(archive: Path, trust_unsigned: bool = False) -> bytes:
     """The archive's bytes once its signature and every member are verified (read once: what was checked is
     what gets served). Unsigned archives pass only with `trust_unsigned`."""
@@ -87,7 +109,10 @@ def verified_bytes(archive: Path, trust_unsigned: bool = False) -> bytes:
     except UnsignedArchiveError:
         if not trust_unsigned:
             raise
-    return data
+    info = archive_info(data)
+    if info.get("name") != archive.stem:
+        raise ArchiveSignatureError(f"{archive} holds model {info.get('name')!r}, not {archive.stem!r}")
+    return rebuilt(data)
 
 
 # start / stop
@@ -129,11 +154,12 @@ def start(
     missing = sorted(set(models or []) - set(archives))
     if missing:
         raise RuntimeError(f"no archive for {', '.join(missing)} in {model_store} (have: {', '.join(archives)})")
-    run_dir = Path(run_dir)
+    run_dir = Path(run_dir).resolve()
     if running_pid(run_dir):
         raise RuntimeError(f"TorchServe is already running from {run_dir}: `make stop` first")
-    for private in (run_dir, run_dir / "logs", run_dir / "tmp"):  # tokens, logs, unpacked handler code: ours alone
+    for private in (run_dir, run_dir / "logs"):  # tokens and logs: ours alone
         private_dir(private)
+    temp = runtime_temp(run_dir)  # the unpacked handler code and the worker sockets: ours alone too
     (run_dir / "key_file.json").unlink(missing_ok=True)
     names = models or archives
     served_store = private_store(run_dir, reset=True)
@@ -160,8 +186,8 @@ def start(
         **os.environ,
         # TorchServe unpacks archives and puts worker sockets in Java's temp folder, which its launcher takes
         # from TEMP (not TMPDIR): never the shared /tmp, where another user could plant /tmp/models first.
-        "TEMP": str(run_dir / "tmp"),
-        "TMPDIR": str(run_dir / "tmp"),
+        "TEMP": str(temp),
+        "TMPDIR": str(temp),
         "LOG_LOCATION": str(run_dir / "logs"),
         "METRICS_LOCATION": str(run_dir / "logs"),
         **({"TS_LOG_SIZE": log_size} if log_size else {}),
@@ -265,6 +291,10 @@ def stop(run_dir: Path = RUN_DIR, quiet: bool = False, timeout: float = 30) -> b
     (run_dir / "server.pid").unlink(missing_ok=True)
     (run_dir / "key_file.json").unlink(missing_ok=True)
     (run_dir / AUTH_HEADER).unlink(missing_ok=True)
+    elsewhere = run_dir / "tmp-elsewhere"
+    if elsewhere.exists():
+        shutil.rmtree(elsewhere.read_text().strip(), ignore_errors=True)
+        elsewhere.unlink()
     if not quiet:
         print("TorchServe stopped")
     return True

@@ -21,7 +21,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from training.infra.processes import private_dir, write_secret
+from training.infra.processes import private_dir
 
 SIGNATURE = "SIGNATURE.json"  # the signed manifest, a member of the archive itself
 PRIVATE_KEY, PUBLIC_KEY, TRUSTED = "archive-signing.key", "archive-signing.pub", "trusted"
@@ -41,16 +41,33 @@ def key_dir() -> Path:
 
 
 def signing_key(folder: Path | None = None) -> Ed25519PrivateKey:
-    """This machine's signing key, made on first use (private half 0600, folder 0700)."""
-    folder = private_dir(folder or key_dir())
-    path = folder / PRIVATE_KEY
-    if path.exists():
-        return serialization.load_pem_private_key(path.read_bytes(), password=None)
-    key = Ed25519PrivateKey.generate()
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    write_secret(path, pem.decode())
-    public = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-    (folder / PUBLIC_KEY).write_bytes(public)
+    """This machine's signing key, made on first use (private half 0600, folder 0700); two builds starting
+    together make one key between them."""
+    folder = folder or key_dir()
+    try:
+        private_dir(folder)
+        path = folder / PRIVATE_KEY
+        pem = Ed25519PrivateKey.generate().private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        try:  # created exclusively: the first build's key stands
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(descriptor, "wb") as handle:
+                handle.write(pem)
+        except FileExistsError:
+            pass
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        public = key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        if not (folder / PUBLIC_KEY).exists() or (folder / PUBLIC_KEY).read_bytes() != public:
+            (folder / PUBLIC_KEY).write_bytes(public)
+    except (OSError, ValueError) as error:
+        raise ArchiveSignatureError(
+            f"cannot use the archive signing key in {folder} ({error}): set ATTENTION_SERVE_KEYS to a folder of yours"
+        ) from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ArchiveSignatureError(f"{folder / PRIVATE_KEY} is not an Ed25519 key")
     return key
 
 
@@ -62,9 +79,18 @@ def key_id(public: Ed25519PublicKey) -> str:
 def trusted_keys(folder: Path | None = None) -> dict[str, Ed25519PublicKey]:
     """The public keys whose signatures are accepted: this machine's own and every `trusted/*.pub`."""
     folder = folder or key_dir()
-    files = [folder / PUBLIC_KEY, *sorted((folder / TRUSTED).glob("*.pub"))]
-    keys = [serialization.load_pem_public_key(f.read_bytes()) for f in files if f.exists()]
-    return {key_id(key): key for key in keys}
+    keys = {}
+    for file in [folder / PUBLIC_KEY, *sorted((folder / TRUSTED).glob("*.pub"))]:
+        if not file.exists():
+            continue
+        try:
+            key = serialization.load_pem_public_key(file.read_bytes())
+        except ValueError:
+            key = None
+        if not isinstance(key, Ed25519PublicKey):
+            raise ArchiveSignatureError(f"{file} is not an Ed25519 public key in PEM form")
+        keys[key_id(key)] = key
+    return keys
 
 
 def member_digests(archive: zipfile.ZipFile) -> dict[str, str]:
@@ -104,7 +130,12 @@ def verify_archive(data: bytes, where: str, trusted: dict[str, Ed25519PublicKey]
                 f"{where} is not signed (built before archives were signed, or by hand): rebuild it with "
                 "`make archive`, or serve it as it is with TRUST_UNSIGNED=1"
             )
-        signed = json.loads(archive.read(SIGNATURE))
+        try:
+            signed = json.loads(archive.read(SIGNATURE))
+        except ValueError:
+            signed = None
+        if not isinstance(signed, dict) or not isinstance(signed.get("members"), dict):
+            raise ArchiveSignatureError(f"{where}: {SIGNATURE} is not a signed manifest")
         manifest = {key: signed.get(key) for key in ("format", "key", "members")}
         public = trusted.get(str(manifest["key"]))
         if public is None:
@@ -126,3 +157,14 @@ def verify_archive(data: bytes, where: str, trusted: dict[str, Ed25519PublicKey]
             if actual[name] != listed[name]:
                 raise ArchiveSignatureError(f"{where}: member {name} was changed after signing")
     return manifest
+
+
+def rebuilt(data: bytes) -> bytes:
+    """The archive written anew from the members its index lists, nothing else: a reader that scans entries
+    front to back (TorchServe unpacks that way) then meets exactly what was verified, never an entry hidden
+    before the index."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(data)) as source, zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as target:
+        for info in source.infolist():
+            target.writestr(info.filename, source.read(info.filename))
+    return out.getvalue()

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from training.infra.processes import answers, start_group, stop_tree, wait_until
+from training.infra.processes import answers, private_dir, start_group, stop_tree, wait_until
 from training.tracking.certificates import ensure_certificates
 from training.tracking.mlflow_store import NO_JOB_RUNNERS
 from training.tracking.postgres import (
@@ -36,7 +36,7 @@ def start_mlflow(server: TrackingServer, allowed_hosts: list[str], workers: int)
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
     artifacts = Path(server.state_dir) / "artifacts"
-    artifacts.mkdir(exist_ok=True)
+    private_dir(artifacts)  # models and plots (an NW checkpoint holds its training rows): the server's user's alone
     backend = server.database_url("mlflow")  # no password: the server reads the worker role's from PGPASSFILE
     env = {**os.environ, "PGPASSFILE": str(server.pgpass)} | NO_JOB_RUNNERS
     with password_file(server.pgpass):
@@ -52,8 +52,9 @@ def start_mlflow(server: TrackingServer, allowed_hosts: list[str], workers: int)
     if server.tls:
         certificate = ensure_certificates(Path(server.state_dir) / "tls", certificate_names(server, allowed_hosts))
         command += ["--uvicorn-opts", f"--ssl-keyfile {certificate.key} --ssl-certfile {certificate.certificate}"]
-    with open(Path(server.state_dir) / "mlflow.log", "ab") as log:
-        process = start_group(command, log, env=env, cwd=server.state_dir)
+    log_path = Path(server.state_dir) / "mlflow.log"
+    with os.fdopen(os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "ab") as log:
+        process = start_group(command, log, env=env, cwd=server.state_dir, umask=0o077)  # its files: 0600
 
     def check() -> None:
         if process.poll() is not None:
@@ -74,7 +75,7 @@ def auth_config(server: TrackingServer) -> Path:
     path = Path(server.state_dir) / "basic_auth.ini"
     database = Path(server.state_dir) / "basic_auth.db"
     path.write_text(
-        "[mlflow]\ndefault_permission = READ\n"
+        "[mlflow]\ndefault_permission = EDIT\n"
         f"database_uri = sqlite:///{database}\nadmin_username = {MLFLOW_ADMIN}\n"
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
     )

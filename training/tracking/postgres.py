@@ -91,8 +91,7 @@ def start_postgres(server: TrackingServer, allowed_hosts: list[str] | None = Non
         server.pgdata.mkdir(mode=0o700)
         hand_over(server.pgdata)
         password_file = state / "initdb.pw"
-        password_file.write_text(server.password + "\n")
-        password_file.chmod(0o600)
+        write_secret(password_file, server.password + "\n")
         hand_over(password_file)
         try:
             command = [str(bin_dir / "initdb"), "-D", str(server.pgdata), "-U", "postgres", "-E", "UTF8"]
@@ -102,7 +101,8 @@ def start_postgres(server: TrackingServer, allowed_hosts: list[str] | None = Non
             password_file.unlink()
     write_access_rules(server)
     log = state / "postgres.log"
-    log.touch()
+    log.touch(mode=0o600)
+    log.chmod(0o600)
     hand_over(log)
     options = f"-c listen_addresses={server.host} -p {server.pg_port} -k {server.pgdata}"
     if server.tls:  # the data directory's server.crt and server.key: copies readable by PostgreSQL's user
@@ -118,6 +118,20 @@ def start_postgres(server: TrackingServer, allowed_hosts: list[str] | None = Non
 def provision(server: TrackingServer, worker_password: str) -> None:
     """The worker role: a login that owns the `optuna` and `mlflow` databases and nothing else (no superuser,
     so no `COPY ... TO PROGRAM`); its password goes to the 0600 password file workers read."""
+    import psycopg
+
+    try:
+        create_worker_role(server, worker_password)
+        for name in DATABASES:
+            hand_over_objects(server, name)
+    except psycopg.Error as error:
+        line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise TrackingServerError(f"cannot set up the database role {WORKER_ROLE!r}: {line}") from None
+    # Any host name: workers reach this server by whatever name ALLOWED_HOSTS lists (the port tells it apart).
+    write_secret(server.pgpass, f"*:{server.pg_port}:*:{WORKER_ROLE}:{worker_password}\n")
+
+
+def create_worker_role(server: TrackingServer, worker_password: str) -> None:
     from psycopg import sql
 
     role = sql.Identifier(WORKER_ROLE)
@@ -125,16 +139,14 @@ def provision(server: TrackingServer, worker_password: str) -> None:
         exists = connection.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (WORKER_ROLE,)).fetchone()
         verb = sql.SQL("ALTER ROLE" if exists else "CREATE ROLE")
         options = sql.SQL("WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION PASSWORD {}")
-        connection.execute(sql.SQL("{} {} ").format(verb, role) + options.format(sql.Literal(worker_password)))
+        # Hashed here (SCRAM): the statement, which a failure would log, never holds the password itself.
+        hashed = connection.pgconn.encrypt_password(worker_password.encode(), WORKER_ROLE.encode(), b"scram-sha-256")
+        connection.execute(sql.SQL("{} {} ").format(verb, role) + options.format(sql.Literal(hashed.decode())))
         for name in DATABASES:
             if connection.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
                 connection.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(sql.Identifier(name), role))
             else:
                 connection.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(name), role))
-    for name in DATABASES:
-        hand_over_objects(server, name)
-    hosts = dict.fromkeys([server.host, "127.0.0.1", "localhost"])
-    write_secret(server.pgpass, "".join(f"{h}:{server.pg_port}:*:{WORKER_ROLE}:{worker_password}\n" for h in hosts))
 
 
 def hand_over_objects(server: TrackingServer, database: str) -> None:

@@ -12,8 +12,10 @@ import ipaddress
 import secrets
 from pathlib import Path
 
+import psutil
+
 from training.infra.places import LOOPBACK, MLFLOW_PORT, POSTGRES_PORT
-from training.infra.processes import pid_alive, stop_tree
+from training.infra.processes import stop_tree
 from training.tracking.mlflow_server import (
     healthy,
     start_mlflow,
@@ -56,7 +58,7 @@ def start(
     state.mkdir(parents=True, exist_ok=True)
     state.chmod(0o711)  # PostgreSQL's user passes through to its data; nobody else lists or reads what is here
     previous = read_state(state)
-    if previous and pid_alive(previous.mlflow_pid) and healthy(previous):
+    if previous and ours(previous) and healthy(previous):
         return previous
     password = read_password(state) or (previous.password if previous else None) or secrets.token_urlsafe(18)
     write_password(state, password)
@@ -93,9 +95,19 @@ def is_loopback(host: str) -> bool:
 
 def stop_leftovers(server: TrackingServer, previous: TrackingServer | None) -> None:
     """What a crashed, killed or half-failed start left running (an mlflow server, a PostgreSQL): start clean."""
-    if previous and pid_alive(previous.mlflow_pid):
+    if previous and ours(previous):
         stop_tree(previous.mlflow_pid, timeout=5)
     stop_postgres(server)
+
+
+def ours(server: TrackingServer) -> bool:
+    """Whether `server.mlflow_pid` still is the mlflow server we started (after a reboot the pid may be
+    anything's): only then is it stopped."""
+    try:
+        command = " ".join(psutil.Process(server.mlflow_pid).cmdline())
+    except psutil.Error:
+        return False
+    return "mlflow" in command and " server " in f"{command} " and str(server.mlflow_port) in command
 
 
 def stop(state_dir: str | Path = STATE) -> bool:
@@ -107,7 +119,7 @@ def stop(state_dir: str | Path = STATE) -> bool:
         running = postgres_running(leftover)
         stop_postgres(leftover)
         return running
-    if pid_alive(server.mlflow_pid):
+    if ours(server):
         stop_tree(server.mlflow_pid, timeout=5)  # uvicorn waits for idle keep-alive clients; requests are committed
     stop_postgres(server)
     (state / "server.json").unlink()
