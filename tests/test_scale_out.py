@@ -316,6 +316,7 @@ def test_stop_start_and_a_start_after_kill_9_bring_back_the_same_data(tmp_path, 
 
         tracking_server.stop(state)
         with socket.socket() as squatter:  # the mlflow server cannot start: whatever started is stopped again
+            squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # the port may still be in TIME_WAIT
             squatter.bind(("127.0.0.1", ports["mlflow_port"]))
             squatter.listen()
             with pytest.raises(server_state.TrackingServerError):

@@ -117,7 +117,10 @@ def test_concluding_together_leaves_the_best_by_validation_as_champion(tmp_path)
         try:
             with storage_lock(url, "conclude:toy"):
                 tags = {"val_mse": str(val / 100), "test_mse": str(1 / val)}  # test ranks them the other way
-                client.create_model_version("toy", source="file:///nowhere", tags=tags)
+                files = tmp_path / f"model-{val}"  # the version's model files, which the registry checks are there
+                files.mkdir()
+                (files / "MLmodel").write_text("flavors: {}\n")
+                client.create_model_version("toy", source=files.as_uri(), tags=tags)
                 registry.promote_best(client, "toy", "mse", "minimize")
         except Exception as error:  # surfaced below: a thread's assertion would be lost
             errors.append(error)

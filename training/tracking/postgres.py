@@ -69,6 +69,9 @@ def run(command: list[str], what: str) -> None:
         raise TrackingServerError(f"{what} failed: {detail[-1] if detail else done.returncode}")
 
 
+MAX_CONNECTIONS = 400
+
+
 def write_access_rules(server: TrackingServer) -> None:
     """pg_hba.conf: password logins (scram-sha-256) only; TCP from anywhere over TLS alone (`hostssl`) when the
     server speaks it, else from loopback only."""
@@ -105,6 +108,9 @@ def start_postgres(server: TrackingServer, allowed_hosts: list[str] | None = Non
     log.chmod(0o600)
     hand_over(log)
     options = f"-c listen_addresses={server.host} -p {server.pg_port} -k {server.pgdata}"
+    # Workers are not superusers: the default 100 connections, less the superuser's reserve, ran out with three
+    # workers, two conclusions and the mlflow server's pools (each SQLAlchemy engine keeps several).
+    options += f" -c max_connections={MAX_CONNECTIONS}"
     if server.tls:  # the data directory's server.crt and server.key: copies readable by PostgreSQL's user
         certificate = ensure_certificates(state / "tls", certificate_names(server, allowed_hosts))
         for source, name in ((certificate.certificate, "server.crt"), (certificate.key, "server.key")):
