@@ -109,7 +109,7 @@ def wait_for(condition, what: str, seconds: float = 120):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def victim_trial(storage: str, pid: int):
+def victim_trial(storage: optuna.storages.BaseStorage, pid: int):
     """The victim's trial that is running and has reported at least one epoch, if any."""
     try:
         trials = optuna.load_study(study_name="nw-sine", storage=storage).get_trials(deepcopy=False)
@@ -131,7 +131,8 @@ def tuned(server, tmp_path_factory):
     try:
         wait_for(lambda: all((tmp / f"ready-{i}").exists() for i in range(3)), "the workers to import", 180)
         (tmp / "go").touch()  # all three open the empty databases at once
-        dead = wait_for(lambda: victim_trial(server.storage_url, victim.pid), "the victim to be mid-trial", 120)
+        watching = optuna.storages.RDBStorage(server.storage_url)  # one engine for every poll, not one a poll
+        dead = wait_for(lambda: victim_trial(watching, victim.pid), "the victim to be mid-trial", 120)
         os.killpg(victim.pid, signal.SIGKILL)
         victim.wait(timeout=30)
         time.sleep(GRACE + HEARTBEAT)  # the dead trial is stale from now on
