@@ -284,6 +284,11 @@ def test_no_password_is_on_any_command_line(server, tuned, tmp_path):
     names = ["postgres.password", "worker.password", "mlflow-admin.password", "mlflow-worker.password"]
     secrets_ = [(state / name).read_text().strip() for name in names]
     lines = tuned["command_lines"] + every_command_line()  # during the multi-worker run, and after it
+    lines += tuned["outputs"]  # what the workers printed
+    lines += [(state / name).read_text(errors="replace") for name in ("mlflow.log", "postgres.log")]
+    client = MlflowClient(server.tracking_uri)
+    for run in client.search_runs([client.get_experiment_by_name("nw-sine").experiment_id]):
+        lines += [str(run.data.params), str(run.data.tags)]  # what MLflow recorded
     assert all(secret not in line for secret in secrets_ for line in lines)
     assert any("mlflow" in line and "server" in line for line in lines)  # the scan saw the tracking server
     assert any("--storage" in line and "tune" in line for line in tuned["command_lines"])  # and the workers
