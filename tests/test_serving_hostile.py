@@ -51,6 +51,18 @@ def valid_answers(server):
     }
 
 
+def send_together(server, name: str, bodies: list[bytes]) -> list:
+    """Every body at the same moment (a barrier), so the server batches them: the answers, in order."""
+    barrier = threading.Barrier(len(bodies))
+
+    def send(body):
+        barrier.wait()
+        return post(server, name, body)
+
+    with ThreadPoolExecutor(max_workers=len(bodies)) as pool:
+        return list(pool.map(send, bodies))
+
+
 def close(a, b, tol=1e-5) -> bool:
     """Equal JSON answers up to float noise (a batch's padding changes the last digits)."""
     if isinstance(a, dict):
@@ -126,15 +138,7 @@ def test_a_poisonous_request_does_not_fail_the_valid_ones_batched_with_it(server
         b'{"instances": [1e308]}',
     ]
     expected = post(server, "nw-sine", b'{"instances": [2.5]}')[1]
-    bodies = [b'{"instances": [2.5]}'] * 29 + poison
-    barrier = threading.Barrier(len(bodies))
-
-    def send(body):
-        barrier.wait()
-        return post(server, "nw-sine", body)
-
-    with ThreadPoolExecutor(max_workers=len(bodies)) as pool:
-        answers = list(pool.map(send, bodies))
+    answers = send_together(server, "nw-sine", [b'{"instances": [2.5]}'] * 29 + poison)
     assert [status for status, _, _ in answers[:29]] == [200] * 29
     assert all(body == expected for _, body, _ in answers[:29])
     assert [status for status, _, _ in answers[29:]] == [400, 400, 400]
@@ -146,15 +150,7 @@ def test_predictions_with_heads_get_a_400_and_the_requests_batched_with_them_the
     # It used to fall between the handler's groups: a 503 "Prediction failed" for the whole batch.
     asking = json.dumps({"instances": VALID["mha-adding"], "heads": True}).encode()
     plain = json.dumps({"instances": VALID["mha-adding"]}).encode()
-    bodies = [asking] * 4 + [plain] * 12
-    barrier = threading.Barrier(len(bodies))
-
-    def send(body):
-        barrier.wait()
-        return post(server, "mha-adding", body)
-
-    with ThreadPoolExecutor(max_workers=len(bodies)) as pool:
-        answers = list(pool.map(send, bodies))
+    answers = send_together(server, "mha-adding", [asking] * 4 + [plain] * 12)
     assert [(status, answer["error"]) for status, answer, _ in answers[:4]] == [(400, "invalid heads")] * 4
     assert [status for status, _, _ in answers[4:]] == [200] * 12
     assert post(server, "mha-adding", asking, explain=True)[0] == 200
