@@ -16,14 +16,15 @@ from pathlib import Path
 import psutil
 import pytest
 import torch
+import yaml
 
 from training.infra.processes import process_tree
 from training.nn import load_checkpoint, save_checkpoint
 from training.serving import serve
 from training.serving.archive import archive_champions
-from training.serving.deploy import deploy
+from training.serving.deploy import deploy, served_copy
 from training.serving.serve import free_ports
-from training.serving.signing import SIGNATURE, ArchiveSignatureError, UnsignedArchiveError
+from training.serving.signing import SIGNATURE, ArchiveSignatureError, UnsignedArchiveError, sign_archive
 from training.tracking import mlflow_store, registry
 
 pytestmark = pytest.mark.e2e
@@ -281,11 +282,19 @@ def test_an_interrupted_archive_build_leaves_the_archive_before_it_whole(champio
     assert built.read_bytes() == before and sorted(p.name for p in tmp_path.glob("*.mar")) == ["nw-sine.mar"]
 
 
-def test_a_version_built_again_differently_is_not_deployed_over_the_one_served(running, champions, tmp_path):
+def test_a_version_built_again_differently_is_not_deployed_over_the_one_served(running, tmp_path):
     server, _, _ = running
-    (rebuilt,) = archive_champions(
-        "nw-sine", out_dir=tmp_path, tracking_uri=champions["tracking_uri"], explain_keys="none"
-    )  # the same version, now withholding the training rows: serving it needs a restart
+    (served,) = [str(v["modelVersion"]) for v in server.versions("nw-sine")]
+    with zipfile.ZipFile(served_copy(server.run_dir, "nw-sine", served)) as copy:
+        members = {name: copy.read(name) for name in copy.namelist() if name != SIGNATURE}
+    config = yaml.safe_load(members["model-config.yaml"])
+    config["handler"]["explain_keys"] = "none"  # the same version, built again to withhold the training rows
+    members["model-config.yaml"] = yaml.safe_dump(config).encode()
+    again = tmp_path / "nw-sine.mar"
+    with zipfile.ZipFile(again, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    sign_archive(again)
     with pytest.raises(RuntimeError, match="served already, built differently"):
         deploy("nw-sine", run_dir=server.run_dir, model_store=tmp_path, mark_registry=False)
     assert server.predict("nw-sine", [1.0], explain=True)[1]["explanations"][0]["revealed"] == "values"

@@ -131,7 +131,7 @@ def test_a_signed_archive_of_another_model_or_a_broken_manifest_is_refused(keys,
 
     other = build(tmp_path / "nw-sine.mar", {**MEMBERS, "model_info.json": json.dumps({"name": "nw-other"}).encode()})
     signing.sign_archive(other)
-    with pytest.raises(ArchiveSignatureError, match="holds model 'nw-other', not 'nw-sine'"):
+    with pytest.raises(ArchiveSignatureError, match="was built as 'nw-other', not 'nw-sine'"):
         verified_bytes(other)
     broken = build(tmp_path / "broken.mar", {**MEMBERS, signing.SIGNATURE: b"[1, 2]"})
     with pytest.raises(ArchiveSignatureError, match="not a signed manifest"):

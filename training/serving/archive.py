@@ -106,6 +106,7 @@ def archive_champion(
         payload = stage_payload(tmp / "payload")
         info = {
             "name": name,
+            "archive": archive_name,  # the file's own name: a benchmark's variant of `name` differs
             "version": str(version.version),
             "run_id": version.run_id,
             "kind": model_kind(model),

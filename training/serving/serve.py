@@ -110,8 +110,9 @@ def verified_bytes(archive: Path, trust_unsigned: bool = False) -> bytes:
         if not trust_unsigned:
             raise
     info = archive_info(data)
-    if info.get("name") != archive.stem:
-        raise ArchiveSignatureError(f"{archive} holds model {info.get('name')!r}, not {archive.stem!r}")
+    built_as = info.get("archive", info.get("name"))  # archives from before variants named only the model
+    if built_as != archive.stem:
+        raise ArchiveSignatureError(f"{archive} was built as {built_as!r}, not {archive.stem!r}")
     return rebuilt(data)
 
 
