@@ -24,9 +24,7 @@ from training.nn.checkpoint import file_sha256
 from training.serving.signing import sign_archive
 from training.tracking import mlflow_store, registry
 
-ROOT = places.ROOT
-ARCHIVES = ROOT / "archives"
-HANDLER = ROOT / "handlers" / "attention_handler.py"
+ROOT, ARCHIVES, HANDLER = places.ROOT, places.ARCHIVES, places.HANDLER  # declared once, in infra/places
 ARCHIVED = "archived"  # registry alias on the version the last archive was built from
 # Serving settings per archive; TorchServe reads them from the model-config YAML.
 MODEL_CONFIG = {
