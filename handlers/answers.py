@@ -3,8 +3,15 @@ answers, and cutting a batch's results back into requests."""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
+
+from .types import Ran
+
+logger = logging.getLogger(__name__)
 
 WEIGHT_DECIMALS = 7  # explanations' weights are rounded: ample for weights in [0, 1], and half the bytes
 HEAD_WEIGHT_MAC = 100  # materialized softmax weights cost about this many multiply-adds each
@@ -29,12 +36,39 @@ def class_answers(logits: Tensor, labels: list) -> list[dict]:
     return [{"label": labels[k], "probabilities": p} for k, p in zip(best, probabilities.round(decimals=6).tolist())]
 
 
-def split_per_request(results: list, counts: list[int]) -> list[list | None]:
-    """Cut a flat list of per-instance results back into requests; a request left unfinished gets None."""
-    results = results + [None] * (sum(counts) - len(results))
+def chunks(values: list, counts: list[int], pad: object = None) -> list[list]:
+    """Cut a flat per-instance list into per-request chunks of `counts`; a short list is padded with `pad`."""
+    values = values + [pad] * (sum(counts) - len(values))
     out, start = [], 0
     for n in counts:
-        chunk = results[start : start + n]
-        out.append(None if any(r is None for r in chunk) else chunk)
+        out.append(values[start : start + n])
         start += n
     return out
+
+
+def split_per_request(results: list, counts: list[int]) -> list[list | None]:
+    """Cut a flat list of per-instance results back into requests; a request left unfinished gets None."""
+    return [None if any(r is None for r in chunk) else chunk for chunk in chunks(results, counts)]
+
+
+def ran(results: list, scores: list, beyond: list[bool] | None, counts: list[int]) -> Ran:
+    """A group's flat per-instance results, novelty scores and beyond-range flags, cut back into requests."""
+    flags = chunks(beyond or [], counts, pad=False)
+    return Ran(split_per_request(results, counts), chunks(scores, counts), [sum(f) for f in flags])
+
+
+class NoveltyScores:
+    """Computes a pass's novelty scores; measuring never fails a request: on an error the pass's scores are None
+    and the error is logged once per worker."""
+
+    failed = False
+
+    @classmethod
+    def of(cls, compute: Callable[[], Tensor], n: int) -> list[float | None]:
+        try:
+            return compute().double().cpu().tolist()
+        except Exception as error:
+            if not cls.failed:
+                logger.warning("novelty scores are off for this worker: %s: %s", type(error).__name__, error)
+            cls.failed = True
+            return [None] * n

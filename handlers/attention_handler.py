@@ -44,7 +44,9 @@ class AttentionHandler(BaseHandler):
         with open(os.path.join(model_dir, "model_info.json")) as f:
             info = json.load(f)
         checkpoint = verified_checkpoint(model_dir, context.manifest["model"]["serializedFile"], info)
-        model, _ = load_checkpoint(checkpoint, self.device)
+        model, metadata = load_checkpoint(checkpoint, self.device)
+        # The novelty scores of held-out data (none in archives built before it: no novelty metrics then).
+        self.novelty_reference = metadata.get("novelty_reference") or []
         self.model_info = {"name": info["name"], "version": info["version"], "run_id": info["run_id"]}
         options = (getattr(context, "model_yaml_config", None) or {}).get("handler", {})
         self.limits = Limits.from_options(options)
@@ -56,7 +58,7 @@ class AttentionHandler(BaseHandler):
         warm_up = answer_batch([self.adapter.example()], [False], self.adapter, self.limits, self.model_info)
         if warm_up[0].status != 200:
             raise RuntimeError(f"the model does not answer its own example: {warm_up[0].body}")
-        self.metrics = MetricsSink()
+        self.metrics = MetricsSink() if self.limits.metrics else None
         self.initialized = True
         # Where the code came from: the archive's own copy, never a repository checkout.
         logger.info(
@@ -73,8 +75,10 @@ class AttentionHandler(BaseHandler):
         bodies = [row.get("data", row.get("body")) for row in data]
         explain = [context.get_request_header(i, "explain") == "True" for i in range(len(data))]
         answers = answer_batch(bodies, explain, self.adapter, self.limits, self.model_info)
-        figures = batch_figures(answers, explain, self.model_info["version"], time.perf_counter() - started)
-        self.metrics.emit(getattr(context, "metrics", None), figures)
+        if self.metrics:
+            seconds = time.perf_counter() - started
+            figures = batch_figures(answers, explain, self.model_info["version"], seconds, self.novelty_reference)
+            self.metrics.emit(getattr(context, "metrics", None), figures)
         for i, answer in enumerate(answers):
             context.set_response_status(answer.status, HTTPStatus(answer.status).phrase, idx=i)
             context.set_response_content_type(i, "application/json")

@@ -163,17 +163,18 @@ def answer_batch(
     for wants in sorted({(requests[i].explain, requests[i].heads) for i in admitted}):
         group = [i for i in admitted if (requests[i].explain, requests[i].heads) == wants]
         try:
-            results = adapter.run([requests[i].items for i in group], *wants, deadline)
+            ran = adapter.run([requests[i].items for i in group], *wants, deadline)
         except Exception as error:  # a bug or resource exhaustion: answer, never kill the worker
             for i in group:
                 answers[i] = error_answer(RequestError("internal error", f"{type(error).__name__}: {error}", 500))
             continue
         key = "explanations" if wants[0] else "predictions"
-        for i, result in zip(group, results):
+        for i, result, novelty, beyond in zip(group, ran.results, ran.novelty, ran.beyond_range):
             if result is None:
                 answers[i] = error_answer(over_capacity(f"the batch ran past {limits.batch_seconds:g} s"))
             else:
                 answers[i] = render(200, {key: result, "model": model_info}, limits)
+                answers[i].novelty, answers[i].beyond_range = novelty, beyond
     for i, request in requests.items():  # what the metrics count: instances and priced cost of parsed requests
         answers[i].instances, answers[i].mmac = request.count, request.cost.mmac
     return answers

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from training.nn import PixelModel
+from training.nn import PixelModel, novelty
 
 from .answers import (
     BYTES_PER_NUMBER,
@@ -31,12 +31,13 @@ from .answers import (
     HEAD_WEIGHT_MAC,
     MAP_SEPARATOR_BYTES,
     WEIGHT_DECIMALS,
+    NoveltyScores,
     class_answers,
-    split_per_request,
+    ran,
 )
 from .errors import RequestError
 from .numbers import NUMBER_TYPES, Bounds, all_numbers, is_table, preview, to_tensor
-from .types import Cost, Limits
+from .types import Cost, Limits, Ran
 
 
 @dataclass
@@ -157,28 +158,34 @@ class ImageAdapter:
     # run
 
     @torch.no_grad()
-    def run(self, batch: list[Images], explain: bool, heads: bool, deadline: float) -> list[list | None]:
+    def run(self, batch: list[Images], explain: bool, heads: bool, deadline: float) -> Ran:
         items = [(image, request.queries) for request in batch for image in request.images]
         per_pass = max(1, int(self.limits.max_pass_mmac / self.image_mmac(explain)))
         results: list[Any] = []
+        scores: list[float | None] = []
         for start in range(0, len(items), per_pass):
             if time.monotonic() > deadline:
                 break
-            results += self.forward(items[start : start + per_pass], explain)
-        return split_per_request(results, [len(request.images) for request in batch])
+            answers, novelty_scores = self.forward(items[start : start + per_pass], explain)
+            results += answers
+            scores += novelty_scores
+        return ran(results, scores, None, [len(request.images) for request in batch])
 
-    def forward(self, items: list[tuple[Tensor, list | None]], explain: bool) -> list[Any]:
+    def forward(self, items: list[tuple[Tensor, list | None]], explain: bool) -> tuple[list[Any], list[float | None]]:
+        """A pass's answers and novelty scores (each answer's entropy)."""
         weight = self.model.head.weight
         x = torch.stack([image for image, _ in items]).to(weight.device, weight.dtype)  # (B, C, H, W)
         logits, weights = self.model(x, need_weights=explain)  # (B, classes), {"attention": (B, N, N), "gamma"}
         predictions = class_answers(logits, self.labels)
+        scores = NoveltyScores.of(lambda: novelty.normalized_entropy(torch.softmax(logits.double(), -1)), len(items))
         if not explain:
-            return predictions
+            return predictions, scores
         gamma = float(weights["gamma"])
-        return [
+        answers = [
             self.explanation(p, weights["attention"][i], gamma, queries or [brightest(image)])
             for i, (p, (image, queries)) in enumerate(zip(predictions, items))
         ]
+        return answers, scores
 
     def explanation(self, prediction: dict, attention: Tensor, gamma: float, queries: list) -> dict:
         """`attention` (N, N): query position x key position, positions numbered row by row."""

@@ -1,12 +1,16 @@
 """What each batch did, as metrics an operator can watch: requests and instances by route and outcome, how full
-the batch was, the handler's time and the priced cost. They go out through TorchServe's metrics, and only
-those declared in the server's metrics configuration (`training/serving/metrics.yaml`) reach Prometheus;
-`DECLARED` names them, and a test keeps the two in step. Measuring never fails a request."""
+the batch was, the handler's time and the priced cost, and how unfamiliar the answered inputs were (novelty:
+each instance's score as a quantile of the scores of held-out data, counted by band; `training/nn/novelty.py`).
+They go out through TorchServe's metrics, and only those declared in the server's metrics configuration
+(`training/serving/metrics.yaml`) reach Prometheus; `DECLARED` names them, and a test keeps the two in step.
+Measuring never fails a request."""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+
+from training.nn import novelty
 
 from .types import Answer
 
@@ -14,6 +18,7 @@ logger = logging.getLogger(__name__)
 
 REQUESTS, INSTANCES = "attention_requests_total", "attention_instances_total"
 BATCH_REQUESTS, HANDLER_MS, BATCH_MMAC = "attention_batch_requests", "attention_handler_ms", "attention_batch_mmac"
+NOVELTY, BEYOND_RANGE = "attention_novelty_instances_total", "attention_beyond_training_range_total"
 # name -> (TorchServe's metric type, unit, dimensions besides the model's name and TorchServe's Level)
 DECLARED = {
     REQUESTS: ("counter", "Count", ["model_version", "route", "outcome"]),
@@ -21,6 +26,8 @@ DECLARED = {
     BATCH_REQUESTS: ("histogram", "Count", ["model_version"]),
     HANDLER_MS: ("histogram", "ms", ["model_version"]),
     BATCH_MMAC: ("histogram", "Count", ["model_version"]),
+    NOVELTY: ("counter", "Count", ["model_version", "band"]),  # band: novelty.band_names()
+    BEYOND_RANGE: ("counter", "Count", ["model_version"]),  # tabular models' instances outside the training range
 }
 
 
@@ -31,8 +38,11 @@ class Figure:
     dimensions: dict[str, str]
 
 
-def batch_figures(answers: list[Answer], explain: list[bool], version: str, seconds: float) -> list[Figure]:
-    """The batch's figures: a count per (route, outcome), its fill, its time and its priced cost."""
+def batch_figures(
+    answers: list[Answer], explain: list[bool], version: str, seconds: float, reference: list[float] | None = None
+) -> list[Figure]:
+    """The batch's figures: a count per (route, outcome), its fill, its time and its priced cost, and with a
+    novelty reference the answered instances per novelty band and beyond the training range."""
     counts: dict[tuple[str, str], list[int]] = {}
     for answer, explained in zip(answers, explain):
         key = ("explanations" if explained else "predictions", answer.outcome)
@@ -44,11 +54,23 @@ def batch_figures(answers: list[Answer], explain: list[bool], version: str, seco
         figures += [Figure(REQUESTS, requests, dimensions), Figure(INSTANCES, instances, dimensions)]
     version_only = {"model_version": version}
     mmac = sum(a.mmac for a in answers if a.status == 200)
-    return figures + [
+    figures += [
         Figure(BATCH_REQUESTS, len(answers), version_only),
         Figure(HANDLER_MS, seconds * 1000, version_only),
         Figure(BATCH_MMAC, mmac, version_only),
     ]
+    return figures + novelty_figures(answers, version, reference or [])
+
+
+def novelty_figures(answers: list[Answer], version: str, reference: list[float]) -> list[Figure]:
+    """Answered instances by novelty band (none without a reference: archives built before it) and beyond range."""
+    scores = [s for a in answers if a.status == 200 for s in a.novelty if s is not None]
+    bands = novelty.count_bands(scores, reference)
+    figures = [Figure(NOVELTY, n, {"model_version": version, "band": name}) for name, n in sorted(bands.items())]
+    beyond = sum(a.beyond_range for a in answers if a.status == 200)
+    if beyond:
+        figures.append(Figure(BEYOND_RANGE, beyond, {"model_version": version}))
+    return figures
 
 
 class MetricsSink:

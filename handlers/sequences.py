@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from training.nn import SequenceModel
+from training.nn import SequenceModel, novelty
 
 from .answers import (
     BYTES_PER_NUMBER,
@@ -23,12 +23,13 @@ from .answers import (
     HEAD_WEIGHT_MAC,
     NUMBER_ANSWER_BYTES,
     WEIGHT_DECIMALS,
+    NoveltyScores,
     class_answers,
-    split_per_request,
+    ran,
 )
 from .errors import RequestError
 from .numbers import NUMBER_TYPES, Bounds, all_numbers, by_name, is_table, preview, to_tensor
-from .types import Cost, Limits
+from .types import Cost, Limits, Ran
 
 
 class SequenceAdapter:
@@ -114,17 +115,19 @@ class SequenceAdapter:
     # run
 
     @torch.no_grad()
-    def run(self, batch: list[list[Tensor]], explain: bool, heads: bool, deadline: float) -> list[list | None]:
+    def run(self, batch: list[list[Tensor]], explain: bool, heads: bool, deadline: float) -> Ran:
         sequences = [s for request in batch for s in request]
         order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
         results: list[Any] = [None] * len(sequences)
+        scores: list[float | None] = [None] * len(sequences)
         for chunk in self.passes([len(sequences[i]) for i in order], heads):
             if time.monotonic() > deadline:
                 break
             index = order[chunk]
-            for i, result in zip(index, self.forward([sequences[i] for i in index], explain, heads)):
-                results[i] = result
-        return split_per_request(results, [len(r) for r in batch])
+            answers, novelty_scores = self.forward([sequences[i] for i in index], explain, heads)
+            for i, result, score in zip(index, answers, novelty_scores):
+                results[i], scores[i] = result, score
+        return ran(results, scores, None, [len(r) for r in batch])
 
     def passes(self, sorted_lengths: list[int], heads: bool) -> list[slice]:
         """Slices of the length-sorted sequences whose padded pass stays within the pass budget."""
@@ -137,16 +140,26 @@ class SequenceAdapter:
         chunks.append(slice(start, len(sorted_lengths)))
         return chunks
 
-    def forward(self, sequences: list[Tensor], explain: bool, heads: bool) -> list[Any]:
+    def forward(self, sequences: list[Tensor], explain: bool, heads: bool) -> tuple[list[Any], list[float | None]]:
+        """A pass's answers and novelty scores. The pooling weights (B x T, cheap) are always computed: the
+        regressor's novelty is their entropy; the blocks keep the fused kernel unless heads are asked for."""
         dtype = self.model.embed.weight.dtype
         device = self.model.embed.weight.device
         lengths = torch.tensor([len(s) for s in sequences], device=device)
         x = nn.utils.rnn.pad_sequence(sequences, batch_first=True).to(device, dtype)  # (N, T, D)
-        out, weights = self.model(x, lengths, need_weights=explain, head_weights=heads)
+        out, weights = self.model(x, lengths, need_weights=True, head_weights=explain and heads)
         predictions = out.tolist() if self.regression else class_answers(out, self.labels)
+        scores = NoveltyScores.of(lambda: self.novelty(out, weights["pooling"], lengths), len(sequences))
         if not explain:
-            return predictions
-        return [self.explanation(p, weights, i, int(n), heads) for i, (p, n) in enumerate(zip(predictions, lengths))]
+            return predictions, scores
+        answers = [self.explanation(p, weights, i, int(n), heads) for i, (p, n) in enumerate(zip(predictions, lengths))]
+        return answers, scores
+
+    def novelty(self, out: Tensor, pooling: Tensor, lengths: Tensor) -> Tensor:
+        """The regressor: its pooling weights' entropy; a classifier: its answer's entropy."""
+        if self.regression:
+            return novelty.pooling_entropy(pooling, lengths)
+        return novelty.normalized_entropy(torch.softmax(out.double(), -1))
 
     def explanation(self, prediction: Any, weights: dict[str, Tensor], i: int, n: int, heads: bool) -> dict:
         pooling = weights["pooling"][i, :n].double().round(decimals=WEIGHT_DECIMALS)

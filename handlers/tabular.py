@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from training.nn import NadarayaWatson
+from training.nn import NadarayaWatson, novelty
 
 from .answers import (
     BYTES_PER_NUMBER,
@@ -25,11 +25,12 @@ from .answers import (
     NUMBER_ANSWER_BYTES,
     TOP_KEY_BYTES,
     WEIGHT_DECIMALS,
-    split_per_request,
+    NoveltyScores,
+    ran,
 )
 from .errors import RequestError
 from .numbers import Bounds, all_numbers, by_name, is_number, preview, to_tensor
-from .types import Cost, Limits
+from .types import Cost, Limits, Ran
 
 
 class TabularAdapter:
@@ -46,6 +47,7 @@ class TabularAdapter:
         self.low, self.high = self.bounds.low.tolist(), self.bounds.high.tolist()
         # Raw training inputs and targets, for naming the most attended keys in explanations.
         self.keys = model.x_scaler.inverse(model.keys)  # (K, D)
+        self.key_low, self.key_high = self.keys.min(0).values, self.keys.max(0).values  # the training data's range
         if self.n_classes:
             self.values = [self.labels[c] for c in model.values.argmax(-1).tolist()]  # (K,) labels
         else:
@@ -107,21 +109,31 @@ class TabularAdapter:
         return f"about {int(self.limits.max_request_mmac / per_instance):,} explained instances of this model"
 
     @torch.no_grad()
-    def run(self, batch: list[list], explain: bool, heads: bool, deadline: float) -> list[list | None]:
+    def run(self, batch: list[list], explain: bool, heads: bool, deadline: float) -> Ran:
         rows = [row for request in batch for row in request]
         x = torch.tensor(rows, dtype=torch.float64, device=self.model.keys.device)  # (N, D)
         rows_per_pass = self.rows_per_pass(explain, heads)
         results: list = []
+        scores: list = []
         for start in range(0, len(x), rows_per_pass):
             if time.monotonic() > deadline:
                 break
-            out, weights = self.model(x[start : start + rows_per_pass], need_weights=explain)  # (n,), (n, K)
+            chunk = x[start : start + rows_per_pass]
+            out, weights = self.model(chunk, need_weights=explain)  # (n,), (n, K)
             predictions = [self.prediction(row) for row in out]
             if explain:
                 results += [self.explanation(p, w) for p, w in zip(predictions, weights)]
             else:
                 results += predictions
-        return split_per_request(results, [len(b) for b in batch])
+            scores += NoveltyScores.of(lambda: self.novelty(chunk, out), len(chunk))
+        beyond = ((x < self.key_low) | (x > self.key_high)).any(-1).tolist()  # (N,)
+        return ran(results, scores, beyond, [len(b) for b in batch])
+
+    def novelty(self, x: Tensor, out: Tensor) -> Tensor:
+        """Classifiers: the answer's entropy; regression: the distance to the nearest key in bandwidths."""
+        if self.n_classes:
+            return novelty.normalized_entropy(out.exp())
+        return self.model.nearest_key_distance(x)
 
     def prediction(self, out: Tensor) -> Any:
         """A number (regression), or the class label and probabilities (classification: `out` holds log p)."""

@@ -85,11 +85,13 @@ class TextAdapter(SequenceAdapter):
 
     # run: `SequenceAdapter.run` sorts texts by length and runs them in passes within the pass budget
 
-    def forward(self, texts: list[str], explain: bool, heads: bool = False) -> list[Any]:
+    def forward(self, texts: list[str], explain: bool, heads: bool = False) -> tuple[list[Any], list[float | None]]:
+        """A pass's answers and novelty scores (each output's mean surprise per decoded character)."""
         results = translate(self.model, texts, need_weights=explain)
+        scores = [r.surprise for r in results]
         if not explain:
-            return [r.text for r in results]
-        return [explanation(r) for r in results]
+            return [r.text for r in results], scores
+        return [explanation(r) for r in results], scores
 
 
 def explanation(result: Translation) -> dict:

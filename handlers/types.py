@@ -3,7 +3,7 @@ kind's adapter provides. Imports nothing else of the handlers."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from torch import nn
@@ -26,6 +26,7 @@ class Limits:
     # What NW explanations reveal of the training rows: "values" (each top key's inputs and target), "index"
     # (which rows, by index and file row, and their weights) or "none" (the prediction alone).
     explain_keys: str = "values"
+    metrics: bool = True  # the handler's metrics (handlers/metrics.py); off only to measure what they cost
 
     def __post_init__(self) -> None:
         if self.explain_keys not in EXPLAIN_KEYS:
@@ -35,7 +36,18 @@ class Limits:
     def from_options(cls, options: dict) -> Limits:
         """From the model-config YAML's `handler:` section; unknown keys are someone else's settings."""
         fields = cls.__dataclass_fields__
-        return cls(**{k: type(getattr(cls, k))(v) for k, v in options.items() if k in fields})
+        return cls(**{k: as_type(type(getattr(cls, k)), k, v) for k, v in options.items() if k in fields})
+
+
+def as_type(kind: type, name: str, value: Any) -> Any:
+    """A model-config option as its field's type; a switch must be true or false (bool("false") is True)."""
+    if kind is not bool:
+        return kind(value)
+    if isinstance(value, bool):
+        return value
+    if str(value).lower() in ("true", "false"):
+        return str(value).lower() == "true"
+    raise ValueError(f"handler option {name} is {value!r}; expected true or false")
 
 
 @dataclass
@@ -61,6 +73,19 @@ class Answer:
     outcome: str = "answered"  # or the contract's error name ("invalid instance", "over capacity", ...)
     instances: int = 0  # how many the request held, once parsed
     mmac: float = 0.0  # its priced cost, once parsed
+    novelty: list[float | None] = field(default_factory=list)  # answered: its instances' novelty scores
+    beyond_range: int = 0  # answered: its instances with an input beyond the training data's range
+
+
+@dataclass
+class Ran:
+    """A group's run, per request: its results (None: unfinished in time), its instances' novelty scores
+    (`training/nn/novelty.py`; None where measuring failed) and how many instances lie beyond the training
+    data's range (tabular models; 0 elsewhere)."""
+
+    results: list[list | None]
+    novelty: list[list[float | None]]
+    beyond_range: list[int]
 
 
 class Adapter(Protocol):
@@ -77,6 +102,6 @@ class Adapter(Protocol):
 
     def cost(self, items: Any, explain: bool, heads: bool) -> Cost: ...
 
-    def run(self, batch: list[Any], explain: bool, heads: bool, deadline: float) -> list[list | None]: ...
+    def run(self, batch: list[Any], explain: bool, heads: bool, deadline: float) -> Ran: ...
 
     def budget_hint(self) -> str: ...

@@ -69,7 +69,7 @@ def test_shapes_and_padding_never_attended():
     for i, n in enumerate(lengths.tolist()):
         assert torch.all(weights[i, :, n:] == 0)  # padding gets exactly zero weight
         assert torch.allclose(weights[i, :, :n].sum(-1), torch.ones(11), atol=1e-5)
-    tokens, alignment = model.generate(src, lengths, max_len=5, need_weights=True)
+    tokens, alignment, _ = model.generate(src, lengths, max_len=5, need_weights=True)
     assert tokens.shape[0] == 3 and tokens.shape[1] <= 5 and alignment.shape == (3, tokens.shape[1], src.shape[1])
     assert torch.all(alignment[0, :, lengths[0] :] == 0)
 
@@ -90,7 +90,7 @@ def test_teacher_forcing_zero_feeds_back_the_models_own_guesses():
     src, lengths = batch(["23 Nov 2026", "11/23/26"])
     target = torch.full((2, 6), 5)
     own = model(src, lengths, target)[0].argmax(-1)  # (2, 6)
-    greedy, _ = model.generate(src, lengths, max_len=6)
+    greedy, _, _ = model.generate(src, lengths, max_len=6)
     steps = greedy.shape[1]
     stopped = (greedy == EOS).cumsum(-1) > 0  # after its end, greedy pads; compare up to (and with) the end
     assert torch.equal(own[:, :steps].masked_fill(stopped & (greedy == PAD), PAD), greedy)

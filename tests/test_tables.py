@@ -194,9 +194,9 @@ def test_a_served_file_model_takes_named_features_and_names_training_rows(tmp_pa
     adapter = TabularAdapter(model, Limits())
     x = adapter.parse([{"bmi": 31.0, "age": 50}, [50, 31.0]])
     assert [float(v) for v in x[0]] == [float(v) for v in x[1]] == [50.0, 31.0]
-    (prediction, _), *_ = adapter.run([x], False, False, float("inf"))
+    (prediction, _), *_ = adapter.run([x], False, False, float("inf")).results
     assert prediction["label"] in ("no", "yes") and sum(prediction["probabilities"]) == pytest.approx(1.0)
-    (explanation,) = adapter.run([x[:1]], True, False, float("inf"))[0]
+    (explanation,) = adapter.run([x[:1]], True, False, float("inf")).results[0]
     frame = table(60)
     for key in explanation["top_keys"]:
         assert key["row"] in data.rows["train"] and frame.loc[key["row"], "smoker"] == key["value"]
@@ -255,7 +255,7 @@ def test_a_served_sequence_model_takes_steps_by_name_and_answers_file_labels():
     adapter = SequenceAdapter(SequenceModel(config), Limits())
     named = adapter.parse([[{"flag": 1, "value": 0.5}, {"value": 0.2, "flag": 0}]])
     assert named[0].tolist() == [[0.5, 1.0], [0.2, 0.0]]
-    (answer,) = adapter.run([named], False, False, float("inf"))[0]
+    (answer,) = adapter.run([named], False, False, float("inf")).results[0]
     assert answer["label"] in ("low", "high")
     with pytest.raises(RequestError, match=r"instances\[0\]\[1\] lacks feature 'flag'"):
         adapter.parse([[{"flag": 1, "value": 0.5}, {"value": 0.2}]])
@@ -267,7 +267,7 @@ def test_what_explanations_reveal_of_the_training_rows_is_a_setting(tmp_path):
     answers = {}
     for revealed in ("values", "index", "none"):
         adapter = TabularAdapter(model, Limits(explain_keys=revealed))
-        (answers[revealed],) = adapter.run([adapter.parse([[50, 31.0]])], True, False, float("inf"))[0]
+        (answers[revealed],) = adapter.run([adapter.parse([[50, 31.0]])], True, False, float("inf")).results[0]
         assert answers[revealed]["revealed"] == revealed
     frame, values = table(60), answers["values"]
     assert all(frame.loc[k["row"], "cost"] == pytest.approx(k["value"], rel=1e-5) for k in values["top_keys"])

@@ -36,7 +36,7 @@ def evaluate(model: Seq2Seq, split: Split, batch_size: int = 1024) -> dict[str, 
         T = int(batch.lengths.max())
         x, y = batch.x[:, :T], batch.y  # (B, T), (B, T_out)
         nll += loss(model(x, batch.lengths, y)[0].float(), y, "sum").item()
-        tokens, _ = model.generate(x, batch.lengths, max_len=y.shape[1])  # (B, <= T_out)
+        tokens, _, _ = model.generate(x, batch.lengths, max_len=y.shape[1])  # (B, <= T_out)
         tokens = F.pad(tokens, (0, y.shape[1] - tokens.shape[1]), value=PAD)  # (B, T_out)
         valid = y != PAD  # (B, T_out)
         hits = (tokens == y) & valid

@@ -1,5 +1,6 @@
 """Attention primitives and models: pure torch, importable by the serving path with torch alone."""
 
+from . import novelty
 from .checkpoint import MODELS, build_model, load_checkpoint, model_kind, save_checkpoint
 from .nadaraya_watson import NadarayaWatson, NWConfig
 from .pixel import PixelConfig, PixelModel, PixelSelfAttention
@@ -20,6 +21,7 @@ __all__ = [
     "build_model",
     "load_checkpoint",
     "model_kind",
+    "novelty",
     "save_checkpoint",
     "translate",
 ]

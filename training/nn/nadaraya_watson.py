@@ -191,6 +191,14 @@ class NadarayaWatson(nn.Module):
         weights = F.softmax(self.scores(q, mask), dim=-1)  # (Q, K)
         return self.readout(q, weights @ self.memory()), weights if need_weights else None
 
+    @torch.no_grad()
+    def nearest_key_distance(self, x: Tensor) -> Tensor:
+        """Raw queries (Q,) or (Q, D) -> (Q,) distance to the nearest key in the kernel's units (bandwidths):
+        the novelty score (`training/nn/novelty.py`). One (Q x K) distance matrix, the size of a pass's scores."""
+        queries = self.x_scaler(x.reshape(x.shape[0], self.config.in_features))  # (Q, D)
+        p = 2.0 if self.config.kernel == "gaussian" else 1.0
+        return torch.cdist(self.project(queries), self.project(self.keys), p=p).min(-1).values  # (Q,)
+
     def fused_is_exact(self, q: Tensor) -> bool:
         """Whether the expanded scores' rounding error (about eps x their size) is below FUSED_MAX_SCORE_ERROR."""
         centre = self.keys.mean(0)

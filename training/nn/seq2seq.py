@@ -72,6 +72,7 @@ class Translation:
     output_tokens: list[str]  # its characters, end-of-sequence left out
     input_tokens: list[str]  # the source characters
     weights: Tensor | None = None  # (len(output_tokens), len(input_tokens)) alignment, rows sum to 1
+    surprise: float = 0.0  # mean negative log-probability of the decoded tokens: the novelty score
 
 
 # helpers
@@ -209,23 +210,28 @@ class Seq2Seq(nn.Module):
     @torch.no_grad()
     def generate(
         self, src: Tensor, lengths: Tensor, *, max_len: int | None = None, need_weights: bool = False
-    ) -> tuple[Tensor, Tensor | None]:
-        """Greedy decoding: (B, T) ids -> tokens (B, T_out) (padding after end-of-sequence), weights (B, T_out, T)."""
+    ) -> tuple[Tensor, Tensor | None, Tensor]:
+        """Greedy decoding: (B, T) ids -> tokens (B, T_out) (padding after end-of-sequence), weights (B, T_out, T),
+        and each output's surprise (B,): the mean negative log-probability of its decoded tokens, end included."""
         max_len = max_len or self.config.max_target_len
         memory, state, lengths = self.encode(src, lengths)  # (B, T, H), (L, B, H), (B,)
         prev = torch.full((src.shape[0],), BOS, dtype=torch.long, device=src.device)  # (B,)
         done = torch.zeros_like(prev, dtype=torch.bool)  # (B,)
         tokens, weights = [], []
+        nll = torch.zeros(src.shape[0], dtype=torch.float64, device=src.device)  # (B,)
         for _ in range(max_len):
             logits, state, w = self.decoder(prev, state, memory, lengths, need_weights)
-            prev = logits.argmax(-1).masked_fill(done, PAD)  # (B,)
+            best = logits.float().log_softmax(-1).max(-1)  # (B,) the greedy token's log-probability
+            nll -= best.values.double().masked_fill(done, 0.0)
+            prev = best.indices.masked_fill(done, PAD)  # (B,)
             tokens.append(prev)
             weights.append(w)
             done = done | (prev == EOS)
             if bool(done.all()):
                 break
         out = torch.stack(tokens, dim=1)  # (B, T_out)
-        return out, torch.stack(weights, dim=1) if need_weights else None
+        decoded = (out != PAD).sum(-1).clamp_min(1)  # (B,) tokens decoded, end of sequence included
+        return out, torch.stack(weights, dim=1) if need_weights else None, nll / decoded
 
 
 @torch.no_grad()
@@ -237,10 +243,10 @@ def translate(model: Seq2Seq, texts: list[str], *, need_weights: bool = False) -
     vocab = model.config.source_vocab
     device = next(model.parameters()).device
     src, lengths = pad_batch([source_ids(text, vocab) for text in texts], device)  # (B, T), (B,)
-    tokens, weights = model.generate(src, lengths, need_weights=need_weights)  # (B, T_out), (B, T_out, T)
+    tokens, weights, surprise = model.generate(src, lengths, need_weights=need_weights)  # (B, T_out), (B, T_out, T)
     results = []
     for i, text in enumerate(texts):
         decoded = target_text(tokens[i].tolist(), model.config.target_vocab)
         alignment = None if weights is None else weights[i, : len(decoded), : len(text)].float().cpu()
-        results.append(Translation(decoded, list(decoded), list(text), alignment))
+        results.append(Translation(decoded, list(decoded), list(text), alignment, float(surprise[i])))
     return results

@@ -13,6 +13,7 @@ from training.data import tables
 from training.data.datasets import Dataset
 from training.fit import cross_validation
 from training.fit.loop import FitResult
+from training.fit.novelty_reference import novelty_reference
 from training.infra import places
 from training.nn import model_kind, save_checkpoint
 from training.tracking import mlflow_store, plots, records, study_plots
@@ -74,7 +75,10 @@ def log_and_register(
     versions = mlflow_store.package_versions()
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = Path(tmp) / "checkpoint.pt"
-        sha = save_checkpoint(model, checkpoint, {"name": name, "run_id": run_id, f"test_{metric}": test[metric]})
+        metadata = {"name": name, "run_id": run_id, f"test_{metric}": test[metric]}
+        # What the handler's novelty metrics compare served inputs with: the test split's inputs, never trained on.
+        metadata["novelty_reference"] = novelty_reference(model, data.test)
+        sha = save_checkpoint(model, checkpoint, metadata)
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=str(places.ROOT / "training" / "tracking" / "mlflow_model.py"),
