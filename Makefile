@@ -109,6 +109,11 @@ deploy: $(STAMP) ## Roll the newly archived champion into the running server, no
 	@test -n "$(NAME)" || { echo "NAME is required, e.g. make deploy NAME=nw-sine"; exit 2; }
 	$(PYTHON) -m training deploy --name $(NAME) $(if $(filter 1,$(TRUST_UNSIGNED)),--trust-unsigned)
 
+.PHONY: rollback
+rollback: $(STAMP) ## Return the running server to the version served before the last rollout, no request dropped: make rollback NAME=nw-sine
+	@test -n "$(NAME)" || { echo "NAME is required, e.g. make rollback NAME=nw-sine"; exit 2; }
+	$(PYTHON) -m training rollback --name $(NAME) $(if $(filter 1,$(TRUST_UNSIGNED)),--trust-unsigned)
+
 .PHONY: stop
 stop: $(STAMP) ## Stop TorchServe (returns when the whole server process tree is gone)
 	$(PYTHON) -m training stop

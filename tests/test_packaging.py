@@ -80,8 +80,8 @@ def test_make_help_lists_every_target_with_its_description():
     done = make("help")
     plain = re.sub(r"\x1b\[[0-9;]*m", "", done.stdout)  # without the colours
     listed = {line.split()[0] for line in plain.splitlines() if line.strip()}
-    expected = {"install", "test", "test-fast", "lint", "tune", "conclude", "archive", "serve", "deploy", "stop"}
-    expected |= {"ui", "dashboard", "demo", "bench", "tracking-server", "tracking-server-stop", "clean"}
+    expected = {"install", "test", "test-fast", "lint", "tune", "conclude", "archive", "serve", "deploy", "rollback"}
+    expected |= {"stop", "ui", "dashboard", "demo", "bench", "tracking-server", "tracking-server-stop", "clean"}
     assert done.returncode == 0 and expected <= listed, expected - listed
 
 
@@ -92,6 +92,7 @@ def test_make_help_lists_every_target_with_its_description():
         ("archive", ["NAME=nw-sine"], "archive"),
         ("serve", [], "serve"),
         ("deploy", ["NAME=nw-sine"], "deploy"),
+        ("rollback", ["NAME=nw-sine", "TRUST_UNSIGNED=1"], "rollback"),
         ("stop", [], "stop"),
         ("ui", ["PORT=5123"], "ui"),
         ("dashboard", ["PORT=8123", "STORAGE=sqlite:////tmp/x.db"], "dashboard"),
@@ -132,7 +133,7 @@ def test_make_tune_passes_each_variable_through_to_the_tuning_options():
     )
 
 
-def test_make_conclude_and_deploy_without_a_name_say_what_to_add():
-    for target in ("conclude", "deploy"):
+def test_make_conclude_deploy_and_rollback_without_a_name_say_what_to_add():
+    for target in ("conclude", "deploy", "rollback"):
         done = make(target)
         assert done.returncode != 0 and "NAME is required" in done.stdout + done.stderr

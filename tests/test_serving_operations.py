@@ -1,4 +1,4 @@
-"""Operating a real TorchServe: rollout under load, verified archives, stop, busy ports, logs, tokens."""
+"""Operating a real TorchServe: rollout and rollback under load, verified archives, stop, busy ports, logs, tokens."""
 
 import hashlib
 import json
@@ -23,6 +23,7 @@ from training.nn import load_checkpoint, save_checkpoint
 from training.serving import serve
 from training.serving.archive import archive_champions
 from training.serving.deploy import deploy, served_copy
+from training.serving.rollback import rollback
 from training.serving.serve import free_ports
 from training.serving.signing import SIGNATURE, ArchiveSignatureError, UnsignedArchiveError, sign_archive
 from training.tracking import mlflow_store, registry
@@ -54,11 +55,9 @@ def new_champion_version(champions, root: Path, name: str) -> tuple[str, str]:
     return uri, str(new.version)
 
 
-def test_a_new_champion_rolls_out_under_load_with_zero_failed_requests(running, champions):
-    server, store, root = running
-    uri, version = new_champion_version(champions, root, "nw-sine")
-    archive_champions("nw-sine", out_dir=store, tracking_uri=uri)
-    old_version = server.predict("nw-sine", [2.5])[1]["model"]["version"]
+def under_load(server, action):
+    """Run `action()` while six clients keep asking nw-sine, from a second before to a second after it:
+    (what it returned, [(status, version or error body) of every answer in order])."""
     stop, seen = threading.Event(), []
 
     def load():
@@ -70,22 +69,48 @@ def test_a_new_champion_rolls_out_under_load_with_zero_failed_requests(running, 
     for t in threads:
         t.start()
     time.sleep(1.0)
-    rollout = deploy("nw-sine", run_dir=server.run_dir, model_store=store, tracking_uri=uri)
-    time.sleep(1.0)
-    stop.set()
-    for t in threads:
-        t.join()
+    try:
+        result = action()
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    return result, seen
+
+
+def assert_switched_without_failures(seen, before: str, after: str):
     counts = Counter(seen)
     assert all(status == 200 for status, _ in counts), counts
-    assert counts[(200, old_version)] > 0 and counts[(200, version)] > 0
-    last = seen[-6:]
-    assert all(v == version for _, v in last), "answers switch to the new version and stay there"
+    assert counts[(200, before)] > 0 and counts[(200, after)] > 0
+    assert all(v == after for _, v in seen[-6:]), "answers switch to the new version and stay there"
+
+
+def test_a_new_champion_rolls_out_and_back_under_load_with_zero_failed_requests(running, champions):
+    server, store, root = running
+    uri, version = new_champion_version(champions, root, "nw-sine")
+    archive_champions("nw-sine", out_dir=store, tracking_uri=uri)
+    old_version = server.predict("nw-sine", [2.5])[1]["model"]["version"]
+    client = mlflow_store.configure(uri)
+    rollout, seen = under_load(
+        server, lambda: deploy("nw-sine", run_dir=server.run_dir, model_store=store, tracking_uri=uri)
+    )
+    assert_switched_without_failures(seen, old_version, version)
     assert rollout.version == version and rollout.previous == [old_version]
     assert [v["modelVersion"] for v in server.versions("nw-sine")] == [version]
-    client = mlflow_store.configure(uri)
     assert str(client.get_model_version_by_alias("nw-sine", registry.SERVING).version) == version
     again = deploy("nw-sine", run_dir=server.run_dir, model_store=store, tracking_uri=uri)
     assert again.previous == [] and server.predict("nw-sine", [2.5])[0] == 200
+
+    back, seen = under_load(server, lambda: rollback("nw-sine", run_dir=server.run_dir, tracking_uri=uri))
+    assert_switched_without_failures(seen, version, old_version)
+    assert back.version == old_version and back.previous == [version]
+    assert [v["modelVersion"] for v in server.versions("nw-sine")] == [old_version]
+    assert str(client.get_model_version_by_alias("nw-sine", registry.SERVING).version) == old_version
+    with pytest.raises(RuntimeError, match=f"nothing earlier than nw-sine version {old_version}"):
+        rollback("nw-sine", run_dir=server.run_dir, tracking_uri=uri)
+    forward = deploy("nw-sine", run_dir=server.run_dir, model_store=store, tracking_uri=uri)  # its release again
+    assert forward.previous == [old_version] and server.predict("nw-sine", [2.5])[1]["model"]["version"] == version
 
 
 def test_deploy_names_what_is_missing(running, tmp_path):

@@ -78,6 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.add_argument("--name", required=True, help="e.g. nw-sine (run `make archive NAME=...` first)")
     deploy.add_argument("--tracking-uri", default=None, help="registry whose @serving alias moves (default: mlruns/)")
     deploy.add_argument("--trust-unsigned", action="store_true", help=TRUST_UNSIGNED_HELP)
+    rollback = commands.add_parser(
+        "rollback", help="return the running server to the version served before the last rollout, no request dropped"
+    )
+    rollback.add_argument("--name", required=True, help="e.g. nw-sine")
+    rollback.add_argument("--tracking-uri", default=None, help="registry whose @serving alias moves back")
+    rollback.add_argument("--trust-unsigned", action="store_true", help=TRUST_UNSIGNED_HELP)
     commands.add_parser("stop", help="stop TorchServe")
     token = commands.add_parser("token", help="print the running server's inference token")
     token.add_argument("--refresh", action="store_true", help="ask TorchServe for a new one first")
@@ -237,6 +243,18 @@ def run_deploy(args) -> int:
     return 0
 
 
+def run_rollback(args) -> int:
+    from training.serving.rollback import rollback
+
+    back = rollback(args.name, tracking_uri=args.tracking_uri, trust_unsigned=args.trust_unsigned)
+    replaced = ", ".join(back.previous)
+    print(
+        f"{back.name} serves version {back.version} again (rolled back from version {replaced}) in {back.seconds:.1f} s"
+    )
+    print(f"registry: {back.registry}")
+    return 0
+
+
 def run_stop(args) -> int:
     from training.serving.serve import stop
 
@@ -248,12 +266,10 @@ def run_token(args) -> int:
     from pathlib import Path
 
     from training.infra.processes import write_secret
-    from training.serving.serve import AUTH_HEADER, RUN_DIR, running_pid, server_for
+    from training.serving.serve import AUTH_HEADER, RUN_DIR, running_server
 
     run_dir = Path(args.run_dir) if args.run_dir else RUN_DIR
-    if not running_pid(run_dir):
-        raise RuntimeError(f"TorchServe is not running from {run_dir}: `make serve` first")
-    server = server_for(run_dir)
+    server = running_server(run_dir)
     if not args.refresh and server.token_expired():
         expired = server.token_expiry().strftime("%H:%M:%S UTC")
         print(f"the inference token expired at {expired}; issuing a fresh one", file=sys.stderr)
@@ -300,6 +316,7 @@ COMMANDS = {
     "archive": run_archive,
     "serve": run_serve,
     "deploy": run_deploy,
+    "rollback": run_rollback,
     "stop": run_stop,
     "token": run_token,
     "ui": run_ui,

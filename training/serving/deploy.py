@@ -4,6 +4,7 @@ TorchServe holds several versions of a model side by side. The rollout registers
 version from the model store, waits until its workers are READY, makes it the default version (from then
 on `/predictions/<name>` goes to it), lets the old version finish what it already holds, and unregisters
 it. The registry's `serving` alias then moves to the version that answers, so a reviewer sees it in MLflow.
+The server's history (`history.py`) records each version rolled in; `rollback.py` runs the same steps back.
 
 Each deployed version is verified (signature and every member), then registered from its own copy under
 the server's store (`.serve/store/releases/`), so two versions never share an archive file or an unpacked
@@ -19,9 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from training.infra.processes import wait_until
-from training.serving.serve import ARCHIVES, RUN_DIR, archive_info, private_store, running_pid, verified_bytes
+from training.serving import history
+from training.serving.serve import ARCHIVES, RUN_DIR, archive_info, private_store, running_server, verified_bytes
 from training.serving.signing import member_digests
-from training.serving.torchserve import Server, server_for
+from training.serving.torchserve import Server
 from training.tracking import mlflow_store, registry
 
 RELEASES = "releases"
@@ -46,17 +48,34 @@ def deploy(
     trust_unsigned: bool = False,
 ) -> Rollout:
     run_dir, model_store = Path(run_dir).resolve(), Path(model_store).resolve()
-    if not running_pid(run_dir):
-        raise RuntimeError(f"TorchServe is not running from {run_dir}: `make serve` first")
+    server = running_server(run_dir)
     archive = model_store / f"{name}.mar"
     if not archive.exists():
         known = ", ".join(sorted(p.stem for p in model_store.glob("*.mar"))) or "none"
         raise RuntimeError(f"no archive {archive}: `make archive NAME={name}` first (archives: {known})")
-    server = server_for(run_dir)
     data = verified_bytes(archive, trust_unsigned)  # what was verified is what the server reads
     version = str(archive_info(data)["version"])
-    served = [str(v["modelVersion"]) for v in server.versions(name)]
+    served = history.versions(run_dir, name) or served_versions(server, name)  # a server started before histories
+    after = history.after_rollout(served, version)
+    return roll(server, run_dir, name, version, data, after, drain_seconds, tracking_uri, mark_registry)
+
+
+def roll(
+    server: Server,
+    run_dir: Path,
+    name: str,
+    version: str,
+    data: bytes,
+    history_after: list[str],
+    drain_seconds: float,
+    tracking_uri: str | None,
+    mark_registry: bool,
+) -> Rollout:
+    """Serve `version` of `name`, from its verified bytes, in place of every other version: register it beside
+    them, wait for a READY worker, make it the default, record `history_after`, let the others drain, unregister
+    them and move `@serving`. A deploy rolls forward with it, a rollback back."""
     start = time.monotonic()
+    served = served_versions(server, name)
     if version not in served:
         register(server, name, version, release_copy(data, run_dir, name, version))
     elif not same_contents(data, served_copy(run_dir, name, version)):
@@ -65,6 +84,7 @@ def deploy(
             "restart the server (`make stop`, `make serve`) to serve this build"
         )
     set_default(server, name, version)
+    history.record(run_dir, name, history_after)  # from here on, `version` answers
     old = [v for v in served if v != version]
     if old:
         drain(server, name, old, drain_seconds)
@@ -74,6 +94,10 @@ def deploy(
             raise RuntimeError(f"version {version} serves {name}, but unregistering version {previous} failed: {body}")
     registry = mark_serving(name, version, tracking_uri) if mark_registry else "not updated"
     return Rollout(name, version, old, time.monotonic() - start, registry)
+
+
+def served_versions(server: Server, name: str) -> list[str]:
+    return [str(v["modelVersion"]) for v in server.versions(name)]
 
 
 def served_copy(run_dir: Path, name: str, version: str) -> Path | None:

@@ -29,10 +29,11 @@ from training.infra.processes import (
     wait_until,
 )
 from training.nn.integrity import REFUSAL  # what a worker logs when an archive fails its sha256 check
+from training.serving import history
 from training.serving.signing import ArchiveSignatureError, UnsignedArchiveError, rebuilt, verify_archive
 from training.serving.torchserve import Server, read_properties, server_for
 
-__all__ = ["RUN_DIR", "Server", "running_pid", "server_for", "start", "stop"]
+__all__ = ["RUN_DIR", "Server", "running_pid", "running_server", "server_for", "start", "stop"]
 
 RUN_DIR = SERVE_DIR
 STORE = "store"  # under the run directory: the verified archives TorchServe reads
@@ -100,9 +101,10 @@ def archive_info(archive: Path | bytes) -> dict:
         return json.loads(opened.read("model_info.json"))
 
 
-def verified_bytes(archive: Path, trust_unsigned: bool = False) -> bytes:
+def verified_bytes(archive: Path, trust_unsigned: bool = False, built_as: str | None = None) -> bytes:
     """The archive's bytes once its signature and every member are verified (read once: what was checked is
-    what gets served). Unsigned archives pass only with `trust_unsigned`."""
+    what gets served), and it was built as `built_as` (default: its file name; a release copy is named
+    `<name>-v<N>.mar`). Unsigned archives pass only with `trust_unsigned`."""
     data = archive.read_bytes()
     try:
         verify_archive(data, str(archive))
@@ -110,9 +112,10 @@ def verified_bytes(archive: Path, trust_unsigned: bool = False) -> bytes:
         if not trust_unsigned:
             raise
     info = archive_info(data)
-    built_as = info.get("archive", info.get("name"))  # archives from before variants named only the model
-    if built_as != archive.stem:
-        raise ArchiveSignatureError(f"{archive} was built as {built_as!r}, not {archive.stem!r}")
+    expected = built_as or archive.stem
+    recorded = info.get("archive", info.get("name"))  # archives from before variants named only the model
+    if recorded != expected:
+        raise ArchiveSignatureError(f"{archive} was built as {recorded!r}, not {expected!r}")
     return rebuilt(data)
 
 
@@ -163,10 +166,12 @@ def start(
     temp = runtime_temp(run_dir)  # the unpacked handler code and the worker sockets: ours alone too
     (run_dir / "key_file.json").unlink(missing_ok=True)
     names = models or archives
-    served_store = private_store(run_dir, reset=True)
+    served_store, started = private_store(run_dir, reset=True), {}
     for name in names:
         data = verified_bytes(model_store / f"{name}.mar", trust_unsigned)
         (served_store / f"{name}.mar").write_bytes(data)
+        started[name] = str(archive_info(data)["version"])
+    history.start_anew(run_dir, started)  # a fresh store: no earlier release to roll back to
     config, properties = resolve_config(run_dir, served_store, archives, ports, overrides)
     check_ports_free(properties)
     command = [
@@ -277,6 +282,13 @@ def running_pid(run_dir: Path) -> int | None:
         pid_file.unlink(missing_ok=True)
         return None
     return pid
+
+
+def running_server(run_dir: Path) -> Server:
+    """The server running from `run_dir`, or an error that says to start one."""
+    if not running_pid(run_dir):
+        raise RuntimeError(f"TorchServe is not running from {run_dir}: `make serve` first")
+    return server_for(run_dir)
 
 
 def stop(run_dir: Path = RUN_DIR, quiet: bool = False, timeout: float = 30) -> bool:
