@@ -95,6 +95,8 @@ def test_tuning_diabetes_cross_validates_and_registers_a_champion(stores):
     assert [m.step for m in folds] == list(range(1, cross_validation.N_FOLDS + 1))
     assert folds[-1].value == pytest.approx(done[0].value, rel=1e-6)  # the trial's value is the folds' mean
     assert set(result.conclusion.test_metrics) >= {"mse", "r2"}
+    card = client.get_model_version("nw-diabetes", result.conclusion.model_version).description
+    assert f"{cross_validation.N_FOLDS}-fold cross-validation on train+validation" in card  # the model card
 
 
 def test_peers_are_selected_by_seeded_cv_on_train_and_validation_and_refit_on_both():

@@ -1,5 +1,9 @@
 import json
 import math
+import os
+import re
+import threading
+import time
 from pathlib import Path
 
 import mlflow
@@ -50,6 +54,44 @@ def test_parent_and_child_runs_with_per_epoch_metrics(stores, first):
     history = client.get_metric_history(trained[0].info.run_id, "val_mse")
     assert [m.step for m in history] == list(range(1, len(history) + 1)) and len(history) >= 1
     assert all(r.data.params["device"] == "cpu" and r.data.params["seed"] == "0" for r in children)
+
+
+def test_parent_run_samples_the_machine_and_each_trial_its_time_and_device(stores, first):
+    client = MlflowClient(stores["tracking_uri"], stores["tracking_uri"])
+    metrics = client.get_run(first.parent_run_id).data.metrics
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(metrics)
+    assert not [t for t in threading.enumerate() if t.name == "SystemMetricsMonitor"]  # stopped with the run
+    for run in child_runs(client, first):  # completed and pruned alike
+        wall, cpu = run.data.metrics["trial_wall_seconds"], run.data.metrics["trial_cpu_seconds"]
+        assert 0 < cpu <= wall * os.cpu_count(), run.info.run_name
+        assert run.data.params["device"] == "cpu" and run.data.params["cpu_clock"] == "process"  # one trial at a time
+
+
+def test_a_trial_beside_others_counts_its_own_thread_and_alone_the_whole_process():
+    def burn():  # another trial's thread: 0.2 s of CPU
+        while time.thread_time() < 0.2:
+            pass
+
+    beside, alone = objective_module.TrialClock(shared=True), objective_module.TrialClock(shared=False)
+    other = threading.Thread(target=burn)
+    other.start()
+    other.join()
+    assert beside.metrics()["trial_cpu_seconds"] < 0.1 and alone.metrics()["trial_cpu_seconds"] >= 0.2
+    assert beside.metrics()["trial_wall_seconds"] >= beside.metrics()["trial_cpu_seconds"]
+
+
+def test_the_registered_version_carries_its_model_card(stores, first):
+    client = MlflowClient(stores["tracking_uri"], stores["tracking_uri"])
+    card = client.get_model_version("nw-sine", first.conclusion.model_version).description
+    assert card.startswith("# nw-sine: regression, Nadaraya-Watson") and "data set: `sine` (built in)" in card
+    body = json.loads(re.search(r"```json\n(.*?)\n```", card, re.S).group(1))
+    assert isinstance(body["instances"], list) and len(body["instances"]) == 1
+    described = mlflow.artifacts.load_dict(f"runs:/{first.parent_run_id}/data/description.json")
+    assert f"split: train {described['n_train']}, validation {described['n_val']}, test {described['n_test']}" in card
+    metrics = client.get_run(first.parent_run_id).data.metrics
+    assert f"| mse | {metrics['best_val_mse']:.6g} | {metrics['test_mse']:.6g} |" in card
+    r2 = next(line for line in card.splitlines() if line.startswith("| r2 |"))
+    assert r2.endswith(f"| {metrics['test_r2']:.6g} |")
 
 
 def test_pruned_trials_are_marked_in_optuna_and_mlflow(stores, first):

@@ -21,7 +21,7 @@ from training.infra.locks import storage_lock
 from training.nn import build_model
 from training.search import progress
 from training.search.space import default_epochs, rebuild
-from training.tracking import model_log, records, registry, run_notes
+from training.tracking import model_card, model_log, records, registry, run_notes
 
 DATA_SEED = 0  # the splits never change between invocations, so a study compares like with like
 
@@ -152,11 +152,17 @@ def new_candidate(
         test = evaluate(model, data.test, data.task)
     with progress.stage("plots (learning curve, attention)"):
         model_log.log_model_plots(model, data, history, metric)
+    protocol = "holdout" if refit_epochs is None else best.user_attrs.get("protocol", "cv")
     with progress.stage("log the model and register it"):
-        model_log.log_data_input(data, "holdout" if refit_epochs is None else best.user_attrs.get("protocol", "cv"))
+        model_log.log_data_input(data, protocol)
         key = candidate_key(study, best)
         tags = {f"val_{metric}": str(best.value), "candidate": key, "optuna.trial": str(best.number)}
         version, sha = model_log.log_and_register(model, data, study.study_name, run_id, test, metric, tags)
+        validation = model_card.trial_validation(best.user_attrs.get("mlflow_run_id"), metric, best.value)
+        card = model_card.card_for(
+            model, data, name=study.study_name, protocol=protocol, validation=validation, test=test
+        )
+        model_card.describe_version(study.study_name, version, card)
     return Candidate(version, sha, test, new=True)
 
 

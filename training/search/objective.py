@@ -9,6 +9,7 @@ import os
 import queue
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -64,6 +65,7 @@ class Objective:
         self.epochs = options.epochs or default_epochs(options.model, data.name)
         self.protocol = cross_validation.protocol(data)  # "holdout", or "cv5" on small data
         self.devices = DevicePool.for_option(options.device)
+        self.jobs = options.jobs or len(self.devices.devices)  # trials at once, each in a thread of this process
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
         self.numbers: list[int] = []  # the trials this invocation ran (the study holds every worker's)
         self._lock = threading.Lock()
@@ -84,7 +86,8 @@ class Objective:
         except optuna.TrialPruned as pruned:
             if self.log:
                 # Optuna's value of a pruned trial is its last reported one; the run carries the same
-                run_notes.mark_pruned(self.log.client, run.run_id, self.metric, run.seen[-1] if run.seen else None)
+                last = run.seen[-1] if run.seen else None
+                run_notes.mark_pruned(self.log.client, run.run_id, self.metric, last, run.clock.metrics())
             self._finish(run.run_id, "PRUNED", "KILLED", reason=str(pruned))
             raise
         except KeyboardInterrupt:
@@ -105,13 +108,33 @@ class Objective:
             self._finish(run.run_id, "FAIL", "FAILED", reason=f"{type(error).__name__}: {error}")
             raise
         if self.log:
-            self.log.metrics(run.run_id, summary_metrics(result), 0)
+            self.log.metrics(run.run_id, summary_metrics(result) | run.clock.metrics(), 0)
         self._finish(run.run_id, "COMPLETE", "FINISHED")
         return value
 
     def _finish(self, run_id: str | None, state: str, status: str, reason: str | None = None) -> None:
         if self.log:
             self.log.finish(run_id, state, status, reason)
+
+
+class TrialClock:
+    """A trial's wall and CPU seconds, so that a starved trial (wall much longer than CPU) shows in its run.
+
+    Trials run in this process: one at a time, or in Optuna's threads when n_jobs > 1. Alone, the process's CPU
+    time is the trial's, torch's intra-op threads included. Beside other trials it would count theirs too, so then
+    the trial thread's own CPU time is taken: a lower bound, as torch's intra-op threads serve every trial and
+    cannot be attributed to one. `kind` says which ("process" or "thread"). Read in the trial's thread."""
+
+    def __init__(self, shared: bool):
+        self.kind = "thread" if shared else "process"
+        self._cpu = time.thread_time if shared else time.process_time
+        self._wall_start, self._cpu_start = time.perf_counter(), self._cpu()
+
+    def metrics(self) -> dict[str, float]:
+        return {
+            "trial_wall_seconds": time.perf_counter() - self._wall_start,
+            "trial_cpu_seconds": self._cpu() - self._cpu_start,
+        }
 
 
 class TrialRun:
@@ -122,8 +145,10 @@ class TrialRun:
         self.objective, self.trial, self.device = objective, trial, device
         self.options, self.metric, self.log = objective.options, objective.metric, objective.log
         self.seen: list[float] = []
+        self.clock = TrialClock(shared=objective.jobs > 1)
         setup = self.setup(objective.data)
         params = {**trial.params, "device": device, "seed": self.options.seed, "max_epochs": setup.fit_config.epochs}
+        params["cpu_clock"] = self.clock.kind
         # what a later conclusion needs to refit this trial exactly, and who ran it
         for key, value in [
             ("seed", self.options.seed),

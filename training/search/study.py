@@ -27,6 +27,7 @@ from training.search.objective import Objective
 from training.search.options import GRACE_SECONDS, HEARTBEAT_SECONDS, TuneError, TuneOptions
 from training.search.storage import open_storage, sampler_seed
 from training.tracking import mlflow_store, records, run_notes
+from training.tracking.system_metrics import SystemMetrics
 from training.tracking.trial_log import (
     MlflowTrialLog,
     ParentHeartbeat,
@@ -128,13 +129,13 @@ def tune(options: TuneOptions) -> TuneResult:
     conclusion = None
     bar = progress.show_bar(options.progress)
     try:
-        with ParentHeartbeat(client, parent, options.heartbeat):
+        with ParentHeartbeat(client, parent, options.heartbeat), SystemMetrics(client, parent):
             with progress.CTRL_C:
                 study.optimize(
                     objective,
                     n_trials=options.trials,
                     timeout=options.timeout,
-                    n_jobs=options.jobs or len(objective.devices.devices),
+                    n_jobs=objective.jobs,
                     catch=(torch.OutOfMemoryError,),
                     show_progress_bar=bar,
                     callbacks=([] if bar else [progress.trial_line(f"val_{objective.metric}")])

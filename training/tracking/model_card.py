@@ -1,0 +1,211 @@
+"""A registered version's model card: its MLflow description (markdown), saying what it predicts, the input it
+takes with an example request, the data and split it was tuned on, its validation and test metrics, its limits.
+
+`render(card)` is pure: plain data in, markdown out. `card_for(...)` gathers that data from the refit model and
+its data set. The example request is made much as the handler's adapters make theirs (`example()` in
+handlers/*.py), which the training package does not import; the handler's limits are stated as its defaults.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import mlflow
+import torch
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from training.data.datasets import Dataset
+from training.data.tables import FileDataset
+from training.nn import model_kind
+
+FAMILIES = {
+    "nw": "Nadaraya-Watson kernel regression",
+    "mha": "multi-head attention sequence model",
+    "pixel": "pixel self-attention",
+    "s2s": "Bahdanau encoder-decoder",
+}
+# The handler's default request limits (handlers/types.py `Limits`); an archive's model config may change them.
+MAX_INSTANCES, MAX_STEPS, MAX_ABS_Z = 256, 1000, 1e6
+TEXT_EXAMPLE = "23 Nov 2026"  # handlers/text.py EXAMPLE
+NAMED_FEATURES = 20  # an example instance is an object by feature name up to this many features, else a list
+LISTED = 10  # features (ranges) and classes listed by name; the rest are counted
+MAX_CHARS = 5000  # MLflow's SQL stores hold a version's description in a VARCHAR(5000)
+
+
+@dataclass
+class ModelCard:
+    name: str  # the registered model, and the URL path it is served under
+    kind: str  # nw, mha, s2s, pixel
+    task: str  # regression, classification, translation
+    classes: list  # classification: the label of each class
+    instance: str  # what one instance is, in words
+    example: dict  # a request body
+    data: dict[str, object]  # what it was tuned on: data set or file, digest, rows, target
+    splits: dict[str, int]  # train / validation / test rows
+    protocol: str  # "holdout" or "cv<k>"
+    validation: dict[str, float]
+    test: dict[str, float]
+    limits: list[str]
+
+
+# the card as markdown
+
+
+def render(card: ModelCard) -> str:
+    family = FAMILIES.get(card.kind, card.kind)
+    lines = [f"# {card.name}: {card.task}, {family} (`{card.kind}`)", "", predicts(card), "", "## Input", ""]
+    lines += [f"One instance: {card.instance}. Example request body (`POST /predictions/{card.name}`):", ""]
+    lines += ["```json", json.dumps(card.example), "```", "", "## Data", ""]
+    lines += [f"- {key}: {value}" for key, value in card.data.items()]
+    lines += ["- split: " + ", ".join(f"{split} {n}" for split, n in card.splits.items()), f"- {selection(card)}"]
+    lines += ["", "## Metrics", "", "| metric | validation | test |", "|---|---|---|"]
+    for metric in dict.fromkeys([*card.validation, *card.test]):
+        lines.append(f"| {metric} | {number(card.validation.get(metric))} | {number(card.test.get(metric))} |")
+    lines += ["", "## Limits", "", *[f"- {limit}" for limit in card.limits]]
+    text = "\n".join(lines) + "\n"
+    return text if len(text) <= MAX_CHARS else text[: MAX_CHARS - 2] + "…\n"
+
+
+def predicts(card: ModelCard) -> str:
+    if card.task == "classification":
+        return f"Predicts one of {len(card.classes)} classes: {listed(card.classes)}, with their probabilities."
+    if card.task == "translation":
+        return "Translates a string character by character (seq2seq), with the attention alignment on request."
+    return f"Predicts a number ({card.task}) for each instance."
+
+
+def selection(card: ModelCard) -> str:
+    if card.protocol.startswith("cv"):
+        return f"selected by {card.protocol[2:]}-fold cross-validation on train+validation, refit on both"
+    return "selected on the validation split, refit on train; tested once on the test split"
+
+
+def listed(items: list) -> str:
+    shown = ", ".join(str(item) for item in items[:LISTED])
+    return shown + (f" and {len(items) - LISTED} more" if len(items) > LISTED else "")
+
+
+def number(value: float | None) -> str:
+    return "" if value is None else f"{value:.6g}"
+
+
+# the card's facts, from the model and its data
+
+
+def card_for(
+    model: torch.nn.Module,
+    data: Dataset,
+    *,
+    name: str,
+    protocol: str,
+    validation: dict[str, float],
+    test: dict[str, float],
+) -> ModelCard:
+    labels = getattr(model.config, "class_labels", None) or list(range(data.n_classes))
+    return ModelCard(
+        name=name,
+        kind=model_kind(model),
+        task=data.task,
+        classes=list(labels) if data.task == "classification" else [],
+        instance=instance_words(model),
+        example=example_body(model, data),
+        data=data_facts(data),
+        splits={"train": len(data.train), "validation": len(data.val), "test": len(data.test)},
+        protocol=protocol,
+        validation=validation,
+        test=test,
+        limits=limits(model, data),
+    )
+
+
+def instance_words(model: torch.nn.Module) -> str:
+    kind, config = model_kind(model), model.config
+    if kind == "s2s":
+        return f"a string of at most {min(config.max_source_len, MAX_STEPS)} characters"
+    if kind == "pixel":
+        image = f"{config.height} rows of {config.width} numbers"
+        channels = image if config.in_channels == 1 else f"{config.in_channels} channels of {image}"
+        return f"an image, {channels} (or the same numbers flat, row by row)"
+    names = config.feature_names or []
+    count = "one number" if config.in_features == 1 else f"{config.in_features} numbers"
+    vector = f"a list of {count}" + (f" or an object of them by name ({listed(names)})" if names else "")
+    if kind == "mha":
+        return f"a sequence: a list of up to {MAX_STEPS} steps, each {vector}"
+    return ("a number, or " if config.in_features == 1 and not names else "") + vector
+
+
+def example_body(model: torch.nn.Module, data: Dataset) -> dict:
+    """A valid one-instance request body: the training split's mean (tabular; one sequence step), a date in the
+    model's characters, a blank image."""
+    kind, config = model_kind(model), model.config
+    if kind == "s2s":
+        return {"instances": ["".join(c for c in TEXT_EXAMPLE if c in config.source_vocab) or config.source_vocab[0]]}
+    if kind == "pixel":
+        blank = float(config.value_range[0]) if config.value_range else 0.0
+        image = [[blank] * config.width for _ in range(config.height)]
+        return {"instances": [image if config.in_channels == 1 else [image] * config.in_channels]}
+    mean = [float(f"{v:.6g}") for v in feature_rows(data).mean(0).tolist()]
+    names = config.feature_names or []
+    row = dict(zip(names, mean)) if names and len(names) <= NAMED_FEATURES else mean
+    return {"instances": [[row] if kind == "mha" else row]}
+
+
+def data_facts(data: Dataset) -> dict[str, object]:
+    if not isinstance(data, FileDataset):
+        return {"data set": f"`{data.name}` (built in)"}
+    return {
+        "file": f"`{data.source}`",
+        "sha256": f"`{data.digest}`",
+        "rows": len(data.frame) if data.frame is not None else "",
+        "target": f"`{data.target}`",
+    }
+
+
+def limits(model: torch.nn.Module, data: Dataset) -> list[str]:
+    kind, config = model_kind(model), model.config
+    found = [f"at most {MAX_INSTANCES} instances per request (the handler's default)"]
+    if kind == "s2s":
+        known = "".join(config.source_vocab)
+        return found + [f"characters outside the training vocabulary are refused: it knows `{known}`"]
+    if kind == "pixel":
+        if config.value_range:
+            low, high = config.value_range
+            found.append(f"pixel values within the training images' range [{low:g}, {high:g}]; others are refused")
+        return found
+    if kind == "mha":
+        found.append(f"at most {MAX_STEPS} steps per sequence (the handler's default)")
+    found.append(
+        f"values beyond the training mean ± {MAX_ABS_Z:g} standard deviations are refused; outside the "
+        "training split's range below, a prediction is an extrapolation"
+    )
+    names = config.feature_names or [f"x{i}" for i in range(config.in_features)]
+    rows = feature_rows(data)
+    low, high = rows.amin(0).tolist(), rows.amax(0).tolist()
+    return found + ["training range: " + listed([f"{n} in [{a:.4g}, {b:.4g}]" for n, a, b in zip(names, low, high)])]
+
+
+def feature_rows(data: Dataset) -> torch.Tensor:
+    """The training split's inputs as rows (N, D): a sequence's steps without its padding."""
+    x, lengths = data.train.x.double(), data.train.lengths
+    if lengths is not None:
+        x = x[torch.arange(x.shape[1])[None, :] < lengths[:, None]]  # (steps, D)
+    return x.reshape(-1, x.shape[-1])
+
+
+# MLflow
+
+
+def trial_validation(run_id: str | None, metric: str, value: float) -> dict[str, float]:
+    """A trial's validation metrics as its run recorded them (`best_val_*`); its objective value alone without one."""
+    try:
+        metrics = mlflow.get_run(run_id).data.metrics if run_id else {}
+    except MlflowException:  # the trial's run was deleted since
+        metrics = {}
+    found = {k.removeprefix("best_val_"): v for k, v in metrics.items() if k.startswith("best_val_")}
+    return found or {metric: value}
+
+
+def describe_version(name: str, version: str, card: ModelCard) -> None:
+    MlflowClient().update_model_version(name, version, description=render(card))
