@@ -22,6 +22,7 @@ HOST ?=
 PORT ?=
 PROGRESS ?= 1
 PG_PORT ?=
+INTERVAL ?=
 ALLOWED_HOSTS ?=
 DATA ?=
 TARGET ?=
@@ -52,7 +53,7 @@ $(STAMP): requirements.lock pyproject.toml
 	touch $(STAMP)
 
 .PHONY: install
-install: $(STAMP) java ## Make .venv with the pinned dependencies and check Java 17 for TorchServe
+install: $(STAMP) java prometheus ## Make .venv with the pinned dependencies; check Java 17 (TorchServe) and Prometheus (make monitor)
 
 .PHONY: java
 java: ## Check for Java 17+ (TorchServe); install openjdk-17-jre-headless with apt when possible
@@ -117,6 +118,26 @@ rollback: $(STAMP) ## Return the running server to the version served before the
 .PHONY: stop
 stop: $(STAMP) ## Stop TorchServe (returns when the whole server process tree is gone)
 	$(PYTHON) -m training stop
+
+.PHONY: prometheus
+prometheus: ## Check for Prometheus (make monitor); install Debian's prometheus package with apt when possible
+	@if command -v prometheus >/dev/null; then exit 0; fi; \
+	echo "make monitor needs Prometheus; trying apt-get install prometheus ..."; \
+	SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	if command -v apt-get >/dev/null && { [ -z "$$SUDO" ] || sudo -n true 2>/dev/null; }; then \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
+	else \
+		echo "Cannot install Prometheus here. Install it (Debian/Ubuntu: apt-get install prometheus; macOS: brew install"; \
+		echo "prometheus; or a release from prometheus.io) and put 'prometheus' on PATH, then run make again."; exit 1; \
+	fi
+
+.PHONY: monitor
+monitor: $(STAMP) prometheus ## Prometheus on http://127.0.0.1:9090 scraping the running TorchServe, with alert rules: make monitor [PORT=9090 INTERVAL=15s]
+	$(PYTHON) -m training monitor $(if $(PORT),--port $(PORT)) $(if $(INTERVAL),--interval $(INTERVAL))
+
+.PHONY: monitor-stop
+monitor-stop: $(STAMP) ## Stop the Prometheus started by make monitor (its series stay in .monitor/)
+	$(PYTHON) -m training monitor-stop
 
 .PHONY: ui
 ui: $(STAMP) ## MLflow UI on http://127.0.0.1:5000 over mlruns/: make ui [PORT=5000] (with an http MLFLOW_TRACKING_URI: prints that server's URL)

@@ -5,6 +5,7 @@ import json
 import re
 import shutil
 import time
+import urllib.request
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 
@@ -15,8 +16,8 @@ import pytest
 from mlflow import MlflowClient
 
 from training.infra import places
-from training.infra.processes import process_tree
-from training.serving import serve
+from training.infra.processes import free_port, process_tree, wait_until
+from training.serving import monitor, serve
 from training.serving.serve import free_ports
 
 pytestmark = pytest.mark.e2e
@@ -242,3 +243,64 @@ def test_the_handlers_metrics_reach_prometheus_by_route_and_outcome(served):
     samples = scrape(server)
     assert any(name.startswith("attention_handler_ms") for name, _ in samples)
     assert any(name.startswith("attention_batch_requests") for name, _ in samples)
+
+
+def test_a_real_prometheus_counts_both_layers_exactly_and_sees_inputs_drift(served, tmp_path):
+    """`make monitor`'s Prometheus, scraping this server every second: a known mix of good, bad, unauthorized and
+    far-away requests shows up in its query API with exact counts, and the drift alert goes pending."""
+    server, _ = served
+    url = monitor.start(run_dir=server.run_dir, monitor_dir=tmp_path / "monitor", port=free_port(), interval="1s")
+    keeper = monitor.running_pid(tmp_path / "monitor")
+
+    def value(promql: str) -> float:
+        return sum(float(sample["value"][1]) for sample in monitor.query(url, promql))
+
+    def settle(promql: str, at_least: float) -> float:
+        wait_until(lambda: value(promql) >= at_least, timeout=60, interval=0.5)
+        time.sleep(2.5)  # two more scrapes: a count that is still climbing would show now
+        return value(promql)
+
+    model = 'ModelName="nw-sine"'
+    counts = {
+        "answered": f'attention_requests_total{{{model},route="predictions",outcome="answered"}}',
+        "invalid": f'attention_requests_total{{{model},route="predictions",outcome="invalid instance"}}',
+        "beyond": f'attention_novelty_instances_total{{{model},band="beyond"}}',
+        "range": f"attention_beyond_training_range_total{{{model}}}",
+        "4xx": "Requests4XX",
+    }
+    try:
+        assert server.predict("nw-sine", [90.0])[0] == 200  # every series exists before the counted mix
+        before = {key: settle(promql, 1) for key, promql in counts.items()}
+        far = [90.0 + i for i in range(150)]
+        for _ in range(4):
+            assert server.predict("nw-sine", [1.0, 2.0])[0] == 200
+        for _ in range(2):
+            assert server.predict("nw-sine", ["x"])[0] == 400
+        for token in ("", "not-the-token"):  # refused by TorchServe: the handler never sees these
+            status, _, _ = server.request(
+                "POST", f"{server.inference_url}/predictions/nw-sine", {"instances": [1.0]}, token=token
+            )
+            assert status in (400, 401)
+        assert server.predict("nw-sine", far)[0] == 200
+        expected = {"answered": 5, "invalid": 2, "beyond": 150, "range": 150, "4xx": 4}
+        after = {key: settle(promql, before[key] + expected[key]) for key, promql in counts.items()}
+        assert {key: after[key] - before[key] for key in counts} == expected
+
+        rules = {
+            r["name"]
+            for g in json.load(urllib.request.urlopen(f"{url}/api/v1/rules"))["data"]["groups"]
+            for r in g["rules"]
+        }
+        assert {"AttentionRequestErrors", "AttentionOverCapacity", "AttentionInputsDrifted"} <= rules
+
+        def drift_alert() -> bool:
+            alerts = json.load(urllib.request.urlopen(f"{url}/api/v1/alerts"))["data"]["alerts"]
+            return any(
+                a["labels"]["alertname"] == "AttentionInputsDrifted" and a["labels"].get("ModelName") == "nw-sine"
+                for a in alerts
+            )
+
+        assert wait_until(drift_alert, timeout=30, interval=0.5)
+    finally:
+        assert monitor.stop(tmp_path / "monitor")
+    assert not psutil.pid_exists(keeper) and not monitor.running_pid(tmp_path / "monitor")

@@ -8,7 +8,7 @@ import sys
 
 from training.data.datasets import KINDS, MODEL_KINDS
 from training.infra import storage_urls
-from training.infra.places import DASHBOARD_PORT, LOOPBACK, MLFLOW_PORT, POSTGRES_PORT
+from training.infra.places import DASHBOARD_PORT, LOOPBACK, MLFLOW_PORT, POSTGRES_PORT, PROMETHEUS_PORT
 from training.tracking import mlflow_store
 
 TRUST_UNSIGNED_HELP = "also serve archives built before archives were signed (signed ones are verified all the same)"
@@ -112,6 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dashboard.add_argument("--port", type=int, default=DASHBOARD_PORT)
     dashboard.add_argument("--storage", default=None, help="Optuna storage URL (default: sqlite under mlruns/)")
+    monitor = commands.add_parser(
+        "monitor", help=f"Prometheus on http://{LOOPBACK}:{PROMETHEUS_PORT} scraping the running TorchServe"
+    )
+    monitor.add_argument("--port", type=int, default=PROMETHEUS_PORT)
+    monitor.add_argument("--interval", default="15s", help="scrape and rule evaluation interval (Prometheus units)")
+    commands.add_parser("monitor-stop", help="stop the Prometheus started by monitor (its series stay in .monitor/)")
     commands.add_parser("demo", help="tune, archive, serve, query and stop: the whole product in one go")
     return parser
 
@@ -299,6 +305,23 @@ def run_dashboard(args) -> int:
     return dashboard(args.port, args.storage)
 
 
+def run_monitor(args) -> int:
+    from training.serving import monitor
+
+    url = monitor.start(port=args.port, interval=args.interval)
+    print(f"Prometheus: {url} (scraping TorchServe every {args.interval}; alert rules: {url}/alerts)")
+    print(f"  e.g. {url}/graph?g0.expr=sum%20by%20(outcome)%20(attention_requests_total)")
+    print("Stop it with `make monitor-stop`; its series stay in .monitor/.")
+    return 0
+
+
+def run_monitor_stop(args) -> int:
+    from training.serving import monitor
+
+    print("Prometheus stopped" if monitor.stop() else "no monitor was running")
+    return 0
+
+
 def run_demo(args) -> int:
     from training.demo import demo
     from training.search.progress import quiet_libraries
@@ -321,5 +344,7 @@ COMMANDS = {
     "token": run_token,
     "ui": run_ui,
     "dashboard": run_dashboard,
+    "monitor": run_monitor,
+    "monitor-stop": run_monitor_stop,
     "demo": run_demo,
 }

@@ -92,7 +92,9 @@ def start(
 
     if not wait_until(lambda: answers(f"{url}/-/ready"), timeout, check=check):
         stop(monitor_dir)
-        raise RuntimeError(f"Prometheus did not answer {url}/-/ready within {timeout:g} s; see {monitor_dir / LOG_FILE}")
+        raise RuntimeError(
+            f"Prometheus did not answer {url}/-/ready within {timeout:g} s; see {monitor_dir / LOG_FILE}"
+        )
     return url
 
 
