@@ -17,7 +17,7 @@ from benchmarks import mha, nw_kernel, quality, serving, serving_ops, tuning
 from benchmarks.common import ROOT, machine, provenance
 from benchmarks.report import write_markdown
 
-ROWS = ["nw_kernel", "mha", "serving", "tuning", "quality", "batch_delay", "soak"]
+ROWS = ["nw_kernel", "mha", "serving", "tuning", "quality", "batch_delay", "soak", "metrics_cost"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         "quality": lambda: quality.run(args.quick),
         "batch_delay": lambda: serving_ops.run_delays(args.quick, args.client),
         "soak": lambda: serving_ops.run_soak(args.quick, args.client),
+        "metrics_cost": lambda: serving_ops.run_metrics_cost(args.quick, args.client),
     }
     for name in ROWS:
         if name in only:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from benchmarks.serving_ops import SOAK_CONCURRENCY, qualifying_delays
+from benchmarks.serving_ops import METRICS_MIN_RATIO, SOAK_CONCURRENCY, metrics_ratio, qualifying_delays
 from training.serving.archive import MODEL_CONFIG
 
 
@@ -253,6 +253,37 @@ def soak_section(rows: list[dict]) -> str:
     )
 
 
+def metrics_section(rows: list[dict]) -> str:
+    out = [
+        "## 8. What the handler's metrics cost",
+        "",
+        f"Each model served twice, handler metrics on (shipped) and off (`metrics: false`), loaded at concurrency "
+        f"{SOAK_CONCURRENCY} in turn, on and off interleaved; each cell is the median of the runs (all runs' req/s "
+        "listed). Target: on ≥ 0.93× off.",
+        "",
+        table(
+            ["model", "metrics", "req/s", "p50 ms", "p99 ms", "errors", "runs (req/s)"],
+            [
+                [
+                    r["model"],
+                    "on" if r["metrics"] else "off",
+                    r["rps"],
+                    r["p50_ms"],
+                    r["p99_ms"],
+                    r["errors"],
+                    " ".join(f"{v:.0f}" for v in r["runs"]),
+                ]
+                for r in rows
+            ],
+        ),
+        "",
+    ]
+    for model in dict.fromkeys(r["model"] for r in rows):
+        ratio = metrics_ratio(rows, model)
+        out.append(f"`{model}`: on / off = {ratio:.2f}× {verdict(ratio >= METRICS_MIN_RATIO)}")
+    return "\n".join(out)
+
+
 SECTIONS = {
     "nw_kernel": nw_section,
     "mha": mha_section,
@@ -261,6 +292,7 @@ SECTIONS = {
     "quality": quality_section,
     "batch_delay": delay_section,
     "soak": soak_section,
+    "metrics_cost": metrics_section,
 }
 
 

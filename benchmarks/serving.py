@@ -46,8 +46,8 @@ def champion_registry(quick: bool) -> str:
 
 
 def build_archives(root: Path, quick: bool, variants: dict[str, dict] | None = None) -> Path:
-    """The champions packed in each variant under root/archives (suffix -> handler and model-config
-    overrides; default: the three variants of this row)."""
+    """The champions packed in each variant under root/archives (suffix -> handler path, the handler's options
+    ("handler_options") and model-config overrides; default: the three variants of this row)."""
     client = mlflow_store.configure(champion_registry(quick))
     model_store = root / "archives"
     variants = variants or {
@@ -56,7 +56,9 @@ def build_archives(root: Path, quick: bool, variants: dict[str, dict] | None = N
     for name in PAYLOADS:
         for suffix, overrides in variants.items():
             handler = overrides.get("handler", VARIANTS[""][0])
-            config = {**MODEL_CONFIG, **{k: v for k, v in overrides.items() if k != "handler"}}
+            options = {**MODEL_CONFIG["handler"], **overrides.get("handler_options", {})}  # the handler's own settings
+            rest = {k: v for k, v in overrides.items() if k not in ("handler", "handler_options")}
+            config = {**MODEL_CONFIG, **rest, "handler": options}
             archive_champion(client, name, model_store, config, archive_name=name + suffix, handler=handler)
     return model_store
 

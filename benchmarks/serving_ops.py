@@ -1,8 +1,11 @@
-"""Rows 6 and 7: the batching delay that serves both low and high load, and a soak at concurrency 64.
+"""Rows 6, 7 and 8: the batching delay that serves both low and high load, a soak at concurrency 64, and what the
+handler's metrics cost.
 
 Row 6 measures `maxBatchDelay` 0/1/2/5 ms on nw-sine at concurrency 1 and 64 and names the delay that keeps
 c64 throughput within 90% of the best while c1's median latency stays at or under 2 ms. Row 7 holds
-concurrency 64 for 60 s against the shipped configuration and counts every non-200 answer.
+concurrency 64 for 60 s against the shipped configuration and counts every non-200 answer. Row 8 serves each
+model twice, handler metrics on (as shipped) and off, and loads them at concurrency 64 in turn, on and off
+interleaved, 5 runs each: the metrics must keep at least 0.93x of the throughput without them (median of the runs).
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from training.serving.serve import free_ports
 
 DELAYS_MS = [0, 1, 2, 5]
 SOAK_SECONDS, SOAK_CONCURRENCY = 60, 64
+METRICS_SWITCH = {"": True, "-no-metrics": False}  # archive suffix -> handler metrics on?
+METRICS_MIN_RATIO = 0.93
 
 
 def run_delays(quick: bool = False, client: str = "auto") -> list[dict]:
@@ -69,3 +74,38 @@ def run_soak(quick: bool = False, client: str = "auto") -> list[dict]:
         finally:
             serve.stop(server.run_dir, quiet=True)
     return rows
+
+
+def run_metrics_cost(quick: bool = False, client: str = "auto") -> list[dict]:
+    seconds, repeats = (1.0, 1) if quick else (3.0, 5)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        variants = {suffix: {"handler_options": {"metrics": on}} for suffix, on in METRICS_SWITCH.items()}
+        store = build_archives(Path(tmp), quick, variants)
+        server = serve.start(run_dir=Path(tmp) / "run", model_store=store, ports=free_ports(), quiet=True)
+        try:
+            for name, payload in PAYLOADS.items():
+                body = json.dumps(payload).encode()
+                urls = {s: f"{server.inference_url}/predictions/{name}{s}" for s in METRICS_SWITCH}
+                for url in urls.values():
+                    run_load(url, body, server.token(), SOAK_CONCURRENCY, 1.0, client)  # warm-up
+                runs: dict[str, list[dict]] = {s: [] for s in METRICS_SWITCH}
+                for _ in range(repeats):  # on, off, on, off, ...: drifts of the machine fall on both
+                    for suffix, url in urls.items():
+                        runs[suffix].append(run_load(url, body, server.token(), SOAK_CONCURRENCY, seconds, client))
+                for suffix, on in METRICS_SWITCH.items():
+                    median = sorted(runs[suffix], key=lambda r: r["rps"])[len(runs[suffix]) // 2]
+                    every = [r["rps"] for r in runs[suffix]]
+                    rows.append(
+                        {"model": name, "metrics": on, "concurrency": SOAK_CONCURRENCY, **median, "runs": every}
+                    )
+        finally:
+            serve.stop(server.run_dir, quiet=True)
+    return rows
+
+
+def metrics_ratio(rows: list[dict], model: str) -> float:
+    """Median throughput with the handler's metrics over without them."""
+    on = next(r["rps"] for r in rows if r["model"] == model and r["metrics"])
+    off = next(r["rps"] for r in rows if r["model"] == model and not r["metrics"])
+    return on / off
