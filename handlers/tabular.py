@@ -1,7 +1,9 @@
 """Tabular instances for the Nadaraya-Watson model: a number (1-D), a list of numbers, or (for a model
 tuned on a user's file) an object of numbers by feature name, `{"age": 50, "bmi": 31.2}`, per instance.
 
-Explanations name each most-attended training key by its row in the file, when the model was tuned on one.
+Explanations name each most-attended training key by its row in the file, when the model was tuned on one; a
+model of prototypes (large data) names for each most-attended prototype how many training rows it stands for
+and the rows nearest its centre (file rows, or positions among the training rows for a built-in data set).
 
 The model is served in float64: NW is small, and double precision keeps the fused prediction path and
 the direct path behind explanations in agreement over the whole accepted input range.
@@ -46,17 +48,20 @@ class TabularAdapter:
         self.bounds = Bounds.from_scaler(model.x_scaler, limits.max_abs_z, self.names)
         self.low, self.high = self.bounds.low.tolist(), self.bounds.high.tolist()
         # Raw training inputs and targets, for naming the most attended keys in explanations.
-        self.keys = model.x_scaler.inverse(model.keys)  # (K, D)
+        self.keys = model.x_scaler.inverse(model.keys.detach())  # (K, D)
         self.key_low, self.key_high = self.keys.min(0).values, self.keys.max(0).values  # the training data's range
         if self.n_classes:
             self.values = [self.labels[c] for c in model.values.argmax(-1).tolist()]  # (K,) labels
         else:
-            values = model.y_scaler.inverse(model.values[:, None]).squeeze(-1).tolist()  # (K,)
+            values = model.y_scaler.inverse(model.values.detach()[:, None]).squeeze(-1).tolist()  # (K,)
             self.values = [float(f"{v:.7g}") for v in values]  # float32 targets: 7 significant digits
         self.rows = config.key_rows
+        # Prototypes (large data): how many training rows each stands for, and the rows nearest its centre.
+        self.stands_for = model.counts.long().tolist() if config.prototypes else None
+        self.prototype_rows = config.prototype_rows if config.prototypes else None
         self.trend = config.trend  # regression along a linear trend: the prediction = pooled values + trend
         if self.trend:
-            self.raw_values = model.y_scaler.inverse(model.values[:, None]).squeeze(-1)  # (K,), float64
+            self.raw_values = model.y_scaler.inverse(model.values.detach()[:, None]).squeeze(-1)  # (K,), float64
 
     def example(self) -> bytes:
         """A valid one-instance request body: the training data's mean (by name, when features have names)."""
@@ -170,6 +175,8 @@ class TabularAdapter:
         """A training key: its place among the keys, its row in the file if known, and (when `explain_keys` is
         "values") its inputs and target."""
         row = {"row": self.rows[i]} if self.rows else {}
+        if self.stands_for is not None:  # a prototype: the rows it stands for, named by the nearest ones
+            row = {"stands_for": self.stands_for[i], "nearest_rows": self.prototype_rows[i]}
         if self.limits.explain_keys != "values":
             return {"index": i, "weight": weight} | row
         inputs = [float(f"{v:.7g}") for v in self.keys[i].tolist()]  # float32 keys: 7 significant digits

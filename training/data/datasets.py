@@ -232,7 +232,10 @@ def prepare_model(model: nn.Module, data: Dataset) -> nn.Module:
         if data.task == "regression":
             model.y_scaler.fit(train.y)
     if isinstance(model, NadarayaWatson):
-        model.set_memory(data.train.x, data.train.y)
+        rows = getattr(data, "rows", {}).get("train")  # a file's rows: prototypes name their nearest by file row
+        model.set_memory(
+            data.train.x, data.train.y, rows if rows is not None and len(rows) == len(data.train) else None
+        )
     return model
 
 

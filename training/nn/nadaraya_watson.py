@@ -29,6 +29,14 @@ direct path answers.
 
 Classification (`n_classes` > 0): the values are the keys' one-hot labels, so the pooled output is a
 probability per class, p(c | x) = sum_i softmax_i * [y_i = c]; the model returns log p as its logits.
+
+Prototypes (`prototypes`, for large data): the keys are M k-means centres of the training rows instead of every
+row (`training/nn/prototypes.py`), each with its members' mean target (or class frequencies) as its value and
+their count n_j, which the kernel adds as log n_j to the centre's score: the all-rows model with each cluster's
+rows moved to its centre. Parametric models learn the centres and their values with the kernel. Training's
+leave-one-out keeps its meaning: a row's own share is taken out of its prototype (count n_j - 1, value
+(n_j v_j - y_i) / (n_j - 1)), so a row never attends to a prototype made only of itself. Scores are a
+(batch x M) matrix product, never a (batch x M x D) tensor, so an epoch costs O(N M D).
 """
 
 from __future__ import annotations
@@ -39,6 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .prototypes import build_memory
 from .standardize import Standardize
 
 KERNELS = ("gaussian", "laplacian")
@@ -62,6 +71,10 @@ class NWConfig:
     feature_names: list[str] | None = None  # one per input feature
     class_labels: list | None = None  # the file's label of each class index
     key_rows: list[int] | None = None  # each key's row in the file
+    prototypes: bool = False  # the keys are n_keys prototypes of the training rows, not the rows themselves
+    seed: int = 0  # the prototypes' k-means seed
+    # Per prototype, the training rows nearest its centre (file rows for a user's file, else training positions).
+    prototype_rows: list[list[int]] | None = None
 
     def __post_init__(self) -> None:
         if self.kernel not in KERNELS:
@@ -112,12 +125,27 @@ class NadarayaWatson(nn.Module):
         if config.trend:  # (D,), in standardized units; `set_memory` starts it at the keys' least-squares slope
             self.learned("slope", torch.zeros(config.in_features))
         # The training set is the attention memory: keys (K, D) and values (K,), both standardized,
-        # or for classification one-hot values (K, C).
-        self.register_buffer("keys", torch.zeros(config.n_keys, config.in_features))
-        values = (config.n_keys, config.n_classes) if config.n_classes else (config.n_keys,)
-        self.register_buffer("values", torch.zeros(values))
+        # or for classification one-hot values (K, C); or K prototypes of it (learned with the kernel).
+        self.make_memory(config.n_keys)
         self.x_scaler = Standardize(config.in_features)
         self.y_scaler = Standardize(1)
+
+    def make_memory(self, n_keys: int) -> None:
+        config = self.config
+        values = (n_keys, config.n_classes) if config.n_classes else (n_keys,)
+        learned = config.prototypes and config.learn_bandwidth
+        for name, shape in (("keys", (n_keys, config.in_features)), ("values", values)):
+            if name in self._parameters or name in self._buffers:
+                delattr(self, name)
+            if learned:
+                self.register_parameter(name, nn.Parameter(torch.zeros(shape)))
+            else:
+                self.register_buffer(name, torch.zeros(shape))
+        if config.prototypes:
+            self.register_buffer("counts", torch.ones(n_keys))  # training rows per prototype
+            # Training only (not saved): each training row's prototype and its standardized target or one-hot.
+            self.register_buffer("member_of", torch.zeros(0, dtype=torch.long), persistent=False)
+            self.register_buffer("member_values", torch.zeros(0), persistent=False)
 
     def learned(self, name: str, value: Tensor) -> None:
         """A parameter when the kernel is learned (parametric), else a fixed buffer."""
@@ -127,19 +155,38 @@ class NadarayaWatson(nn.Module):
             self.register_buffer(name, value)
 
     @torch.no_grad()
-    def set_memory(self, x: Tensor, y: Tensor) -> None:
-        """Store raw training inputs (K, D) and targets (K,) as standardized keys and values
-        (class labels (K,) as one-hot values)."""
-        self.keys.copy_(self.x_scaler(x.reshape(self.config.n_keys, -1)))
-        if self.config.n_classes:
-            self.values.copy_(F.one_hot(y.long(), self.config.n_classes))  # (K, C)
+    def set_memory(self, x: Tensor, y: Tensor, rows: list[int] | None = None) -> None:
+        """Store raw training inputs (N, D) and targets (N,) as standardized keys and values (class labels (N,) as
+        one-hot values), or with `prototypes` the M prototypes of them; `rows` names the training rows (file rows)."""
+        x = self.x_scaler(x.reshape(len(x), -1))
+        y = y.long() if self.config.n_classes else self.y_scaler(y.reshape(-1, 1)).squeeze(-1)
+        if self.config.prototypes:
+            self.set_prototypes(x, y, rows)
         else:
-            self.values.copy_(self.y_scaler(y.reshape(-1, 1)).squeeze(-1))
+            self.keys.copy_(x)
+            self.values.copy_(F.one_hot(y, self.config.n_classes) if self.config.n_classes else y)
         if self.config.rank:
             directions = initial_directions(self.keys, self.values)  # (D, D), orthonormal rows
             self.L.copy_(self.L.norm(dim=-1, keepdim=True) * directions[: self.config.rank])  # (r, D)
         if self.config.trend:
             self.slope.copy_(least_squares(self.keys, self.values)[:, 0])  # (D,)
+
+    def set_prototypes(self, x: Tensor, y: Tensor, rows: list[int] | None) -> None:
+        """k-means prototypes of standardized rows; centres no row chose are dropped (n_keys may shrink)."""
+        memory = build_memory(x, y, min(self.config.n_keys, len(x)), self.config.n_classes, self.config.seed)
+        self.config.n_keys = len(memory.keys)
+        device = self.x_scaler.mean.device
+        self.make_memory(self.config.n_keys)
+        self.to(device)
+        self.keys.copy_(memory.keys)
+        self.values.copy_(memory.values)
+        self.counts.copy_(memory.counts)
+        self.member_of = memory.member_of.to(device)
+        self.member_values = (F.one_hot(y, self.config.n_classes).to(x.dtype) if self.config.n_classes else y).to(
+            device
+        )
+        names = rows if rows is not None else list(range(len(x)))
+        self.config.prototype_rows = [[int(names[i]) for i in near if i >= 0] for near in memory.nearest.tolist()]
 
     def memory(self) -> Tensor:
         """What attention pools (K, V): the values (V = 1 or C one-hot columns), and with a trend the keys too."""
@@ -182,6 +229,8 @@ class NadarayaWatson(nn.Module):
 
     def _attend(self, q: Tensor, exclude: Tensor | None, need_weights: bool) -> tuple[Tensor, Tensor | None]:
         fused = self.config.fused and self.config.kernel == "gaussian" and not need_weights and self.fused_is_exact(q)
+        if self.config.prototypes and (exclude is not None or not fused):
+            return self.attend_prototypes(q, exclude, need_weights)
         mask = None
         if exclude is not None:
             mask = torch.ones(q.shape[0], self.keys.shape[0], dtype=torch.bool, device=q.device)  # (Q, K)
@@ -198,6 +247,40 @@ class NadarayaWatson(nn.Module):
         queries = self.x_scaler(x.reshape(x.shape[0], self.config.in_features))  # (Q, D)
         p = 2.0 if self.config.kernel == "gaussian" else 1.0
         return torch.cdist(self.project(queries), self.project(self.keys), p=p).min(-1).values  # (Q,)
+
+    def attend_prototypes(self, q: Tensor, exclude: Tensor | None, need_weights: bool) -> tuple[Tensor, Tensor | None]:
+        """Attention over the prototypes from (Q x M) scores; with `exclude` (training rows' indices) each row's own
+        share is taken out of its prototype: count n - 1 and value (n v - y) / (n - 1)."""
+        s = self.prototype_scores(q)  # (Q, M)
+        memory = self.memory()  # (M, V)
+        if exclude is None:
+            weights = F.softmax(s, dim=-1)
+            return self.readout(q, weights @ memory), weights if need_weights else None
+        rows, own = torch.arange(len(q), device=q.device), self.member_of[exclude]  # (Q,), (Q,)
+        n = self.counts[own]  # (Q,)
+        s = s.clone()
+        s[rows, own] = s[rows, own] + torch.log((n - 1).clamp_min(0) / n)  # -inf: a prototype of this row alone
+        weights = F.softmax(s, dim=-1)  # (Q, M)
+        pooled = weights @ memory  # (Q, V)
+        y = self.member_values[exclude].reshape(len(q), -1)  # (Q, V0): the row's own target or one-hot
+        v = memory[own, : y.shape[1]]  # (Q, V0)
+        without = (n[:, None] * v - y) / (n[:, None] - 1).clamp_min(1)
+        pooled = torch.cat(
+            [pooled[:, : y.shape[1]] + weights[rows, own, None] * (without - v), pooled[:, y.shape[1] :]], -1
+        )
+        return self.readout(q, pooled), weights if need_weights else None
+
+    def prototype_scores(self, q: Tensor) -> Tensor:
+        """Kernel scores (Q, M) of standardized queries against the prototypes, plus log count: one matrix product
+        when its rounding error allows (as the fused path), else exact distances; never (Q x M x D)."""
+        centre = self.keys.detach().mean(0)
+        qp, kp = self.project(q - centre), self.project(self.keys - centre)
+        if self.config.kernel == "gaussian":
+            mode = "use_mm_for_euclid_dist" if self.fused_is_exact(q) else "donot_use_mm_for_euclid_dist"
+            s = -torch.cdist(qp, kp, compute_mode=mode).square() / 2
+        else:
+            s = -torch.cdist(qp, kp, p=1.0)
+        return s + self.counts.log()
 
     def fused_is_exact(self, q: Tensor) -> bool:
         """Whether the expanded scores' rounding error (about eps x their size) is below FUSED_MAX_SCORE_ERROR."""
@@ -225,7 +308,10 @@ class NadarayaWatson(nn.Module):
         k = self.project(self.keys - centre)  # (K, D) or (K, r)
         q = self.project(q - centre)  # (Q, D) or (Q, r)
         q_aug = torch.cat([q, torch.ones_like(q[:, :1])], dim=-1)  # (Q, D+1)
-        k_aug = torch.cat([k, -(k**2).sum(-1, keepdim=True) / 2], dim=-1)  # (K, D+1)
+        bias = -(k**2).sum(-1, keepdim=True) / 2  # (K, 1); with prototypes + log count, folded into the key
+        if self.config.prototypes:
+            bias = bias + self.counts.log()[:, None]
+        k_aug = torch.cat([k, bias], dim=-1)  # (K, D+1)
         # One width for q, k and v (fused kernels need one head size): zero columns add nothing to q.k.
         v = self.memory()  # (K, V)
         width = max(k_aug.shape[1], v.shape[1])

@@ -33,11 +33,16 @@ class TrialSetup:
     fit_config: FitConfig
 
 
+# NW's memory: every training row up to ALL_ROWS_ALONE_UP_TO rows (the reference experiment and small files keep
+# the exact model); beyond, M prototypes of them (training/nn/prototypes.py), and every row too up to ALL_ROWS_UP_TO.
+ALL_ROWS_ALONE_UP_TO, ALL_ROWS_UP_TO = 4_096, 20_000
+PROTOTYPE_CHOICES = (256, 1024, 4096)
+EPOCH_ROWS = 5_000_000  # rows a prototype trial trains on in all, at most (epochs x training rows)
 NW_METRICS = ("bandwidth", "per_feature", "low_rank")  # one bandwidth, one per feature, a learned map L (r, D)
 # Choices added to a search space after studies were tuned, with what a trial tuned before them had:
 # a stored trial is rebuilt with these (`make conclude` of an old study). Weight decay was 0 before it
 # was a choice; 0 lies outside its (log) range, so the rebuild passes the range's floor and then sets 0.
-ADDED_CHOICES = {"trend": False}
+ADDED_CHOICES = {"trend": False, "memory": "all"}
 NO_WEIGHT_DECAY_FLOOR = 1e-6
 
 
@@ -54,17 +59,37 @@ def adamw_fit(trial: optuna.Trial, epochs: int, seed: int, device: str, *, lr: t
     )
 
 
+def nw_memory_choices(rows: int) -> list[int | str]:
+    """What NW's memory may be for `rows` training rows: every row ("all") while they fit comfortably, and M
+    prototypes (fewer than the rows) once there are more than `ALL_ROWS_ALONE_UP_TO`."""
+    choices: list[int | str] = [m for m in PROTOTYPE_CHOICES if m < rows] if rows > ALL_ROWS_ALONE_UP_TO else []
+    return choices + (["all"] if rows <= ALL_ROWS_UP_TO else [])
+
+
+def nw_epochs(epochs: int, rows: int) -> int:
+    """Fewer epochs on large data: each sees many rows (at most `EPOCH_ROWS` rows in all, at least 3 epochs)."""
+    return max(3, min(epochs, -(-EPOCH_ROWS // rows)))
+
+
 def suggest_nw(trial: optuna.Trial, data: Dataset, epochs: int, seed: int, device: str) -> TrialSetup:
-    """Bandwidth (fixed or learned; shared, per feature, or a learned linear map of rank r), a linear trend
-    (tabular regression), optimizer and learning rate."""
+    """Memory (every training row, or M prototypes on large data), bandwidth (fixed or learned; shared, per
+    feature, or a learned linear map of rank r), a linear trend (tabular regression), optimizer and learning rate."""
+    rows = len(data.train)
+    choices = nw_memory_choices(rows)
+    memory = trial.suggest_categorical("memory", choices) if len(choices) > 1 else choices[0]
     parametric = trial.suggest_categorical("parametric", [True, False])
     bandwidth = trial.suggest_float("bandwidth", 0.05, 20.0, log=True)
+    fields = model_fields(data, "nw")
+    if memory != "all":
+        fields["key_rows"] = None  # the prototypes name their nearest rows instead
     config = NWConfig(
         in_features=data.in_features,
-        n_keys=len(data.train),
+        n_keys=rows if memory == "all" else int(memory),
         learn_bandwidth=parametric,
         bandwidth=bandwidth,
-        **model_fields(data, "nw"),
+        prototypes=memory != "all",
+        seed=seed,
+        **fields,
     )
     if data.in_features > 1 and not data.n_classes:  # tabular regression: carry values along a linear trend
         config.trend = trial.suggest_categorical("trend", [False, True])
@@ -77,7 +102,11 @@ def suggest_nw(trial: optuna.Trial, data: Dataset, epochs: int, seed: int, devic
         fit.optimizer = trial.suggest_categorical("optimizer", ["sgd", "adamw"])
         fit.lr = trial.suggest_float("lr", 1e-3, 1.0, log=True)
         fit.weight_decay = trial.suggest_float("weight_decay", NO_WEIGHT_DECAY_FLOOR, 0.1, log=True)
-        fit.batch_size = trial.suggest_categorical("batch_size", [16, 64, 256])
+        if config.prototypes:  # large data: batches big enough that an epoch is not a Python loop of steps
+            fit.batch_size = trial.suggest_categorical("prototype_batch_size", [512, 2048, 8192])
+            epochs = nw_epochs(epochs, rows)
+        else:
+            fit.batch_size = trial.suggest_categorical("batch_size", [16, 64, 256])
         fit.epochs, fit.patience = epochs, max(3, epochs // 4)
     return TrialSetup("nw", config, fit)
 

@@ -148,7 +148,7 @@ def archive_champion(
 
 def default_explain_keys(model) -> str:
     """A user's file may be private: its model's explanations name training rows, not their values."""
-    from_a_file = model_kind(model) == "nw" and bool(model.config.key_rows)
+    from_a_file = model_kind(model) == "nw" and bool(model.config.key_rows or model.config.feature_names)
     return "index" if from_a_file else "values"
 
 
