@@ -21,7 +21,7 @@ def run_bench(out: Path, *args: str) -> dict:
 @pytest.mark.e2e  # the quick bench tunes, serves and loads a real TorchServe
 def test_quick_benchmark_writes_every_row(tmp_path):
     results = run_bench(tmp_path)
-    rows = {"nw_kernel", "mha", "serving", "tuning", "quality", "batch_delay", "soak", "metrics_cost"}
+    rows = {"nw_kernel", "mha", "serving", "tuning", "quality", "batch_delay", "soak", "metrics_cost", "large_nw"}
     assert set(results["rows"]) == rows
     assert {r["delay_ms"] for r in results["rows"]["batch_delay"]} == {0, 5}
     assert all(r["errors"] == 0 and r["requests"] > 0 for r in results["rows"]["soak"])
@@ -30,6 +30,9 @@ def test_quick_benchmark_writes_every_row(tmp_path):
         (m, on) for m in ("nw-sine", "mha-adding") for on in (1, 0)
     }
     assert all(r["errors"] == 0 and r["requests"] > 0 for r in metrics_cost)
+    large = results["rows"]["large_nw"]
+    assert [r["rows"] for r in large] == [3_000, 6_000] and all(t["trial_s"] > 0 for r in large for t in r["trials"])
+    assert all({"KNeighborsRegressor", "HistGradientBoostingRegressor"} <= set(r["peers_r2"]) for r in large)
     assert all(r["fused_ms"] > 0 and r["direct_ms"] > 0 for r in results["rows"]["nw_kernel"])
     serving = results["rows"]["serving"]
     assert {r["variant"] for r in serving} == {"ours, batched", "ours, unbatched", "bare baseline, batched"}

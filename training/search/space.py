@@ -76,6 +76,10 @@ def suggest_nw(trial: optuna.Trial, data: Dataset, epochs: int, seed: int, devic
     feature, or a learned linear map of rank r), a linear trend (tabular regression), optimizer and learning rate."""
     rows = len(data.train)
     choices = nw_memory_choices(rows)
+    # A stored or given trial (FixedTrial: `make conclude`, benchmarks) keeps the memory it names.
+    given = getattr(trial, "_params", {}).get("memory") if isinstance(trial, optuna.trial.FixedTrial) else None
+    if given is not None and given not in choices:
+        choices = [*choices, given]
     memory = trial.suggest_categorical("memory", choices) if len(choices) > 1 else choices[0]
     parametric = trial.suggest_categorical("parametric", [True, False])
     bandwidth = trial.suggest_float("bandwidth", 0.05, 20.0, log=True)

@@ -1,0 +1,137 @@
+"""Row 9: Nadaraya-Watson at data scale, with M prototypes of the training rows (training/nn/prototypes.py).
+
+Files made with scikit-learn's `make_friedman1` (8 features, noise 1), 10k, 100k and 1M rows, written to CSV and
+loaded as a user's file is (`make tune DATA=...`). At each size and memory M, one parametric trial with fixed
+settings (per-feature bandwidths, a linear trend, AdamW; the search's epochs for that size): seconds for the
+prototypes (k-means), per epoch and for the whole trial, peak memory, test R², the checkpoint's size and the
+in-process handler's c1 median latency for one instance. At 10k the all-rows model runs with the same settings
+(the prototypes' test MSE against it). Peers on the same split: k-NN regression and HistGradientBoosting,
+selected by 5-fold CV on train+validation as in row 5, on a 100k subsample where the data is larger.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+from sklearn.datasets import make_friedman1
+from sklearn.ensemble import HistGradientBoostingRegressor
+from sklearn.metrics import r2_score
+from sklearn.neighbors import KNeighborsRegressor
+
+from benchmarks.common import peak_rss_bytes, reset_peak_rss
+from benchmarks.quality import select_by_cv
+from handlers.contract import Limits, adapter_for, answer_batch
+from training.data.datasets import prepare_model
+from training.data.tables import TableSpec, load_file_dataset
+from training.fit.loop import evaluate, fit
+from training.nn import build_model, save_checkpoint
+from training.search.space import FILE_EPOCHS, rebuild
+
+SIZES, QUICK_SIZES = (10_000, 100_000, 1_000_000), (3_000, 6_000)
+MEMORIES = {10_000: (256, 1024, 4096, "all"), 100_000: (256, 1024, 4096), 1_000_000: (256, 1024, 4096)}
+SETTINGS = {
+    "parametric": True,
+    "bandwidth": 1.0,
+    "metric": "per_feature",
+    "trend": True,
+    "optimizer": "adamw",
+    "lr": 0.03,
+    "weight_decay": 1e-4,
+    "prototype_batch_size": 2048,
+    "batch_size": 256,  # the all-rows model's
+}
+PEER_ROWS = 100_000
+PEERS = {
+    "KNeighborsRegressor": (KNeighborsRegressor, {"n_neighbors": [5, 10, 20, 40], "weights": ["distance"]}),
+    "HistGradientBoostingRegressor": (
+        lambda **p: HistGradientBoostingRegressor(random_state=0, **p),
+        {"learning_rate": [0.05, 0.1], "max_iter": [300], "max_leaf_nodes": [15, 31]},
+    ),
+}
+
+
+def write_file(rows: int, folder: Path) -> Path:
+    x, y = make_friedman1(n_samples=rows, n_features=8, noise=1.0, random_state=0)
+    path = folder / f"friedman1-{rows}.csv"
+    frame = pd.DataFrame(x, columns=[f"x{i}" for i in range(8)]).assign(y=y)
+    frame.to_csv(path, index=False, float_format="%.6g")
+    return path
+
+
+def handler_p50_ms(model, repeats: int = 200) -> float:
+    limits = Limits()
+    adapter = adapter_for(model, limits)
+    body = json.dumps({"instances": [[0.5] * 8]}).encode()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        answer_batch([body], [False], adapter, limits, {"name": "bench"})
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+def one_trial(data, memory, folder: Path) -> dict:
+    setup = rebuild("nw", {**SETTINGS, "memory": memory}, data, epochs=FILE_EPOCHS, seed=0, device="cpu")
+    reset_peak_rss()
+    start = time.perf_counter()
+    model = prepare_model(build_model("nw", setup.model_config), data)
+    init_seconds = time.perf_counter() - start
+    result = fit(model, data, setup.fit_config)
+    trial_seconds = time.perf_counter() - start
+    test = evaluate(model, data.test, data.task)
+    checkpoint = folder / "checkpoint.pt"
+    save_checkpoint(model.cpu().eval(), checkpoint)
+    epochs = max(1, len(result.history))
+    return {
+        "memory": memory,
+        "keys": model.config.n_keys,
+        "epochs": len(result.history),
+        "init_s": round(init_seconds, 2),
+        "epoch_s": round((result.seconds) / epochs, 2),
+        "trial_s": round(trial_seconds, 1),
+        "peak_rss_gib": round(peak_rss_bytes() / 2**30, 2),
+        "test_mse": test["mse"],
+        "test_r2": test["r2"],
+        "checkpoint_mb": round(checkpoint.stat().st_size / 2**20, 2),
+        "c1_p50_ms": round(handler_p50_ms(model.eval()), 3),
+    }
+
+
+def peers(data, quick: bool) -> dict[str, float]:
+    def arrays(split, limit=None):
+        x, y = split.x.numpy(), split.y.numpy()
+        return (x[:limit], y[:limit]) if limit else (x, y)
+
+    limit = 2_000 if quick else PEER_ROWS  # a subsample where the data is larger (the splits are shuffled)
+    splits = (arrays(data.train, limit), arrays(data.val, limit // 4), arrays(data.test))
+    return {name: select_by_cv(make, grid, splits, r2_score, maximize=True)[0] for name, (make, grid) in PEERS.items()}
+
+
+def run(quick: bool = False) -> list[dict]:
+    rows = []
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        for size in QUICK_SIZES if quick else SIZES:
+            path = write_file(size, Path(tmp))
+            start = time.perf_counter()
+            data = load_file_dataset(TableSpec(path=str(path), target="y"), seed=0)
+            load_seconds = round(time.perf_counter() - start, 1)
+            memories = (256, "all") if quick else MEMORIES[size]
+            trials = [one_trial(data, m, Path(tmp)) for m in memories]
+            rows.append(
+                {"rows": size, "train_rows": len(data.train), "load_s": load_seconds, "trials": trials}
+                | {"peers_r2": peers(data, quick)}
+            )
+    return rows
+
+
+def all_rows_mse_ratio(row: dict, memory: int = 1024) -> float | None:
+    """The prototypes' test MSE over the all-rows model's, at the size where both ran."""
+    by_memory = {t["memory"]: t["test_mse"] for t in row["trials"]}
+    return by_memory[memory] / by_memory["all"] if memory in by_memory and "all" in by_memory else None
