@@ -118,3 +118,26 @@ def test_the_search_keeps_every_row_while_it_fits_and_offers_prototypes_beyond()
     trial = optuna.trial.FixedTrial({"parametric": False, "bandwidth": 1.0, "trend": False})
     setup = suggest_nw(trial, small, epochs=10, seed=0, device="cpu")  # the reference experiment: no new choice
     assert setup.model_config.n_keys == 50 and not setup.model_config.prototypes
+
+
+def test_more_prototypes_than_rows_falls_back_to_every_row_and_says_so(caplog):
+    x, y = data(40)
+    model = nw(x, y, 256, True)
+    assert model.config.n_keys == 40 and model.counts.eq(1).all()
+    assert "every row is its own prototype" in caplog.text
+
+
+def test_a_file_too_large_for_memory_is_refused_before_loading_with_what_it_would_need(tmp_path, monkeypatch):
+    import psutil
+
+    from training.data.tables import TableError, TableSpec, load_file_dataset
+
+    path = tmp_path / "big.csv"
+    path.write_text("a,y\n" + "".join(f"{i},{i % 7}\n" for i in range(5000)))
+    available = type("Memory", (), {"available": 10_000})
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: available)
+    read = []
+    monkeypatch.setattr("pandas.read_csv", lambda *a, **k: read.append(a))
+    with pytest.raises(TableError, match=r"big.csv is 0.0 GiB; loading it would need about 0.0 GiB"):
+        load_file_dataset(TableSpec(path=str(path), target="y"))
+    assert not read  # refused before a byte was parsed

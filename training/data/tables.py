@@ -37,6 +37,7 @@ FRACTIONS = (0.6, 0.2)  # train, validation; the rest is test
 MIN_ROWS = 10  # at least two examples in each of validation and test
 MAX_INFERRED_CLASSES = 20
 SHOWN_ROWS = 8  # rows named in an error before "..."
+LOAD_MEMORY_FACTOR = 4  # peak memory of loading a file, in multiples of its data's size (measured: about 3)
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 
 
@@ -111,13 +112,43 @@ def check_request(model: str, spec: TableSpec, name: str) -> None:
 
 
 def file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def memory_needed(path: Path) -> int:
+    """Bytes loading `path` may take at its peak: the parsed frame, its tensors and the splits, about
+    `LOAD_MEMORY_FACTOR` times the data's size (a CSV's bytes, a Parquet file's uncompressed bytes)."""
+    size = path.stat().st_size
+    if path.suffix.lower() in (".parquet", ".pq"):
+        import pyarrow.parquet as pq
+
+        metadata = pq.ParquetFile(path).metadata
+        size = max(size, sum(metadata.row_group(i).total_byte_size for i in range(metadata.num_row_groups)))
+    return LOAD_MEMORY_FACTOR * size
+
+
+def check_fits_in_memory(path: Path) -> None:
+    """Refuse a file too large to load here before loading it, saying what it would need."""
+    import psutil
+
+    needed, available = memory_needed(path), psutil.virtual_memory().available
+    if needed > available:
+        raise TableError(
+            f"{path.name} is {path.stat().st_size / 2**30:.1f} GiB; loading it would need about {needed / 2**30:.1f} "
+            f"GiB of memory and {available / 2**30:.1f} GiB is available: use a machine with more memory, or a "
+            "sample of the rows (see docs/your-own-data.md, large files)"
+        )
 
 
 def read_table(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise TableError(f"no data file at {path}")
+    check_fits_in_memory(path)
     suffix = path.suffix.lower()
     try:
         if suffix == ".csv":

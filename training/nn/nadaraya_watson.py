@@ -41,6 +41,7 @@ leave-one-out keeps its meaning: a row's own share is taken out of its prototype
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -50,6 +51,7 @@ from torch import Tensor, nn
 from .prototypes import build_memory
 from .standardize import Standardize
 
+logger = logging.getLogger(__name__)
 KERNELS = ("gaussian", "laplacian")
 FUSED_MAX_SCORE_ERROR = 1e-4  # rounding error of the expanded scores the fused path may carry
 
@@ -173,6 +175,12 @@ class NadarayaWatson(nn.Module):
 
     def set_prototypes(self, x: Tensor, y: Tensor, rows: list[int] | None) -> None:
         """k-means prototypes of standardized rows; centres no row chose are dropped (n_keys may shrink)."""
+        if self.config.n_keys >= len(x):
+            logger.warning(
+                "a memory of %d prototypes asked for %d training rows: every row is its own prototype (all rows)",
+                self.config.n_keys,
+                len(x),
+            )
         memory = build_memory(x, y, min(self.config.n_keys, len(x)), self.config.n_classes, self.config.seed)
         self.config.n_keys = len(memory.keys)
         device = self.x_scaler.mean.device
