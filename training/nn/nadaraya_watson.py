@@ -283,9 +283,10 @@ class NadarayaWatson(nn.Module):
         when its rounding error allows (as the fused path), else exact distances; never (Q x M x D)."""
         centre = self.keys.detach().mean(0)
         qp, kp = self.project(q - centre), self.project(self.keys - centre)
-        if self.config.kernel == "gaussian":
-            mode = "use_mm_for_euclid_dist" if self.fused_is_exact(q) else "donot_use_mm_for_euclid_dist"
-            s = -torch.cdist(qp, kp, compute_mode=mode).square() / 2
+        if self.config.kernel == "gaussian" and self.fused_is_exact(q):  # -|q - k|^2 / 2, expanded as the fused path
+            s = qp @ kp.T - kp.square().sum(-1) / 2 - qp.square().sum(-1, keepdim=True) / 2
+        elif self.config.kernel == "gaussian":
+            s = -torch.cdist(qp, kp, compute_mode="donot_use_mm_for_euclid_dist").square() / 2
         else:
             s = -torch.cdist(qp, kp, p=1.0)
         return s + self.counts.log()

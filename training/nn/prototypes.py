@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 SAMPLE_ROWS = 65_536  # rows the centroids are fit on; every row is assigned afterwards
-LLOYD_ITERATIONS = 12
+LLOYD_ITERATIONS = 8
 CHUNK_ROWS = 16_384
 MEMBER_ROWS = 5  # file rows kept per prototype for explanations: those nearest its centre
 
@@ -63,7 +63,7 @@ def kmeans(x: Tensor, m: int, seed: int = 0) -> Tensor:
     return centres
 
 
-def seed_centres(x: Tensor, m: int, generator: torch.Generator, rounds: int = 256) -> Tensor:
+def seed_centres(x: Tensor, m: int, generator: torch.Generator, rounds: int = 64) -> Tensor:
     """k-means++ in at most `rounds` rounds: each adds centres drawn in proportion to the squared distance to the
     nearest centre so far; that distance is updated with the new centres only (O(N m D) in all)."""
     centres = x[torch.randint(len(x), (1,), generator=generator)]

@@ -38,6 +38,7 @@ class TrialSetup:
 ALL_ROWS_ALONE_UP_TO, ALL_ROWS_UP_TO = 4_096, 20_000
 PROTOTYPE_CHOICES = (256, 1024, 4096)
 EPOCH_ROWS = 5_000_000  # rows a prototype trial trains on in all, at most (epochs x training rows)
+SECONDS_PER_ROW_PROTOTYPE = 1e-8  # a learned trial's training time per row, prototype and epoch (2 CPU cores)
 NW_METRICS = ("bandwidth", "per_feature", "low_rank")  # one bandwidth, one per feature, a learned map L (r, D)
 # Choices added to a search space after studies were tuned, with what a trial tuned before them had:
 # a stored trial is rebuilt with these (`make conclude` of an old study). Weight decay was 0 before it
@@ -64,6 +65,23 @@ def nw_memory_choices(rows: int) -> list[int | str]:
     prototypes (fewer than the rows) once there are more than `ALL_ROWS_ALONE_UP_TO`."""
     choices: list[int | str] = [m for m in PROTOTYPE_CHOICES if m < rows] if rows > ALL_ROWS_ALONE_UP_TO else []
     return choices + (["all"] if rows <= ALL_ROWS_UP_TO else [])
+
+
+def nw_memory_note(rows: int, epochs: int) -> str | None:
+    """What a user tuning NW on a large file should know before the first trial: which rows become prototypes and
+    how long a trial takes (the cost model of benchmarks/results.md, row 9: about `SECONDS_PER_ROW_PROTOTYPE`
+    per training row, prototype and epoch on 2 CPU cores)."""
+    choices = [m for m in nw_memory_choices(rows) if m != "all"]
+    if not choices:
+        return None
+    epochs = nw_epochs(epochs, rows)
+    low, high = (SECONDS_PER_ROW_PROTOTYPE * rows * m * epochs for m in (choices[0], choices[-1]))
+    every = " or every row" if "all" in nw_memory_choices(rows) else ""
+    return (
+        f"NW on {rows:,} training rows: the search tries a memory of {', '.join(f'{m:,}' for m in choices)} "
+        f"prototypes{every} (k-means centres of the training rows, each weighing as many rows as it stands for), "
+        f"{epochs} epochs a learned trial; expect about {low:.0f}-{high:.0f} s of training a trial on 2 CPU cores."
+    )
 
 
 def nw_epochs(epochs: int, rows: int) -> int:

@@ -25,6 +25,7 @@ from training.search import progress
 from training.search.conclude import DATA_SEED, Conclusion, conclude, study_states
 from training.search.objective import Objective
 from training.search.options import GRACE_SECONDS, HEARTBEAT_SECONDS, TuneError, TuneOptions
+from training.search.space import FILE_EPOCHS, nw_memory_note
 from training.search.storage import open_storage, sampler_seed
 from training.tracking import mlflow_store, records, run_notes
 from training.tracking.system_metrics import SystemMetrics
@@ -104,6 +105,9 @@ def tune(options: TuneOptions) -> TuneResult:
         data = tables.load_file_dataset(options.table(), seed=DATA_SEED)
     else:
         data = load_dataset(options.dataset, seed=DATA_SEED)
+    note = nw_memory_note(len(data.train), options.epochs or FILE_EPOCHS) if options.model == "nw" else None
+    if note:
+        print(note, flush=True)
     _, direction = PRIMARY_METRIC[data.task]
     client = mlflow_store.configure(options.tracking_uri)
     experiment_id = mlflow_store.experiment_id(client, options.name)
