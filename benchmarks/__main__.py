@@ -13,11 +13,22 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import large_nw, mha, nw_kernel, quality, serving, serving_ops, tuning
+from benchmarks import large_nw, mha, nw_kernel, quality, samplers, serving, serving_ops, tuning
 from benchmarks.common import ROOT, machine, provenance
 from benchmarks.report import write_markdown
 
-ROWS = ["nw_kernel", "mha", "serving", "tuning", "quality", "batch_delay", "soak", "metrics_cost", "large_nw"]
+ROWS = [
+    "nw_kernel",
+    "mha",
+    "serving",
+    "tuning",
+    "quality",
+    "batch_delay",
+    "soak",
+    "metrics_cost",
+    "large_nw",
+    "samplers",
+]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         "soak": lambda: serving_ops.run_soak(args.quick, args.client),
         "metrics_cost": lambda: serving_ops.run_metrics_cost(args.quick, args.client),
         "large_nw": lambda: large_nw.run(args.quick),
+        "samplers": lambda: samplers.run(args.quick),
     }
     for name in ROWS:
         if name in only:

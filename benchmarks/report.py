@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from benchmarks.large_nw import all_rows_mse_ratio
+from benchmarks.samplers import default_holds
 from benchmarks.serving_ops import METRICS_MIN_RATIO, SOAK_CONCURRENCY, metrics_ratio, qualifying_delays
 from training.serving.archive import MODEL_CONFIG
 
@@ -347,6 +348,37 @@ def large_nw_section(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+def samplers_section(rows: list[dict]) -> str:
+    out = [
+        "## 10. Samplers: the best validation value after 10, 20 and 30 trials",
+        "",
+        "Median over seeds (± one standard error) of the best validation MSE so far; lower is better. `default` is "
+        "`training/search/study.py` `study_sampler`.",
+        "",
+        table(
+            ["task", "sampler", "trials", "median best val MSE", "± s.e.", "seeds' values", "study s"],
+            [
+                [
+                    r["task"],
+                    r["sampler"],
+                    r["trials"],
+                    r["median"],
+                    r["standard_error"],
+                    " ".join(f"{v:.4g}" for v in r["values"]),
+                    r["seconds"],
+                ]
+                for r in rows
+            ],
+        ),
+        "",
+    ]
+    for task in dict.fromkeys(r["task"] for r in rows):
+        out.append(
+            f"`{task}`: the default is the best or within one standard error of it {verdict(default_holds(rows, task))}"
+        )
+    return "\n".join(out)
+
+
 SECTIONS = {
     "nw_kernel": nw_section,
     "mha": mha_section,
@@ -357,6 +389,7 @@ SECTIONS = {
     "soak": soak_section,
     "metrics_cost": metrics_section,
     "large_nw": large_nw_section,
+    "samplers": samplers_section,
 }
 
 

@@ -21,7 +21,18 @@ def run_bench(out: Path, *args: str) -> dict:
 @pytest.mark.e2e  # the quick bench tunes, serves and loads a real TorchServe
 def test_quick_benchmark_writes_every_row(tmp_path):
     results = run_bench(tmp_path)
-    rows = {"nw_kernel", "mha", "serving", "tuning", "quality", "batch_delay", "soak", "metrics_cost", "large_nw"}
+    rows = {
+        "nw_kernel",
+        "mha",
+        "serving",
+        "tuning",
+        "quality",
+        "batch_delay",
+        "soak",
+        "metrics_cost",
+        "large_nw",
+        "samplers",
+    }
     assert set(results["rows"]) == rows
     assert {r["delay_ms"] for r in results["rows"]["batch_delay"]} == {0, 5}
     assert all(r["errors"] == 0 and r["requests"] > 0 for r in results["rows"]["soak"])
@@ -33,6 +44,10 @@ def test_quick_benchmark_writes_every_row(tmp_path):
     large = results["rows"]["large_nw"]
     assert [r["rows"] for r in large] == [3_000, 6_000] and all(t["trial_s"] > 0 for r in large for t in r["trials"])
     assert all({"KNeighborsRegressor", "HistGradientBoostingRegressor"} <= set(r["peers_r2"]) for r in large)
+    cells = {(r["task"], r["sampler"]) for r in results["rows"]["samplers"] if r["trials"] == 5}
+    assert cells == {
+        (t, s) for t in ("nw-diabetes", "nw-friedman1-10k") for s in ("default", "TPE multivariate, group", "GP")
+    }
     assert all(r["fused_ms"] > 0 and r["direct_ms"] > 0 for r in results["rows"]["nw_kernel"])
     serving = results["rows"]["serving"]
     assert {r["variant"] for r in serving} == {"ours, batched", "ours, unbatched", "bare baseline, batched"}
