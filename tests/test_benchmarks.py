@@ -21,7 +21,7 @@ def run_bench(out: Path, *args: str) -> dict:
 @pytest.mark.e2e  # the quick bench tunes, serves and loads a real TorchServe
 def test_quick_benchmark_writes_every_row(tmp_path):
     results = run_bench(tmp_path)
-    rows = {"nw_kernel", "mha", "serving", "tuning", "quality", "batch_delay", "soak", "metrics_cost"}
+    rows = {"nw_kernel", "mha", "serving", "tuning", "quality", "batch_delay", "soak", "metrics_cost", "score"}
     assert set(results["rows"]) == rows
     assert {r["delay_ms"] for r in results["rows"]["batch_delay"]} == {0, 5}
     assert all(r["errors"] == 0 and r["requests"] > 0 for r in results["rows"]["soak"])
