@@ -32,6 +32,8 @@ ID ?=
 ORDER ?=
 TRUST_UNSIGNED ?=
 EXPLAIN_KEYS ?=
+OUT ?=
+BATCH_ROWS ?=
 PYTEST_ARGS ?=
 
 DATA_ARGS = $(if $(DATA),--data '$(DATA)' $(if $(TARGET),--target '$(TARGET)') $(if $(FEATURES),--features '$(FEATURES)') \
@@ -100,6 +102,11 @@ tracking-server-stop: $(STAMP) ## Stop the tracking server started by make track
 .PHONY: archive
 archive: $(STAMP) ## Build archives/<name>.mar from the registry's @champion: make archive [NAME=nw-sine] [EXPLAIN_KEYS=values|index|none]
 	$(PYTHON) -m training archive $(if $(NAME),--name $(NAME)) $(if $(EXPLAIN_KEYS),--explain-keys $(EXPLAIN_KEYS))
+
+.PHONY: score
+score: $(STAMP) ## Score a file with the registry's @champion, no server: make score NAME=nw-wine DATA=file.csv|.parquet OUT=predictions.csv [BATCH_ROWS=]
+	@test -n "$(NAME)" -a -n "$(DATA)" -a -n "$(OUT)" || { echo "NAME, DATA and OUT are required, e.g. make score NAME=nw-wine DATA=wine.csv OUT=predictions.csv"; exit 2; }
+	$(PYTHON) -m training score --name '$(NAME)' --data '$(DATA)' --out '$(OUT)' $(if $(BATCH_ROWS),--batch-rows $(BATCH_ROWS))
 
 .PHONY: serve
 serve: install ## Start TorchServe in the background with every archive (each verified first), wait until healthy [TRUST_UNSIGNED=1]

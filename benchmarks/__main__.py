@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import large_nw, mha, nw_kernel, quality, samplers, serving, serving_ops, tuning
+from benchmarks import large_nw, mha, nw_kernel, quality, samplers, score, serving, serving_ops, tuning
 from benchmarks.common import ROOT, machine, provenance
 from benchmarks.report import write_markdown
 
@@ -28,6 +28,7 @@ ROWS = [
     "metrics_cost",
     "large_nw",
     "samplers",
+    "score",
 ]
 
 
@@ -58,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         "metrics_cost": lambda: serving_ops.run_metrics_cost(args.quick, args.client),
         "large_nw": lambda: large_nw.run(args.quick),
         "samplers": lambda: samplers.run(args.quick),
+        "score": lambda: score.run(args.quick),
     }
     for name in ROWS:
         if name in only:

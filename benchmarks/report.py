@@ -379,6 +379,31 @@ def samplers_section(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+def score_section(rows: list[dict]) -> str:
+    r = rows[0]
+    met = r["seconds"] <= r["target_seconds"]
+    return "\n".join(
+        [
+            "## 11. Scoring a file without the server (`make score`)",
+            "",
+            f"An NW champion tuned briefly ({r['tune_seconds']:.0f} s) on a {r['tune_rows']:,}-row Friedman #1 file "
+            f"({r['features']} features) scores {r['rows']:,} fresh rows of the same generator from a CSV: download, "
+            f"chunks of {r['batch_rows']:,} rows read and checked, predicted, written. Peak memory: the scoring alone; "
+            "CPU s: all threads (near cores × seconds on a machine of its own, less on a shared one).",
+            "",
+            table(
+                ["rows", "keys", "CSV MiB", "seconds", "rows/s", "CPU s", "load before", "peak RSS MiB", "MSE vs y"],
+                [
+                    [r["rows"], r["keys"], r["file_mib"], r["seconds"], r["rows_per_s"]]
+                    + [r.get("cpu_seconds"), r.get("load_before"), r["peak_rss_mib"], r["mse"]]
+                ],
+            ),
+            "",
+            f"Target: ≤ {r['target_seconds']:.0f} s — {r['seconds']:.1f} s {verdict(met)}.",
+        ]
+    )
+
+
 SECTIONS = {
     "nw_kernel": nw_section,
     "mha": mha_section,
@@ -390,6 +415,7 @@ SECTIONS = {
     "metrics_cost": metrics_section,
     "large_nw": large_nw_section,
     "samplers": samplers_section,
+    "score": score_section,
 }
 
 

@@ -32,6 +32,7 @@ def test_quick_benchmark_writes_every_row(tmp_path):
         "metrics_cost",
         "large_nw",
         "samplers",
+        "score",
     }
     assert set(results["rows"]) == rows
     assert {r["delay_ms"] for r in results["rows"]["batch_delay"]} == {0, 5}

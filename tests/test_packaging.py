@@ -80,8 +80,18 @@ def test_make_help_lists_every_target_with_its_description():
     done = make("help")
     plain = re.sub(r"\x1b\[[0-9;]*m", "", done.stdout)  # without the colours
     listed = {line.split()[0] for line in plain.splitlines() if line.strip()}
-    expected = {"install", "test", "test-fast", "lint", "tune", "conclude", "archive", "serve", "deploy", "rollback"}
-    expected |= {"stop", "ui", "dashboard", "demo", "bench", "tracking-server", "tracking-server-stop", "clean"}
+    expected = {"install", "test", "test-fast", "lint", "tune", "conclude", "archive", "score", "serve", "deploy"}
+    expected |= {
+        "rollback",
+        "stop",
+        "ui",
+        "dashboard",
+        "demo",
+        "bench",
+        "tracking-server",
+        "tracking-server-stop",
+        "clean",
+    }
     assert done.returncode == 0 and expected <= listed, expected - listed
 
 
@@ -90,6 +100,7 @@ def test_make_help_lists_every_target_with_its_description():
     [
         ("conclude", ["NAME=nw-sine"], "conclude"),
         ("archive", ["NAME=nw-sine"], "archive"),
+        ("score", ["NAME=nw-wine", "DATA=my file.csv", "OUT=out.csv", "BATCH_ROWS=100"], "score"),
         ("serve", [], "serve"),
         ("deploy", ["NAME=nw-sine"], "deploy"),
         ("rollback", ["NAME=nw-sine", "TRUST_UNSIGNED=1"], "rollback"),
@@ -104,6 +115,13 @@ def test_make_help_lists_every_target_with_its_description():
 def test_each_make_target_runs_a_command_the_cli_takes(target, variables, command):
     args = build_parser().parse_args(cli_arguments(target, *variables))
     assert args.command == command and command in COMMANDS
+
+
+def test_make_score_passes_each_variable_through_to_the_command():
+    args = build_parser().parse_args(cli_arguments("score", "NAME=nw-wine", "DATA=my file.csv", "OUT=o.csv"))
+    assert (args.name, args.data, args.out, args.batch_rows) == ("nw-wine", "my file.csv", "o.csv", None)
+    args = build_parser().parse_args(cli_arguments("score", "NAME=n", "DATA=d.parquet", "OUT=o.csv", "BATCH_ROWS=9"))
+    assert args.batch_rows == 9
 
 
 def test_make_tune_passes_each_variable_through_to_the_tuning_options():

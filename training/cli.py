@@ -71,6 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="what NW explanations reveal of training rows (default: values; index for a model of your own file)",
     )
 
+    score = commands.add_parser("score", help="score a CSV/Parquet file with the registry's @champion, no server")
+    score.add_argument("--name", required=True, help="the registered model, e.g. nw-wine")
+    score.add_argument("--data", required=True, help="the .csv or .parquet file to score")
+    score.add_argument("--out", required=True, help="the CSV of predictions to write (replaced whole, or not at all)")
+    score.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI or mlruns/")
+    score.add_argument("--batch-rows", type=int, default=None, help="rows read and scored at a time (default 65536)")
+
     serve = commands.add_parser("serve", help="start TorchServe in the background with every archive")
     serve.add_argument("--models", default=None, help="comma-separated model names (default: every archive)")
     serve.add_argument("--trust-unsigned", action="store_true", help=TRUST_UNSIGNED_HELP)
@@ -227,6 +234,16 @@ def run_archive(args) -> int:
     return 0
 
 
+def run_score(args) -> int:
+    from training.tracking.score import BATCH_ROWS, score_file
+
+    done = score_file(args.name, args.data, args.out, args.tracking_uri, args.batch_rows or BATCH_ROWS)
+    rate = f"{done.rows / max(done.seconds, 1e-9):,.0f} rows/s"
+    print(f"scored {done.rows:,} rows with {args.name} version {done.version} in {done.seconds:.1f} s ({rate})")
+    print(f"wrote {done.out}")
+    return 0
+
+
 def run_serve(args) -> int:
     from training.serving.deploy import mark_serving
     from training.serving.serve import RUN_DIR, archive_info, private_store, start
@@ -337,6 +354,7 @@ COMMANDS = {
     "tracking-server": run_tracking_server,
     "tracking-server-stop": run_tracking_server_stop,
     "archive": run_archive,
+    "score": run_score,
     "serve": run_serve,
     "deploy": run_deploy,
     "rollback": run_rollback,

@@ -39,6 +39,7 @@ MAX_INFERRED_CLASSES = 20
 SHOWN_ROWS = 8  # rows named in an error before "..."
 LOAD_MEMORY_FACTOR = 4  # peak memory of loading a file, in multiples of its data's size (measured: about 3)
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+NOT_ENCODED = "categorical columns are not encoded: encode it as numbers in the file or leave it out of FEATURES"
 
 
 class TableError(ValueError):
@@ -188,19 +189,22 @@ def check_column(frame: pd.DataFrame, name: str, role: str) -> None:
 
 def check_feature(frame: pd.DataFrame, name: str) -> None:
     check_column(frame, name, "feature")
+    values = numeric_values(frame, name)
+    if np.all(values == values[0]):
+        raise TableError(f"column {name!r} is constant ({values[0]:g} in every row): leave it out with FEATURES=")
+
+
+def numeric_values(frame: pd.DataFrame, name: str, hint: str = NOT_ENCODED) -> np.ndarray:
+    """A present column without missing values as float64, refused naming the rows if not numeric or infinite."""
     column = frame[name]
     if not pd.api.types.is_numeric_dtype(column):
         bad = frame.index[pd.to_numeric(column, errors="coerce").isna()]
-        raise TableError(
-            f"column {name!r} is not numeric ({rows_text(bad)}: {column[bad[0]]!r}); categorical columns are not "
-            "encoded: encode it as numbers in the file or leave it out of FEATURES"
-        )
+        raise TableError(f"column {name!r} is not numeric ({rows_text(bad)}: {column[bad[0]]!r}); {hint}")
     values = column.to_numpy(dtype=np.float64)
     infinite = frame.index[~np.isfinite(values)]
     if len(infinite):
         raise TableError(f"column {name!r} has infinite values in {rows_text(infinite)}")
-    if np.all(values == values[0]):
-        raise TableError(f"column {name!r} is constant ({values[0]:g} in every row): leave it out with FEATURES=")
+    return values
 
 
 def choose_features(frame: pd.DataFrame, spec: TableSpec) -> tuple[list[str], list[str]]:

@@ -15,10 +15,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import mlflow
 import yaml
 
-from training.infra import places, storage_urls
+from training.infra import places
 from training.nn import load_checkpoint, model_kind
 from training.nn.checkpoint import file_sha256
 from training.serving.signing import sign_archive
@@ -46,10 +45,6 @@ MODEL_CONFIG = {
 }
 
 
-def champion_names(client) -> list[str]:
-    return sorted(m.name for m in client.search_registered_models() if registry.CHAMPION in (m.aliases or {}))
-
-
 def archive_champions(
     name: str | None = None,
     out_dir: str | Path | None = None,
@@ -58,7 +53,7 @@ def archive_champions(
     explain_keys: str | None = None,
 ) -> list[Path]:
     client = mlflow_store.configure(tracking_uri)
-    names = [name] if name else champion_names(client)
+    names = [name] if name else registry.champion_names(client)
     if not names:
         raise RuntimeError("no registered model has a @champion yet: run `make tune` first")
     config = model_config or MODEL_CONFIG
@@ -78,26 +73,11 @@ def archive_champion(
     `explain_keys` (values | index | none): what NW explanations reveal of the training rows; by default the
     rows' values for built-in data sets, only their index (file row) for a model tuned on a user's file."""
     archive_name = archive_name or name
-    version = registry.champion_version(client, name)
-    if version is None:
-        known = ", ".join(champion_names(client)) or "none yet"
-        raise RuntimeError(
-            f"{name!r} has no @champion in the registry at {storage_urls.redact(client.tracking_uri)} "
-            f"(champions: {known}): run `make tune` first, or pick one of those"
-        )
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        local = Path(
-            mlflow.artifacts.download_artifacts(f"models:/{name}@{registry.CHAMPION}", dst_path=str(tmp / "mlflow"))
-        )
-        checkpoint = local / "artifacts" / "checkpoint.pt"
+        version, checkpoint = registry.download_champion(client, name, tmp / "mlflow")
         sha = file_sha256(checkpoint)
-        expected = version.tags.get("checkpoint_sha256")
-        if expected and expected != sha:
-            raise RuntimeError(
-                f"{name} version {version.version}: checkpoint sha256 {sha} differs from the registry's {expected}"
-            )
         model, _ = load_checkpoint(checkpoint)  # proves it loads with weights_only=True
         revealed = explain_keys or default_explain_keys(model)
         model_config = {**model_config, "handler": {**model_config.get("handler", {}), "explain_keys": revealed}}

@@ -9,8 +9,12 @@ import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
+import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
+
+from training.infra import storage_urls
+from training.nn.checkpoint import file_sha256
 
 CHAMPION = "champion"
 SERVING = "serving"  # moves on `make deploy`: the version TorchServe answers with
@@ -28,6 +32,31 @@ def champion_version(client: MlflowClient, name: str):
         return client.get_model_version_by_alias(name, CHAMPION)
     except MlflowException:
         return None
+
+
+def champion_names(client: MlflowClient) -> list[str]:
+    return sorted(m.name for m in client.search_registered_models() if CHAMPION in (m.aliases or {}))
+
+
+def download_champion(client: MlflowClient, name: str, dst: Path) -> tuple[object, Path]:
+    """The `@champion` of `name`: its registered version and its checkpoint downloaded under `dst`, refused when
+    the file differs from the version's `checkpoint_sha256` tag."""
+    version = champion_version(client, name)
+    if version is None:
+        known = ", ".join(champion_names(client)) or "none yet"
+        raise RuntimeError(
+            f"{name!r} has no @champion in the registry at {storage_urls.redact(client.tracking_uri)} "
+            f"(champions: {known}): run `make tune` first, or pick one of those"
+        )
+    local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}@{CHAMPION}", dst_path=str(dst)))
+    checkpoint = local / "artifacts" / "checkpoint.pt"
+    sha = file_sha256(checkpoint)
+    expected = version.tags.get("checkpoint_sha256")
+    if expected and expected != sha:
+        raise RuntimeError(
+            f"{name} version {version.version}: checkpoint sha256 {sha} differs from the registry's {expected}"
+        )
+    return version, checkpoint
 
 
 def selection_value(version, metric: str) -> float:
