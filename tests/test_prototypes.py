@@ -141,3 +141,23 @@ def test_a_file_too_large_for_memory_is_refused_before_loading_with_what_it_woul
     with pytest.raises(TableError, match=r"big.csv is 0.0 GiB; loading it would need about 0.0 GiB"):
         load_file_dataset(TableSpec(path=str(path), target="y"))
     assert not read  # refused before a byte was parsed
+
+
+def test_a_learned_prototype_model_trains_in_the_fit_loop_and_improves_on_its_start():
+    from training.data.datasets import prepare_model
+    from training.fit.loop import fit
+    from training.search.space import rebuild
+
+    x, y = data(6000)
+    n = len(x)
+    split = lambda s: Split(x[s], y[s])  # noqa: E731
+    dataset = Dataset("toy", "regression", split(slice(0, 4800)), split(slice(4800, 5400)), split(slice(5400, n)))
+    params = {"memory": 256, "parametric": True, "bandwidth": 0.3, "trend": False, "metric": "per_feature"}
+    params |= {"optimizer": "adamw", "lr": 0.05, "weight_decay": 1e-4, "prototype_batch_size": 512}
+    setup = rebuild("nw", params, dataset, epochs=4, seed=0, device="cpu")
+    assert setup.model_config.prototypes and setup.fit_config.batch_size == 512
+    model = prepare_model(build_model("nw", setup.model_config), dataset)
+    result = fit(model, dataset, setup.fit_config)
+    assert model.config.n_keys <= 256 and len(result.history) >= 1
+    assert result.val_metrics["mse"] < result.initial_val_metrics["mse"]
+    assert isinstance(model.keys, torch.nn.Parameter) and model.counts.sum() == 4800
