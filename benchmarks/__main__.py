@@ -13,11 +13,11 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import mha, nw_kernel, quality, serving, serving_ops, tuning
+from benchmarks import bookkeeping, mha, nw_kernel, quality, serving, serving_ops, tuning
 from benchmarks.common import ROOT, machine, provenance
 from benchmarks.report import write_markdown
 
-ROWS = ["nw_kernel", "mha", "serving", "tuning", "quality", "batch_delay", "soak", "metrics_cost"]
+ROWS = ["nw_kernel", "mha", "serving", "tuning", "quality", "batch_delay", "soak", "metrics_cost", "bookkeeping"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         "batch_delay": lambda: serving_ops.run_delays(args.quick, args.client),
         "soak": lambda: serving_ops.run_soak(args.quick, args.client),
         "metrics_cost": lambda: serving_ops.run_metrics_cost(args.quick, args.client),
+        "bookkeeping": lambda: bookkeeping.run(args.quick),
     }
     for name in ROWS:
         if name in only:

@@ -21,7 +21,7 @@ def run_bench(out: Path, *args: str) -> dict:
 @pytest.mark.e2e  # the quick bench tunes, serves and loads a real TorchServe
 def test_quick_benchmark_writes_every_row(tmp_path):
     results = run_bench(tmp_path)
-    rows = {"nw_kernel", "mha", "serving", "tuning", "quality", "batch_delay", "soak", "metrics_cost"}
+    rows = {"nw_kernel", "mha", "serving", "tuning", "quality", "batch_delay", "soak", "metrics_cost", "bookkeeping"}
     assert set(results["rows"]) == rows
     assert {r["delay_ms"] for r in results["rows"]["batch_delay"]} == {0, 5}
     assert all(r["errors"] == 0 and r["requests"] > 0 for r in results["rows"]["soak"])
@@ -30,6 +30,9 @@ def test_quick_benchmark_writes_every_row(tmp_path):
         (m, on) for m in ("nw-sine", "mha-adding") for on in (1, 0)
     }
     assert all(r["errors"] == 0 and r["requests"] > 0 for r in metrics_cost)
+    bookkeeping = results["rows"]["bookkeeping"]
+    assert [r["case"] for r in bookkeeping] == ["nw-sine", "nw-friedman1 (10,000 rows)"]
+    assert all(r["tracked_per_min"] > 0 and r["untracked_per_min"] > 0 for r in bookkeeping)
     assert all(r["fused_ms"] > 0 and r["direct_ms"] > 0 for r in results["rows"]["nw_kernel"])
     serving = results["rows"]["serving"]
     assert {r["variant"] for r in serving} == {"ours, batched", "ours, unbatched", "bare baseline, batched"}
