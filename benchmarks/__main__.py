@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import large_nw, mha, nw_kernel, quality, samplers, score, serving, serving_ops, tuning
+from benchmarks import bookkeeping, large_nw, mha, nw_kernel, quality, samplers, score, serving, serving_ops, tuning
 from benchmarks.common import ROOT, machine, provenance
 from benchmarks.report import write_markdown
 
@@ -29,6 +29,7 @@ ROWS = [
     "large_nw",
     "samplers",
     "score",
+    "bookkeeping",
 ]
 
 
@@ -60,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         "large_nw": lambda: large_nw.run(args.quick),
         "samplers": lambda: samplers.run(args.quick),
         "score": lambda: score.run(args.quick),
+        "bookkeeping": lambda: bookkeeping.run(args.quick),
     }
     for name in ROWS:
         if name in only:

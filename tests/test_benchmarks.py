@@ -33,6 +33,7 @@ def test_quick_benchmark_writes_every_row(tmp_path):
         "large_nw",
         "samplers",
         "score",
+        "bookkeeping",
     }
     assert set(results["rows"]) == rows
     assert {r["delay_ms"] for r in results["rows"]["batch_delay"]} == {0, 5}
@@ -49,6 +50,9 @@ def test_quick_benchmark_writes_every_row(tmp_path):
     assert cells == {
         (t, s) for t in ("nw-diabetes", "nw-friedman1-10k") for s in ("default", "TPE multivariate, group", "GP")
     }
+    bookkeeping = results["rows"]["bookkeeping"]
+    assert [r["case"] for r in bookkeeping] == ["nw-sine", "nw-friedman1 (10,000 rows)"]
+    assert all(r["tracked_per_min"] > 0 and r["untracked_per_min"] > 0 for r in bookkeeping)
     assert all(r["fused_ms"] > 0 and r["direct_ms"] > 0 for r in results["rows"]["nw_kernel"])
     serving = results["rows"]["serving"]
     assert {r["variant"] for r in serving} == {"ours, batched", "ours, unbatched", "bare baseline, batched"}

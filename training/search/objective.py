@@ -24,7 +24,7 @@ from training.search import progress
 from training.search.options import TuneOptions
 from training.search.space import default_epochs, suggest
 from training.tracking import run_notes
-from training.tracking.trial_log import MlflowTrialLog
+from training.tracking.trial_log import MlflowTrialLog, NoTrialLog
 
 
 class DevicePool:
@@ -59,8 +59,8 @@ class DevicePool:
 class Objective:
     """Train one trial's configuration: report every epoch to the pruner, record it in `log` when given."""
 
-    def __init__(self, options: TuneOptions, data: Dataset, log: MlflowTrialLog | None = None):
-        self.options, self.data, self.log = options, data, log
+    def __init__(self, options: TuneOptions, data: Dataset, log: MlflowTrialLog | NoTrialLog | None = None):
+        self.options, self.data, self.log = options, data, log or NoTrialLog()  # no log: nothing tracked
         self.metric, self.direction = PRIMARY_METRIC[data.task]
         self.epochs = options.epochs or default_epochs(options.model, data.name)
         self.protocol = cross_validation.protocol(data)  # "holdout", or "cv5" on small data
@@ -78,43 +78,39 @@ class Objective:
 
     def train(self, trial: optuna.Trial, device: str) -> float:
         run = TrialRun(self, trial, device)
+        record = run.record
         try:
             result = run.fit()
             value = result.val_metrics[self.metric]
             if not math.isfinite(value):
                 raise NonFiniteLossError(f"validation {self.metric} is {value}")
         except optuna.TrialPruned as pruned:
-            if self.log:
-                # Optuna's value of a pruned trial is its last reported one; the run carries the same
-                last = run.seen[-1] if run.seen else None
-                run_notes.mark_pruned(self.log.client, run.run_id, self.metric, last, run.clock.metrics())
-            self._finish(run.run_id, "PRUNED", "KILLED", reason=str(pruned))
+            # Optuna's value of a pruned trial is its last reported one; the run carries the same, so that sorting
+            # the runs by the objective keeps them, and its name says it was pruned
+            last = {f"best_val_{self.metric}": run.seen[-1]} if run.seen else {}
+            timing = run.clock.metrics()
+            record.close("PRUNED", "KILLED", str(pruned), timing | last, suffix=run_notes.PRUNED_SUFFIX)
             raise
         except KeyboardInterrupt:
             # Best effort, and nothing here may replace the interrupt: it can cut a database write short
             # (SQLite then reports "database is locked" for a while), and any other exception would fail
-            # only this trial and let the study go on. `tune` closes the runs left open afterwards.
+            # only this trial and let the study go on. The epochs trained so far are written with the close;
+            # `tune` closes the runs left open afterwards.
             with contextlib.suppress(Exception):
                 trial.set_user_attr("fail_reason", progress.INTERRUPTED)
             with contextlib.suppress(Exception):
-                self._finish(run.run_id, "FAIL", "KILLED", reason=progress.INTERRUPTED)
+                record.close("FAIL", "KILLED", progress.INTERRUPTED)
             raise
         except NonFiniteLossError as diverged:
             # Returning NaN makes Optuna fail this trial and go on with the study.
             trial.set_user_attr("fail_reason", str(diverged))
-            self._finish(run.run_id, "FAIL", "FAILED", reason=str(diverged))
+            record.close("FAIL", "FAILED", str(diverged))
             return float("nan")
         except BaseException as error:
-            self._finish(run.run_id, "FAIL", "FAILED", reason=f"{type(error).__name__}: {error}")
+            record.close("FAIL", "FAILED", f"{type(error).__name__}: {error}")
             raise
-        if self.log:
-            self.log.metrics(run.run_id, summary_metrics(result) | run.clock.metrics(), 0)
-        self._finish(run.run_id, "COMPLETE", "FINISHED")
+        record.close("COMPLETE", "FINISHED", metrics=summary_metrics(result) | run.clock.metrics())
         return value
-
-    def _finish(self, run_id: str | None, state: str, status: str, reason: str | None = None) -> None:
-        if self.log:
-            self.log.finish(run_id, state, status, reason)
 
 
 class TrialClock:
@@ -157,7 +153,7 @@ class TrialRun:
             ("protocol", objective.protocol),
         ]:
             trial.set_user_attr(key, value)
-        self.run_id = self.log.start(trial, params) if self.log else None
+        self.record = self.log.open(trial, params)  # buffers the epochs; written at the end or every few s
 
     def setup(self, data: Dataset):
         return suggest(
@@ -186,15 +182,13 @@ class TrialRun:
 
     def on_epoch(self, epoch: int, row: dict[str, float]) -> None:
         progress.CTRL_C.check()  # a safe point to stop: no database write under way
-        if self.log:
-            self.log.metrics(self.run_id, {k: v for k, v in row.items() if k != "epoch"}, epoch)
+        self.record.epoch({k: v for k, v in row.items() if k != "epoch"}, epoch)
         self.report(epoch, row[f"val_{self.metric}"], "epoch")
 
     def on_fold(self, fold: int, value: float, mean: float) -> None:
         # Small data: the pruner's step is the fold, its value the best of the folds' mean curve so far.
         progress.CTRL_C.check()
-        if self.log:
-            self.log.metrics(self.run_id, {f"fold_val_{self.metric}": value, f"cv_val_{self.metric}": mean}, fold)
+        self.record.epoch({f"fold_val_{self.metric}": value, f"cv_val_{self.metric}": mean}, fold)
         self.report(fold, mean, "fold")
 
     def report(self, step: int, value: float, unit: str) -> None:

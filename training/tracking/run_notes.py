@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 from pathlib import Path
 
 from mlflow import MlflowClient
-from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 
 from training.infra.places import ROOT
@@ -85,21 +83,6 @@ def mark_winner(client: MlflowClient, experiment_id: str, run_id: str) -> None:
     client.set_tag(run_id, BEST_TAG, "true")
     if not run.info.run_name.endswith(BEST_SUFFIX):
         client.update_run(run_id, name=run.info.run_name + BEST_SUFFIX)
-
-
-def mark_pruned(
-    client: MlflowClient, run_id: str, metric: str, value: float | None, also: dict[str, float] | None = None
-) -> None:
-    """A pruned trial carries the objective metric (its last validation value, which Optuna records as its
-    value) so that sorting the runs by it keeps them, and `also` (its timing) in the same call; its name says
-    it was pruned."""
-    values = (also or {}) | ({f"best_val_{metric}": value} if value is not None else {})
-    if values:
-        now = int(time.time() * 1000)
-        client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in values.items()])
-    run = client.get_run(run_id)
-    if not run.info.run_name.endswith(PRUNED_SUFFIX):
-        client.update_run(run_id, name=run.info.run_name + PRUNED_SUFFIX)
 
 
 def reproduce_command(attrs: dict, commit: str | None, dirty: bool) -> str:

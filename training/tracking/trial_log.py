@@ -3,16 +3,16 @@ of runs whose process died (nothing is left RUNNING once the study is opened aga
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 
 import mlflow
 import optuna
-from mlflow.entities import Metric, Param
+from mlflow.entities import Param
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from training.tracking import mlflow_store, run_notes
+from training.tracking.trial_record import FLUSH_SECONDS, NoRecord, TrialRecord
 
 # Optuna's trial state -> the MLflow run status a closed child run ends with.
 RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
@@ -20,12 +20,22 @@ STALE_REASON = "the worker running this trial stopped sending heartbeats (killed
 
 
 class MlflowTrialLog:
-    """Each trial as an MLflow child run of the tuning invocation's parent run."""
+    """Each trial as an MLflow child run of the tuning invocation's parent run, its epochs written in batches
+    (`trial_record.TrialRecord`)."""
 
-    def __init__(self, client: mlflow.MlflowClient, experiment_id: str, parent: str, study: str):
+    def __init__(
+        self,
+        client: mlflow.MlflowClient,
+        experiment_id: str,
+        parent: str,
+        study: str,
+        flush_seconds: float = FLUSH_SECONDS,
+    ):
         self.client, self.experiment_id, self.parent, self.study = client, experiment_id, parent, study
+        self.flush_seconds = flush_seconds
 
     def start(self, trial: optuna.Trial, params: dict) -> str:
+        """The trial's run, created with its tags and then its parameters: two writes, whatever the trial does."""
         run = self.client.create_run(
             self.experiment_id,
             run_name=f"trial-{trial.number}",
@@ -36,13 +46,15 @@ class MlflowTrialLog:
         self.client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
         return run.info.run_id
 
-    def metrics(self, run_id: str, values: dict[str, float], step: int) -> None:
-        now = int(time.time() * 1000)
-        metrics = [Metric(k, float(v), now, step) for k, v in values.items() if math.isfinite(v)]
-        self.client.log_batch(run_id, metrics=metrics)
+    def open(self, trial: optuna.Trial, params: dict) -> TrialRecord:
+        return TrialRecord(self.client, self.start(trial, params), f"trial-{trial.number}", self.flush_seconds)
 
-    def finish(self, run_id: str, state: str, status: str, reason: str | None = None) -> None:
-        close_run(self.client, run_id, state, reason, status)
+
+class NoTrialLog:
+    """No tracking: the same `Objective` with every trial's record a no-op (benchmarks, quality checks)."""
+
+    def open(self, trial: optuna.Trial, params: dict) -> NoRecord:
+        return NoRecord()
 
 
 def close_run(client: mlflow.MlflowClient, run_id: str, state: str, reason: str | None, status: str | None = None):

@@ -1,0 +1,86 @@
+"""Row 9: bookkeeping — trials per minute of a tracked search (what `make tune` does: every trial an MLflow child
+run in a SQLite store, the study in a SQLite Optuna storage) against the same `Objective` untracked (no trial
+log, an in-memory study), with the same seeded sampler and pruner, so that both try the same trials.
+
+Rates are taken over the search itself (first trial's start to last trial's end, from Optuna's own times): the
+invocation's fixed costs (creating the stores, the parent run) are reported apart. Two data: nw-sine, whose trials
+train in a fraction of a second (the case bookkeeping used to dominate), and a 10,000-row file made with
+scikit-learn's make_friedman1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+
+from benchmarks.large_nw import write_file
+from training.data import tables
+from training.data.datasets import load_dataset
+from training.search.conclude import DATA_SEED
+from training.search.objective import Objective
+from training.search.options import TuneOptions
+from training.search.study import study_pruner, study_sampler, tune
+
+TARGET_RATIO = 0.5  # tracked at least half as many trials per minute as untracked, on nw-sine
+FILE_ROWS = 10_000  # a make_friedman1 file, as row 9 writes them
+
+
+def search_rate(trials: list[optuna.trial.FrozenTrial]) -> tuple[float, float]:
+    """(trials per minute, seconds) from the first trial's start to the last one's end."""
+    done = [t for t in trials if t.datetime_complete is not None]
+    seconds = (max(t.datetime_complete for t in done) - min(t.datetime_start for t in done)).total_seconds()
+    return 60 * len(done) / seconds, seconds
+
+
+def untracked(options: TuneOptions, data) -> dict:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="minimize", sampler=study_sampler(options.seed), pruner=study_pruner())
+    study.optimize(Objective(options, data), n_trials=options.trials)
+    rate, seconds = search_rate(study.trials)
+    return {"rate": rate, "seconds": seconds}
+
+
+def tracked(options: TuneOptions) -> dict:
+    start = time.perf_counter()
+    with contextlib.redirect_stdout(io.StringIO()):  # its per-trial lines
+        tune(options)
+    invocation = time.perf_counter() - start
+    study = optuna.load_study(study_name=options.name, storage=options.storage)
+    rate, seconds = search_rate(study.trials)
+    return {"rate": rate, "seconds": seconds, "invocation_seconds": invocation}
+
+
+def one_case(label: str, options: TuneOptions, data, stores: dict) -> dict:
+    plain = untracked(options, data)
+    logged = tracked(TuneOptions(**{**vars(options), **stores, "conclude": False}))
+    return {
+        "case": label,
+        "trials": options.trials,
+        "epochs": options.epochs,
+        "untracked_per_min": plain["rate"],
+        "tracked_per_min": logged["rate"],
+        "ratio": logged["rate"] / plain["rate"],
+        "untracked_seconds": plain["seconds"],
+        "tracked_seconds": logged["seconds"],
+        "tracked_invocation_seconds": logged["invocation_seconds"],
+    }
+
+
+def run(quick: bool = False) -> list[dict]:
+    sine_trials, file_trials, file_epochs = (4, 2, 2) if quick else (40, 6, 5)
+    with tempfile.TemporaryDirectory(prefix="bench-bookkeeping-") as folder:
+        root = Path(folder)
+        stores = {"storage": f"sqlite:///{root / 'optuna.db'}", "tracking_uri": f"sqlite:///{root / 'mlflow.db'}"}
+        common = dict(model="nw", seed=0, device="cpu", progress=False)
+        sine = TuneOptions(dataset="sine", trials=sine_trials, **common)
+        rows = [one_case("nw-sine", sine, load_dataset("sine", seed=DATA_SEED), stores)]
+        path = write_file(FILE_ROWS, root)
+        friedman = TuneOptions(data=str(path), target="y", trials=file_trials, epochs=file_epochs, **common)
+        data = tables.load_file_dataset(friedman.table(), seed=DATA_SEED)
+        rows.append(one_case(f"nw-friedman1 ({FILE_ROWS:,} rows)", friedman, data, stores))
+    return rows
