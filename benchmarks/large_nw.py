@@ -33,7 +33,8 @@ from training.fit.loop import evaluate, fit
 from training.nn import build_model, save_checkpoint
 from training.search.space import FILE_EPOCHS, rebuild
 
-SIZES, QUICK_SIZES = (10_000, 100_000, 1_000_000), (3_000, 6_000)
+SIZES, QUICK_SIZES = (10_000, 100_000, 1_000_000), (2_000, 4_000)
+QUICK_EPOCHS = 5
 MEMORIES = {10_000: (256, 1024, 4096, "all"), 100_000: (256, 1024, 4096), 1_000_000: (256, 1024, 4096)}
 SETTINGS = {
     "parametric": True,
@@ -76,8 +77,8 @@ def handler_p50_ms(model, repeats: int = 200) -> float:
     return statistics.median(times)
 
 
-def one_trial(data, memory, folder: Path) -> dict:
-    setup = rebuild("nw", {**SETTINGS, "memory": memory}, data, epochs=FILE_EPOCHS, seed=0, device="cpu")
+def one_trial(data, memory, folder: Path, epochs: int = FILE_EPOCHS) -> dict:
+    setup = rebuild("nw", {**SETTINGS, "memory": memory}, data, epochs=epochs, seed=0, device="cpu")
     reset_peak_rss()
     start = time.perf_counter()
     model = prepare_model(build_model("nw", setup.model_config), data)
@@ -110,7 +111,10 @@ def peers(data, quick: bool) -> dict[str, float]:
 
     limit = 2_000 if quick else PEER_ROWS  # a subsample where the data is larger (the splits are shuffled)
     splits = (arrays(data.train, limit), arrays(data.val, limit // 4), arrays(data.test))
-    return {name: select_by_cv(make, grid, splits, r2_score, maximize=True)[0] for name, (make, grid) in PEERS.items()}
+    grids = {name: {k: v[:1] for k, v in grid.items()} if quick else grid for name, (_, grid) in PEERS.items()}
+    return {
+        name: select_by_cv(make, grids[name], splits, r2_score, maximize=True)[0] for name, (make, _) in PEERS.items()
+    }
 
 
 def run(quick: bool = False) -> list[dict]:
@@ -123,7 +127,8 @@ def run(quick: bool = False) -> list[dict]:
             data = load_file_dataset(TableSpec(path=str(path), target="y"), seed=0)
             load_seconds = round(time.perf_counter() - start, 1)
             memories = (256, "all") if quick else MEMORIES[size]
-            trials = [one_trial(data, m, Path(tmp)) for m in memories]
+            epochs = QUICK_EPOCHS if quick else FILE_EPOCHS
+            trials = [one_trial(data, m, Path(tmp), epochs) for m in memories]
             rows.append(
                 {"rows": size, "train_rows": len(data.train), "load_s": load_seconds, "trials": trials}
                 | {"peers_r2": peers(data, quick)}
