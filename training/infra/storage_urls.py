@@ -48,26 +48,3 @@ def psycopg_dsn(url: str) -> str:
 def one_line(error: BaseException) -> str:
     text = str(getattr(error, "orig", None) or error).strip().splitlines()
     return f"{type(error).__name__}: {text[0] if text else ''}".strip()
-
-
-def sqlite_path(url: str) -> Path | None:
-    """The database file of a `sqlite:///` URL (relative or absolute), else None (in memory, or not SQLite)."""
-    if not url.startswith("sqlite:///"):
-        return None
-    path = url.removeprefix("sqlite:///").split("?", 1)[0]
-    return Path(path) if path and path != ":memory:" else None
-
-
-def use_write_ahead_log(url: str) -> None:
-    """Put a SQLite store in write-ahead-log mode (kept in the file: once is enough). A commit then syncs the log
-    once instead of the database several times, about 4 times cheaper here, and readers stop blocking the writer:
-    a search writes a few dozen small commits a trial (benchmarks/results.md, row 12)."""
-    import sqlite3
-    from contextlib import closing
-
-    path = sqlite_path(url)
-    if path is None:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with closing(sqlite3.connect(path, timeout=60)) as connection:
-        connection.execute("PRAGMA journal_mode=WAL")

@@ -9,15 +9,7 @@ import numpy as np
 import optuna
 
 from training.infra.locks import storage_lock
-from training.infra.storage_urls import (
-    StorageError,
-    is_postgres,
-    journal_path,
-    one_line,
-    redact,
-    sqlalchemy_url,
-    use_write_ahead_log,
-)
+from training.infra.storage_urls import StorageError, is_postgres, journal_path, one_line, redact, sqlalchemy_url
 
 
 def open_storage(
@@ -36,7 +28,6 @@ def open_storage(
             )
             return optuna.storages.JournalStorage(backend)
         engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
-        use_write_ahead_log(url)
         if is_postgres(url):
             engine = {"connect_args": {"connect_timeout": 10}, "pool_pre_ping": True}
         with storage_lock(url, "optuna-schema"):

@@ -15,7 +15,7 @@ from mlflow.exceptions import MlflowException
 
 from training.infra.locks import storage_lock
 from training.infra.places import MLRUNS
-from training.infra.storage_urls import redact, use_write_ahead_log
+from training.infra.storage_urls import redact
 
 # MLflow 3's servers start job runners (six processes) for GenAI features this project does not use.
 NO_JOB_RUNNERS = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
@@ -45,7 +45,8 @@ def configure(tracking_uri: str | None = None) -> MlflowClient:
     A tracking server or database that cannot be reached is a one-line `TrackingError` naming it."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     uri = tracking_uri or default_tracking_uri()
-    use_write_ahead_log(uri)  # and makes the SQLite store's folder
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     check_tracking_uri(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
