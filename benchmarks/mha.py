@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from benchmarks.common import paired_median_seconds
+from benchmarks.markdown import table, verdict
 from training.nn.attention import MultiHeadAttention
 
 SHAPES = [(32, 128, 64, 4), (16, 512, 128, 8)]  # (B, T, D, H)
@@ -56,3 +57,22 @@ def run(quick: bool = False, device: str = "cpu") -> list[dict]:
                 }
             )
     return rows
+
+
+def section(rows: list[dict]) -> str:
+    out = [
+        "## 2. Multi-head attention: ours vs `torch.nn.MultiheadAttention`",
+        "",
+        "Same shapes and weights, self-attention with a key-padding mask; median time per call, the two "
+        "measured in alternating rounds.",
+        "",
+    ]
+    out.append(
+        table(
+            ["device", "shape", "mode", "ours ms", "torch ms", "ratio"],
+            [[r["device"], r["shape"], r["mode"], r["ours_ms"], r["torch_ms"], r["ratio"]] for r in rows],
+        )
+    )
+    worst = max(r["ratio"] for r in rows)
+    out += ["", f"Target: ≤ 1.0× — worst ratio {worst:.2f}× {verdict(worst <= 1.0)}."]
+    return "\n".join(out)

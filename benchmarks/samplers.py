@@ -19,6 +19,7 @@ from pathlib import Path
 import optuna
 
 from benchmarks.large_nw import write_file
+from benchmarks.markdown import table, verdict
 from training.data.datasets import load_dataset
 from training.data.tables import TableSpec, load_file_dataset
 from training.search.objective import Objective
@@ -98,3 +99,34 @@ def default_holds(rows: list[dict], task: str, trials: int = CHECKPOINTS[-1]) ->
     return cells["default"]["median"] <= best["median"] + max(
         best["standard_error"], cells["default"]["standard_error"]
     )
+
+
+def section(rows: list[dict]) -> str:
+    out = [
+        "## 10. Samplers: the best validation value after 10, 20 and 30 trials",
+        "",
+        "Median over seeds (± one standard error) of the best validation MSE so far; lower is better. `default` is "
+        "`training/search/study.py` `study_sampler`.",
+        "",
+        table(
+            ["task", "sampler", "trials", "median best val MSE", "± s.e.", "seeds' values", "study s"],
+            [
+                [
+                    r["task"],
+                    r["sampler"],
+                    r["trials"],
+                    r["median"],
+                    r["standard_error"],
+                    " ".join(f"{v:.4g}" for v in r["values"]),
+                    r["seconds"],
+                ]
+                for r in rows
+            ],
+        ),
+        "",
+    ]
+    for task in dict.fromkeys(r["task"] for r in rows):
+        out.append(
+            f"`{task}`: the default is the best or within one standard error of it {verdict(default_holds(rows, task))}"
+        )
+    return "\n".join(out)

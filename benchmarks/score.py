@@ -21,6 +21,7 @@ import pandas as pd
 from sklearn.datasets import make_friedman1
 
 from benchmarks.common import peak_rss_bytes, reset_peak_rss
+from benchmarks.markdown import table, verdict
 from training.nn import load_checkpoint
 from training.search.options import TuneOptions
 from training.search.study import tune
@@ -81,3 +82,28 @@ def keys_of(tracking_uri: str) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         _, checkpoint = registry.download_champion(client, "nw-friedman", Path(tmp))
         return load_checkpoint(checkpoint)[0].config.n_keys
+
+
+def section(rows: list[dict]) -> str:
+    r = rows[0]
+    met = r["seconds"] <= r["target_seconds"]
+    return "\n".join(
+        [
+            "## 11. Scoring a file without the server (`make score`)",
+            "",
+            f"An NW champion tuned briefly ({r['tune_seconds']:.0f} s) on a {r['tune_rows']:,}-row Friedman #1 file "
+            f"({r['features']} features) scores {r['rows']:,} fresh rows of the same generator from a CSV: download, "
+            f"chunks of {r['batch_rows']:,} rows read and checked, predicted, written. Peak memory: the scoring alone; "
+            "CPU s: all threads (near cores × seconds on a machine of its own, less on a shared one).",
+            "",
+            table(
+                ["rows", "keys", "CSV MiB", "seconds", "rows/s", "CPU s", "load before", "peak RSS MiB", "MSE vs y"],
+                [
+                    [r["rows"], r["keys"], r["file_mib"], r["seconds"], r["rows_per_s"]]
+                    + [r.get("cpu_seconds"), r.get("load_before"), r["peak_rss_mib"], r["mse"]]
+                ],
+            ),
+            "",
+            f"Target: ≤ {r['target_seconds']:.0f} s — {r['seconds']:.1f} s {verdict(met)}.",
+        ]
+    )

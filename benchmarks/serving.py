@@ -14,6 +14,7 @@ import optuna
 
 from benchmarks.common import ROOT
 from benchmarks.load import run_load
+from benchmarks.markdown import table, verdict
 from training.search.options import TuneOptions
 from training.search.study import tune
 from training.serving import serve
@@ -99,3 +100,37 @@ def run(quick: bool = False, client: str = "auto") -> list[dict]:
 
 
 VARIANTS_LABEL = {"": "ours, batched", "-unbatched": "ours, unbatched", "-baseline": "bare baseline, batched"}
+
+
+def section(rows: list[dict]) -> str:
+    client = rows[0]["client"] if rows else "?"
+    out = [
+        "## 3. Serving: TorchServe on loopback",
+        "",
+        f"Load generator: {client}; each cell a fixed-time run after a warm-up. Variants: our handler with "
+        f"dynamic batching (`batchSize` {MODEL_CONFIG['batchSize']}, `maxBatchDelay` "
+        f"{MODEL_CONFIG['maxBatchDelay']} ms), our handler unbatched (`batchSize` 1), and a "
+        "bare baseline handler (same checkpoint and server config, no validation or metadata). Load generator, "
+        "TorchServe frontend and workers share the machine's cores.",
+        "",
+    ]
+    out.append(
+        table(
+            ["model", "variant", "concurrency", "req/s", "p50 ms", "p99 ms", "errors"],
+            [
+                [r["model"], r["variant"], r["concurrency"], r["rps"], r["p50_ms"], r["p99_ms"], r["errors"]]
+                for r in rows
+            ],
+        )
+    )
+    top = max(r["concurrency"] for r in rows)
+    for model in dict.fromkeys(r["model"] for r in rows):
+        cell = {r["variant"]: r["rps"] for r in rows if r["model"] == model and r["concurrency"] == top}
+        vs_base = cell["ours, batched"] / cell["bare baseline, batched"]
+        vs_unbatched = cell["ours, batched"] / cell["ours, unbatched"]
+        out += [
+            "",
+            f"`{model}` at c{top}: ours / baseline = {vs_base:.2f}× (target ≥ 0.9×) {verdict(vs_base >= 0.9)}; "
+            f"batched / unbatched = {vs_unbatched:.1f}× (target ≥ 5×) {verdict(vs_unbatched >= 5)}.",
+        ]
+    return "\n".join(out)

@@ -15,8 +15,10 @@ import tempfile
 from pathlib import Path
 
 from benchmarks.load import run_load
+from benchmarks.markdown import table, verdict
 from benchmarks.serving import PAYLOADS, build_archives
 from training.serving import serve
+from training.serving.archive import MODEL_CONFIG
 from training.serving.serve import free_ports
 
 DELAYS_MS = [0, 1, 2, 5]
@@ -109,3 +111,81 @@ def metrics_ratio(rows: list[dict], model: str) -> float:
     on = next(r["rps"] for r in rows if r["model"] == model and r["metrics"])
     off = next(r["rps"] for r in rows if r["model"] == model and not r["metrics"])
     return on / off
+
+
+def delay_section(rows: list[dict]) -> str:
+    shipped = MODEL_CONFIG["maxBatchDelay"]
+    out = [
+        "## 6. Batching delay: low-load latency vs high-load throughput",
+        "",
+        "`maxBatchDelay` is how long TorchServe waits for a batch to fill; a lone request waits all of it, so c1 "
+        "latency is the delay plus the unbatched answer time (row 3). 0 ms in `model-config.yaml` is read as unset "
+        "(TorchServe's default, 100 ms); 0 through the registration API makes batches of at most two requests "
+        "(c64 throughput fell to a quarter when tried). TorchServe's `asyncCommunication` mode with `batchSize` 1 and "
+        "the worker taking every queued request at once was tried too (c1 p50 0.8 ms for nw-sine): its frontend "
+        "lost the model at c64 (an unsynchronized job map), left in-flight requests unanswered after a worker "
+        "kill and ignored `responseTimeout`, so it is not a variant here. Each cell: the median of the runs.",
+        "",
+        table(
+            ["model", "maxBatchDelay ms", "concurrency", "req/s", "p50 ms", "p99 ms", "errors"],
+            [
+                [r["model"], r["delay_ms"], r["concurrency"], r["rps"], r["p50_ms"], r["p99_ms"], r["errors"]]
+                for r in rows
+            ],
+        ),
+    ]
+    for model in dict.fromkeys(r["model"] for r in rows):
+        fits = qualifying_delays(rows, model)
+        out += [
+            "",
+            f"`{model}`: delays meeting both targets (c64 ≥ 0.9× the best delay's throughput, c1 p50 ≤ 2 ms): "
+            f"{', '.join(f'{d} ms' for d in fits) or 'none'}; shipped default {shipped} ms {verdict(shipped in fits)}.",
+        ]
+    return "\n".join(out)
+
+
+def soak_section(rows: list[dict]) -> str:
+    errors = sum(r["errors"] for r in rows)
+    return "\n".join(
+        [
+            f"## 7. Soak: concurrency {SOAK_CONCURRENCY} for {rows[0]['seconds']:.0f} s per model",
+            "",
+            table(
+                ["model", "requests", "req/s", "p50 ms", "p99 ms", "errors"],
+                [[r["model"], r["requests"], r["rps"], r["p50_ms"], r["p99_ms"], r["errors"]] for r in rows],
+            ),
+            "",
+            f"Target: 0 errors — {errors} {verdict(errors == 0)}.",
+        ]
+    )
+
+
+def metrics_section(rows: list[dict]) -> str:
+    out = [
+        "## 8. What the handler's metrics cost",
+        "",
+        f"Each model served twice, handler metrics on (shipped) and off (`metrics: false`), loaded at concurrency "
+        f"{SOAK_CONCURRENCY} in turn, on and off interleaved; each cell is the median of the runs (all runs' req/s "
+        "listed). Target: on ≥ 0.93× off.",
+        "",
+        table(
+            ["model", "metrics", "req/s", "p50 ms", "p99 ms", "errors", "runs (req/s)"],
+            [
+                [
+                    r["model"],
+                    "on" if r["metrics"] else "off",
+                    r["rps"],
+                    r["p50_ms"],
+                    r["p99_ms"],
+                    r["errors"],
+                    " ".join(f"{v:.0f}" for v in r["runs"]),
+                ]
+                for r in rows
+            ],
+        ),
+        "",
+    ]
+    for model in dict.fromkeys(r["model"] for r in rows):
+        ratio = metrics_ratio(rows, model)
+        out.append(f"`{model}`: on / off = {ratio:.2f}× {verdict(ratio >= METRICS_MIN_RATIO)}")
+    return "\n".join(out)

@@ -13,6 +13,7 @@ import time
 import numpy as np
 import optuna
 
+from benchmarks.markdown import table
 from training.data.datasets import load_dataset, prepare_model
 from training.fit.loop import evaluate
 from training.nn import NWConfig, build_model
@@ -94,3 +95,41 @@ def run(quick: bool = False) -> list[dict]:
             }
         )
     return rows
+
+
+def section(rows: list[dict]) -> str:
+    anchor = rows[0]
+    out = [
+        "## 4. Tuning efficiency on `nw-sine`",
+        "",
+        f"Anchor: best single bandwidth on a dense grid, w = {anchor['anchor_bandwidth']:.2f}, test MSE "
+        f"{anchor['anchor_test_mse']:.4f}. Target: the tuner's best trial (chosen on validation) within 10% of it "
+        "on test. Seeded studies of the project's search space, with the median pruner and without.",
+        "",
+    ]
+    out.append(
+        table(
+            [
+                "pruning",
+                "studies reaching target",
+                "median trials",
+                "median seconds",
+                "epochs trained (mean)",
+                "pruned trials (mean)",
+                "study seconds (mean)",
+            ],
+            [
+                [
+                    "on" if r["pruning"] else "off",
+                    r["reached"],
+                    r["median_trials_to_target"],
+                    r["median_seconds_to_target"],
+                    r["mean_epochs_trained"],
+                    r["mean_pruned"],
+                    r["mean_study_seconds"],
+                ]
+                for r in rows
+            ],
+        )
+    )
+    return "\n".join(out)
