@@ -10,11 +10,13 @@ from pathlib import Path
 
 import optuna
 import pytest
+import sqlalchemy
 from mlflow import MlflowClient
 
-from training.search import progress
-from training.search.objective import TrialRun
+from training.search import progress, pruning
+from training.search.objective import Suggested, TrialRun
 from training.search.options import TuneOptions
+from training.search.storage import set_user_attrs
 from training.search.study import tune
 from training.tracking import mlflow_store
 from training.tracking.trial_record import TrialRecord
@@ -132,9 +134,67 @@ def test_kill_9_mid_trial_leaves_whole_records_and_the_next_run_closes_the_dead_
     assert not client.search_runs([experiment], "attributes.status = 'RUNNING'")
     killed = [t for t in trials_of(storage) if t.state == optuna.trial.TrialState.FAIL]
     assert killed and all(client.get_run(t.user_attrs["mlflow_run_id"]).info.status == "FAILED" for t in killed)
+    for trial in killed:  # its parameters, which go with a run's first batch, written from the study
+        params = client.get_run(trial.user_attrs["mlflow_run_id"]).data.params
+        assert params and all(params[k] == str(v) for k, v in trial.params.items())
     (parent,) = client.search_runs([experiment], "tags.kind = 'tuning' and attributes.status = 'KILLED'")
     assert "no heartbeat" in parent.data.tags["killed_reason"]
 
 
 def trials_of(storage: str) -> list[optuna.trial.FrozenTrial]:
     return optuna.load_study(study_name="nw-sine", storage=storage).trials
+
+
+def test_a_trials_user_attrs_are_one_commit_to_the_study_database(tmp_path):
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = optuna.create_study(storage=url, study_name="s")
+    trial = study.ask()
+    commits = []
+    sqlalchemy.event.listen(study._storage._backend.engine, "commit", lambda connection: commits.append(1))
+    attrs = {"seed": 3, "worker": "host:1", "mlflow_run_id": "abc", "protocol": "cv5"}
+    set_user_attrs(trial, attrs)
+    assert len(commits) == 1 and trial.user_attrs == attrs
+    assert optuna.load_study(study_name="s", storage=url).trials[0].user_attrs == attrs
+    set_user_attrs(trial, {"seed": 4})  # a second write updates in place
+    assert optuna.load_study(study_name="s", storage=url).trials[0].user_attrs["seed"] == 4
+
+
+def staircase(trial: optuna.Trial) -> float:
+    """A curve per trial that the median rule prunes some of: value 1/(epoch+1) scaled by a sampled level."""
+    level = trial.suggest_float("level", 0.0, 1.0)
+    for step in range(8):
+        trial.report(level + 1 / (step + 1), step)
+        if trial.should_prune():
+            raise optuna.TrialPruned()
+    return level
+
+
+def test_the_pruner_decides_as_optunas_median_rule_and_reads_the_study_once_a_trial(monkeypatch):
+    reads = []
+    get_trials = optuna.Study.get_trials
+    monkeypatch.setattr(optuna.Study, "get_trials", lambda *a, **k: reads.append(1) or get_trials(*a, **k))
+    outcomes = {}
+    pruners = {
+        "none": optuna.pruners.NopPruner(),  # the reads that are not the pruner's
+        "optuna": optuna.pruners.MedianPruner(4, 3),
+        "ours": pruning.MedianPruner(4, 3),
+    }
+    for name, pruner in pruners.items():
+        reads.clear()
+        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1), pruner=pruner)
+        study.optimize(staircase, n_trials=30)
+        outcomes[name] = ([t.state for t in study.trials], len(reads))
+    assert outcomes["ours"][0] == outcomes["optuna"][0]  # the same trials pruned, at the same steps
+    assert optuna.trial.TrialState.PRUNED in outcomes["ours"][0]
+    reads = {name: count - outcomes["none"][1] for name, (_, count) in outcomes.items()}
+    assert reads["ours"] <= 30 < 2 * 30 < reads["optuna"]  # once a trial, not once a report
+
+
+def test_a_folds_setup_reads_the_parameters_already_suggested():
+    study = optuna.create_study()
+    trial = study.ask()
+    first = trial.suggest_float("lr", 1e-3, 1.0, log=True)
+    known = Suggested(trial)
+    assert known.suggest_float("lr", 1e-3, 1.0, log=True) == first
+    assert known.suggest_int("depth", 1, 3) in (1, 2, 3) and "depth" in trial.params  # a new one is asked for
+    assert known.number == trial.number

@@ -112,7 +112,7 @@ def test_the_search_keeps_every_row_while_it_fits_and_offers_prototypes_beyond()
     assert nw_memory_choices(10_000) == [256, 1024, 4096, "all"]
     assert nw_memory_choices(ALL_ROWS_UP_TO + 1) == [256, 1024, 4096]
     assert nw_memory_choices(3_000_000) == [256, 1024, 4096]
-    assert nw_epochs(30, 1_000_000) == 5 and nw_epochs(30, 100_000) == 30 and nw_epochs(30, 10_000_000) == 3
+    assert nw_epochs(30, 6_000) == 30 and nw_epochs(30, 60_000) == 10 and nw_epochs(30, 600_000) == 3
     x, y = data(50)
     small = Dataset("toy", "regression", Split(x, y), Split(x, y), Split(x, y))
     trial = optuna.trial.FixedTrial({"parametric": False, "bandwidth": 1.0, "trend": False})

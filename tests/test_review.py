@@ -26,6 +26,13 @@ ROOT = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "training"]
 
 
+def get_note(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> str:
+    """optuna-dashboard's note on a finished trial, as the dashboard reads it."""
+    from optuna_dashboard._note import get_note_from_system_attrs
+
+    return get_note_from_system_attrs(study._storage.get_study_system_attrs(study._study_id), trial._trial_id)["body"]
+
+
 def cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([*CLI, *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
 
@@ -87,6 +94,9 @@ def test_study_has_metric_names_and_each_trial_its_mlflow_link(stores, tuned):
         route = f"/#/experiments/{tuned['eid']}/runs/{run_id}?workflowType=machine_learning"
         assert trial.user_attrs["mlflow_run_url"] == f"http://127.0.0.1:5000{route}"
         assert tuned["client"].get_run(run_id).data.tags["optuna.trial"] == str(trial.number)
+    best = study.best_trial  # optuna-dashboard shows its note as a link to its run
+    link = f"[{best.user_attrs['mlflow_run_id']}]({best.user_attrs['mlflow_run_url']})"
+    assert get_note(study, best) == f"MLflow run of this trial (the study's best): {link}"
 
 
 def test_parent_run_has_its_description_and_a_marked_winner(tuned):

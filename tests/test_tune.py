@@ -289,6 +289,7 @@ def test_device_pool_gives_each_running_trial_its_own_device():
 def test_a_trial_whose_process_died_is_retried_and_its_runs_closed(tmp_path):
     import time as clock
 
+    from training.search.storage import set_user_attrs
     from training.tracking.trial_log import MlflowTrialLog, StaleTrialCallback
 
     stores = {"storage": f"sqlite:///{tmp_path / 'optuna.db'}", "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}
@@ -305,7 +306,9 @@ def test_a_trial_whose_process_died_is_retried_and_its_runs_closed(tmp_path):
     # a worker started the trial and its parent run, then its process died (kill -9)
     dead_parent = client.create_run(experiment, tags={"optuna.study": "nw-sine", "kind": "tuning"}).info.run_id
     client.set_tag(dead_parent, "heartbeat", f"{clock.time():.3f}")
-    dead_run = MlflowTrialLog(client, experiment, dead_parent, "nw-sine").start(dead, dead.params)
+    record = MlflowTrialLog(client, experiment, dead_parent, "nw-sine").open(dead, dead.params)
+    set_user_attrs(dead, record.links)  # as a trial does when it starts; its parameters were never written
+    dead_run = record.run_id
     study._storage.record_heartbeat(dead._trial_id)
     clock.sleep(3)
     tune(options(stores, trials=2, **quick))
@@ -318,6 +321,7 @@ def test_a_trial_whose_process_died_is_retried_and_its_runs_closed(tmp_path):
     run = client.get_run(dead_run)
     assert run.info.status == "FAILED" and run.data.tags["optuna.state"] == "FAIL"
     assert "heartbeat" in run.data.tags["optuna.reason"]
+    assert run.data.params == {k: str(v) for k, v in trials[0].params.items()}  # written from the study
     parent = client.get_run(dead_parent)
     assert parent.info.status == "KILLED" and "no heartbeat" in parent.data.tags["killed_reason"]
     running = client.search_runs([experiment], "attributes.status = 'RUNNING'")

@@ -23,6 +23,7 @@ from training.nn import build_model
 from training.search import progress
 from training.search.options import TuneOptions
 from training.search.space import default_epochs, suggest
+from training.search.storage import set_user_attrs
 from training.tracking import run_notes
 from training.tracking.trial_log import MlflowTrialLog, NoTrialLog
 
@@ -142,23 +143,30 @@ class TrialRun:
         self.options, self.metric, self.log = objective.options, objective.metric, objective.log
         self.seen: list[float] = []
         self.clock = TrialClock(shared=objective.jobs > 1)
-        setup = self.setup(objective.data)
+        self._setup = setup = suggest(
+            self.options.model, trial, objective.data, epochs=objective.epochs, seed=self.options.seed, device=device
+        )
         params = {**trial.params, "device": device, "seed": self.options.seed, "max_epochs": setup.fit_config.epochs}
         params["cpu_clock"] = self.clock.kind
-        # what a later conclusion needs to refit this trial exactly, and who ran it
-        for key, value in [
-            ("seed", self.options.seed),
-            ("max_epochs", setup.fit_config.epochs),
-            ("worker", objective.worker),
-            ("protocol", objective.protocol),
-        ]:
-            trial.set_user_attr(key, value)
         self.record = self.log.open(trial, params)  # buffers the epochs; written at the end or every few s
+        # what a later conclusion needs to refit this trial exactly, who runs it and where its MLflow run is:
+        # one write to the study's storage
+        attrs = {
+            "seed": self.options.seed,
+            "max_epochs": setup.fit_config.epochs,
+            "worker": objective.worker,
+            "protocol": objective.protocol,
+        }
+        set_user_attrs(trial, attrs | self.record.links)
 
     def setup(self, data: Dataset):
+        """The trial's setup for `data`: the whole data's is made once; a fold's reads the parameters already
+        suggested instead of asking the storage for each again."""
+        if data is self.objective.data:
+            return self._setup
         return suggest(
             self.options.model,
-            self.trial,
+            Suggested(self.trial),
             data,
             epochs=self.objective.epochs,
             seed=self.options.seed,
@@ -196,6 +204,24 @@ class TrialRun:
         self.trial.report(value, step)
         if self.trial.should_prune():
             raise optuna.TrialPruned(f"pruned at {unit} {step}: val_{self.metric}={value:.6g} is behind the median")
+
+
+class Suggested:
+    """A trial whose `suggest_*` answer from the parameters it already has (no storage round trip), and ask
+    the trial itself for any other."""
+
+    def __init__(self, trial: optuna.Trial):
+        self.trial, self.params = trial, trial.params
+
+    def __getattr__(self, name: str):
+        method = getattr(self.trial, name)
+        if not name.startswith("suggest_"):
+            return method
+
+        def known_or_suggested(param: str, *args, **kwargs):
+            return self.params[param] if param in self.params else method(param, *args, **kwargs)
+
+        return known_or_suggested
 
 
 def summary_metrics(result: FitResult) -> dict[str, float]:

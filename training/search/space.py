@@ -37,8 +37,8 @@ class TrialSetup:
 # the exact model); beyond, M prototypes of them (training/nn/prototypes.py), and every row too up to ALL_ROWS_UP_TO.
 ALL_ROWS_ALONE_UP_TO, ALL_ROWS_UP_TO = 4_096, 20_000
 PROTOTYPE_CHOICES = (256, 1024, 4096)
-EPOCH_ROWS = 5_000_000  # rows a prototype trial trains on in all, at most (epochs x training rows)
-SECONDS_PER_ROW_PROTOTYPE = 1e-8  # a learned trial's training time per row, prototype and epoch (2 CPU cores)
+EPOCH_ROWS = 600_000  # rows a prototype trial trains on in all, at most (epochs x training rows; 3 epochs at least)
+SECONDS_PER_ROW_PROTOTYPE = 3e-8  # a learned trial's training time per row, prototype and epoch (2 CPU cores; row 9)
 NW_METRICS = ("bandwidth", "per_feature", "low_rank")  # one bandwidth, one per feature, a learned map L (r, D)
 # Choices added to a search space after studies were tuned, with what a trial tuned before them had:
 # a stored trial is rebuilt with these (`make conclude` of an old study). Weight decay was 0 before it

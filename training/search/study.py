@@ -21,7 +21,7 @@ from training.fit import cross_validation
 from training.fit.loop import PRIMARY_METRIC, resolve_device
 from training.infra import places, storage_urls
 from training.infra.locks import storage_lock
-from training.search import progress
+from training.search import progress, pruning
 from training.search.conclude import DATA_SEED, Conclusion, conclude, study_states
 from training.search.objective import Objective
 from training.search.options import GRACE_SECONDS, HEARTBEAT_SECONDS, TuneError, TuneOptions
@@ -62,7 +62,7 @@ def study_sampler(seed: int) -> optuna.samplers.BaseSampler:
 
 def study_pruner() -> optuna.pruners.BasePruner:
     """Median pruning once 4 trials finished, from epoch 3 on: weak trials stop early."""
-    return optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=3)
+    return pruning.MedianPruner(n_startup_trials=4, n_warmup_steps=3)
 
 
 def open_study(options: TuneOptions, direction: str, on_stale=None) -> tuple[optuna.Study, int]:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
+from optuna.trial import FrozenTrial
 
 from training.infra.places import ROOT
 from training.infra.storage_urls import redact
@@ -134,11 +135,9 @@ values, timeline; works offline), `plots/` (learning curve with the restored epo
 """
 
 
-def link_trial(trial, experiment_id: str, run_id: str, tracking_uri: str) -> None:
-    """The trial carries its MLflow run's address (user attr, and a note optuna-dashboard shows as a link)."""
-    url = f"{ui_base(tracking_uri)}/{run_route(experiment_id, run_id)}"
-    trial.set_user_attr("mlflow_run_url", url)
-    _dashboard_note(trial, f"MLflow run of this trial: [{run_id}]({url})")
+def trial_links(experiment_id: str, run_id: str, tracking_uri: str) -> dict[str, str]:
+    """What a trial carries of its MLflow run (user attrs, shown by optuna-dashboard): its id and address."""
+    return {"mlflow_run_id": run_id, "mlflow_run_url": f"{ui_base(tracking_uri)}/{run_route(experiment_id, run_id)}"}
 
 
 def mark_experiment(client: MlflowClient, experiment_id: str) -> None:
@@ -159,9 +158,12 @@ def explain(client: MlflowClient, experiment_id: str, run_id: str, study, conclu
     git = git_provenance(ROOT)
     for key, value in git.items():
         client.set_tag(run_id, key, value)
-    best_run_id = study.best_trial.user_attrs.get("mlflow_run_id", "")
+    best = study.best_trial
+    best_run_id = best.user_attrs.get("mlflow_run_id", "")
     if best_run_id:
         mark_winner(client, experiment_id, best_run_id)
+        url = best.user_attrs.get("mlflow_run_url", "")
+        _dashboard_note(study, f"MLflow run of this trial (the study's best): [{best_run_id}]({url})", best)
     params = sorted({name for trial in study.trials for name in trial.params})
     share_trials_view(client, experiment_id, conclusion.metric, conclusion.direction, params)
     note = description(
@@ -178,9 +180,13 @@ def explain(client: MlflowClient, experiment_id: str, run_id: str, study, conclu
     )
 
 
-def _dashboard_note(study_or_trial, body: str) -> None:
+def _dashboard_note(study, body: str, trial: FrozenTrial | None = None) -> None:
+    """optuna-dashboard's note on the study, or on one of its trials (finished ones too)."""
     try:
-        from optuna_dashboard import save_note
+        from optuna_dashboard._note import note_ver_key, save_note_with_version
     except ImportError:  # the dashboard is optional for tuning
         return
-    save_note(study_or_trial, body)
+    storage, study_id = study._storage, study._study_id
+    trial_id = trial._trial_id if trial is not None else None
+    version = storage.get_study_system_attrs(study_id).get(note_ver_key(trial_id), 0) + 1
+    save_note_with_version(storage, study_id, trial_id, version, body)

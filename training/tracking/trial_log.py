@@ -10,6 +10,7 @@ import mlflow
 import optuna
 from mlflow.entities import Param
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+from mlflow.utils.validation import MAX_PARAMS_TAGS_PER_BATCH
 
 from training.tracking import mlflow_store, run_notes
 from training.tracking.trial_record import FLUSH_SECONDS, NoRecord, TrialRecord
@@ -34,20 +35,18 @@ class MlflowTrialLog:
         self.client, self.experiment_id, self.parent, self.study = client, experiment_id, parent, study
         self.flush_seconds = flush_seconds
 
-    def start(self, trial: optuna.Trial, params: dict) -> str:
-        """The trial's run, created with its tags and then its parameters: two writes, whatever the trial does."""
+    def open(self, trial: optuna.Trial, params: dict) -> TrialRecord:
+        """The trial's run, created with its tags (one write); its parameters go with its first batch of metrics,
+        and the caller writes `record.links` on the trial."""
+        name = f"trial-{trial.number}"
         run = self.client.create_run(
             self.experiment_id,
-            run_name=f"trial-{trial.number}",
+            run_name=name,
             tags={MLFLOW_PARENT_RUN_ID: self.parent, "optuna.study": self.study, "optuna.trial": str(trial.number)},
         )
-        trial.set_user_attr("mlflow_run_id", run.info.run_id)
-        run_notes.link_trial(trial, self.experiment_id, run.info.run_id, self.client.tracking_uri)
-        self.client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
-        return run.info.run_id
-
-    def open(self, trial: optuna.Trial, params: dict) -> TrialRecord:
-        return TrialRecord(self.client, self.start(trial, params), f"trial-{trial.number}", self.flush_seconds)
+        run_id = run.info.run_id
+        links = run_notes.trial_links(self.experiment_id, run_id, self.client.tracking_uri)
+        return TrialRecord(self.client, run_id, name, self.flush_seconds, params=params, links=links)
 
 
 class NoTrialLog:
@@ -57,7 +56,20 @@ class NoTrialLog:
         return NoRecord()
 
 
-def close_run(client: mlflow.MlflowClient, run_id: str, state: str, reason: str | None, status: str | None = None):
+def close_run(
+    client: mlflow.MlflowClient,
+    run_id: str,
+    state: str,
+    reason: str | None,
+    status: str | None = None,
+    trial: optuna.trial.FrozenTrial | None = None,
+    run=None,
+):
+    """Close a trial's run its worker left open; with `trial`, first give it the trial's parameters if it has
+    none (they go with a run's first batch, which a dead worker may never have written)."""
+    if trial is not None and not (run or client.get_run(run_id)).data.params:
+        params = [Param(k, str(v)) for k, v in trial.params.items()]
+        client.log_batch(run_id, params=params[:MAX_PARAMS_TAGS_PER_BATCH])
     client.set_tag(run_id, "optuna.state", state)
     if reason:
         client.set_tag(run_id, "optuna.reason", reason)
@@ -76,7 +88,7 @@ class StaleTrialCallback:
         self.retry(study, trial)
         run_id = trial.user_attrs.get("mlflow_run_id")
         if self.client is not None and run_id:
-            close_run(self.client, run_id, "FAIL", STALE_REASON)
+            close_run(self.client, run_id, "FAIL", STALE_REASON, trial=trial)
 
 
 class ParentHeartbeat:
@@ -124,7 +136,7 @@ def close_dead_runs(client: mlflow.MlflowClient, experiment_id: str, study: optu
                 # a run its trial does not know (the worker died in between) is a failed attempt
                 state = trial.state.name if trial.user_attrs.get("mlflow_run_id") == run.info.run_id else "FAIL"
                 reason = trial.user_attrs.get("fail_reason") or (STALE_REASON if state == "FAIL" else None)
-                close_run(client, run.info.run_id, state, reason)
+                close_run(client, run.info.run_id, state, reason, trial=trial, run=run)
                 closed.append(run.info.run_id)
         elif tags.get("kind") in ("tuning", "conclusion"):
             last = float(tags.get("heartbeat", run.info.start_time / 1000))

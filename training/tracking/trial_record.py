@@ -14,9 +14,9 @@ import math
 import time
 
 import mlflow
-from mlflow.entities import Metric, RunTag
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
-from mlflow.utils.validation import MAX_ENTITIES_PER_BATCH
+from mlflow.utils.validation import MAX_ENTITIES_PER_BATCH, MAX_PARAMS_TAGS_PER_BATCH
 
 # A running trial's epochs reach MLflow at least this often, besides at its end: a long trial's curve grows in
 # the UI while it trains, and a kill -9 loses at most this much of it.
@@ -24,10 +24,21 @@ FLUSH_SECONDS = 10.0
 
 
 class TrialRecord:
-    """The MLflow run `run_id` (named `name`) of one trial: `epoch` buffers, `flush` writes, `close` ends it."""
+    """The MLflow run `run_id` (named `name`) of one trial: `epoch` buffers, `flush` writes, `close` ends it.
+    `params` go with the first write; `links` (its id and address) are for the Optuna trial to carry."""
 
-    def __init__(self, client: mlflow.MlflowClient, run_id: str, name: str, flush_seconds: float = FLUSH_SECONDS):
+    def __init__(
+        self,
+        client: mlflow.MlflowClient,
+        run_id: str,
+        name: str,
+        flush_seconds: float = FLUSH_SECONDS,
+        params: dict | None = None,
+        links: dict[str, str] | None = None,
+    ):
         self.client, self.run_id, self.name, self.flush_seconds = client, run_id, name, flush_seconds
+        self.links = links or {"mlflow_run_id": run_id}
+        self._params = [Param(k, str(v)) for k, v in (params or {}).items()]
         self._pending: list[Metric] = []
         self._written = time.monotonic()
 
@@ -38,16 +49,21 @@ class TrialRecord:
             self.flush()
 
     def flush(self, tags: dict[str, str] | None = None) -> None:
-        """Write what is buffered, and `tags` with its last part: one `log_batch` per MLflow batch limit (the
-        limit counts tags too), usually one. What a failed write did not take stays buffered."""
+        """Write what is buffered (the parameters with the first write), and `tags` with its last part: one
+        `log_batch` per MLflow batch limit (the limit counts tags and parameters too), usually one. What a failed
+        write did not take stays buffered."""
         run_tags = [RunTag(k, v) for k, v in (tags or {}).items()]
-        room = MAX_ENTITIES_PER_BATCH - len(run_tags)
+        while len(self._params) > MAX_PARAMS_TAGS_PER_BATCH:  # MLflow's cap on a batch's parameters
+            self.client.log_batch(self.run_id, params=self._params[:MAX_PARAMS_TAGS_PER_BATCH])
+            del self._params[:MAX_PARAMS_TAGS_PER_BATCH]
+        room = MAX_ENTITIES_PER_BATCH - len(run_tags) - len(self._params)
         while len(self._pending) > room:
-            self.client.log_batch(self.run_id, metrics=self._pending[:MAX_ENTITIES_PER_BATCH])
-            del self._pending[:MAX_ENTITIES_PER_BATCH]
-        if self._pending or run_tags:
-            self.client.log_batch(self.run_id, metrics=self._pending, tags=run_tags)
-            self._pending = []
+            self.client.log_batch(self.run_id, metrics=self._pending[:room], params=self._params)
+            del self._pending[:room]
+            self._params, room = [], MAX_ENTITIES_PER_BATCH - len(run_tags)
+        if self._pending or run_tags or self._params:
+            self.client.log_batch(self.run_id, metrics=self._pending, params=self._params, tags=run_tags)
+            self._pending, self._params = [], []
         self._written = time.monotonic()
 
     def close(
@@ -72,6 +88,7 @@ class NoRecord:
     """A trial that is not tracked (`Objective` without a log): every call does nothing."""
 
     run_id = None
+    links: dict[str, str] = {}
 
     def epoch(self, values: dict[str, float], step: int) -> None:
         pass
