@@ -8,6 +8,7 @@ import zipfile
 import pytest
 
 from training.serving import history
+from training.serving.deploy import deploy, rollout_lock
 from training.serving.rollback import rollback
 from training.serving.signing import UnsignedArchiveError
 
@@ -77,4 +78,17 @@ def test_an_earlier_copy_that_fails_verification_is_not_registered(recorded_serv
     with zipfile.ZipFile(releases / "nw-sine-v1.mar", "w") as planted:  # unsigned: not what a rollout wrote
         planted.writestr("model_info.json", json.dumps({"name": "nw-sine", "version": 1}))
     with pytest.raises(UnsignedArchiveError, match="nw-sine-v1.mar"):
+        rollback("nw-sine", run_dir=recorded_server, mark_registry=False)
+
+
+def test_a_second_rollout_of_a_model_under_way_is_refused_and_the_lock_is_released(recorded_server):
+    busy = "another deploy or rollback of nw-sine is under way"
+    with rollout_lock(recorded_server, "nw-sine"):  # as a deploy in another terminal holds it
+        with pytest.raises(RuntimeError, match=busy):
+            rollback("nw-sine", run_dir=recorded_server, mark_registry=False)
+        with pytest.raises(RuntimeError, match=busy):
+            deploy("nw-sine", run_dir=recorded_server, model_store=recorded_server, mark_registry=False)
+        with pytest.raises(RuntimeError, match="no version of mha-adding is recorded"):  # another model goes on
+            rollback("mha-adding", run_dir=recorded_server, mark_registry=False)
+    with pytest.raises(RuntimeError, match="verified copy of nw-sine version 1 is missing"):  # free again
         rollback("nw-sine", run_dir=recorded_server, mark_registry=False)

@@ -13,9 +13,12 @@ directory.
 
 from __future__ import annotations
 
+import fcntl
 import io
 import time
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +51,19 @@ def deploy(
     trust_unsigned: bool = False,
 ) -> Rollout:
     run_dir, model_store = Path(run_dir).resolve(), Path(model_store).resolve()
+    with rollout_lock(run_dir, name):
+        return deploy_locked(name, run_dir, model_store, tracking_uri, drain_seconds, mark_registry, trust_unsigned)
+
+
+def deploy_locked(
+    name: str,
+    run_dir: Path,
+    model_store: Path,
+    tracking_uri: str | None,
+    drain_seconds: float,
+    mark_registry: bool,
+    trust_unsigned: bool,
+) -> Rollout:
     server = running_server(run_dir)
     archive = model_store / f"{name}.mar"
     if not archive.exists():
@@ -94,6 +110,27 @@ def roll(
             raise RuntimeError(f"version {version} serves {name}, but unregistering version {previous} failed: {body}")
     registry = mark_serving(name, version, tracking_uri) if mark_registry else "not updated"
     return Rollout(name, version, old, time.monotonic() - start, registry)
+
+
+@contextmanager
+def rollout_lock(run_dir: Path, name: str) -> Iterator[None]:
+    """One deploy or rollback of `name` at a time on a server: a second is refused at once (rather than run after
+    the first, from a state its user did not see), and the lock goes with its process, however it ends."""
+    if not run_dir.is_dir():  # no server ran from here: the rollout itself says so
+        yield
+        return
+    with open(run_dir / f"rollout-{name}.lock", "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RuntimeError(
+                f"another deploy or rollback of {name} is under way on the server in {run_dir}: "
+                "run this one again once it has finished"
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def served_versions(server: Server, name: str) -> list[str]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from training.serving import history
-from training.serving.deploy import Rollout, roll, served_copy, served_versions
+from training.serving.deploy import Rollout, roll, rollout_lock, served_copy, served_versions
 from training.serving.serve import RUN_DIR, STORE, archive_info, running_server, verified_bytes
 
 
@@ -26,6 +26,13 @@ def rollback(
     trust_unsigned: bool = False,
 ) -> Rollout:
     run_dir = Path(run_dir).resolve()
+    with rollout_lock(run_dir, name):
+        return rollback_locked(name, run_dir, tracking_uri, drain_seconds, mark_registry, trust_unsigned)
+
+
+def rollback_locked(
+    name: str, run_dir: Path, tracking_uri: str | None, drain_seconds: float, mark_registry: bool, trust_unsigned: bool
+) -> Rollout:
     server = running_server(run_dir)
     after = history.before_last_rollout(run_dir, name)
     current, previous = history.versions(run_dir, name)[-1], after[-1]
