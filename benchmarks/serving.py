@@ -66,7 +66,7 @@ def build_archives(root: Path, quick: bool, variants: dict[str, dict] | None = N
 
 def run(quick: bool = False, client: str = "auto") -> list[dict]:
     """Variants are interleaved and each cell repeated; a cell reports its median-throughput run."""
-    seconds, repeats = (1.0, 1) if quick else (3.0, 3)
+    seconds, repeats, warmup = (0.5, 1, 0.3) if quick else (3.0, 3, 1.0)
     concurrency = [1, 16] if quick else CONCURRENCY
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -78,7 +78,7 @@ def run(quick: bool = False, client: str = "auto") -> list[dict]:
                 urls = {suffix: f"{server.inference_url}/predictions/{name}{suffix}" for suffix in VARIANTS}
                 for c in concurrency:
                     for url in urls.values():  # warm-up at this concurrency
-                        run_load(url, body, server.token(), c, 1.0, client)
+                        run_load(url, body, server.token(), c, warmup, client)
                     runs = {suffix: [] for suffix in VARIANTS}
                     for _ in range(repeats):
                         for suffix, url in urls.items():

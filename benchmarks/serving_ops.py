@@ -29,7 +29,7 @@ METRICS_MIN_RATIO = 0.93
 
 def run_delays(quick: bool = False, client: str = "auto") -> list[dict]:
     delays = [0, 5] if quick else DELAYS_MS
-    seconds, repeats = (1.0, 1) if quick else (3.0, 3)
+    seconds, repeats, warmup = (0.5, 1, 0.3) if quick else (3.0, 3, 1.0)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         store = build_archives(Path(tmp), quick, {f"-d{d}": {"maxBatchDelay": d} for d in delays})
@@ -40,7 +40,7 @@ def run_delays(quick: bool = False, client: str = "auto") -> list[dict]:
                 for concurrency in (1, 64):
                     for delay in delays:
                         url = f"{server.inference_url}/predictions/{name}-d{delay}"
-                        run_load(url, body, server.token(), concurrency, 1.0, client)  # warm-up
+                        run_load(url, body, server.token(), concurrency, warmup, client)  # warm-up
                         runs = [
                             run_load(url, body, server.token(), concurrency, seconds, client) for _ in range(repeats)
                         ]
@@ -79,7 +79,7 @@ def run_soak(quick: bool = False, client: str = "auto") -> list[dict]:
 
 
 def run_metrics_cost(quick: bool = False, client: str = "auto") -> list[dict]:
-    seconds, repeats = (1.0, 1) if quick else (3.0, 5)
+    seconds, repeats, warmup = (0.5, 1, 0.3) if quick else (3.0, 5, 1.0)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         variants = {suffix: {"handler_options": {"metrics": on}} for suffix, on in METRICS_SWITCH.items()}
@@ -90,7 +90,7 @@ def run_metrics_cost(quick: bool = False, client: str = "auto") -> list[dict]:
                 body = json.dumps(payload).encode()
                 urls = {s: f"{server.inference_url}/predictions/{name}{s}" for s in METRICS_SWITCH}
                 for url in urls.values():
-                    run_load(url, body, server.token(), SOAK_CONCURRENCY, 1.0, client)  # warm-up
+                    run_load(url, body, server.token(), SOAK_CONCURRENCY, warmup, client)  # warm-up
                 runs: dict[str, list[dict]] = {s: [] for s in METRICS_SWITCH}
                 for _ in range(repeats):  # on, off, on, off, ...: drifts of the machine fall on both
                     for suffix, url in urls.items():
