@@ -16,8 +16,8 @@ from mlflow import MlflowClient
 from training.search import progress, pruning
 from training.search.objective import Suggested, TrialRun
 from training.search.options import TuneOptions
-from training.search.storage import set_user_attrs
 from training.search.study import tune
+from training.search.trial_writes import Reports, set_user_attrs
 from training.tracking import mlflow_store
 from training.tracking.trial_record import TrialRecord
 
@@ -108,8 +108,9 @@ def test_kill_9_mid_trial_leaves_whole_records_and_the_next_run_closes_the_dead_
             assert line, "tune ended before its third trial:\n" + "".join(lines)
             lines.append(line)
         storage = stores[1]
-        while not any(t.state.name == "RUNNING" and len(t.intermediate_values) >= 2 for t in trials_of(storage)):
-            time.sleep(0.01)  # mid-trial, with epochs trained and (most likely) not yet written
+        while not any(t.state.name == "RUNNING" and t.number > 2 for t in trials_of(storage)):
+            time.sleep(0.01)
+        time.sleep(0.1)  # mid-trial, with epochs trained and (most likely) not yet written
     finally:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
@@ -157,6 +158,27 @@ def test_a_trials_user_attrs_are_one_commit_to_the_study_database(tmp_path):
     assert optuna.load_study(study_name="s", storage=url).trials[0].user_attrs == attrs
     set_user_attrs(trial, {"seed": 4})  # a second write updates in place
     assert optuna.load_study(study_name="s", storage=url).trials[0].user_attrs["seed"] == 4
+
+
+def test_a_trials_reports_are_seen_by_its_pruner_at_once_and_written_in_one_commit(tmp_path):
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = optuna.create_study(storage=url, study_name="s")
+    trial = study.ask()
+    commits = []
+    sqlalchemy.event.listen(study._storage._backend.engine, "commit", lambda connection: commits.append(1))
+    reports = Reports(trial, flush_seconds=3600)
+    for step in range(5):
+        reports.report(1 / (step + 1), step)
+    reports.report(9.0, 4)  # a step is reported once, as Optuna does
+    assert trial._get_latest_trial().intermediate_values == {s: 1 / (s + 1) for s in range(5)} and not commits
+    assert optuna.load_study(study_name="s", storage=url).trials[0].intermediate_values == {}
+    reports.flush()
+    assert len(commits) == 1
+    assert optuna.load_study(study_name="s", storage=url).trials[0].intermediate_values == {
+        s: 1 / (s + 1) for s in range(5)
+    }
+    study.tell(trial, state=optuna.trial.TrialState.PRUNED)  # a pruned trial's value: its last report
+    assert optuna.load_study(study_name="s", storage=url).trials[0].value == 1 / 5
 
 
 def staircase(trial: optuna.Trial) -> float:

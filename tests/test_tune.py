@@ -289,7 +289,7 @@ def test_device_pool_gives_each_running_trial_its_own_device():
 def test_a_trial_whose_process_died_is_retried_and_its_runs_closed(tmp_path):
     import time as clock
 
-    from training.search.storage import set_user_attrs
+    from training.search.trial_writes import set_user_attrs
     from training.tracking.trial_log import MlflowTrialLog, StaleTrialCallback
 
     stores = {"storage": f"sqlite:///{tmp_path / 'optuna.db'}", "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}

@@ -7,8 +7,6 @@ from collections.abc import Callable
 
 import numpy as np
 import optuna
-from optuna.storages._rdb.models import TrialUserAttributeModel
-from optuna.storages._rdb.storage import _create_scoped_session
 
 from training.infra.locks import storage_lock
 from training.infra.storage_urls import StorageError, is_postgres, journal_path, one_line, redact, sqlalchemy_url
@@ -52,19 +50,3 @@ def sampler_seed(seed: int, invocation: int) -> int:
     if invocation == 0:
         return seed
     return int(np.random.SeedSequence([seed, invocation]).generate_state(1)[0])
-
-
-def set_user_attrs(trial: optuna.Trial, attrs: dict) -> None:
-    """Several user attributes of a running trial in one transaction where the study is in a database (Optuna
-    commits each `set_user_attr` on its own: a few milliseconds apiece on SQLite, most of a small trial's
-    bookkeeping), one by one elsewhere. Uses the RDB storage's own per-attribute write (Optuna is pinned)."""
-    storage = trial.storage
-    backend = getattr(storage, "_backend", storage)  # under Optuna's cache of finished trials
-    if not isinstance(backend, optuna.storages.RDBStorage):
-        for key, value in attrs.items():
-            trial.set_user_attr(key, value)
-        return
-    with _create_scoped_session(backend.scoped_session, True) as session:
-        for key, value in attrs.items():
-            backend._set_trial_attr_without_commit(session, TrialUserAttributeModel, trial._trial_id, key, value)
-    trial._cached_frozen_trial.user_attrs.update(attrs)  # what `trial.user_attrs` reads, as set_user_attr keeps it
