@@ -32,22 +32,15 @@ from training.data.datasets import prepare_model
 from training.data.tables import TableSpec, load_file_dataset
 from training.fit.loop import evaluate, fit
 from training.nn import build_model, save_checkpoint
-from training.search.space import FILE_EPOCHS, rebuild
+from training.search.space import FILE_EPOCHS, FIRST_PROTOTYPE_TRIAL, rebuild
 
 SIZES, QUICK_SIZES = (10_000, 100_000, 1_000_000), (2_000, 4_000)
 QUICK_EPOCHS = 5
 MEMORIES = {10_000: (256, 1024, 4096, "all"), 100_000: (256, 1024, 4096), 1_000_000: (256, 1024, 4096)}
-SETTINGS = {
-    "parametric": True,
-    "bandwidth": 1.0,
-    "metric": "per_feature",
-    "trend": True,
-    "optimizer": "adamw",
-    "lr": 0.03,
-    "weight_decay": 1e-4,
-    "prototype_batch_size": 2048,
-    "batch_size": 256,  # the all-rows model's
-}
+FIRST_M = FIRST_PROTOTYPE_TRIAL["memory"]
+TRIAL_SECONDS = {100_000: 20, 1_000_000: 120}  # a trial at the search's first M
+LARGEST_SECONDS, MEMORY_GIB, ARCHIVE_MB = 600, 4, 50
+SETTINGS = {**FIRST_PROTOTYPE_TRIAL, "batch_size": 256}  # the search's first trial; batch 256 for the all-rows model
 PEER_ROWS = 100_000
 PEERS = {
     "KNeighborsRegressor": (KNeighborsRegressor, {"n_neighbors": [5, 10, 20, 40], "weights": ["distance"]}),
@@ -195,6 +188,7 @@ def section(rows: list[dict]) -> str:
         ratio = all_rows_mse_ratio(row)
         if ratio is not None:
             out.append(f"  - M 1,024 against every row: test MSE ratio {ratio:.3f} {verdict(ratio <= 1.02)}")
+    out += targets(rows)
     out += [
         "",
         "Cost model: the prototypes cost one k-means (Lloyd's iterations on at most 65,536 sampled rows, then one "
@@ -203,3 +197,35 @@ def section(rows: list[dict]) -> str:
         "prototypes (M x D keys, M values, M counts, 5 row numbers each).",
     ]
     return "\n".join(out)
+
+
+def targets(rows: list[dict]) -> list[str]:
+    """The issue's targets at 100k and 1M rows, for the search's first trial (M `FIRST_M`) and the largest M."""
+    trial = {(row["rows"], t["memory"]): t for row in rows for t in row["trials"]}
+    by_size = {row["rows"]: row for row in rows}
+    if not {10_000, 100_000, 1_000_000} <= set(by_size):
+        return []
+    out = ["", f"Targets (M {FIRST_M:,}: the search's first trial on a large file, `FIRST_PROTOTYPE_TRIAL`):"]
+    for size, limit in TRIAL_SECONDS.items():
+        seconds = trial[size, FIRST_M]["trial_s"]
+        out.append(f"- a trial at {size:,} rows ≤ {limit} s: {seconds} s {verdict(seconds <= limit)}")
+    largest = max((t for t in by_size[1_000_000]["trials"] if t["memory"] != "all"), key=lambda t: t["keys"])
+    out.append(
+        f"- the largest M ({largest['memory']:,}) at 1,000,000 rows under {LARGEST_SECONDS // 60} min: "
+        f"{largest['trial_s']} s {verdict(largest['trial_s'] < LARGEST_SECONDS)}"
+    )
+    peak = max(t["peak_rss_gib"] for t in trial.values())
+    out.append(f"- memory ≤ {MEMORY_GIB} GiB: peak {peak} GiB {verdict(peak <= MEMORY_GIB)}")
+    ratio = trial[1_000_000, FIRST_M]["c1_p50_ms"] / trial[10_000, FIRST_M]["c1_p50_ms"]
+    out.append(f"- served c1 p50 at 1M rows within 1.5x the 10k-row model's: {ratio:.2f}x {verdict(ratio <= 1.5)}")
+    size_mb = max(t["checkpoint_mb"] for t in trial.values())
+    out.append(f"- archive ≤ {ARCHIVE_MB} MB: largest checkpoint {size_mb} MB {verdict(size_mb <= ARCHIVE_MB)}")
+    for size in TRIAL_SECONDS:
+        r2, peers_r2 = trial[size, FIRST_M]["test_r2"], by_size[size]["peers_r2"]
+        knn, hgb = peers_r2["KNeighborsRegressor"], peers_r2["HistGradientBoostingRegressor"]
+        ok = r2 > knn and r2 >= 0.9 * hgb
+        out.append(
+            f"- test R² at {size:,} rows ahead of k-NN ({knn:.3f}) and ≥ 0.9x HistGradientBoosting ({hgb:.3f}): "
+            f"{r2:.3f} {verdict(ok)}"
+        )
+    return out

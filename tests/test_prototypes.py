@@ -10,7 +10,15 @@ from handlers.contract import Limits, adapter_for, answer_batch
 from training.data.datasets import Dataset, Split
 from training.nn import NWConfig, build_model, load_checkpoint, save_checkpoint
 from training.nn.prototypes import MEMBER_ROWS, build_memory
-from training.search.space import ALL_ROWS_ALONE_UP_TO, ALL_ROWS_UP_TO, nw_epochs, nw_memory_choices, suggest_nw
+from training.search.space import (
+    ALL_ROWS_ALONE_UP_TO,
+    ALL_ROWS_UP_TO,
+    FIRST_PROTOTYPE_TRIAL,
+    nw_epochs,
+    nw_first_trial,
+    nw_memory_choices,
+    suggest_nw,
+)
 
 
 def data(n: int, classes: int = 0, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -161,3 +169,21 @@ def test_a_learned_prototype_model_trains_in_the_fit_loop_and_improves_on_its_st
     assert model.config.n_keys <= 256 and len(result.history) >= 1
     assert result.val_metrics["mse"] < result.initial_val_metrics["mse"]
     assert isinstance(model.keys, torch.nn.Parameter) and model.counts.sum() == 4800
+
+
+def test_a_new_study_on_a_large_file_starts_with_the_measured_prototype_trial(tmp_path):
+    from training.search.options import TuneOptions
+    from training.search.study import tune
+
+    assert nw_first_trial(ALL_ROWS_ALONE_UP_TO, 8, True) is None  # every row, as before: nothing enqueued
+    assert nw_first_trial(60_000, 8, True) == FIRST_PROTOTYPE_TRIAL
+    assert "trend" not in nw_first_trial(60_000, 8, False)  # classes: no trend to carry
+    assert "metric" not in nw_first_trial(60_000, 1, True)  # one feature: one bandwidth
+    x, y = data(7_000)  # 4,200 training rows: prototypes are searched
+    path = tmp_path / "wide.csv"
+    path.write_text("a,b,c,y\n" + "".join(f"{a:.4f},{b:.4f},{c:.4f},{t:.4f}\n" for (a, b, c), t in zip(x.tolist(), y)))
+    stores = {"storage": f"sqlite:///{tmp_path / 'o.db'}", "tracking_uri": f"sqlite:///{tmp_path / 'm.db'}"}
+    options = TuneOptions(model="nw", data=str(path), target="y", trials=1, epochs=1, conclude=False, **stores)
+    tune(options)
+    (first,) = optuna.load_study(study_name=options.name, storage=stores["storage"]).trials
+    assert first.params == FIRST_PROTOTYPE_TRIAL and first.state == optuna.trial.TrialState.COMPLETE

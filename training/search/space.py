@@ -39,6 +39,20 @@ ALL_ROWS_ALONE_UP_TO, ALL_ROWS_UP_TO = 4_096, 20_000
 PROTOTYPE_CHOICES = (256, 1024, 4096)
 EPOCH_ROWS = 600_000  # rows a prototype trial trains on in all, at most (epochs x training rows; 3 epochs at least)
 SECONDS_PER_ROW_PROTOTYPE = 3e-8  # a learned trial's training time per row, prototype and epoch (2 CPU cores; row 9)
+# A new study of NW on a large file starts with this trial (then the sampler's): M 1,024 prototypes, learned
+# per-feature bandwidths and a linear trend, which benchmark row 9 measured accurate at every size, with a time
+# that stays in minutes at a million rows.
+FIRST_PROTOTYPE_TRIAL = {
+    "memory": 1024,
+    "parametric": True,
+    "bandwidth": 1.0,
+    "trend": True,
+    "metric": "per_feature",
+    "optimizer": "adamw",
+    "lr": 0.03,
+    "weight_decay": 1e-4,
+    "prototype_batch_size": 2048,
+}
 NW_METRICS = ("bandwidth", "per_feature", "low_rank")  # one bandwidth, one per feature, a learned map L (r, D)
 # Choices added to a search space after studies were tuned, with what a trial tuned before them had:
 # a stored trial is rebuilt with these (`make conclude` of an old study). Weight decay was 0 before it
@@ -65,6 +79,19 @@ def nw_memory_choices(rows: int) -> list[int | str]:
     prototypes (fewer than the rows) once there are more than `ALL_ROWS_ALONE_UP_TO`."""
     choices: list[int | str] = [m for m in PROTOTYPE_CHOICES if m < rows] if rows > ALL_ROWS_ALONE_UP_TO else []
     return choices + (["all"] if rows <= ALL_ROWS_UP_TO else [])
+
+
+def nw_first_trial(rows: int, in_features: int, regression: bool) -> dict | None:
+    """The trial a new NW study on `rows` training rows starts with: `FIRST_PROTOTYPE_TRIAL` where prototypes are
+    searched (tabular regression: trend and metric apply), none otherwise."""
+    if rows <= ALL_ROWS_ALONE_UP_TO:
+        return None
+    first = dict(FIRST_PROTOTYPE_TRIAL)
+    if not (regression and in_features > 1):
+        first.pop("trend")
+    if in_features == 1:
+        first.pop("metric")
+    return first
 
 
 def nw_memory_note(rows: int, epochs: int) -> str | None:

@@ -25,7 +25,7 @@ from training.search import progress, pruning
 from training.search.conclude import DATA_SEED, Conclusion, conclude, study_states
 from training.search.objective import Objective
 from training.search.options import GRACE_SECONDS, HEARTBEAT_SECONDS, TuneError, TuneOptions
-from training.search.space import FILE_EPOCHS, nw_memory_note
+from training.search.space import FILE_EPOCHS, nw_first_trial, nw_memory_note
 from training.search.storage import open_storage, sampler_seed
 from training.tracking import mlflow_store, records, run_notes
 from training.tracking.system_metrics import SystemMetrics
@@ -117,6 +117,9 @@ def tune(options: TuneOptions) -> TuneResult:
     study, invocation = open_study(options, direction, on_stale)
     if isinstance(data, tables.FileDataset):
         records.record_on_study(study, data)
+    first = nw_first_trial(len(data.train), data.in_features, not data.n_classes) if options.model == "nw" else None
+    if first and invocation == 0:  # a new study of NW on a large file starts where row 9 measured
+        study.enqueue_trial(first, skip_if_exists=True)
     close_dead_runs(client, experiment_id, study, options.grace)
     seed = sampler_seed(options.seed, invocation)
     study.set_metric_names([f"best_val_{PRIMARY_METRIC[data.task][0]}"])  # named in optuna-dashboard
