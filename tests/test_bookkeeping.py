@@ -146,12 +146,18 @@ def trials_of(storage: str) -> list[optuna.trial.FrozenTrial]:
     return optuna.load_study(study_name="nw-sine", storage=storage).trials
 
 
-def test_a_trials_user_attrs_are_one_commit_to_the_study_database(tmp_path):
+@pytest.fixture
+def running_trial(tmp_path):
+    """A trial running in a SQLite study, the study's URL, and the list its database's commits are counted in."""
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
     study = optuna.create_study(storage=url, study_name="s")
-    trial = study.ask()
-    commits = []
+    trial, commits = study.ask(), []
     sqlalchemy.event.listen(study._storage._backend.engine, "commit", lambda connection: commits.append(1))
+    return study, trial, url, commits
+
+
+def test_a_trials_user_attrs_are_one_commit_to_the_study_database(running_trial):
+    study, trial, url, commits = running_trial
     attrs = {"seed": 3, "worker": "host:1", "mlflow_run_id": "abc", "protocol": "cv5"}
     set_user_attrs(trial, attrs)
     assert len(commits) == 1 and trial.user_attrs == attrs
@@ -160,12 +166,8 @@ def test_a_trials_user_attrs_are_one_commit_to_the_study_database(tmp_path):
     assert optuna.load_study(study_name="s", storage=url).trials[0].user_attrs["seed"] == 4
 
 
-def test_a_trials_reports_are_seen_by_its_pruner_at_once_and_written_in_one_commit(tmp_path):
-    url = f"sqlite:///{tmp_path / 'optuna.db'}"
-    study = optuna.create_study(storage=url, study_name="s")
-    trial = study.ask()
-    commits = []
-    sqlalchemy.event.listen(study._storage._backend.engine, "commit", lambda connection: commits.append(1))
+def test_a_trials_reports_are_seen_by_its_pruner_at_once_and_written_in_one_commit(running_trial):
+    study, trial, url, commits = running_trial
     reports = Reports(trial, flush_seconds=3600)
     for step in range(5):
         reports.report(1 / (step + 1), step)
