@@ -26,6 +26,7 @@ from training.data.datasets import load_dataset
 from training.search.conclude import DATA_SEED
 from training.search.objective import Objective
 from training.search.options import TuneOptions
+from training.search.space import nw_first_trial
 from training.search.study import study_pruner, study_sampler, tune
 
 TARGET_RATIO = 0.5  # tracked at least half as many trials per minute as untracked, on nw-sine
@@ -42,6 +43,9 @@ def search_rate(trials: list[optuna.trial.FrozenTrial]) -> tuple[float, float]:
 def untracked(options: TuneOptions, data) -> dict:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="minimize", sampler=study_sampler(options.seed), pruner=study_pruner())
+    first = nw_first_trial(len(data.train), data.in_features, not data.n_classes)
+    if first:  # as `tune` starts a new study on a large file
+        study.enqueue_trial(first)
     study.optimize(Objective(options, data), n_trials=options.trials)
     rate, seconds = search_rate(study.trials)
     return {"rate": rate, "seconds": seconds}
