@@ -32,7 +32,7 @@ from training.data.datasets import prepare_model
 from training.data.tables import TableSpec, load_file_dataset
 from training.fit.loop import evaluate, fit
 from training.nn import build_model, save_checkpoint
-from training.search.space import FILE_EPOCHS, FIRST_PROTOTYPE_TRIAL, rebuild
+from training.search.space import FILE_EPOCHS, FIRST_PROTOTYPE_TRIAL, SECONDS_PER_ROW_PROTOTYPE, rebuild
 
 SIZES, QUICK_SIZES = (10_000, 100_000, 1_000_000), (2_000, 4_000)
 QUICK_EPOCHS = 5
@@ -196,6 +196,14 @@ def section(rows: list[dict]) -> str:
         "D); memory is O(batch x M + N D); serving costs O(M D) per query whatever N is, and the archive holds M "
         "prototypes (M x D keys, M values, M counts, 5 row numbers each).",
     ]
+    per_unit = [
+        t["epoch_s"] / (row["train_rows"] * t["keys"]) for row in rows for t in row["trials"] if t["memory"] != "all"
+    ]
+    if per_unit and all("train_rows" in row for row in rows):
+        out.append(
+            f"Measured: an epoch took {min(per_unit):.2g}-{max(per_unit):.2g} s per training row and prototype "
+            f"(`make tune` estimates a trial with {SECONDS_PER_ROW_PROTOTYPE:.0e})."
+        )
     return "\n".join(out)
 
 
