@@ -21,8 +21,9 @@ KEPT_TRIALS = 64  # the trials whose read is kept (more than run at once in one 
 
 
 class MedianPruner(optuna.pruners.MedianPruner):
-    """Optuna's `MedianPruner` (same arguments, same decisions at every step it is asked at), with the
-    study's completed trials read once per trial (or per `refresh_seconds`)."""
+    """Optuna's `MedianPruner` (same arguments, same rule), with the study's completed trials read once per trial
+    (or per `refresh_seconds`): the same decisions for one worker; beside others, a trial they complete meanwhile
+    counts from the next read."""
 
     def __init__(self, *args, refresh_seconds: float = REFRESH_SECONDS, **kwargs):
         super().__init__(*args, **kwargs)

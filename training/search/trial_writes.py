@@ -20,7 +20,7 @@ import optuna
 from optuna.storages._rdb.models import TrialUserAttributeModel
 from optuna.storages._rdb.storage import _create_scoped_session
 
-FLUSH_SECONDS = 10.0  # as a trial's MLflow record (training/tracking/trial_record.py)
+from training.tracking.trial_record import FLUSH_SECONDS  # the reports go as often as the trial's MLflow record
 
 
 def database(trial: optuna.Trial) -> optuna.storages.RDBStorage | None:
