@@ -1,7 +1,8 @@
 """Row 10: which sampler finds the better NW model, at 10, 20 and 30 trials.
 
 Two NW tasks: `nw-diabetes` (cross-validated, as `make tune` scores it) and a 10,000-row `make_friedman1` file
-(8 features; 5 epochs a trial to keep the row within its budget). Samplers: TPE with independent parameters
+(8 features; 5 epochs a trial to keep the row within its budget), each study started as `tune` starts a new
+one (on the file, with the first trial it enqueues: M 1,024 prototypes). Samplers: TPE with independent parameters
 (the default before this row), TPE multivariate with `group=True` (conditional parameters sampled jointly within
 each group), and Optuna's GP sampler; each with 5 seeds. `default_name` says which of them
 `training/search/study.py` `study_sampler` is. Reported: the median and standard error over seeds of the best
@@ -25,6 +26,7 @@ from training.data.datasets import load_dataset
 from training.data.tables import TableSpec, load_file_dataset
 from training.search.objective import Objective
 from training.search.options import TuneOptions
+from training.search.space import nw_first_trial
 from training.search.study import study_pruner, study_sampler
 
 CHECKPOINTS = (10, 20, 30)
@@ -63,7 +65,11 @@ def best_after(study: optuna.Study, checkpoints: tuple[int, ...]) -> list[float]
 
 
 def one_study(options: TuneOptions, data, sampler, checkpoints: tuple[int, ...]) -> list[float]:
+    """A new study as `tune` starts one: on a large file, with the first trial it enqueues."""
     study = optuna.create_study(direction="minimize", sampler=sampler, pruner=study_pruner())
+    first = nw_first_trial(len(data.train), data.in_features, not data.n_classes)
+    if first:
+        study.enqueue_trial(first)
     study.optimize(Objective(options, data), n_trials=checkpoints[-1])
     return best_after(study, checkpoints)
 

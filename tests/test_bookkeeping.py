@@ -16,8 +16,9 @@ from mlflow import MlflowClient
 from training.search import progress, pruning
 from training.search.objective import Suggested, TrialRun
 from training.search.options import TuneOptions
+from training.search.storage import open_storage
 from training.search.study import tune
-from training.search.trial_writes import Reports, set_user_attrs
+from training.search.study_storage import flush_trial
 from training.tracking import mlflow_store
 from training.tracking.trial_record import TrialRecord
 
@@ -147,40 +148,124 @@ def trials_of(storage: str) -> list[optuna.trial.FrozenTrial]:
 
 
 @pytest.fixture
-def running_trial(tmp_path):
-    """A trial running in a SQLite study, the study's URL, and the list its database's commits are counted in."""
+def study_and_commits(tmp_path):
+    """A study in a SQLite file opened as `tune` opens it, its URL, and the list its database's commits that wrote
+    something go to (Optuna's reads commit too)."""
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
-    study = optuna.create_study(storage=url, study_name="s")
-    trial, commits = study.ask(), []
-    sqlalchemy.event.listen(study._storage._backend.engine, "commit", lambda connection: commits.append(1))
-    return study, trial, url, commits
+    study = optuna.create_study(storage=open_storage(url, heartbeat=60, grace=120), study_name="s")
+    commits, wrote = [], []
+    engine = study._storage._backend.engine
+
+    def on_statement(connection, cursor, statement, *args):
+        if statement.lstrip().upper().startswith(("INSERT", "UPDATE", "DELETE")):
+            wrote.append(1)
+
+    def on_commit(connection):
+        if wrote:
+            commits.append(len(wrote))
+            wrote.clear()
+
+    sqlalchemy.event.listen(engine, "before_cursor_execute", on_statement)
+    sqlalchemy.event.listen(engine, "commit", on_commit)
+    return study, url, commits
 
 
-def test_a_trials_user_attrs_are_one_commit_to_the_study_database(running_trial):
-    study, trial, url, commits = running_trial
-    attrs = {"seed": 3, "worker": "host:1", "mlflow_run_id": "abc", "protocol": "cv5"}
-    set_user_attrs(trial, attrs)
-    assert len(commits) == 1 and trial.user_attrs == attrs
-    assert optuna.load_study(study_name="s", storage=url).trials[0].user_attrs == attrs
-    set_user_attrs(trial, {"seed": 4})  # a second write updates in place
-    assert optuna.load_study(study_name="s", storage=url).trials[0].user_attrs["seed"] == 4
+def stored_trials(url: str) -> list[optuna.trial.FrozenTrial]:
+    """The study's trials as another worker reads them from the database."""
+    return optuna.load_study(study_name="s", storage=url).trials
 
 
-def test_a_trials_reports_are_seen_by_its_pruner_at_once_and_written_in_one_commit(running_trial):
-    study, trial, url, commits = running_trial
-    reports = Reports(trial, flush_seconds=3600)
+def stored(url: str) -> optuna.trial.FrozenTrial:
+    return stored_trials(url)[0]
+
+
+def test_a_running_trials_writes_are_kept_on_it_and_go_to_the_study_in_one_commit(study_and_commits):
+    study, url, commits = study_and_commits
+    trial = study.ask()
+    commits.clear()
+    lr = trial.suggest_float("lr", 1e-3, 1.0, log=True)
+    kind = trial.suggest_categorical("kind", ["a", "b"])
+    trial.set_user_attr("worker", "host:1")
     for step in range(5):
-        reports.report(1 / (step + 1), step)
-    reports.report(9.0, 4)  # a step is reported once, as Optuna does
-    assert trial._get_latest_trial().intermediate_values == {s: 1 / (s + 1) for s in range(5)} and not commits
-    assert optuna.load_study(study_name="s", storage=url).trials[0].intermediate_values == {}
-    reports.flush()
+        trial.report(1 / (step + 1), step)
+    assert not commits  # nothing written yet, and the trial (its pruner too) sees it all
+    assert trial.params == {"lr": lr, "kind": kind} and trial.user_attrs == {"worker": "host:1"}
+    assert trial._get_latest_trial().intermediate_values == {s: 1 / (s + 1) for s in range(5)}
+    assert stored(url).params == {} and stored(url).intermediate_values == {}
+    flush_trial(trial)
     assert len(commits) == 1
-    assert optuna.load_study(study_name="s", storage=url).trials[0].intermediate_values == {
-        s: 1 / (s + 1) for s in range(5)
-    }
+    theirs = stored(url)
+    assert theirs.params == {"lr": lr, "kind": kind} and theirs.user_attrs == {"worker": "host:1"}
+    assert theirs.intermediate_values == {s: 1 / (s + 1) for s in range(5)}
+
+
+def test_a_finished_trial_is_in_the_study_whole(study_and_commits):
+    study, url, commits = study_and_commits
+    trial = study.ask()
+    trial.suggest_int("depth", 1, 4)
+    trial.report(0.5, 0)
+    trial.report(0.25, 1)
+    trial.set_user_attr("refit_epochs", 2)
     study.tell(trial, state=optuna.trial.TrialState.PRUNED)  # a pruned trial's value: its last report
-    assert optuna.load_study(study_name="s", storage=url).trials[0].value == 1 / 5
+    theirs = stored(url)
+    assert theirs.state == optuna.trial.TrialState.PRUNED and theirs.value == 0.25
+    assert theirs.params == trial.params and theirs.user_attrs == {"refit_epochs": 2}
+    assert study.trials[0].intermediate_values == {0: 0.5, 1: 0.25}
+
+
+def test_a_long_trial_writes_at_least_every_flush_seconds(tmp_path):
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = optuna.create_study(storage=open_storage(url, heartbeat=60, grace=120), study_name="s")
+    study._storage.flush_seconds = 0.2
+    trial = study.ask()
+    trial.report(1.0, 0)
+    assert stored(url).intermediate_values == {}
+    time.sleep(0.3)
+    trial.report(0.5, 1)  # the first write after flush_seconds takes what was kept
+    assert stored(url).intermediate_values == {0: 1.0, 1: 0.5}
+
+
+def test_a_trial_another_worker_failed_meanwhile_refuses_the_write(study_and_commits):
+    study, url, _ = study_and_commits
+    trial = study.ask()
+    trial.report(1.0, 0)
+    other = optuna.storages.RDBStorage(url)  # a worker that found this trial silent
+    other.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+        flush_trial(trial)
+
+
+def test_an_enqueued_trial_is_written_behind_once_taken(study_and_commits):
+    study, url, commits = study_and_commits
+    study.enqueue_trial({"lr": 0.1})
+    trial = study.ask()  # takes the waiting trial (a write of its state)
+    commits.clear()
+    assert trial.suggest_float("lr", 1e-3, 1.0, log=True) == 0.1 and not commits
+    study.tell(trial, 0.7)
+    assert stored(url).params == {"lr": 0.1} and stored(url).value == 0.7
+
+
+def test_a_trial_has_a_heartbeat_from_its_start(tmp_path):
+    # a worker killed between asking for a trial and its heartbeat thread's first beat left the trial RUNNING for
+    # ever (Optuna finds stale only trials that have a heartbeat)
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = optuna.create_study(storage=open_storage(url, heartbeat=1, grace=1), study_name="s")
+    study.enqueue_trial({"lr": 0.1})
+    study.ask(), study.ask()  # an enqueued trial taken, a new one created
+    time.sleep(2.5)  # past the grace period (SQLite's clock counts whole seconds)
+    optuna.storages.fail_stale_trials(study)
+    assert [t.state for t in stored_trials(url)] == [optuna.trial.TrialState.FAIL] * 2
+
+
+def test_a_parameter_another_trial_drew_differently_is_refused_when_drawn(study_and_commits):
+    study, url, _ = study_and_commits
+    first = study.ask()
+    first.suggest_float("lr", 1e-3, 1.0, log=True)
+    study.tell(first, 1.0)
+    later = optuna.load_study(study_name="s", storage=open_storage(url, heartbeat=60, grace=120))
+    trial = later.ask()  # another process, as a later invocation is
+    with pytest.raises(ValueError, match="different distribution"):  # Optuna's own words, at the draw
+        trial.suggest_categorical("lr", ["a", "b"])
 
 
 def staircase(trial: optuna.Trial) -> float:

@@ -289,7 +289,7 @@ def test_device_pool_gives_each_running_trial_its_own_device():
 def test_a_trial_whose_process_died_is_retried_and_its_runs_closed(tmp_path):
     import time as clock
 
-    from training.search.trial_writes import set_user_attrs
+    from training.search.study_storage import flush_trial
     from training.tracking.trial_log import MlflowTrialLog, StaleTrialCallback
 
     stores = {"storage": f"sqlite:///{tmp_path / 'optuna.db'}", "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}
@@ -307,7 +307,9 @@ def test_a_trial_whose_process_died_is_retried_and_its_runs_closed(tmp_path):
     dead_parent = client.create_run(experiment, tags={"optuna.study": "nw-sine", "kind": "tuning"}).info.run_id
     client.set_tag(dead_parent, "heartbeat", f"{clock.time():.3f}")
     record = MlflowTrialLog(client, experiment, dead_parent, "nw-sine").open(dead, dead.params)
-    set_user_attrs(dead, record.links)  # as a trial does when it starts; its parameters were never written
+    for key, value in record.links.items():  # as a trial does when it starts; its MLflow parameters never written
+        dead.set_user_attr(key, value)
+    flush_trial(dead)
     dead_run = record.run_id
     study._storage.record_heartbeat(dead._trial_id)
     clock.sleep(3)

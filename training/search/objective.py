@@ -23,7 +23,7 @@ from training.nn import build_model
 from training.search import progress
 from training.search.options import TuneOptions
 from training.search.space import default_epochs, suggest
-from training.search.trial_writes import Reports, set_user_attrs
+from training.search.study_storage import flush_trial
 from training.tracking import run_notes
 from training.tracking.trial_log import MlflowTrialLog, NoTrialLog
 
@@ -142,7 +142,6 @@ class TrialRun:
         self.objective, self.trial, self.device = objective, trial, device
         self.options, self.metric, self.log = objective.options, objective.metric, objective.log
         self.seen: list[float] = []
-        self.reports = Reports(trial)  # to the study in batches; the pruner reads them from the trial at once
         self.clock = TrialClock(shared=objective.jobs > 1)
         self._setup = setup = suggest(
             self.options.model, trial, objective.data, epochs=objective.epochs, seed=self.options.seed, device=device
@@ -150,15 +149,16 @@ class TrialRun:
         params = {**trial.params, "device": device, "seed": self.options.seed, "max_epochs": setup.fit_config.epochs}
         params["cpu_clock"] = self.clock.kind
         self.record = self.log.open(trial, params)  # buffers the epochs; written at the end or every few s
-        # what a later conclusion needs to refit this trial exactly, who runs it and where its MLflow run is:
-        # one write to the study's storage
+        # what a later conclusion needs to refit this trial exactly, who runs it and where its MLflow run is
         attrs = {
             "seed": self.options.seed,
             "max_epochs": setup.fit_config.epochs,
             "worker": objective.worker,
             "protocol": objective.protocol,
         }
-        set_user_attrs(trial, attrs | self.record.links)
+        for key, value in (attrs | self.record.links).items():
+            trial.set_user_attr(key, value)
+        flush_trial(trial)  # its parameters and attributes to the study in one write: other workers see them
 
     def setup(self, data: Dataset):
         """The trial's setup for `data`: the whole data's is made once; a fold's reads the parameters already
@@ -175,18 +175,6 @@ class TrialRun:
         )
 
     def fit(self) -> FitResult:
-        """Train, then write the reports still pending (before Optuna records the trial's state, which a pruned
-        trial takes its value from); on the way out of a failed or stopped trial, as far as the storage lets."""
-        try:
-            result = self._fit()
-        except BaseException:
-            with contextlib.suppress(Exception):
-                self.reports.flush()
-            raise
-        self.reports.flush()
-        return result
-
-    def _fit(self) -> FitResult:
         """Holdout: train once, reporting every epoch. Small data: cross-validate, reporting every fold."""
         data, objective = self.objective.data, self.objective
         if objective.protocol == "holdout":
@@ -214,7 +202,7 @@ class TrialRun:
 
     def report(self, step: int, value: float, unit: str) -> None:
         self.seen.append(value)
-        self.reports.report(value, step)
+        self.trial.report(value, step)  # kept on the trial, written behind (study_storage.py)
         if self.trial.should_prune():
             raise optuna.TrialPruned(f"pruned at {unit} {step}: val_{self.metric}={value:.6g} is behind the median")
 

@@ -100,7 +100,8 @@ def trial_line(metric: str):
         value = f" {metric}={trial.value:.6g}" if trial.value is not None else ""
         reason = trial.user_attrs.get("fail_reason") or ""
         try:
-            best = f"  (best: #{study.best_trial.number} {metric}={study.best_value:.6g})"
+            leader = study.best_trial  # one read of the storage
+            best = f"  (best: #{leader.number} {metric}={leader.value:.6g})"
         except ValueError:  # no complete trial yet
             best = ""
         print(f"trial {trial.number} {state}{value}{best}{'  ' + reason if reason else ''}", flush=True)

@@ -1,5 +1,6 @@
-"""Where a study lives: an Optuna storage (SQLite, PostgreSQL, journal file) opened with heartbeats, its tables
-created under `storage_lock` (workers may open an empty database together), and each invocation's sampler seed."""
+"""Where a study lives: an Optuna storage (SQLite in WAL mode, PostgreSQL, journal file) opened with heartbeats, its
+tables created under `storage_lock` (workers may open an empty database together), and each invocation's sampler
+seed."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import numpy as np
 import optuna
 
 from training.infra.locks import storage_lock
+from training.infra.sqlite_wal import use_wal
 from training.infra.storage_urls import StorageError, is_postgres, journal_path, one_line, redact, sqlalchemy_url
+from training.search.study_storage import StudyStorage
 
 
 def open_storage(
@@ -31,13 +34,15 @@ def open_storage(
         if is_postgres(url):
             engine = {"connect_args": {"connect_timeout": 10}, "pool_pre_ping": True}
         with storage_lock(url, "optuna-schema"):
-            return optuna.storages.RDBStorage(
+            use_wal(url)
+            database = optuna.storages.RDBStorage(
                 sqlalchemy_url(url),
                 engine_kwargs=engine,
                 heartbeat_interval=heartbeat,
                 grace_period=grace,
                 heartbeat_stale_trial_callback=on_stale,
             )
+        return StudyStorage(database)  # this process's running trials written behind (study_storage.py)
     except StorageError:
         raise
     except Exception as error:  # SQLAlchemy, driver and URL errors: one line naming the URL

@@ -15,6 +15,7 @@ from mlflow.exceptions import MlflowException
 
 from training.infra.locks import storage_lock
 from training.infra.places import MLRUNS
+from training.infra.sqlite_wal import use_wal
 from training.infra.storage_urls import redact
 
 # MLflow 3's servers start job runners (six processes) for GenAI features this project does not use.
@@ -45,8 +46,7 @@ def configure(tracking_uri: str | None = None) -> MlflowClient:
     A tracking server or database that cannot be reached is a one-line `TrackingError` naming it."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     uri = tracking_uri or default_tracking_uri()
-    if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    use_wal(uri)  # a SQLite store: commits append to its log (training/infra/sqlite_wal.py)
     check_tracking_uri(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
