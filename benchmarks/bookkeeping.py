@@ -63,9 +63,10 @@ def tracked(options: TuneOptions) -> dict:
 
 def one_case(label: str, options: TuneOptions, data, root: Path, rounds: int) -> dict:
     """`rounds` alternations of untracked and tracked (fresh stores each), so that a drift in the machine's speed
-    hits both; the ratio is the median of the rounds' ratios."""
+    hits both, after two untracked trials to warm the process up; the ratio is the median of the rounds' ratios."""
     plain, logged = [], []
     root.mkdir(parents=True, exist_ok=True)
+    untracked(TuneOptions(**{**vars(options), "trials": 2}), data)  # a process's first trials pay one-time imports
     for round_ in range(rounds):
         stores = {
             "storage": f"sqlite:///{root / f'optuna-{round_}.db'}",

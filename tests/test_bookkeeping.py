@@ -210,7 +210,7 @@ def test_a_finished_trial_is_in_the_study_whole(study_and_commits):
     theirs = stored(url)
     assert theirs.state == optuna.trial.TrialState.PRUNED and theirs.value == 0.25
     assert theirs.params == trial.params and theirs.user_attrs == {"refit_epochs": 2}
-    assert study.trials[0].intermediate_values == {0: 0.5, 1: 0.25}
+    assert theirs.intermediate_values == {0: 0.5, 1: 0.25}
 
 
 def test_a_long_trial_writes_at_least_every_flush_seconds(tmp_path):
@@ -243,6 +243,68 @@ def test_an_enqueued_trial_is_written_behind_once_taken(study_and_commits):
     assert trial.suggest_float("lr", 1e-3, 1.0, log=True) == 0.1 and not commits
     study.tell(trial, 0.7)
     assert stored(url).params == {"lr": 0.1} and stored(url).value == 0.7
+
+
+def test_a_trial_another_worker_failed_reads_as_failed_here_too(study_and_commits):
+    study, url, _ = study_and_commits
+    trial = study.ask()
+    trial.report(1.0, 0)
+    optuna.storages.RDBStorage(url).set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+    assert [t.state for t in study.get_trials()] == [optuna.trial.TrialState.FAIL]  # not this process's old copy
+    assert [t.state for t in study.get_trials()] == [optuna.trial.TrialState.FAIL]  # nor after a second read
+
+
+def test_a_trial_whose_last_write_fails_is_failed_not_left_running(study_and_commits, monkeypatch):
+    study, url, _ = study_and_commits
+    trial = study.ask()
+    trial.report(1.0, 0)
+    backend = study._storage._backend
+
+    def refused(*args):
+        raise sqlalchemy.exc.OperationalError("INSERT", {}, Exception("disk I/O error"))
+
+    monkeypatch.setattr(backend, "_set_trial_intermediate_value_without_commit", refused)
+    with pytest.raises(optuna.exceptions.StorageInternalError):  # Optuna's words for a failed commit
+        study.tell(trial, 0.5)
+    assert stored(url).state == optuna.trial.TrialState.FAIL
+
+
+def test_a_quiet_trials_writes_go_at_its_heartbeat(tmp_path):
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = optuna.create_study(storage=open_storage(url, heartbeat=1, grace=30), study_name="s")
+    study._storage.flush_seconds = 0.5
+
+    def quiet_after_one_report(trial):
+        trial.report(1.0, 0)
+        time.sleep(2.5)  # a long epoch: nothing written meanwhile but its heartbeats
+        assert stored(url).intermediate_values == {0: 1.0}
+        return 1.0
+
+    study.optimize(quiet_after_one_report, n_trials=1)
+    assert study.trials[0].state == optuna.trial.TrialState.COMPLETE  # the assertion inside held
+
+
+def test_a_value_that_cannot_be_stored_is_refused_when_set(study_and_commits):
+    study, url, _ = study_and_commits
+    trial = study.ask()
+    with pytest.raises(TypeError):
+        trial.set_user_attr("when", object())
+    trial.set_user_attr("fine", 1)
+    study.tell(trial, 1.0)
+    assert stored(url).user_attrs == {"fine": 1}
+
+
+def test_trials_in_threads_of_one_process_are_stored_whole(tmp_path):
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    sampler = optuna.samplers.TPESampler(seed=0, multivariate=True, group=True, constant_liar=True)
+    study = optuna.create_study(storage=open_storage(url, 30, 60), study_name="s", sampler=sampler)
+    study.optimize(staircase, n_trials=40, n_jobs=2)
+    mine = {t.number: t for t in study.get_trials()}
+    theirs = stored_trials(url)
+    assert len(theirs) == 40 and all(t.state in FINISHED for t in theirs)
+    for trial in theirs:
+        assert trial.params == mine[trial.number].params and trial.params
+        assert trial.intermediate_values == mine[trial.number].intermediate_values and trial.intermediate_values
 
 
 def test_a_trial_has_a_heartbeat_from_its_start(tmp_path):

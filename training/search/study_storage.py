@@ -9,19 +9,31 @@ to the database in one transaction
 
 - when the trial's setup is done (`flush_trial`: the objective calls it once its parameters are drawn, so that
   other workers' samplers see what this trial is trying: the constant liar keeps them apart),
-- at least every `flush_seconds` after a write, and
-- before the trial's state is written, so a finished trial is in the database whole.
+- with its next write once `flush_seconds` have passed since the last, and at its heartbeat (every 30 s by
+  default) while it writes nothing, and
+- before the trial's state is written, so a finished trial is in the database whole. If that last write fails,
+  the trial is failed (as far as the database lets) and the error raised.
 
-Other workers see a running trial's reports and attributes at most `flush_seconds` late; nothing reads them before
-the trial ends (the median rule compares a trial with *completed* ones). A kill -9 loses at most `flush_seconds`
-of the running trial's writes, and that trial is failed anyway (its heartbeat stops). A write the database refuses
-(the trial was failed meanwhile by another worker, which found it silent) raises at the flush, as Optuna's own
-write would have at its call. Optuna is pinned: this relies on the RDB storage's per-row `_without_commit` writes.
+Other workers see a running trial's reports and attributes that much later; nothing reads them before the trial
+ends (the median rule compares a trial with *completed* ones). A kill -9 loses what the running trial kept since
+its last write, and that trial is failed anyway (its heartbeat stops). A value that cannot be stored (an attribute
+that is not JSON, a parameter drawn from another distribution than the study's) is refused when it is set, as
+Optuna refuses it; a write the database refuses (the trial was failed meanwhile by another worker, which found it
+silent) raises at the flush, as Optuna's own write would have at its call.
+
+The kept trial is replaced, never changed in place (copy on write): a trial read from the cache, by this thread or
+another (`n_jobs` > 1), stays as it was read. Optuna is pinned: this relies on its cache's internals and on the
+RDB storage's per-row `_without_commit` writes.
+
+A trial asked for outside `study.optimize` (ask and tell) gets the same first heartbeat but no heartbeat thread:
+with heartbeats on, other workers fail it once the grace period passes, as they would any silent trial.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import json
 import math
 import threading
 import time
@@ -59,7 +71,7 @@ class StudyStorage(_CachedStorage):
         self.flush_seconds = flush_seconds
         self._running: dict[int, _Running] = {}  # trial id -> a trial this process runs
 
-    # trials becoming this process's
+    # trials becoming this process's, and leaving it
 
     def create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> int:
         trial_id = super().create_new_trial(study_id, template_trial)
@@ -71,19 +83,25 @@ class StudyStorage(_CachedStorage):
         return trial_id
 
     def set_trial_state_values(self, trial_id: int, state: TrialState, values=None) -> bool:
-        if trial_id in self._running:
+        if trial_id not in self._running:
+            taken = super().set_trial_state_values(trial_id, state, values)
+            if taken and state == TrialState.RUNNING:  # a waiting (enqueued) trial this process took
+                with self._lock:
+                    study_id = self._trial_id_to_study_id_and_number[trial_id][0]
+                self._start(trial_id, _Running(study_id, self._backend.get_trial(trial_id)))
+            return taken
+        try:
             try:
                 self.flush(trial_id)  # its parameters, attributes and reports before its state
-                return super().set_trial_state_values(trial_id, state, values)
-            finally:
-                if state.is_finished():  # from now on read as a finished trial, once, from the database
-                    self._running.pop(trial_id, None)
-        taken = super().set_trial_state_values(trial_id, state, values)
-        if taken and state == TrialState.RUNNING:  # a waiting (enqueued) trial this process took
-            with self._lock:
-                study_id = self._trial_id_to_study_id_and_number[trial_id][0]
-            self._start(trial_id, _Running(study_id, self._backend.get_trial(trial_id)))
-        return taken
+            except Exception:
+                if state.is_finished():  # not in the database whole: failed, rather than left RUNNING
+                    with contextlib.suppress(Exception):
+                        super().set_trial_state_values(trial_id, TrialState.FAIL)
+                raise
+            return super().set_trial_state_values(trial_id, state, values)
+        finally:
+            if state.is_finished():  # from now on read as a finished trial, once, from the database
+                self._running.pop(trial_id, None)
 
     def _start(self, trial_id: int, running: _Running) -> None:
         """Keep a trial this process now runs, and give it a heartbeat at once: Optuna's heartbeat thread starts
@@ -96,8 +114,11 @@ class StudyStorage(_CachedStorage):
 
     def record_heartbeat(self, trial_id: int) -> None:
         running = self._running.get(trial_id)
-        if running is not None and time.monotonic() - running.beaten_at < JUST_BEATEN_SECONDS:
-            return  # the heartbeat thread's first beat, just after the one `_start` gave
+        if running is not None:
+            with contextlib.suppress(Exception):  # the trial's own next write, or its end, raises what failed
+                self._flush_if_due(trial_id, running)  # a quiet trial's kept writes, at its heartbeat
+            if time.monotonic() - running.beaten_at < JUST_BEATEN_SECONDS:
+                return  # the heartbeat thread's first beat, just after the one `_start` gave
         super().record_heartbeat(trial_id)
 
     # reads: a running trial of this process from memory
@@ -106,16 +127,17 @@ class StudyStorage(_CachedStorage):
         running = self._running.get(trial_id)
         if running is None:
             return super().get_trial(trial_id)
-        with running.lock:
-            return copy.deepcopy(running.trial)
+        return copy.deepcopy(running.trial)
 
     def _read_trials_from_remote_storage(self, study_id: int) -> None:
         super()._read_trials_from_remote_storage(study_id)
         with self._lock:
             trials = self._studies[study_id].trials
             for running in list(self._running.values()):
-                if running.study_id == study_id:  # newer here than in the database
-                    trials[running.trial.number] = running.trial
+                read = trials.get(running.trial.number)
+                if running.study_id == study_id and read is not None and not read.state.is_finished():
+                    trials[running.trial.number] = running.trial  # newer here than in the database
+                # finished there (another worker failed it as silent): the database's, and the next write raises
 
     # writes: a running trial of this process kept, then written in one transaction
 
@@ -126,45 +148,53 @@ class StudyStorage(_CachedStorage):
         if running is None:
             return super().set_trial_param(trial_id, param_name, param_value_internal, distribution)
         with self._lock:
-            study_id = self._trial_id_to_study_id_and_number[trial_id][0]
-            study = self._studies[study_id]
+            study = self._studies[running.study_id]
             previous = study.param_distribution.get(param_name) or next(
                 (t.distributions[param_name] for t in study.trials.values() if param_name in t.distributions), None
             )
             if previous is not None:
                 check_distribution_compatibility(previous, distribution)  # raises now, as Optuna's write would
             study.param_distribution.setdefault(param_name, previous or distribution)
-        with running.lock:
-            running.trial.params[param_name] = distribution.to_external_repr(param_value_internal)
-            running.trial.distributions[param_name] = distribution
-            running.writes.append(("param", param_name, param_value_internal, distribution, previous))
-        self._flush_if_due(trial_id, running)
+        value = distribution.to_external_repr(param_value_internal)
+        write = ("param", param_name, param_value_internal, distribution, previous)
+        self._keep(trial_id, running, write, params=(param_name, value), distributions=(param_name, distribution))
 
     def set_trial_user_attr(self, trial_id: int, key: str, value) -> None:
         running = self._running.get(trial_id)
         if running is None:
             return super().set_trial_user_attr(trial_id, key, value)
-        with running.lock:
-            running.trial.user_attrs[key] = value
-            running.writes.append(("user", key, value))
-        self._flush_if_due(trial_id, running)
+        json.dumps(value)  # not JSON: refused now, as the database write would
+        self._keep(trial_id, running, ("user", key, value), user_attrs=(key, value))
 
     def set_trial_system_attr(self, trial_id: int, key: str, value) -> None:
         running = self._running.get(trial_id)
         if running is None:
             return super().set_trial_system_attr(trial_id, key, value)
-        with running.lock:
-            running.trial.system_attrs[key] = value
-            running.writes.append(("system", key, value))
-        self._flush_if_due(trial_id, running)
+        json.dumps(value)
+        self._keep(trial_id, running, ("system", key, value), system_attrs=(key, value))
 
     def set_trial_intermediate_value(self, trial_id: int, step: int, intermediate_value: float) -> None:
         running = self._running.get(trial_id)
         if running is None:
             return super().set_trial_intermediate_value(trial_id, step, intermediate_value)
+        self._keep(
+            trial_id, running, ("report", step, intermediate_value), intermediate_values=(step, intermediate_value)
+        )
+
+    def _keep(self, trial_id: int, running: _Running, write: tuple, **entries: tuple) -> None:
+        """A new copy of the kept trial with `entries` (field -> (key, value)) set, in place of the old one (here
+        and in the cache), and `write` to do; the writes kept so far go if they are due."""
         with running.lock:
-            running.trial.intermediate_values[step] = intermediate_value
-            running.writes.append(("report", step, intermediate_value))
+            trial = copy.copy(running.trial)
+            for name, (key, value) in entries.items():
+                setattr(trial, name, {**getattr(trial, name), key: value})
+            running.trial = trial
+            running.writes.append(write)
+        with self._lock:
+            trials = self._studies[running.study_id].trials
+            cached = trials.get(trial.number)
+            if cached is not None and not cached.state.is_finished():
+                trials[trial.number] = trial
         self._flush_if_due(trial_id, running)
 
     def flush(self, trial_id: int) -> None:
@@ -176,7 +206,7 @@ class StudyStorage(_CachedStorage):
         backend = self._backend
         with running.lock:
             if running.writes:
-                with _create_scoped_session(backend.scoped_session, True) as session:
+                with _create_scoped_session(backend.scoped_session) as session:
                     for kind, *args in running.writes:
                         if kind == "param":
                             backend._set_trial_param_without_commit(session, trial_id, *args)
