@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -44,7 +45,10 @@ def running(model_store_copy, tmp_path_factory):
 def new_champion_version(champions, root: Path, name: str) -> tuple[str, str]:
     """A private copy of the registry with a new @champion version of `name` (same weights): (uri, version)."""
     db = root / "registry.db"
-    shutil.copy(champions["tracking_uri"].removeprefix("sqlite:///"), db)
+    source = sqlite3.connect(champions["tracking_uri"].removeprefix("sqlite:///"))
+    with sqlite3.connect(db) as copy:  # SQLite's own copy: the file alone lacks what its write-ahead log holds
+        source.backup(copy)
+    source.close()
     uri = f"sqlite:///{db}"
     client = mlflow_store.configure(uri)
     current = client.get_model_version_by_alias(name, registry.CHAMPION)
