@@ -20,6 +20,7 @@ from training.search.storage import open_storage
 from training.search.study import tune
 from training.search.study_storage import flush_trial
 from training.tracking import mlflow_store
+from training.tracking.trial_log import StaleTrialCallback, close_dead_runs
 from training.tracking.trial_record import TrialRecord
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -122,8 +123,13 @@ def test_kill_9_mid_trial_leaves_whole_records_and_the_next_run_closes_the_dead_
         if trial.state in FINISHED:  # every epoch reported to Optuna is in its run, and the run is closed
             assert [m.step for m in history] == sorted(trial.intermediate_values), trial.number
             assert client.get_run(run_id).info.status in ("FINISHED", "KILLED")
-        else:  # the killed trial: at most its buffered epochs missing
-            assert len(history) <= len(trial.intermediate_values)
+        else:  # the killed trial: each store holds a whole prefix of its epochs (the two are written apart, so
+            # either may be ahead: MLflow's run is closed before Optuna's state and reports are written)
+            assert [m.step for m in history] == list(range(1, len(history) + 1)), trial.number
+            assert sorted(trial.intermediate_values) == list(range(1, len(trial.intermediate_values) + 1))
+            for key in client.get_run(run_id).data.metrics if run_id else []:  # every metric of an epoch, or none
+                epochs = [m.step for m in client.get_metric_history(run_id, key) if m.step > 0]  # 0: the summary
+                assert epochs in ([], [m.step for m in history]), key
     time.sleep(3)  # past the grace period given below: the killed trial and parent run are dead
     subprocess.run(
         [*command, "--trials", "1", "--no-conclude", "--heartbeat", "1", "--grace", "2", *stores],
@@ -141,6 +147,32 @@ def test_kill_9_mid_trial_leaves_whole_records_and_the_next_run_closes_the_dead_
         assert params and all(params[k] == str(v) for k, v in trial.params.items())
     (parent,) = client.search_runs([experiment], "tags.kind = 'tuning' and attributes.status = 'KILLED'")
     assert "no heartbeat" in parent.data.tags["killed_reason"]
+
+
+def test_a_worker_killed_between_closing_its_run_and_telling_optuna_leaves_both_failed(tmp_path):
+    # The run is closed FINISHED before Optuna's state is written: a kill in between leaves a COMPLETE-looking
+    # run beside a RUNNING trial. The next invocation fails the trial (no heartbeat) and its run with it.
+    client = mlflow_store.configure(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = mlflow_store.experiment_id(client, "s")
+    on_stale = StaleTrialCallback()
+    on_stale.client = client
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = optuna.create_study(storage=open_storage(url, 1, 1, on_stale), study_name="s")
+    trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    run_id = client.create_run(experiment, run_name="trial-0", tags={"optuna.study": "s", "optuna.trial": "0"})
+    trial.set_user_attr("mlflow_run_id", run_id.info.run_id)
+    flush_trial(trial)
+    record = TrialRecord(client, run_id.info.run_id, "trial-0", params=trial.params)
+    record.epoch({"val_mse": 0.5}, 1)
+    record.close("COMPLETE", "FINISHED", metrics={"best_val_mse": 0.5})  # ... and killed here, before `tell`
+    time.sleep(2.5)  # past the grace period
+    again = optuna.load_study(study_name="s", storage=open_storage(url, 1, 1, on_stale))
+    close_dead_runs(client, experiment, again, grace=1)
+    failed = again.get_trials(deepcopy=False)[0]  # (and retried as a new trial)
+    run = client.get_run(run_id.info.run_id)
+    assert failed.state == optuna.trial.TrialState.FAIL
+    assert run.info.status == "FAILED" and run.data.tags["optuna.state"] == "FAIL"
+    assert "heartbeat" in run.data.tags["optuna.reason"]
 
 
 def trials_of(storage: str) -> list[optuna.trial.FrozenTrial]:
