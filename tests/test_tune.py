@@ -2,6 +2,8 @@ import json
 import math
 import os
 import re
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -328,3 +330,14 @@ def test_a_trial_whose_process_died_is_retried_and_its_runs_closed(tmp_path):
     assert parent.info.status == "KILLED" and "no heartbeat" in parent.data.tags["killed_reason"]
     running = client.search_runs([experiment], "attributes.status = 'RUNNING'")
     assert not running
+
+
+def test_mlflow_telemetry_is_off_outside_tests_too():
+    # MLflow 3 turns its usage reports off by itself under pytest and CI, so check a clean environment: no network
+    # at run time beyond the package registries.
+    skip = ("PYTEST_CURRENT_TEST", "CI", "GITHUB_ACTIONS", "MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK")
+    env = {k: v for k, v in os.environ.items() if k not in skip}
+    code = "import training.tracking.mlflow_store; from mlflow.telemetry.utils import is_telemetry_disabled as off; "
+    code += "from mlflow.telemetry.client import get_telemetry_client as client; print(off(), client())"
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["True", "None"], result.stdout + result.stderr
