@@ -9,17 +9,19 @@ import time
 from pathlib import Path
 
 import optuna
+import psutil
 import pytest
 import sqlalchemy
 from mlflow import MlflowClient
 
-from training.search import progress, pruning
+from training.search import progress, pruning, study_storage
 from training.search.objective import Suggested, TrialRun
 from training.search.options import TuneOptions
 from training.search.storage import open_storage
 from training.search.study import tune
-from training.search.study_storage import flush_trial
+from training.search.study_storage import READ_REUSE_SECONDS, flush_trial
 from training.tracking import mlflow_store
+from training.tracking.run_writer import RunWriter, WriterError
 from training.tracking.trial_log import StaleTrialCallback, close_dead_runs
 from training.tracking.trial_record import TrialRecord
 
@@ -113,9 +115,13 @@ def test_kill_9_mid_trial_leaves_whole_records_and_the_next_run_closes_the_dead_
         while not any(t.state.name == "RUNNING" and t.number > 2 for t in trials_of(storage)):
             time.sleep(0.01)
         time.sleep(0.1)  # mid-trial, with epochs trained and (most likely) not yet written
+        writers = psutil.Process(process.pid).children()  # the run writer, in a session of its own
     finally:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
+    assert [w.cmdline()[-2] for w in writers] == ["training.tracking.run_writer"]
+    psutil.wait_procs(writers, timeout=60)  # it writes what it was sent, then exits
+    assert not any(w.is_running() for w in writers)
     client = MlflowClient(stores[3])
     for trial in trials_of(storage):
         run_id = trial.user_attrs.get("mlflow_run_id")
@@ -141,17 +147,20 @@ def test_kill_9_mid_trial_leaves_whole_records_and_the_next_run_closes_the_dead_
     experiment = client.get_experiment_by_name("nw-sine").experiment_id
     assert not client.search_runs([experiment], "attributes.status = 'RUNNING'")
     killed = [t for t in trials_of(storage) if t.state == optuna.trial.TrialState.FAIL]
-    assert killed and all(client.get_run(t.user_attrs["mlflow_run_id"]).info.status == "FAILED" for t in killed)
-    for trial in killed:  # its parameters, which go with a run's first batch, written from the study
-        params = client.get_run(trial.user_attrs["mlflow_run_id"]).data.params
-        assert params and all(params[k] == str(v) for k, v in trial.params.items())
+    assert killed
+    for trial in killed:  # its run (the trial carries its id only from its first write on), failed with it
+        (run,) = client.search_runs([experiment], f"tags.`optuna.trial` = '{trial.number}'")
+        assert run.info.status == "FAILED" and "heartbeat" in run.data.tags["optuna.reason"]
+        assert trial.user_attrs.get("mlflow_run_id", run.info.run_id) == run.info.run_id
+        assert run.data.params and all(run.data.params[k] == str(v) for k, v in trial.params.items())
     (parent,) = client.search_runs([experiment], "tags.kind = 'tuning' and attributes.status = 'KILLED'")
     assert "no heartbeat" in parent.data.tags["killed_reason"]
 
 
 def test_a_worker_killed_between_closing_its_run_and_telling_optuna_leaves_both_failed(tmp_path):
-    # The run is closed FINISHED before Optuna's state is written: a kill in between leaves a COMPLETE-looking
-    # run beside a RUNNING trial. The next invocation fails the trial (no heartbeat) and its run with it.
+    # The run is closed FINISHED before Optuna's state is written, and the trial's link to it goes with that
+    # write: a kill in between leaves a COMPLETE-looking run beside a RUNNING trial that does not name it. The
+    # next invocation fails the trial (no heartbeat) and its run (found by its tags) with it.
     client = mlflow_store.configure(f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = mlflow_store.experiment_id(client, "s")
     on_stale = StaleTrialCallback()
@@ -160,7 +169,6 @@ def test_a_worker_killed_between_closing_its_run_and_telling_optuna_leaves_both_
     study = optuna.create_study(storage=open_storage(url, 1, 1, on_stale), study_name="s")
     trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
     run_id = client.create_run(experiment, run_name="trial-0", tags={"optuna.study": "s", "optuna.trial": "0"})
-    trial.set_user_attr("mlflow_run_id", run_id.info.run_id)
     flush_trial(trial)
     record = TrialRecord(client, run_id.info.run_id, "trial-0", params=trial.params)
     record.epoch({"val_mse": 0.5}, 1)
@@ -282,20 +290,47 @@ def test_a_trial_another_worker_failed_reads_as_failed_here_too(study_and_commit
     trial = study.ask()
     trial.report(1.0, 0)
     optuna.storages.RDBStorage(url).set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+    time.sleep(READ_REUSE_SECONDS)  # the last read is reused that long
     assert [t.state for t in study.get_trials()] == [optuna.trial.TrialState.FAIL]  # not this process's old copy
     assert [t.state for t in study.get_trials()] == [optuna.trial.TrialState.FAIL]  # nor after a second read
+
+
+def test_a_recent_read_of_the_study_is_reused_and_this_process_trials_are_in_it_as_they_change(study_and_commits):
+    study, url, _ = study_and_commits
+    reads = []
+
+    def on_statement(connection, cursor, statement, *args):
+        if statement.lstrip().upper().startswith("SELECT") and "FROM trials" in statement:
+            reads.append(statement)
+
+    sqlalchemy.event.listen(study._storage._backend.engine, "before_cursor_execute", on_statement)
+    trial = study.ask()
+    study.get_trials()
+    reads.clear()
+    study.get_trials(), study.get_trials()
+    assert not reads  # the sampler's, the pruner's and `ask`'s reads within READ_REUSE_SECONDS: one
+    study.tell(trial, 1.0)
+    reads.clear()
+    (told,) = study.get_trials()  # finished in the cache as the database holds it, without a read
+    assert told.state == optuna.trial.TrialState.COMPLETE and told.value == 1.0 and not reads
+    time.sleep(READ_REUSE_SECONDS)
+    (read,) = study.get_trials()  # and then the database's own copy
+    assert reads and read.value == told.value and read.datetime_complete == told.datetime_complete
+    other = optuna.load_study(study_name="s", storage=url)  # another worker's new trial: seen once the read is old
+    other.tell(other.ask(), 2.0)
+    time.sleep(READ_REUSE_SECONDS)
+    assert len(study.get_trials()) == 2
 
 
 def test_a_trial_whose_last_write_fails_is_failed_not_left_running(study_and_commits, monkeypatch):
     study, url, _ = study_and_commits
     trial = study.ask()
     trial.report(1.0, 0)
-    backend = study._storage._backend
 
     def refused(*args):
         raise sqlalchemy.exc.OperationalError("INSERT", {}, Exception("disk I/O error"))
 
-    monkeypatch.setattr(backend, "_set_trial_intermediate_value_without_commit", refused)
+    monkeypatch.setattr(study_storage, "write_kept", refused)
     with pytest.raises(optuna.exceptions.StorageInternalError):  # Optuna's words for a failed commit
         study.tell(trial, 0.5)
     assert stored(url).state == optuna.trial.TrialState.FAIL
@@ -401,3 +436,60 @@ def test_a_folds_setup_reads_the_parameters_already_suggested():
     assert known.suggest_float("lr", 1e-3, 1.0, log=True) == first
     assert known.suggest_int("depth", 1, 3) in (1, 2, 3) and "depth" in trial.params  # a new one is asked for
     assert known.number == trial.number
+
+
+# the run writer: a process of its own
+
+
+def test_the_run_writer_writes_a_run_and_answers_its_id(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow_store.configure(uri)
+    experiment = mlflow_store.experiment_id(client, "x")
+    writer = RunWriter()
+    try:
+        writer.connect(uri)
+        key = writer.open(experiment, "trial-0", {"optuna.trial": "0"}, {"lr": 0.1})
+        for step in (1, 2, 3):
+            writer.epoch(key, {"val_mse": 1 / step}, step)
+        writer.close(key, "COMPLETE", "FINISHED", None, {"best_val_mse": 1 / 3}, "")
+        run_id = writer.run_id(key, wait=True)
+        writer.drain()  # everything sent is written when it returns
+        run = client.get_run(run_id)
+        assert run.info.status == "FINISHED" and run.data.params == {"lr": "0.1"}
+        assert [m.step for m in client.get_metric_history(run_id, "val_mse")] == [1, 2, 3]
+        assert run.data.tags["optuna.trial"] == "0" and run.data.tags["optuna.state"] == "COMPLETE"
+    finally:
+        writer.stop(quiet=True)
+    assert writer.process.returncode == 0
+
+
+def test_a_write_mlflow_refuses_is_raised_by_name(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow_store.configure(uri)
+    writer = RunWriter()
+    try:
+        writer.connect(uri)
+        writer.open("424242", "trial-7", {}, {})  # no such experiment
+        with pytest.raises(WriterError, match="MLflow refused open of trial-7"):
+            writer.drain()
+        writer.connect(uri)  # a new search starts clean
+        writer.drain()
+    finally:
+        writer.stop(quiet=True)
+
+
+def test_a_writer_that_died_is_an_error_not_a_hang(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow_store.configure(uri)
+    writer = RunWriter()
+    writer.connect(uri)
+    writer.drain()
+    writer.process.kill()
+    writer.process.wait()
+    with pytest.raises(WriterError, match="writer process ended"):
+        key = writer.open("0", "trial-0", {}, {})
+        writer.run_id(key, wait=True)
+
+    shared = RunWriter.shared()  # the process's writer is started again once it has ended
+    shared.stop()
+    assert RunWriter.shared() is not shared and not RunWriter.shared()._ended

@@ -291,8 +291,10 @@ def test_device_pool_gives_each_running_trial_its_own_device():
 def test_a_trial_whose_process_died_is_retried_and_its_runs_closed(tmp_path):
     import time as clock
 
+    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
     from training.search.study_storage import flush_trial
-    from training.tracking.trial_log import MlflowTrialLog, StaleTrialCallback
+    from training.tracking.trial_log import StaleTrialCallback
 
     stores = {"storage": f"sqlite:///{tmp_path / 'optuna.db'}", "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}
     quick = dict(heartbeat=1, grace=2)
@@ -308,11 +310,11 @@ def test_a_trial_whose_process_died_is_retried_and_its_runs_closed(tmp_path):
     # a worker started the trial and its parent run, then its process died (kill -9)
     dead_parent = client.create_run(experiment, tags={"optuna.study": "nw-sine", "kind": "tuning"}).info.run_id
     client.set_tag(dead_parent, "heartbeat", f"{clock.time():.3f}")
-    record = MlflowTrialLog(client, experiment, dead_parent, "nw-sine").open(dead, dead.params)
-    for key, value in record.links.items():  # as a trial does when it starts; its MLflow parameters never written
-        dead.set_user_attr(key, value)
+    # its run, created by the run writer (its parameters never written), and named on the trial by its first write
+    tags = {MLFLOW_PARENT_RUN_ID: dead_parent, "optuna.study": "nw-sine", "optuna.trial": str(dead.number)}
+    dead_run = client.create_run(experiment, run_name=f"trial-{dead.number}", tags=tags).info.run_id
+    dead.set_user_attr("mlflow_run_id", dead_run)
     flush_trial(dead)
-    dead_run = record.run_id
     study._storage.record_heartbeat(dead._trial_id)
     clock.sleep(3)
     tune(options(stores, trials=2, **quick))

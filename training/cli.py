@@ -166,6 +166,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_tune(args) -> int:
+    from training.tracking.run_writer import RunWriter
+
+    RunWriter.shared()  # its process imports MLflow while this one imports the rest and sets up
     import optuna
 
     from training.search.options import TuneOptions

@@ -57,6 +57,40 @@ class DevicePool:
             self._free.put(device)
 
 
+# NW on a small training set (sine: 50 rows, diabetes: 265) trains no faster on several intra-op threads, and
+# much slower when anything else wants a core (the MLflow writer, another trial): torch's threads wait for each
+# other. Its trials take one thread; from a few thousand rows on, more threads pay (2 cores: 1.6x at 6,000 rows).
+ONE_THREAD_ROWS = 1_000
+
+
+class OneThread:
+    """torch's intra-op threads set to one while any trial `held` it, then set back (trials may run in threads)."""
+
+    def __init__(self):
+        self._lock, self._holders, self._before = threading.Lock(), 0, 0
+
+    @contextmanager
+    def held(self, wanted: bool) -> Iterator[None]:
+        if not wanted:
+            yield
+            return
+        with self._lock:
+            if self._holders == 0:
+                self._before = torch.get_num_threads()
+                torch.set_num_threads(1)
+            self._holders += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._holders -= 1
+                if self._holders == 0:
+                    torch.set_num_threads(self._before)
+
+
+ONE_THREAD = OneThread()
+
+
 class Objective:
     """Train one trial's configuration: report every epoch to the pruner, record it in `log` when given."""
 
@@ -68,13 +102,14 @@ class Objective:
         self.devices = DevicePool.for_option(options.device)
         self.jobs = options.jobs or len(self.devices.devices)  # trials at once, each in a thread of this process
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
+        self.one_thread = options.model == "nw" and len(data.train) < ONE_THREAD_ROWS
         self.numbers: list[int] = []  # the trials this invocation ran (the study holds every worker's)
         self._lock = threading.Lock()
 
     def __call__(self, trial: optuna.Trial) -> float:
         with self._lock:
             self.numbers.append(trial.number)
-        with self.devices.acquire() as device:
+        with self.devices.acquire() as device, ONE_THREAD.held(self.one_thread):
             return self.train(trial, device)
 
     def train(self, trial: optuna.Trial, device: str) -> float:
@@ -148,15 +183,15 @@ class TrialRun:
         )
         params = {**trial.params, "device": device, "seed": self.options.seed, "max_epochs": setup.fit_config.epochs}
         params["cpu_clock"] = self.clock.kind
-        self.record = self.log.open(trial, params)  # buffers the epochs; written at the end or every few s
-        # what a later conclusion needs to refit this trial exactly, who runs it and where its MLflow run is
+        self.record = self.log.open(trial, params)  # its MLflow run, written by the run writer; its id comes later
+        # what a later conclusion needs to refit this trial exactly, and who runs it
         attrs = {
             "seed": self.options.seed,
             "max_epochs": setup.fit_config.epochs,
             "worker": objective.worker,
             "protocol": objective.protocol,
         }
-        for key, value in (attrs | self.record.links).items():
+        for key, value in attrs.items():
             trial.set_user_attr(key, value)
         flush_trial(trial)  # its parameters and attributes to the study in one write: other workers see them
 

@@ -99,11 +99,10 @@ def trial_line(metric: str):
         state = trial.state.name.lower()
         value = f" {metric}={trial.value:.6g}" if trial.value is not None else ""
         reason = trial.user_attrs.get("fail_reason") or ""
-        try:
-            leader = study.best_trial  # one read of the storage
-            best = f"  (best: #{leader.number} {metric}={leader.value:.6g})"
-        except ValueError:  # no complete trial yet
-            best = ""
+        done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))  # as the sampler read it
+        pick = min if study.direction == optuna.study.StudyDirection.MINIMIZE else max
+        leader = pick(done, key=lambda t: t.value, default=None)
+        best = f"  (best: #{leader.number} {metric}={leader.value:.6g})" if leader else ""
         print(f"trial {trial.number} {state}{value}{best}{'  ' + reason if reason else ''}", flush=True)
 
     return callback
@@ -125,12 +124,19 @@ def stage(label: str) -> Iterator[None]:
     print(f" {time.perf_counter() - start:.1f} s", flush=True)
 
 
-def close_interrupted(client, experiment_id: str, parent: str, study: optuna.Study, before: int) -> TuneInterrupted:
-    """Close the trial runs still open and the parent run as KILLED with the reason; say what was kept."""
+def close_interrupted(
+    client, experiment_id: str, parent: str, study: optuna.Study, before: int, drain_writer
+) -> TuneInterrupted:
+    """Let the run writer write what it was sent (`drain_writer`), then close the trial runs still open and the
+    parent run as KILLED with the reason; say what was kept."""
     main = threading.current_thread() is threading.main_thread()
     if main:
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup short
     try:
+        try:
+            drain_writer()
+        except Exception as error:  # said, and the runs closed all the same
+            print(f"while stopping: {error}", file=sys.stderr)
         running = client.search_runs(
             [experiment_id], f"tags.mlflow.parentRunId = '{parent}' and attributes.status = 'RUNNING'"
         )

@@ -29,6 +29,7 @@ from training.search.options import GRACE_SECONDS, HEARTBEAT_SECONDS, TuneError,
 from training.search.space import FILE_EPOCHS, nw_first_trial, nw_memory_note
 from training.search.storage import open_storage, sampler_seed
 from training.tracking import mlflow_store, records, run_notes
+from training.tracking.run_writer import RunWriter
 from training.tracking.system_metrics import SystemMetrics
 from training.tracking.trial_log import (
     MlflowTrialLog,
@@ -108,6 +109,14 @@ def enqueue_trial(options: TuneOptions, direction: str, params: dict) -> None:
 
 def tune(options: TuneOptions) -> TuneResult:
     options.validate()
+    writer = RunWriter.shared()  # the trial runs' writes, off the trials' path; started first (it imports MLflow)
+    try:
+        return tune_with(options, writer)
+    finally:
+        writer.drain(quiet=True)  # drained already, unless `tune` failed before its search
+
+
+def tune_with(options: TuneOptions, writer: RunWriter) -> TuneResult:
     if options.data:
         data = tables.load_file_dataset(options.table(), seed=DATA_SEED)
     else:
@@ -117,6 +126,7 @@ def tune(options: TuneOptions) -> TuneResult:
         print(note, flush=True)
     _, direction = PRIMARY_METRIC[data.task]
     client = mlflow_store.configure(options.tracking_uri)
+    writer.connect(client.tracking_uri)
     experiment_id = mlflow_store.experiment_id(client, options.name)
     url = options.storage_url
     on_stale = StaleTrialCallback()
@@ -138,31 +148,10 @@ def tune(options: TuneOptions) -> TuneResult:
         run_name=f"tune-{time.strftime('%Y%m%d-%H%M%S')}-{invocation}",
         tags={"optuna.study": options.name, "kind": "tuning", "invocation": str(invocation)},
     ).info.run_id
-    objective = Objective(options, data, MlflowTrialLog(client, experiment_id, parent, options.name))
     log_invocation(client, parent, invocation_params(options, study, url, invocation, seed), data.describe())
-    conclusion = None
-    bar = progress.show_bar(options.progress)
-    try:
-        with ParentHeartbeat(client, parent, options.heartbeat), SystemMetrics(client, parent):
-            with progress.CTRL_C:
-                study.optimize(
-                    objective,
-                    n_trials=options.trials,
-                    timeout=options.timeout,
-                    n_jobs=objective.jobs,
-                    catch=(torch.OutOfMemoryError,),
-                    show_progress_bar=bar,
-                    callbacks=([] if bar else [progress.trial_line(f"val_{objective.metric}")])
-                    + [progress.stop_if_asked],
-                )
-            if options.conclude:
-                conclusion = conclude(client, parent, study, url, options.device)
-    except KeyboardInterrupt:
-        raise progress.close_interrupted(client, experiment_id, parent, study, before) from None
-    except BaseException:
-        client.set_terminated(parent, "FAILED")
-        raise
-    client.set_terminated(parent, "FINISHED")
+    log = MlflowTrialLog(writer, experiment_id, parent, options.name, client.tracking_uri)
+    objective = Objective(options, data, log)
+    conclusion = search(options, client, experiment_id, parent, study, before, objective, writer)
     trials = study.get_trials(deepcopy=False)
     mine = [t for t in trials if t.number in set(objective.numbers)]
     metric, direction = PRIMARY_METRIC[data.task]
@@ -178,6 +167,37 @@ def tune(options: TuneOptions) -> TuneResult:
         metric=metric,
         direction=direction,
     )
+
+
+def search(options, client, experiment_id, parent, study, before: int, objective: Objective, writer: RunWriter):
+    """Optimize, with the parent run beating and sampling the machine; every trial run written (the writer drained)
+    before the conclusion reads them, and before the parent run is closed, however the search ends."""
+    bar = progress.show_bar(options.progress)
+    try:
+        with ParentHeartbeat(client, parent, options.heartbeat), SystemMetrics(client, parent):
+            with progress.CTRL_C:
+                study.optimize(
+                    objective,
+                    n_trials=options.trials,
+                    timeout=options.timeout,
+                    n_jobs=objective.jobs,
+                    catch=(torch.OutOfMemoryError,),
+                    show_progress_bar=bar,
+                    callbacks=([] if bar else [progress.trial_line(f"val_{objective.metric}")])
+                    + [progress.stop_if_asked],
+                )
+            writer.drain()  # every trial run written (raises what MLflow refused)
+            conclusion = None
+            if options.conclude:
+                conclusion = conclude(client, parent, study, options.storage_url, options.device)
+    except KeyboardInterrupt:
+        raise progress.close_interrupted(client, experiment_id, parent, study, before, writer.drain) from None
+    except BaseException:
+        writer.drain(quiet=True)
+        client.set_terminated(parent, "FAILED")
+        raise
+    client.set_terminated(parent, "FINISHED")
+    return conclusion
 
 
 def invocation_params(options: TuneOptions, study: optuna.Study, url: str, invocation: int, seed: int) -> dict:

@@ -11,8 +11,13 @@ to the database in one transaction
   other workers' samplers see what this trial is trying: the constant liar keeps them apart),
 - with its next write once `flush_seconds` have passed since the last, and at its heartbeat (every 30 s by
   default) while it writes nothing, and
-- before the trial's state is written, so a finished trial is in the database whole. If that last write fails,
-  the trial is failed (as far as the database lets) and the error raised.
+- with the trial's state, in the same transaction, so a finished trial is in the database whole. If that last
+  write fails, the trial is failed (as far as the database lets) and the error raised.
+
+The transaction checks the trial once and writes each table's rows with one delete and one multi-row insert
+(`write_kept`); Optuna's own writes query the trial and the row again for every value. And the study is read
+from the database at most every `READ_REUSE_SECONDS` (a quarter of a second): the sampler, the pruner and `ask`
+each read it, several times a trial. A trial this process finishes is in the cache finished at once.
 
 Other workers see a running trial's reports and attributes that much later; nothing reads them before the trial
 ends (the median rule compares a trial with *completed* ones). A kill -9 loses what the running trial kept since
@@ -33,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import datetime
 import json
 import math
 import threading
@@ -40,15 +46,25 @@ import time
 from dataclasses import dataclass, field
 
 import optuna
-from optuna.distributions import BaseDistribution, check_distribution_compatibility
+import sqlalchemy
+from optuna.distributions import (
+    BaseDistribution,
+    check_distribution_compatibility,
+    distribution_to_json,
+    json_to_distribution,
+)
 from optuna.storages._cached_storage import _CachedStorage
-from optuna.storages._rdb.models import TrialSystemAttributeModel, TrialUserAttributeModel
+from optuna.storages._rdb import models
 from optuna.storages._rdb.storage import _create_scoped_session
 from optuna.trial import FrozenTrial, TrialState
 
 from training.tracking.trial_record import FLUSH_SECONDS  # a trial's writes go as often as its MLflow record's
 
 JUST_BEATEN_SECONDS = 1.0
+# The sampler, the pruner and `ask` each read the study, several times a trial: a read this recent is reused
+# (this process's own trials are in the cache as they change). Other workers' trials reach this process's
+# constant liar and pruner at most this much later.
+READ_REUSE_SECONDS = 0.25
 
 
 @dataclass
@@ -70,6 +86,8 @@ class StudyStorage(_CachedStorage):
         super().__init__(backend)
         self.flush_seconds = flush_seconds
         self._running: dict[int, _Running] = {}  # trial id -> a trial this process runs
+        self._read_at: dict[int, float] = {}  # study id -> when it was last read from the database
+        self._stale_checked_at: dict[int, float] = {}  # study id -> when silent trials were last looked for
 
     # trials becoming this process's, and leaving it
 
@@ -83,25 +101,55 @@ class StudyStorage(_CachedStorage):
         return trial_id
 
     def set_trial_state_values(self, trial_id: int, state: TrialState, values=None) -> bool:
+        try:
+            return self._set_state(trial_id, state, values)
+        except BaseException:
+            self._read_at.clear()  # whatever the database now holds: the next read goes to it
+            raise
+
+    def _set_state(self, trial_id: int, state: TrialState, values) -> bool:
         if trial_id not in self._running:
             taken = super().set_trial_state_values(trial_id, state, values)
+            self._read_at.clear()  # a trial of another worker, or a waiting one: read again
             if taken and state == TrialState.RUNNING:  # a waiting (enqueued) trial this process took
                 with self._lock:
                     study_id = self._trial_id_to_study_id_and_number[trial_id][0]
                 self._start(trial_id, _Running(study_id, self._backend.get_trial(trial_id)))
             return taken
+        running = self._running[trial_id]
+        if not state.is_finished():  # (Optuna only finishes a running trial)
+            return super().set_trial_state_values(trial_id, state, values)
         try:
             try:
-                self.flush(trial_id)  # its parameters, attributes and reports before its state
-            except Exception:
-                if state.is_finished():  # not in the database whole: failed, rather than left RUNNING
-                    with contextlib.suppress(Exception):
-                        super().set_trial_state_values(trial_id, TrialState.FAIL)
+                finished = self._finish(trial_id, running, state, values)
+            except Exception:  # not in the database whole: failed, rather than left RUNNING
+                with contextlib.suppress(Exception):
+                    super().set_trial_state_values(trial_id, TrialState.FAIL)
                 raise
-            return super().set_trial_state_values(trial_id, state, values)
-        finally:
-            if state.is_finished():  # from now on read as a finished trial, once, from the database
-                self._running.pop(trial_id, None)
+            self._keep_finished(running, state, values, finished)
+            return True
+        finally:  # from now on read as a finished trial, once more from the database
+            self._running.pop(trial_id, None)
+
+    def _finish(self, trial_id: int, running: _Running, state: TrialState, values) -> datetime.datetime:
+        """What the trial kept, its values and its state, in one transaction: the database has it whole or not.
+        Returns when it finished."""
+        backend, finished = self._backend, datetime.datetime.now()
+        with running.lock, _create_scoped_session(backend.scoped_session) as session:
+            trial = write_kept(backend, session, trial_id, running.writes)
+            for objective, value in enumerate(values or []):
+                backend._set_trial_value_without_commit(session, trial, objective, value)
+            trial.state, trial.datetime_complete = state, finished
+        running.writes = []
+        return finished
+
+    def _keep_finished(self, running: _Running, state: TrialState, values, finished: datetime.datetime) -> None:
+        """The trial as the database now holds it, in the cache: the sampler and pruner see it finished without
+        a read (the next read brings the database's own copy)."""
+        trial = copy.copy(running.trial)
+        trial.state, trial.values, trial.datetime_complete = state, values, finished
+        with self._lock:
+            self._studies[running.study_id].trials[trial.number] = trial
 
     def _start(self, trial_id: int, running: _Running) -> None:
         """Keep a trial this process now runs, and give it a heartbeat at once: Optuna's heartbeat thread starts
@@ -111,6 +159,15 @@ class StudyStorage(_CachedStorage):
         if self.get_heartbeat_interval() is not None:
             self._backend.record_heartbeat(trial_id)
             running.beaten_at = time.monotonic()
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        """Optuna looks for silent trials before every trial it starts (a query each time); here at most once a
+        heartbeat interval, which a trial needs to go silent anyway (the grace period is longer)."""
+        now, interval = time.monotonic(), self.get_heartbeat_interval() or 0
+        if now - self._stale_checked_at.get(study_id, -math.inf) < interval:
+            return []
+        self._stale_checked_at[study_id] = now
+        return super()._get_stale_trial_ids(study_id)
 
     def record_heartbeat(self, trial_id: int) -> None:
         running = self._running.get(trial_id)
@@ -130,7 +187,11 @@ class StudyStorage(_CachedStorage):
         return copy.deepcopy(running.trial)
 
     def _read_trials_from_remote_storage(self, study_id: int) -> None:
+        now = time.monotonic()
+        if now - self._read_at.get(study_id, -math.inf) < READ_REUSE_SECONDS:
+            return
         super()._read_trials_from_remote_storage(study_id)
+        self._read_at[study_id] = now
         with self._lock:
             trials = self._studies[study_id].trials
             for running in list(self._running.values()):
@@ -203,24 +264,66 @@ class StudyStorage(_CachedStorage):
         running = self._running.get(trial_id)
         if running is None:
             return
-        backend = self._backend
         with running.lock:
             if running.writes:
-                with _create_scoped_session(backend.scoped_session) as session:
-                    for kind, *args in running.writes:
-                        if kind == "param":
-                            backend._set_trial_param_without_commit(session, trial_id, *args)
-                        elif kind == "report":
-                            backend._set_trial_intermediate_value_without_commit(session, trial_id, *args)
-                        else:
-                            model = TrialUserAttributeModel if kind == "user" else TrialSystemAttributeModel
-                            backend._set_trial_attr_without_commit(session, model, trial_id, *args)
+                with _create_scoped_session(self._backend.scoped_session) as session:
+                    write_kept(self._backend, session, trial_id, running.writes)
                 running.writes = []
             running.written_at = time.monotonic()
 
     def _flush_if_due(self, trial_id: int, running: _Running) -> None:
         if time.monotonic() - running.written_at >= self.flush_seconds:
             self.flush(trial_id)
+
+
+# each kind of kept write: its table, and the column that tells one of a trial's rows from another
+TABLES = {
+    "param": (models.TrialParamModel, models.TrialParamModel.param_name),
+    "report": (models.TrialIntermediateValueModel, models.TrialIntermediateValueModel.step),
+    "user": (models.TrialUserAttributeModel, models.TrialUserAttributeModel.key),
+    "system": (models.TrialSystemAttributeModel, models.TrialSystemAttributeModel.key),
+}
+
+
+def write_kept(backend: optuna.storages.RDBStorage, session, trial_id: int, writes: list[tuple]) -> models.TrialModel:
+    """`writes` in `session`: the trial checked once (it must still be running; returned), then per table one
+    delete of the rows being replaced and one multi-row insert (the last write of a key wins). Optuna's own
+    per-row writes query the trial and the row again for each: ~3 ms a row, a few dozen rows a trial."""
+    trial = models.TrialModel.find_or_raise_by_id(trial_id, session, for_update=True)  # no other worker's write
+    backend.check_trial_is_updatable(trial_id, trial.state)  # between this check and the commit
+    latest = {(kind, key): rest for kind, key, *rest in writes}
+    rows: dict[str, list[dict]] = {kind: [] for kind in TABLES}
+    for (kind, key), rest in latest.items():
+        if kind == "param":
+            value, distribution, previous = rest
+            if previous is None:  # the first of its name this process saw: as Optuna does, against the study's
+                check_study_distribution(session, trial.study_id, key, distribution)
+            row = {"param_name": key, "param_value": value, "distribution_json": distribution_to_json(distribution)}
+        elif kind == "report":
+            stored, value_type = models.TrialIntermediateValueModel.intermediate_value_to_stored_repr(rest[0])
+            row = {"step": key, "intermediate_value": stored, "intermediate_value_type": value_type}
+        else:
+            row = {"key": key, "value_json": json.dumps(rest[0])}
+        rows[kind].append({"trial_id": trial_id, **row})
+    for kind, items in rows.items():
+        if items:
+            model, column = TABLES[kind]
+            keys = [item[column.key] for item in items]
+            replaced = sqlalchemy.delete(model).where(model.trial_id == trial_id, column.in_(keys))
+            session.execute(replaced.execution_options(synchronize_session=False))
+            session.execute(sqlalchemy.insert(model), items)
+    return trial
+
+
+def check_study_distribution(session, study_id: int, name: str, distribution: BaseDistribution) -> None:
+    stored = (
+        session.query(models.TrialParamModel.distribution_json)
+        .join(models.TrialModel)
+        .filter(models.TrialModel.study_id == study_id, models.TrialParamModel.param_name == name)
+        .first()
+    )
+    if stored is not None:
+        check_distribution_compatibility(json_to_distribution(stored[0]), distribution)
 
 
 def flush_trial(trial: optuna.Trial) -> None:

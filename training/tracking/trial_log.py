@@ -13,7 +13,8 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from mlflow.utils.validation import MAX_PARAMS_TAGS_PER_BATCH
 
 from training.tracking import mlflow_store, run_notes
-from training.tracking.trial_record import FLUSH_SECONDS, NoRecord, TrialRecord
+from training.tracking.run_writer import RunWriter, WrittenRecord
+from training.tracking.trial_record import NoRecord
 
 # Optuna's trial state -> the MLflow run status a closed child run ends with.
 RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
@@ -21,32 +22,27 @@ STALE_REASON = "the worker running this trial stopped sending heartbeats (killed
 
 
 class MlflowTrialLog:
-    """Each trial as an MLflow child run of the tuning invocation's parent run, its epochs written in batches
-    (`trial_record.TrialRecord`)."""
+    """Each trial as an MLflow child run of the tuning invocation's parent run, written by `writer` (a process of
+    its own: `run_writer.py`), its epochs in batches (`trial_record.TrialRecord`)."""
 
-    def __init__(
-        self,
-        client: mlflow.MlflowClient,
-        experiment_id: str,
-        parent: str,
-        study: str,
-        flush_seconds: float = FLUSH_SECONDS,
-    ):
-        self.client, self.experiment_id, self.parent, self.study = client, experiment_id, parent, study
-        self.flush_seconds = flush_seconds
+    def __init__(self, writer: RunWriter, experiment_id: str, parent: str, study: str, tracking_uri: str):
+        self.writer, self.experiment_id, self.parent, self.study = writer, experiment_id, parent, study
+        self.tracking_uri = tracking_uri
 
-    def open(self, trial: optuna.Trial, params: dict) -> TrialRecord:
-        """The trial's run, created with its tags (one write); its parameters go with its first batch of metrics,
-        and the caller writes `record.links` on the trial."""
-        name = f"trial-{trial.number}"
-        run = self.client.create_run(
-            self.experiment_id,
-            run_name=name,
-            tags={MLFLOW_PARENT_RUN_ID: self.parent, "optuna.study": self.study, "optuna.trial": str(trial.number)},
-        )
-        run_id = run.info.run_id
-        links = run_notes.trial_links(self.experiment_id, run_id, self.client.tracking_uri)
-        return TrialRecord(self.client, run_id, name, self.flush_seconds, params=params, links=links)
+    def open(self, trial: optuna.Trial, params: dict) -> WrittenRecord:
+        """The trial's run, asked of the writer with its tags and parameters; the run's id and address go on the
+        trial once the writer has created it (at the latest when the run closes)."""
+        tags = {MLFLOW_PARENT_RUN_ID: self.parent, "optuna.study": self.study, "optuna.trial": str(trial.number)}
+        key = self.writer.open(self.experiment_id, f"trial-{trial.number}", tags, params)
+
+        def link(links: dict[str, str]) -> None:
+            for name, value in links.items():
+                trial.set_user_attr(name, value)
+
+        def links_of(run_id: str) -> dict[str, str]:
+            return run_notes.trial_links(self.experiment_id, run_id, self.tracking_uri)
+
+        return WrittenRecord(self.writer, key, link, links_of)
 
 
 class NoTrialLog:
@@ -86,8 +82,16 @@ class StaleTrialCallback:
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         self.retry(study, trial)
-        run_id = trial.user_attrs.get("mlflow_run_id")
-        if self.client is not None and run_id:
+        if self.client is None:
+            return
+        run_ids = [trial.user_attrs["mlflow_run_id"]] if "mlflow_run_id" in trial.user_attrs else []
+        if not run_ids:  # its worker died before the trial's first write carried the id: found by its tags
+            experiment = self.client.get_experiment_by_name(study.study_name)
+            if experiment is None:
+                return
+            query = f"tags.`optuna.study` = '{study.study_name}' and tags.`optuna.trial` = '{trial.number}'"
+            run_ids = [r.info.run_id for r in self.client.search_runs([experiment.experiment_id], query)]
+        for run_id in run_ids:  # open, or closed by a writer that outlived its worker
             close_run(self.client, run_id, "FAIL", STALE_REASON, trial=trial)
 
 

@@ -1,10 +1,10 @@
-"""One trial's MLflow run while it trains: its per-epoch metrics kept in memory and written in one `log_batch`
-(every `flush_seconds` and when the trial ends), then closed with its final metrics and marks in one more batch.
+"""One trial's MLflow run in the run writer (`run_writer.py`): its per-epoch metrics kept in memory and written in
+one `log_batch` (every `flush_seconds` and when the trial ends), then closed with its final metrics and marks in
+one more batch.
 
 Each MLflow write to a SQLite store costs tens of milliseconds (several commits), about the time a small model
-takes to train an epoch, so a write per epoch made bookkeeping the larger part of a search. What a buffer holds
-is what a `kill -9` can lose: the epochs of the running trial since its last write (at most `flush_seconds` of
-them). Every write is a whole MLflow call, and a run its process left RUNNING is closed by the next invocation
+takes to train an epoch: one batch instead of a write per epoch keeps the writer ahead of the trials. Every write
+is a whole MLflow call, and a run left RUNNING (its worker killed) is closed by the next invocation
 (`trial_log.close_dead_runs`).
 """
 
@@ -25,7 +25,7 @@ FLUSH_SECONDS = 10.0
 
 class TrialRecord:
     """The MLflow run `run_id` (named `name`) of one trial: `epoch` buffers, `flush` writes, `close` ends it.
-    `params` go with the first write; `links` (its id and address) are for the Optuna trial to carry."""
+    `params` go with the first write. The run writer (`run_writer.py`) keeps one per open run."""
 
     def __init__(
         self,
@@ -34,10 +34,8 @@ class TrialRecord:
         name: str,
         flush_seconds: float = FLUSH_SECONDS,
         params: dict | None = None,
-        links: dict[str, str] | None = None,
     ):
         self.client, self.run_id, self.name, self.flush_seconds = client, run_id, name, flush_seconds
-        self.links = links or {"mlflow_run_id": run_id}
         self._params = [Param(k, str(v)) for k, v in (params or {}).items()]
         self._pending: list[Metric] = []
         self._written = time.monotonic()
@@ -87,13 +85,7 @@ class TrialRecord:
 class NoRecord:
     """A trial that is not tracked (`Objective` without a log): every call does nothing."""
 
-    run_id = None
-    links: dict[str, str] = {}
-
     def epoch(self, values: dict[str, float], step: int) -> None:
-        pass
-
-    def flush(self, tags: dict[str, str] | None = None) -> None:
         pass
 
     def close(self, state: str, status: str, reason: str | None = None, metrics=None, suffix: str = "") -> None:
