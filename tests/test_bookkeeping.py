@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -12,17 +13,18 @@ import optuna
 import psutil
 import pytest
 import sqlalchemy
+import torch
 from mlflow import MlflowClient
 
 from training.search import progress, pruning, study_storage
-from training.search.objective import Suggested, TrialRun
+from training.search.objective import Suggested, TrialRun, one_intra_op_thread
 from training.search.options import TuneOptions
 from training.search.storage import open_storage
 from training.search.study import tune
 from training.search.study_storage import READ_REUSE_SECONDS, flush_trial
 from training.tracking import mlflow_store
 from training.tracking.run_writer import RunWriter, WriterError
-from training.tracking.trial_log import StaleTrialCallback, close_dead_runs
+from training.tracking.trial_log import StaleTrialCallback, close_dead_runs, trial_start
 from training.tracking.trial_record import TrialRecord
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -122,18 +124,24 @@ def test_kill_9_mid_trial_leaves_whole_records_and_the_next_run_closes_the_dead_
     assert [w.cmdline()[-2] for w in writers] == ["training.tracking.run_writer"]
     psutil.wait_procs(writers, timeout=60)  # it writes what it was sent, then exits
     assert not any(w.is_running() for w in writers)
+    said = process.stdout.read()  # what tune and the writer printed after the last trial line
+    assert "Traceback" not in said and "not written" not in said, said
     client = MlflowClient(stores[3])
+    experiment = client.get_experiment_by_name("nw-sine").experiment_id
     for trial in trials_of(storage):
-        run_id = trial.user_attrs.get("mlflow_run_id")
-        history = client.get_metric_history(run_id, "val_mse") if run_id else []
+        (run,) = client.search_runs([experiment], f"tags.`optuna.trial` = '{trial.number}'")
+        run_id = run.info.run_id
+        history = client.get_metric_history(run_id, "val_mse")
         if trial.state in FINISHED:  # every epoch reported to Optuna is in its run, and the run is closed
+            assert trial.user_attrs["mlflow_run_id"] == run_id
             assert [m.step for m in history] == sorted(trial.intermediate_values), trial.number
-            assert client.get_run(run_id).info.status in ("FINISHED", "KILLED")
-        else:  # the killed trial: each store holds a whole prefix of its epochs (the two are written apart, so
-            # either may be ahead: MLflow's run is closed before Optuna's state and reports are written)
+            assert run.info.status in ("FINISHED", "KILLED")
+        else:  # the killed trial: a whole prefix of its epochs in each store, the run at least as far as the
+            # study (every epoch goes to the writer as it ends; the study's reports are written every 10 s)
             assert [m.step for m in history] == list(range(1, len(history) + 1)), trial.number
             assert sorted(trial.intermediate_values) == list(range(1, len(trial.intermediate_values) + 1))
-            for key in client.get_run(run_id).data.metrics if run_id else []:  # every metric of an epoch, or none
+            assert len(history) >= len(trial.intermediate_values)
+            for key in run.data.metrics:  # every metric of an epoch, or none
                 epochs = [m.step for m in client.get_metric_history(run_id, key) if m.step > 0]  # 0: the summary
                 assert epochs in ([], [m.step for m in history]), key
     time.sleep(3)  # past the grace period given below: the killed trial and parent run are dead
@@ -144,7 +152,6 @@ def test_kill_9_mid_trial_leaves_whole_records_and_the_next_run_closes_the_dead_
         capture_output=True,
         timeout=300,
     )
-    experiment = client.get_experiment_by_name("nw-sine").experiment_id
     assert not client.search_runs([experiment], "attributes.status = 'RUNNING'")
     killed = [t for t in trials_of(storage) if t.state == optuna.trial.TrialState.FAIL]
     assert killed
@@ -168,7 +175,8 @@ def test_a_worker_killed_between_closing_its_run_and_telling_optuna_leaves_both_
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
     study = optuna.create_study(storage=open_storage(url, 1, 1, on_stale), study_name="s")
     trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
-    run_id = client.create_run(experiment, run_name="trial-0", tags={"optuna.study": "s", "optuna.trial": "0"})
+    tags = {"optuna.study": "s", "optuna.trial": "0", "optuna.trial_start": trial_start(trial)}  # as the writer
+    run_id = client.create_run(experiment, run_name="trial-0", tags=tags)
     flush_trial(trial)
     record = TrialRecord(client, run_id.info.run_id, "trial-0", params=trial.params)
     record.epoch({"val_mse": 0.5}, 1)
@@ -493,3 +501,66 @@ def test_a_writer_that_died_is_an_error_not_a_hang(tmp_path):
     shared = RunWriter.shared()  # the process's writer is started again once it has ended
     shared.stop()
     assert RunWriter.shared() is not shared and not RunWriter.shared()._ended
+
+
+def test_the_writer_outlives_its_tune_and_writes_all_it_was_sent(tmp_path):
+    # tune killed before the writer even answered: it still creates the run, writes every epoch sent, and exits
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow_store.configure(uri)
+    experiment = mlflow_store.experiment_id(client, "x")
+    code = (
+        "import os, sys\n"
+        "from training.tracking.run_writer import RunWriter\n"
+        "writer = RunWriter()\n"
+        f"writer.connect({uri!r})\n"
+        f"key = writer.open({experiment!r}, 'trial-0', {{'optuna.trial': '0'}}, {{}})\n"
+        "for step in range(1, 6): writer.epoch(key, {'val_mse': 1.0 / step}, step)\n"
+        "print(writer.process.pid, flush=True)\n"
+        "os._exit(0)  # as a kill -9 would: nothing flushed, nothing waited for\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    writer = int(result.stdout.split()[0])  # (its output ends when it does: `run` read it to the end)
+    deadline = time.monotonic() + 60
+    while psutil.pid_exists(writer) and psutil.Process(writer).status() != psutil.STATUS_ZOMBIE:
+        assert time.monotonic() < deadline, "the writer did not exit"
+        time.sleep(0.1)
+    (run,) = client.search_runs([experiment], "tags.`optuna.trial` = '0'")
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_mse")] == [1, 2, 3, 4, 5]
+    assert run.info.status == "RUNNING"  # closed by the study's next invocation, as any dead run
+    assert "Traceback" not in result.stderr, result.stderr
+
+
+def test_a_drain_after_a_refusal_still_waits_for_everything_sent(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow_store.configure(uri)
+    experiment = mlflow_store.experiment_id(client, "x")
+    writer = RunWriter()
+    try:
+        writer.connect(uri)
+        good = writer.open(experiment, "trial-1", {"optuna.trial": "1"}, {})
+        writer.open("424242", "trial-2", {}, {})  # refused: no such experiment
+        writer.close(good, "COMPLETE", "FINISHED", None, {}, "")  # sent after the refused one
+        with pytest.raises(WriterError, match="trial-2"):
+            writer.drain()
+        assert client.get_run(writer.run_id(good, wait=True)).info.status == "FINISHED"  # written before it raised
+        with pytest.raises(WriterError, match="trial-2"):  # and the next trial does not start
+            writer.open(experiment, "trial-3", {}, {})
+    finally:
+        writer.stop(quiet=True)
+
+
+def test_a_small_nw_trial_trains_on_one_thread_in_its_own_thread_and_gives_it_back():
+    seen = []
+
+    def trial():
+        with one_intra_op_thread(True):
+            seen.append(torch.get_num_threads())
+        seen.append(torch.get_num_threads())
+
+    before = torch.get_num_threads()
+    threads = [threading.Thread(target=trial) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(seen) == sorted([1, 1, before, before]) and torch.get_num_threads() == before

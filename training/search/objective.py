@@ -63,32 +63,19 @@ class DevicePool:
 ONE_THREAD_ROWS = 1_000
 
 
-class OneThread:
-    """torch's intra-op threads set to one while any trial `held` it, then set back (trials may run in threads)."""
-
-    def __init__(self):
-        self._lock, self._holders, self._before = threading.Lock(), 0, 0
-
-    @contextmanager
-    def held(self, wanted: bool) -> Iterator[None]:
-        if not wanted:
-            yield
-            return
-        with self._lock:
-            if self._holders == 0:
-                self._before = torch.get_num_threads()
-                torch.set_num_threads(1)
-            self._holders += 1
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._holders -= 1
-                if self._holders == 0:
-                    torch.set_num_threads(self._before)
-
-
-ONE_THREAD = OneThread()
+@contextmanager
+def one_intra_op_thread(wanted: bool) -> Iterator[None]:
+    """torch's intra-op threads set to one for this thread while it trains, then set back. The setting is the
+    calling thread's (OpenMP's), so each trial's thread sets its own when trials run in threads."""
+    if not wanted:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 class Objective:
@@ -109,7 +96,7 @@ class Objective:
     def __call__(self, trial: optuna.Trial) -> float:
         with self._lock:
             self.numbers.append(trial.number)
-        with self.devices.acquire() as device, ONE_THREAD.held(self.one_thread):
+        with self.devices.acquire() as device, one_intra_op_thread(self.one_thread):
             return self.train(trial, device)
 
     def train(self, trial: optuna.Trial, device: str) -> float:

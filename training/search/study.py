@@ -8,6 +8,7 @@ asked not to, so that many workers can leave a single conclusion to `make conclu
 
 from __future__ import annotations
 
+import functools
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -107,6 +108,10 @@ def enqueue_trial(options: TuneOptions, direction: str, params: dict) -> None:
 # the invocation
 
 
+# After Ctrl-C (a second one is ignored while the runs are closed): how long to wait for the MLflow writer.
+INTERRUPTED_WAIT_SECONDS = 60
+
+
 def tune(options: TuneOptions) -> TuneResult:
     options.validate()
     writer = RunWriter.shared()  # the trial runs' writes, off the trials' path; started first (it imports MLflow)
@@ -191,7 +196,8 @@ def search(options, client, experiment_id, parent, study, before: int, objective
             if options.conclude:
                 conclusion = conclude(client, parent, study, options.storage_url, options.device)
     except KeyboardInterrupt:
-        raise progress.close_interrupted(client, experiment_id, parent, study, before, writer.drain) from None
+        drain = functools.partial(writer.drain, timeout=INTERRUPTED_WAIT_SECONDS)
+        raise progress.close_interrupted(client, experiment_id, parent, study, before, drain) from None
     except BaseException:
         writer.drain(quiet=True)
         client.set_terminated(parent, "FAILED")

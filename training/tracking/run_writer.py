@@ -31,9 +31,15 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
+from pathlib import Path
 
 from training.tracking.trial_record import FLUSH_SECONDS
+
+# How long `tune` waits for the writer before it says so and stops (an MLflow server retrying a request waits
+# minutes itself).
+WAIT_SECONDS = 600.0
 
 
 class WriterError(RuntimeError):
@@ -43,7 +49,10 @@ class WriterError(RuntimeError):
 class RunWriter:
     """`tune`'s end of the writer process: `connect` to a store, `open` a trial's run, `epoch`, `close`; `run_id`
     once it is known; `drain` before reading the runs. `shared()` is the process's writer: started once (it takes a
-    second or two to import MLflow), used by every `tune` of the process, ended when the process ends."""
+    second or two to import MLflow), used by every `tune` of the process, ended when the process ends.
+
+    A write MLflow refused is kept and raised by the next `open` (the search stops before its next trial) or by
+    `drain`, never in another trial's epoch. A writer that died is raised by any call."""
 
     _shared: RunWriter | None = None
     _shared_lock = threading.Lock()
@@ -59,10 +68,13 @@ class RunWriter:
     def __init__(self):
         """Start the process; it imports MLflow meanwhile and waits for `connect`."""
         answers, answers_fd = os.pipe()
+        here = str(Path(__file__).resolve().parents[2])  # where `training` is, wherever tune was started from
+        path = os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p)
         self.process = subprocess.Popen(
             [sys.executable, "-m", "training.tracking.run_writer", str(answers_fd)],
             stdin=subprocess.PIPE,
             pass_fds=(answers_fd,),
+            env={**os.environ, "PYTHONPATH": path},
             start_new_session=True,  # not stopped by the terminal's Ctrl-C, nor by a kill of tune's group
             text=True,
         )
@@ -71,16 +83,17 @@ class RunWriter:
         self._lock, self._changed = threading.Lock(), threading.Condition()
         self._next_key = self._syncs = self._synced = 0
         self._run_ids: dict[int, str] = {}
-        self._error: str | None = None
-        self._ended = False
+        self._refused: dict[int, str] = {}  # key -> why its run could not be created
+        self._error: str | None = None  # the first refusal since `connect`, or the writer's end
+        self._ended = self._died = False
         self._reader = threading.Thread(target=self._read_answers, name="mlflow-writer-answers", daemon=True)
         self._reader.start()
 
     def connect(self, tracking_uri: str, flush_seconds: float = FLUSH_SECONDS) -> None:
         """Write to this store from now on (once `tune` configured it: a new SQLite store's tables are made once).
-        A refusal of an earlier `tune` is forgotten; a writer that ended raises."""
+        What an earlier search had refused was raised by its drain; a writer that ended raises."""
         with self._changed:
-            if not self._ended:
+            if not self._died:
                 self._error = None
         self._send({"op": "connect", "tracking_uri": tracking_uri, "flush_seconds": flush_seconds})
 
@@ -102,50 +115,59 @@ class RunWriter:
         self._send({"op": "close", "key": key, "state": state, "status": status, "reason": reason,
                     "metrics": metrics, "suffix": suffix})  # fmt: skip
 
-    def run_id(self, key: int, wait: bool) -> str | None:
-        """The run's id: None while the writer has not created it, unless `wait`."""
+    def run_id(self, key: int, wait: bool, timeout: float = WAIT_SECONDS) -> str | None:
+        """The run's id: None while the writer has not created it, unless `wait` (then the refusal of this run,
+        the writer's end, or no answer within `timeout` raise)."""
         with self._changed:
-            while wait and key not in self._run_ids:
-                self._raise_if_failed()
-                self._changed.wait(1.0)
-            return self._run_ids.pop(key, None) if wait or key in self._run_ids else None
+            if wait:
+                self._wait_for(lambda: key in self._run_ids or key in self._refused, timeout, "a run's creation")
+                if key in self._refused:
+                    raise WriterError(self._refused.pop(key))
+            return self._run_ids.pop(key, None)
 
-    def drain(self, quiet: bool = False) -> None:
-        """Return once everything sent so far is written; raise what MLflow refused, unless `quiet` (`tune` is
-        failing already, or says it otherwise)."""
+    def drain(self, quiet: bool = False, timeout: float = WAIT_SECONDS) -> None:
+        """Return once everything sent so far is written (or the writer ended, or `timeout` passed); then raise
+        what MLflow refused, unless `quiet` (`tune` is failing already and says why itself)."""
         try:
             with self._lock:
                 number = self._syncs = self._syncs + 1
             self._send({"op": "sync", "number": number})
             with self._changed:
-                while self._synced < number:
-                    self._raise_if_failed()
-                    self._changed.wait(1.0)
+                self._wait_for(lambda: self._synced >= number, timeout, "the runs written")
             self.check()
         except WriterError:
             if not quiet:
                 raise
 
     def stop(self, quiet: bool = False) -> None:
-        """End the writer: its input closed, it writes everything sent and exits."""
+        """End the writer: its input closed, it writes everything sent and exits (waited for a minute at most:
+        a writer still busy then finishes alone)."""
         if not self._ended:
             self._ended = True
             with self._lock, contextlib.suppress(OSError):
                 self.process.stdin.close()
-            self.process.wait()
-            self._reader.join()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout=60)
         if not quiet:
             self.check()
 
     def check(self) -> None:
         with self._changed:
-            self._raise_if_failed()
+            if self._error is not None:
+                raise WriterError(self._error)
 
     # the plumbing
 
-    def _raise_if_failed(self) -> None:
-        if self._error is not None:
-            raise WriterError(self._error)
+    def _wait_for(self, done: Callable[[], bool], timeout: float, what: str) -> None:
+        """Under `_changed`: until `done()`, the writer's death (raised) or `timeout` (raised)."""
+        deadline = time.monotonic() + timeout
+        while not done():
+            if self._died:
+                raise WriterError(self._error or "the MLflow writer process ended")
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise WriterError(f"the MLflow writer has not answered in {timeout:.0f} s (waiting for {what})")
+            self._changed.wait(min(left, 1.0))
 
     def _send(self, message: dict) -> None:
         line = json.dumps(message, allow_nan=False) + "\n"
@@ -153,9 +175,12 @@ class RunWriter:
             try:
                 self.process.stdin.write(line)
                 self.process.stdin.flush()
+                return
             except (BrokenPipeError, ValueError):  # the writer ended (its end of the pipe, or ours, closed)
-                self.process.wait()
-                self._failed(f"the MLflow writer process ended (exit code {self.process.returncode})")
+                pass
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=5)
+        self._dead(f"the MLflow writer process ended (exit code {self.process.returncode})")
         self.check()
 
     def _read_answers(self) -> None:
@@ -166,15 +191,17 @@ class RunWriter:
                     self._run_ids[answer["key"]] = answer["run_id"]
                 elif "synced" in answer:
                     self._synced = answer["synced"]
-                elif "error" in answer and self._error is None:
-                    self._error = answer["error"]
+                elif "error" in answer:
+                    if answer.get("key") is not None and answer.get("op") == "open":
+                        self._refused[answer["key"]] = answer["error"]
+                    self._error = self._error or answer["error"]
                 self._changed.notify_all()
         if not self._ended:  # not stopped: it died
-            self._ended = True
-            self._failed("the MLflow writer process ended (see its message above)")
+            self._dead("the MLflow writer process ended (see its message above)")
 
-    def _failed(self, message: str) -> None:
+    def _dead(self, message: str) -> None:
         with self._changed:
+            self._ended = self._died = True
             self._error = self._error or message
             self._changed.notify_all()
 
@@ -192,9 +219,12 @@ class WrittenRecord:
         self.linked(wait=False)
 
     def close(self, state: str, status: str, reason: str | None = None, metrics=None, suffix: str = "") -> None:
-        """End the run (its id first on the trial, so that the trial's last write carries it)."""
-        self.linked(wait=True)
-        self.writer.close(self.key, state, status, reason, finite(metrics or {}), suffix)
+        """End the run (its id first on the trial, so that the trial's last write carries it; a run the writer
+        could not create is closed all the same, for nothing, and its refusal raised)."""
+        try:
+            self.linked(wait=True)
+        finally:
+            self.writer.close(self.key, state, status, reason, finite(metrics or {}), suffix)
 
     def linked(self, wait: bool) -> bool:
         if not self.links:
@@ -221,39 +251,45 @@ def serve(messages, answer: Callable[[dict], None]) -> None:
 
     client, flush_seconds = None, FLUSH_SECONDS
     records: dict[int, TrialRecord] = {}
-    for line in messages:
-        message = json.loads(line)
-        op, key = message["op"], message.get("key")
-        try:
-            if op == "sync":
-                answer({"synced": message["number"]})
-            elif op == "connect":
-                client, flush_seconds = None, message["flush_seconds"]
-                client = mlflow_store.configure(message["tracking_uri"])
-            elif client is None:  # (its store could not be opened: answered already)
+    try:
+        for line in messages:
+            try:
+                message = json.loads(line)
+            except ValueError:  # a line cut short: tune was killed while sending it
                 continue
-            elif op == "open":
-                run = client.create_run(message["experiment"], run_name=message["name"], tags=message["tags"])
-                run_id = run.info.run_id
-                records[key] = TrialRecord(client, run_id, message["name"], flush_seconds, message["params"])
-                answer({"key": key, "run_id": run_id})
-            elif key in records:  # (a run whose opening failed: its error was answered already)
-                if op == "epoch":
-                    records[key].epoch(message["values"], message["step"])
-                elif op == "close":
-                    fields = ("state", "status", "reason", "metrics", "suffix")
-                    records.pop(key).close(*(message[f] for f in fields))
-        except Exception as error:  # answered; tune raises it
-            if op == "connect":
-                answer({"error": f"the MLflow writer cannot open the tracking store: {error}"})
-                continue
-            name = records[key].name if key in records else message.get("name", f"run {key}")
-            answer({"error": f"MLflow refused {op} of {name}: {type(error).__name__}: {error}"})
-    for record in records.values():  # tune ended with these open (killed): what they hold, written
-        try:
-            record.flush()
-        except Exception as error:
-            print(f"MLflow writer: {record.name}'s last epochs not written: {error}", file=sys.stderr)
+            op, key = message["op"], message.get("key")
+            try:
+                if op == "sync":
+                    answer({"synced": message["number"]})
+                elif op == "connect":
+                    client, flush_seconds = None, message["flush_seconds"]
+                    client = mlflow_store.configure(message["tracking_uri"])
+                elif client is None:  # (its store could not be opened: answered already)
+                    continue
+                elif op == "open":
+                    run = client.create_run(message["experiment"], run_name=message["name"], tags=message["tags"])
+                    run_id = run.info.run_id
+                    records[key] = TrialRecord(client, run_id, message["name"], flush_seconds, message["params"])
+                    answer({"key": key, "run_id": run_id})
+                elif key in records:  # (a run whose opening failed: its error was answered already)
+                    if op == "epoch":
+                        records[key].epoch(message["values"], message["step"])
+                    elif op == "close":
+                        fields = ("state", "status", "reason", "metrics", "suffix")
+                        records.pop(key).close(*(message[f] for f in fields))
+            except Exception as error:  # answered; tune raises it
+                if op == "connect":
+                    why = f"the MLflow writer cannot open the tracking store: {error}"
+                else:
+                    name = records[key].name if key in records else message.get("name", f"run {key}")
+                    why = f"MLflow refused {op} of {name}: {type(error).__name__}: {error}"
+                answer({"error": why, "op": op, "key": key})
+    finally:
+        for record in records.values():  # tune ended with these open (killed): what they hold, written
+            try:
+                record.flush()
+            except Exception as error:
+                print(f"MLflow writer: {record.name}'s last epochs not written: {error}", file=sys.stderr)
 
 
 def main() -> None:
@@ -263,10 +299,17 @@ def main() -> None:
     os.dup2(2, 1)  # whatever prints goes to the terminal's error stream, never into the answers
 
     def answer(message: dict) -> None:
-        answers.write(json.dumps(message) + "\n")
-        answers.flush()
+        try:
+            answers.write(json.dumps(message) + "\n")
+            answers.flush()
+        except OSError:  # tune is gone (killed): nobody to answer, and everything sent is still written
+            pass
 
-    serve(iter(sys.stdin), answer)
+    try:
+        serve(iter(sys.stdin), answer)
+    finally:
+        with contextlib.suppress(OSError):
+            answers.close()
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ class MlflowTrialLog:
         """The trial's run, asked of the writer with its tags and parameters; the run's id and address go on the
         trial once the writer has created it (at the latest when the run closes)."""
         tags = {MLFLOW_PARENT_RUN_ID: self.parent, "optuna.study": self.study, "optuna.trial": str(trial.number)}
+        tags["optuna.trial_start"] = trial_start(trial)
         key = self.writer.open(self.experiment_id, f"trial-{trial.number}", tags, params)
 
         def link(links: dict[str, str]) -> None:
@@ -82,17 +83,29 @@ class StaleTrialCallback:
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         self.retry(study, trial)
-        if self.client is None:
-            return
-        run_ids = [trial.user_attrs["mlflow_run_id"]] if "mlflow_run_id" in trial.user_attrs else []
-        if not run_ids:  # its worker died before the trial's first write carried the id: found by its tags
-            experiment = self.client.get_experiment_by_name(study.study_name)
-            if experiment is None:
-                return
-            query = f"tags.`optuna.study` = '{study.study_name}' and tags.`optuna.trial` = '{trial.number}'"
-            run_ids = [r.info.run_id for r in self.client.search_runs([experiment.experiment_id], query)]
-        for run_id in run_ids:  # open, or closed by a writer that outlived its worker
-            close_run(self.client, run_id, "FAIL", STALE_REASON, trial=trial)
+        if self.client is not None:
+            for run_id in trial_run_ids(self.client, study.study_name, trial):  # open, or closed by its writer
+                close_run(self.client, run_id, "FAIL", STALE_REASON, trial=trial)
+
+
+def trial_run_ids(client: mlflow.MlflowClient, study: str, trial: optuna.trial.FrozenTrial) -> list[str]:
+    """The MLflow runs of this attempt at `trial`, found by their tags (the study, the trial's number and start):
+    a trial names its run only from its next write to the study on, a retried trial inherits the name of its
+    failed attempt's run, and a study made again under the same name numbers its trials from 0 again. (Runs from
+    before the start tag: the run the trial names.)"""
+    experiment = client.get_experiment_by_name(study)
+    if experiment is None:
+        return []
+    query = f"tags.`optuna.study` = '{study}' and tags.`optuna.trial` = '{trial.number}'"
+    query += f" and tags.`optuna.trial_start` = '{trial_start(trial)}'"
+    found = [r.info.run_id for r in client.search_runs([experiment.experiment_id], query)]
+    named = trial.user_attrs.get("mlflow_run_id")
+    return found or ([named] if named and "optuna.trial_start" not in client.get_run(named).data.tags else [])
+
+
+def trial_start(trial: optuna.trial.FrozenTrial | optuna.Trial) -> str:
+    """When the trial started, as Optuna stores it (the tag that tells its runs from another attempt's)."""
+    return trial.datetime_start.isoformat() if trial.datetime_start else ""
 
 
 class ParentHeartbeat:
