@@ -449,48 +449,45 @@ def test_a_folds_setup_reads_the_parameters_already_suggested():
 # the run writer: a process of its own
 
 
-def test_the_run_writer_writes_a_run_and_answers_its_id(tmp_path):
+@pytest.fixture
+def writer_store(tmp_path):
+    """A run writer connected to a new SQLite store: (writer, client, experiment id); stopped afterwards."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = mlflow_store.configure(uri)
     experiment = mlflow_store.experiment_id(client, "x")
     writer = RunWriter()
-    try:
-        writer.connect(uri)
-        key = writer.open(experiment, "trial-0", {"optuna.trial": "0"}, {"lr": 0.1})
-        for step in (1, 2, 3):
-            writer.epoch(key, {"val_mse": 1 / step}, step)
-        writer.close(key, "COMPLETE", "FINISHED", None, {"best_val_mse": 1 / 3}, "")
-        run_id = writer.run_id(key, wait=True)
-        writer.drain()  # everything sent is written when it returns
-        run = client.get_run(run_id)
-        assert run.info.status == "FINISHED" and run.data.params == {"lr": "0.1"}
-        assert [m.step for m in client.get_metric_history(run_id, "val_mse")] == [1, 2, 3]
-        assert run.data.tags["optuna.trial"] == "0" and run.data.tags["optuna.state"] == "COMPLETE"
-    finally:
-        writer.stop(quiet=True)
+    writer.connect(uri)
+    yield writer, client, experiment
+    writer.stop(quiet=True)
+
+
+def test_the_run_writer_writes_a_run_and_answers_its_id(writer_store):
+    writer, client, experiment = writer_store
+    key = writer.open(experiment, "trial-0", {"optuna.trial": "0"}, {"lr": 0.1})
+    for step in (1, 2, 3):
+        writer.epoch(key, {"val_mse": 1 / step}, step)
+    writer.close(key, "COMPLETE", "FINISHED", None, {"best_val_mse": 1 / 3}, "")
+    run_id = writer.run_id(key, wait=True)
+    writer.drain()  # everything sent is written when it returns
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.params == {"lr": "0.1"}
+    assert [m.step for m in client.get_metric_history(run_id, "val_mse")] == [1, 2, 3]
+    assert run.data.tags["optuna.trial"] == "0" and run.data.tags["optuna.state"] == "COMPLETE"
+    writer.stop()
     assert writer.process.returncode == 0
 
 
-def test_a_write_mlflow_refuses_is_raised_by_name(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    mlflow_store.configure(uri)
-    writer = RunWriter()
-    try:
-        writer.connect(uri)
-        writer.open("424242", "trial-7", {}, {})  # no such experiment
-        with pytest.raises(WriterError, match="MLflow refused open of trial-7"):
-            writer.drain()
-        writer.connect(uri)  # a new search starts clean
+def test_a_write_mlflow_refuses_is_raised_by_name(writer_store, tmp_path):
+    writer, _, _ = writer_store
+    writer.open("424242", "trial-7", {}, {})  # no such experiment
+    with pytest.raises(WriterError, match="MLflow refused open of trial-7"):
         writer.drain()
-    finally:
-        writer.stop(quiet=True)
+    writer.connect(f"sqlite:///{tmp_path / 'mlflow.db'}")  # a new search starts clean
+    writer.drain()
 
 
-def test_a_writer_that_died_is_an_error_not_a_hang(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    mlflow_store.configure(uri)
-    writer = RunWriter()
-    writer.connect(uri)
+def test_a_writer_that_died_is_an_error_not_a_hang(writer_store):
+    writer, _, _ = writer_store
     writer.drain()
     writer.process.kill()
     writer.process.wait()
@@ -530,23 +527,16 @@ def test_the_writer_outlives_its_tune_and_writes_all_it_was_sent(tmp_path):
     assert "Traceback" not in result.stderr, result.stderr
 
 
-def test_a_drain_after_a_refusal_still_waits_for_everything_sent(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    client = mlflow_store.configure(uri)
-    experiment = mlflow_store.experiment_id(client, "x")
-    writer = RunWriter()
-    try:
-        writer.connect(uri)
-        good = writer.open(experiment, "trial-1", {"optuna.trial": "1"}, {})
-        writer.open("424242", "trial-2", {}, {})  # refused: no such experiment
-        writer.close(good, "COMPLETE", "FINISHED", None, {}, "")  # sent after the refused one
-        with pytest.raises(WriterError, match="trial-2"):
-            writer.drain()
-        assert client.get_run(writer.run_id(good, wait=True)).info.status == "FINISHED"  # written before it raised
-        with pytest.raises(WriterError, match="trial-2"):  # and the next trial does not start
-            writer.open(experiment, "trial-3", {}, {})
-    finally:
-        writer.stop(quiet=True)
+def test_a_drain_after_a_refusal_still_waits_for_everything_sent(writer_store):
+    writer, client, experiment = writer_store
+    good = writer.open(experiment, "trial-1", {"optuna.trial": "1"}, {})
+    writer.open("424242", "trial-2", {}, {})  # refused: no such experiment
+    writer.close(good, "COMPLETE", "FINISHED", None, {}, "")  # sent after the refused one
+    with pytest.raises(WriterError, match="trial-2"):
+        writer.drain()
+    assert client.get_run(writer.run_id(good, wait=True)).info.status == "FINISHED"  # written before it raised
+    with pytest.raises(WriterError, match="trial-2"):  # and the next trial does not start
+        writer.open(experiment, "trial-3", {}, {})
 
 
 def test_a_small_nw_trial_trains_on_one_thread_in_its_own_thread_and_gives_it_back():
