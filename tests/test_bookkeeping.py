@@ -554,3 +554,9 @@ def test_a_small_nw_trial_trains_on_one_thread_in_its_own_thread_and_gives_it_ba
     for thread in threads:
         thread.join()
     assert sorted(seen) == sorted([1, 1, before, before]) and torch.get_num_threads() == before
+
+
+def test_a_writer_that_never_got_a_store_is_ended_at_once():
+    writer = RunWriter()  # as `make tune` starts it, before it checks the options
+    writer.stop()  # the options were refused: nothing to write, nothing to wait for
+    assert writer.process.returncode == -signal.SIGKILL

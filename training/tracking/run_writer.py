@@ -85,7 +85,7 @@ class RunWriter:
         self._run_ids: dict[int, str] = {}
         self._refused: dict[int, str] = {}  # key -> why its run could not be created
         self._error: str | None = None  # the first refusal since `connect`, or the writer's end
-        self._ended = self._died = False
+        self._ended = self._died = self._connected = False
         self._reader = threading.Thread(target=self._read_answers, name="mlflow-writer-answers", daemon=True)
         self._reader.start()
 
@@ -95,6 +95,7 @@ class RunWriter:
         with self._changed:
             if not self._died:
                 self._error = None
+        self._connected = True
         self._send({"op": "connect", "tracking_uri": tracking_uri, "flush_seconds": flush_seconds})
 
     # what `tune` sends
@@ -144,6 +145,8 @@ class RunWriter:
         a writer still busy then finishes alone)."""
         if not self._ended:
             self._ended = True
+            if not self._connected:  # it never had anything to write (tune refused its options): no need to wait
+                self.process.kill()
             with self._lock, contextlib.suppress(OSError):
                 self.process.stdin.close()
             with contextlib.suppress(subprocess.TimeoutExpired):
