@@ -14,6 +14,14 @@ from .types import Ran
 logger = logging.getLogger(__name__)
 
 WEIGHT_DECIMALS = 7  # explanations' weights are rounded: ample for weights in [0, 1], and half the bytes
+PROBABILITY_DECIMALS = 6  # class probabilities are rounded to this many decimals
+# An explanation's prediction and the /predictions answer for the same input are two float32 computations
+# (another batch, the weights path beside the fused one): they agree within this tolerance, not bit for bit.
+# A number a agrees with b when |a - b| <= AGREEMENT_ABS + AGREEMENT_REL * |b| (AGREEMENT_ABS is ten units of a
+# rounded probability's last decimal). Labels and decoded strings are equal unless the model's choice was a tie
+# within that tolerance.
+AGREEMENT_ABS = 1e-5
+AGREEMENT_REL = 1e-5
 HEAD_WEIGHT_MAC = 100  # materialized softmax weights cost about this many multiply-adds each
 # Estimated bytes of the JSON answer, to price a request before it runs:
 BYTES_PER_NUMBER = 12  # a rounded weight and its separator
@@ -33,7 +41,21 @@ def class_answers(logits: Tensor, labels: list) -> list[dict]:
     """Per row of (B, classes) logits, its label and probabilities: one float64 softmax for the whole batch."""
     probabilities = torch.softmax(logits.double(), dim=-1)  # (B, classes)
     best = probabilities.argmax(dim=-1).tolist()
-    return [{"label": labels[k], "probabilities": p} for k, p in zip(best, probabilities.round(decimals=6).tolist())]
+    rounded = probabilities.round(decimals=PROBABILITY_DECIMALS).tolist()
+    return [{"label": labels[k], "probabilities": p} for k, p in zip(best, rounded)]
+
+
+def agrees(a, b) -> bool:
+    """Whether two answers for the same input agree within the contract's tolerance: numbers by
+    `AGREEMENT_ABS` and `AGREEMENT_REL`, everything else (labels, strings) exactly, lists and objects element
+    by element."""
+    if type(a) in (int, float) and type(b) in (int, float):
+        return abs(a - b) <= AGREEMENT_ABS + AGREEMENT_REL * abs(b)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(agrees(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(agrees(a[k], b[k]) for k in a)
+    return a == b
 
 
 def chunks(values: list, counts: list[int], pad: object = None) -> list[list]:

@@ -22,6 +22,7 @@ from torch import nn
 
 from training.nn import model_kind
 
+from .answers import agrees
 from .errors import RequestError
 from .images import ImageAdapter
 from .sequences import SequenceAdapter
@@ -29,7 +30,7 @@ from .tabular import TabularAdapter
 from .text import TextAdapter
 from .types import Adapter, Answer, Limits, Request
 
-__all__ = ["Answer", "Limits", "RequestError", "adapter_for", "answer_batch", "decode_body", "parse_request"]
+__all__ = ["Answer", "Limits", "RequestError", "adapter_for", "agrees", "answer_batch", "decode_body", "parse_request"]
 
 
 def adapter_for(model: nn.Module, limits: Limits) -> Adapter:

@@ -25,6 +25,7 @@ from .answers import (
     EXPLANATION_BYTES,
     KEY_FEATURE_BYTES,
     NUMBER_ANSWER_BYTES,
+    PROBABILITY_DECIMALS,
     TOP_KEY_BYTES,
     WEIGHT_DECIMALS,
     NoveltyScores,
@@ -147,7 +148,7 @@ class TabularAdapter:
         probabilities = out.exp()
         return {
             "label": self.labels[int(probabilities.argmax())],
-            "probabilities": probabilities.round(decimals=6).tolist(),
+            "probabilities": probabilities.round(decimals=PROBABILITY_DECIMALS).tolist(),
         }
 
     def explanation(self, prediction: Any, weights: Tensor) -> dict:

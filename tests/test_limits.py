@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from handlers.contract import Limits, adapter_for, answer_batch, render
+from handlers.contract import Limits, adapter_for, agrees, answer_batch, render
 from training.nn import NWConfig, SequenceConfig, build_model, save_checkpoint
 from training.nn.integrity import ArchiveIntegrityError, verified_checkpoint
 
@@ -157,7 +157,7 @@ def test_predictions_and_explanations_agree_over_the_whole_accepted_range(trend)
     predictions = json.loads(predicted.body)["predictions"]
     explanations = json.loads(explained.body)["explanations"]
     assert all(math.isfinite(p) for p in predictions)
-    assert predictions == pytest.approx([e["prediction"] for e in explanations], abs=1e-6, rel=1e-12)
+    assert agrees(predictions, [e["prediction"] for e in explanations])  # the contract's tolerance
     assert all(sum(e["weights"]) == pytest.approx(1.0, abs=1e-5) for e in explanations)
     assert all(("trend" in e) == trend for e in explanations)
     assert explanations[-1]["top_keys"][0]["index"] == 19  # far right: the rightmost training point
