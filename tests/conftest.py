@@ -6,8 +6,12 @@ import pytest
 
 
 def pytest_configure(config):
-    """Archives built by the tests are signed with a key of their own, never the user's (~/.config)."""
+    """Archives built by the tests are signed with a key of their own, never the user's (~/.config); the suite's
+    process keeps the memory it reuses, as every entry point does."""
     os.environ.setdefault("ATTENTION_SERVE_KEYS", tempfile.mkdtemp(prefix="test-signing-keys-"))
+    from training.infra.memory import keep_freed_memory
+
+    keep_freed_memory()
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import psutil
 import pytest
 from mlflow import MlflowClient
 
-from training.infra import places
+from training.infra import memory, places
 from training.infra.processes import free_port, process_tree, wait_until
 from training.serving import monitor, serve
 from training.serving.serve import free_ports
@@ -167,6 +167,16 @@ def test_everything_binds_to_loopback(served):
     assert all(loopback(address.ip) for address in listening), listening
     status, metrics, _ = server.request("GET", f"{server.metrics_url}/metrics", token=server.token())
     assert status == 200 and "ts_inference_requests_total" in metrics
+
+
+def test_the_workers_keep_the_memory_they_reuse(served):
+    server, _ = served
+    workers = [
+        p for p in process_tree(serve.running_pid(server.run_dir)) if "model_service_worker" in " ".join(p.cmdline())
+    ]
+    assert len(workers) >= 2  # one per model at least
+    for worker in workers:  # glibc reads these at the worker's start (training/infra/memory.py)
+        assert all(worker.environ().get(name) == value for name, value in memory.ENVIRONMENT.items()), worker.pid
 
 
 def loopback(ip: str) -> bool:

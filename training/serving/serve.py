@@ -17,6 +17,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from training.infra import memory
 from training.infra.places import ARCHIVES, SERVE_DIR, TORCHSERVE_CONFIG
 from training.infra.processes import (
     free_port,
@@ -197,6 +198,7 @@ def start(
         "LOG_LOCATION": str(run_dir / "logs"),
         "METRICS_LOCATION": str(run_dir / "logs"),
         **({"TS_LOG_SIZE": log_size} if log_size else {}),
+        **memory.child_environment(),  # the workers keep the memory they reuse (training/infra/memory.py)
     }
     env.pop("PYTHONPATH", None)  # workers import only what the archives carry
     with open(run_dir / "logs" / "torchserve.out", "ab") as log:
