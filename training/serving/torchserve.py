@@ -14,8 +14,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from training.serving.errors import ServingError
 
-class TokenExpiredError(RuntimeError):
+
+class TokenExpiredError(ServingError):
     """The token in key_file.json has expired; ask for a fresh one with `python -m training token --refresh`."""
 
 
