@@ -1,4 +1,4 @@
-"""A client for a TorchServe started by `training.serve`: tokens, requests, health, models and workers.
+"""A client for a TorchServe started by `training.serving.serve`: tokens, requests, health, models and workers.
 
 It reads everything it needs from the server's run directory: the resolved `config.properties` (addresses)
 and `key_file.json` (TorchServe's tokens, a secret that expires).
