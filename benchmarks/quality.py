@@ -3,7 +3,7 @@
 Peers are grid-searched by 5-fold cross-validation on train+validation (fixed seeded folds, stratified for
 classes), refit on train+validation and scored once on test; the validation-selected variant (chosen on the
 validation split, refit on train) is reported beside it. Ours is tuned by the project's own protocol
-(`training/cross_validation.py`: cross-validated on small data sets, then refit on train+validation).
+(`training/fit/cross_validation.py`: cross-validated on small data sets, then refit on train+validation).
 """
 
 from __future__ import annotations

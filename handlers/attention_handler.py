@@ -17,6 +17,7 @@ from ts.torch_handler.base_handler import BaseHandler
 
 import training.nn
 from handlers.contract import Limits, adapter_for, answer_batch
+from handlers.errors import WarmUpError
 from handlers.metrics import MetricsSink, batch_figures
 from training.nn import load_checkpoint
 from training.nn.integrity import verified_checkpoint
@@ -57,7 +58,7 @@ class AttentionHandler(BaseHandler):
         self.model = self.adapter.model
         warm_up = answer_batch([self.adapter.example()], [False], self.adapter, self.limits, self.model_info)
         if warm_up[0].status != 200:
-            raise RuntimeError(f"the model does not answer its own example: {warm_up[0].body}")
+            raise WarmUpError(f"the model does not answer its own example: {warm_up[0].body}")
         self.metrics = MetricsSink() if self.limits.metrics else None
         self.initialized = True
         # Where the code came from: the archive's own copy, never a repository checkout.

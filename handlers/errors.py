@@ -1,4 +1,5 @@
-"""The one error type of the HTTP contract: it knows its status and renders the JSON error body."""
+"""The HTTP contract's one error type (it knows its status and renders the JSON error body), and the error a
+worker refuses to start with."""
 
 from __future__ import annotations
 
@@ -12,3 +13,7 @@ class RequestError(ValueError):
 
     def body(self) -> dict[str, str]:
         return {"error": self.error, "detail": self.detail}
+
+
+class WarmUpError(RuntimeError):
+    """A loaded model that does not answer its own example request: the worker refuses to start with it."""

@@ -5,8 +5,11 @@ import json
 import pytest
 import torch
 
+from handlers import attention_handler
 from handlers.attention_handler import AttentionHandler
 from handlers.contract import Limits, RequestError, adapter_for, answer_batch, parse_request
+from handlers.errors import WarmUpError
+from handlers.types import Answer
 from training.data import dates
 from training.nn import NWConfig, Seq2SeqConfig, SequenceConfig, build_model, save_checkpoint, translate
 from training.nn.seq2seq import EOS
@@ -205,6 +208,15 @@ def test_an_internal_failure_answers_500_and_keeps_the_handler_alive(nw, monkeyp
     monkeypatch.undo()
     answers, context = call(handler, path, [{"instances": [1.0]}])
     assert context.status[0] == 200
+
+
+def test_a_model_that_fails_its_own_example_is_refused_at_start(tmp_path, monkeypatch):
+    make_model_dir(tmp_path, "nw")
+    refused = [Answer(500, '{"error": "internal"}', {})]
+    monkeypatch.setattr(attention_handler, "answer_batch", lambda *args: refused)
+    with pytest.raises(WarmUpError) as error:
+        AttentionHandler().initialize(MockContext(tmp_path))
+    assert "internal" in str(error.value)
 
 
 def test_contract_functions_work_without_torchserve():

@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from training.serving import monitor
+from training.serving.errors import NotRunningError
 from training.serving.torchserve import Server
 
 
@@ -66,7 +67,8 @@ def test_the_keeper_hands_prometheus_the_current_token_and_refreshes_it_once_exp
 
 
 def test_a_monitor_needs_a_running_server(tmp_path):
-    with pytest.raises(RuntimeError, match="make serve"):
+    with pytest.raises(NotRunningError) as error:
         monitor.start(run_dir=tmp_path / "no-server", monitor_dir=tmp_path / "monitor")
+    assert "make serve" in str(error.value)
     assert not monitor.stop(tmp_path / "monitor")
     assert not Path(tmp_path / "monitor" / monitor.PID_FILE).exists()

@@ -9,6 +9,13 @@ import pytest
 
 from training.serving import history
 from training.serving.deploy import deploy, rollout_lock
+from training.serving.errors import (
+    ArchiveMissingError,
+    HistoryError,
+    NothingToRollBackError,
+    NotRunningError,
+    RolloutBusyError,
+)
 from training.serving.rollback import rollback
 from training.serving.signing import UnsignedArchiveError
 
@@ -35,13 +42,16 @@ def test_the_history_file_is_private_and_replaced_whole(tmp_path):
 
 def test_nothing_earlier_is_named_with_the_version_and_the_file(tmp_path):
     history.start_anew(tmp_path, {"nw-sine": "1"})
-    with pytest.raises(RuntimeError, match="nothing earlier than nw-sine version 1 is recorded in .*history.json"):
+    with pytest.raises(NothingToRollBackError) as first:
         history.before_last_rollout(tmp_path, "nw-sine")
-    with pytest.raises(RuntimeError, match="no version of mha-adding is recorded"):
+    assert "nw-sine version 1" in str(first.value) and str(history.history_path(tmp_path)) in str(first.value)
+    with pytest.raises(NothingToRollBackError) as unknown:
         history.before_last_rollout(tmp_path, "mha-adding")
+    assert "mha-adding" in str(unknown.value)
     history.history_path(tmp_path).write_text("[1, 2]")
-    with pytest.raises(RuntimeError, match="is not a history of served versions"):
+    with pytest.raises(HistoryError) as broken:
         history.load(tmp_path)
+    assert "make serve" in str(broken.value)
 
 
 @pytest.fixture
@@ -57,19 +67,22 @@ def recorded_server(tmp_path):
 
 
 def test_a_rollback_without_a_server_says_to_start_one(tmp_path):
-    with pytest.raises(RuntimeError, match="TorchServe is not running from .*: `make serve` first"):
+    with pytest.raises(NotRunningError) as error:
         rollback("nw-sine", run_dir=tmp_path, mark_registry=False)
+    assert "make serve" in str(error.value)
 
 
 def test_a_rollback_past_the_first_version_says_there_is_nothing_earlier(recorded_server):
     history.record(recorded_server, "nw-sine", ["2"])
-    with pytest.raises(RuntimeError, match="nothing earlier than nw-sine version 2"):
+    with pytest.raises(NothingToRollBackError) as error:
         rollback("nw-sine", run_dir=recorded_server, mark_registry=False)
+    assert "nw-sine version 2" in str(error.value)
 
 
 def test_a_missing_earlier_copy_is_named(recorded_server):
-    with pytest.raises(RuntimeError, match="verified copy of nw-sine version 1 is missing from .*store"):
+    with pytest.raises(ArchiveMissingError) as error:
         rollback("nw-sine", run_dir=recorded_server, mark_registry=False)
+    assert "nw-sine version 1" in str(error.value) and str(recorded_server / "store") in str(error.value)
 
 
 def test_an_earlier_copy_that_fails_verification_is_not_registered(recorded_server):
@@ -82,13 +95,13 @@ def test_an_earlier_copy_that_fails_verification_is_not_registered(recorded_serv
 
 
 def test_a_second_rollout_of_a_model_under_way_is_refused_and_the_lock_is_released(recorded_server):
-    busy = "another deploy or rollback of nw-sine is under way"
     with rollout_lock(recorded_server, "nw-sine"):  # as a deploy in another terminal holds it
-        with pytest.raises(RuntimeError, match=busy):
+        with pytest.raises(RolloutBusyError) as busy:
             rollback("nw-sine", run_dir=recorded_server, mark_registry=False)
-        with pytest.raises(RuntimeError, match=busy):
+        assert "nw-sine" in str(busy.value)
+        with pytest.raises(RolloutBusyError):
             deploy("nw-sine", run_dir=recorded_server, model_store=recorded_server, mark_registry=False)
-        with pytest.raises(RuntimeError, match="no version of mha-adding is recorded"):  # another model goes on
+        with pytest.raises(NothingToRollBackError):  # another model goes on
             rollback("mha-adding", run_dir=recorded_server, mark_registry=False)
-    with pytest.raises(RuntimeError, match="verified copy of nw-sine version 1 is missing"):  # free again
+    with pytest.raises(ArchiveMissingError):  # free again
         rollback("nw-sine", run_dir=recorded_server, mark_registry=False)

@@ -12,6 +12,7 @@ from training.data.tables import TableError
 from training.nn import NadarayaWatson, NWConfig, SequenceConfig, SequenceModel
 from training.search.options import TuneOptions
 from training.search.study import tune
+from training.tracking.registry import ChecksumMismatchError
 from training.tracking.score import MAX_ABS_Z, check_kind, feature_columns, score_file
 
 FEATURES = ("age", "bmi")
@@ -132,8 +133,9 @@ def test_a_checkpoint_unlike_its_registered_digest_is_refused(people, tmp_path):
     version = client.get_model_version_by_alias("nw-cost", "champion")
     client.set_model_version_tag("nw-cost", version.version, "checkpoint_sha256", "0" * 64)
     try:
-        with pytest.raises(RuntimeError, match="differs from the registry's 0000"):
+        with pytest.raises(ChecksumMismatchError) as error:
             score_file("nw-cost", people["data"], tmp_path / "out.csv", people["tracking_uri"])
+        assert "0" * 64 in str(error.value)
     finally:
         client.set_model_version_tag("nw-cost", version.version, "checkpoint_sha256", version.tags["checkpoint_sha256"])
     assert not (tmp_path / "out.csv").exists()

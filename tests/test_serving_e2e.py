@@ -18,6 +18,7 @@ from mlflow import MlflowClient
 from training.infra import memory, places
 from training.infra.processes import free_port, process_tree, wait_until
 from training.serving import monitor, serve
+from training.serving.errors import ArchiveMissingError, MissingProgramError
 from training.serving.serve import free_ports
 
 pytestmark = pytest.mark.e2e
@@ -186,11 +187,13 @@ def loopback(ip: str) -> bool:
 
 
 def test_serve_explains_what_is_missing(tmp_path, monkeypatch):
-    with pytest.raises(RuntimeError, match="make archive"):
+    with pytest.raises(ArchiveMissingError) as error:
         serve.start(run_dir=tmp_path / "run", model_store=tmp_path)
+    assert "make archive" in str(error.value)
     monkeypatch.setattr(serve.shutil, "which", lambda name: None)
-    with pytest.raises(RuntimeError, match="Java 17"):
+    with pytest.raises(MissingProgramError) as error:
         serve.start(run_dir=tmp_path / "run", model_store=tmp_path)
+    assert "Java 17" in str(error.value)
 
 
 def test_a_refreshed_token_replaces_the_old_one(served):

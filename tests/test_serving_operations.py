@@ -24,6 +24,13 @@ from training.nn import load_checkpoint, save_checkpoint
 from training.serving import serve
 from training.serving.archive import archive_champions
 from training.serving.deploy import deploy, served_copy
+from training.serving.errors import (
+    ArchiveMissingError,
+    ArchiveRefusedError,
+    NothingToRollBackError,
+    NotRunningError,
+    PortInUseError,
+)
 from training.serving.rollback import rollback
 from training.serving.serve import free_ports
 from training.serving.signing import SIGNATURE, ArchiveSignatureError, UnsignedArchiveError, sign_archive
@@ -111,18 +118,21 @@ def test_a_new_champion_rolls_out_and_back_under_load_with_zero_failed_requests(
     assert back.version == old_version and back.previous == [version]
     assert [v["modelVersion"] for v in server.versions("nw-sine")] == [old_version]
     assert str(client.get_model_version_by_alias("nw-sine", registry.SERVING).version) == old_version
-    with pytest.raises(RuntimeError, match=f"nothing earlier than nw-sine version {old_version}"):
+    with pytest.raises(NothingToRollBackError) as error:
         rollback("nw-sine", run_dir=server.run_dir, tracking_uri=uri)
+    assert f"nw-sine version {old_version}" in str(error.value)
     forward = deploy("nw-sine", run_dir=server.run_dir, model_store=store, tracking_uri=uri)  # its release again
     assert forward.previous == [old_version] and server.predict("nw-sine", [2.5])[1]["model"]["version"] == version
 
 
 def test_deploy_names_what_is_missing(running, tmp_path):
     server, store, _ = running
-    with pytest.raises(RuntimeError, match="make archive NAME=nw-sinee"):
+    with pytest.raises(ArchiveMissingError) as missing:
         deploy("nw-sinee", run_dir=server.run_dir, model_store=store, mark_registry=False)
-    with pytest.raises(RuntimeError, match="make serve"):
+    assert "make archive NAME=nw-sinee" in str(missing.value)
+    with pytest.raises(NotRunningError) as stopped:
         deploy("nw-sine", run_dir=tmp_path, model_store=store, mark_registry=False)
+    assert "make serve" in str(stopped.value)
 
 
 def tampered_copy(archive: Path, target: Path, signed: bool = True) -> Path:
@@ -161,7 +171,7 @@ def test_an_unsigned_archive_trusted_on_request_is_still_checked_by_the_worker(c
     with pytest.raises(UnsignedArchiveError, match="is not signed"):
         serve.start(run_dir=tmp_path / "run", model_store=store, ports=free_ports(), quiet=True, timeout=120)
     started = time.monotonic()
-    with pytest.raises(RuntimeError, match="refusing to load nw-sine version .*differs from model_info.json"):
+    with pytest.raises(ArchiveRefusedError) as refused:
         serve.start(
             run_dir=tmp_path / "run",
             model_store=store,
@@ -170,6 +180,7 @@ def test_an_unsigned_archive_trusted_on_request_is_still_checked_by_the_worker(c
             timeout=120,
             trust_unsigned=True,
         )
+    assert "nw-sine" in str(refused.value) and "model_info.json" in str(refused.value)
     assert time.monotonic() - started < 100, "the refusal is reported as soon as a worker logs it"
     assert serve.running_pid(tmp_path / "run") is None and not (tmp_path / "run" / "key_file.json").exists()
 
@@ -207,8 +218,9 @@ def test_a_busy_port_is_named_and_leaves_no_stale_state(model_store_copy, tmp_pa
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", ports["inference_address"]))
         squatter.listen()
-        with pytest.raises(RuntimeError, match=f"port {ports['inference_address']} \\(inference_address\\) is in use"):
+        with pytest.raises(PortInUseError) as busy:
             serve.start(run_dir=tmp_path / "run", model_store=store, ports=ports, quiet=True)
+    assert f"port {ports['inference_address']} (inference_address)" in str(busy.value)
     assert serve.running_pid(tmp_path / "run") is None and not (tmp_path / "run" / "key_file.json").exists()
 
 
@@ -324,6 +336,7 @@ def test_a_version_built_again_differently_is_not_deployed_over_the_one_served(r
         for name, data in members.items():
             archive.writestr(name, data)
     sign_archive(again)
-    with pytest.raises(RuntimeError, match="served already, built differently"):
+    with pytest.raises(ArchiveRefusedError) as refused:
         deploy("nw-sine", run_dir=server.run_dir, model_store=tmp_path, mark_registry=False)
+    assert "built differently" in str(refused.value)
     assert server.predict("nw-sine", [1.0], explain=True)[1]["explanations"][0]["revealed"] == "values"

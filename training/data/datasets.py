@@ -173,7 +173,7 @@ def load_digits(seed: int = 0) -> Dataset:
 
 
 def load_dates(seed: int = 0, n_train: int = 20000, n_val: int = 2000, n_test: int = 2000) -> Dataset:
-    """Human-written dates in many formats -> ISO YYYY-MM-DD, character level (see `training/dates.py`)."""
+    """Human-written dates in many formats -> ISO YYYY-MM-DD, character level (see `training/data/dates.py`)."""
 
     def encode(pairs: list[tuple[str, str]]) -> Split:
         x = torch.zeros(len(pairs), dates.MAX_SOURCE_LEN, dtype=torch.long)  # 0 = padding

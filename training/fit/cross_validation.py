@@ -32,7 +32,7 @@ def protocol(data: Dataset) -> str:
 
 
 def uses_cv(data: Dataset) -> bool:
-    built_in = not getattr(data, "source", "")  # a user's file (training/tables.py) has a source
+    built_in = not getattr(data, "source", "")  # a user's file (training/data/tables.py) has a source
     exempt = built_in and data.name in HOLDOUT_ALWAYS
     return not exempt and len(data.train) + len(data.val) < SMALL_DATA_ROWS
 

@@ -69,7 +69,7 @@ class NWConfig:
     chunk_size: int = 8192  # queries per chunk, bounds memory for large inputs
     n_classes: int = 0  # 0: regression; C > 0: classification over one-hot values
     trend: bool = False  # regression: values carried along a learned linear trend to the query
-    # What the inputs are, for data from a user's file (training/tables.py): served by name, explained by row.
+    # What the inputs are, for data from a user's file (training/data/tables.py): served by name, explained by row.
     feature_names: list[str] | None = None  # one per input feature
     class_labels: list | None = None  # the file's label of each class index
     key_rows: list[int] | None = None  # each key's row in the file

@@ -27,7 +27,7 @@ class SequenceConfig:
     n_layers: int = 2
     ff_mult: int = 2
     dropout: float = 0.0
-    # What the inputs are, for data from a user's file (training/tables.py): steps served by feature name.
+    # What the inputs are, for data from a user's file (training/data/tables.py): steps served by feature name.
     feature_names: list[str] | None = None  # one per step feature
     class_labels: list | None = None  # the file's label of each class index
 

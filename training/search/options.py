@@ -42,7 +42,7 @@ class TuneOptions:
     conclude: bool = True  # False: leave the conclusion to `make conclude` (many workers, one conclusion)
     heartbeat: int = HEARTBEAT_SECONDS
     grace: int = GRACE_SECONDS
-    # A user's CSV or Parquet file instead of a built-in data set (training/tables.py).
+    # A user's CSV or Parquet file instead of a built-in data set (training/data/tables.py).
     data: str | None = None
     target: str | None = None
     features: tuple[str, ...] = ()

@@ -16,7 +16,7 @@ from training.nn import NWConfig, PixelConfig, Seq2SeqConfig, SequenceConfig
 
 # Epochs per trial unless the user sets --epochs; keeps `make tune` on the CPU short.
 DEFAULT_EPOCHS = {"sine": 30, "diabetes": 60, "adding": 8, "digits": 20, "dates": 5}
-FILE_EPOCHS = 30  # a user's file (training/tables.py)
+FILE_EPOCHS = 30  # a user's file (training/data/tables.py)
 # Where a family needs other epochs on a data set than the data set's default (pixel: random shifts learn slower).
 STUDY_EPOCHS = {"pixel-digits": 40}
 

@@ -55,7 +55,7 @@ def archive_champions(
     client = mlflow_store.configure(tracking_uri)
     names = [name] if name else registry.champion_names(client)
     if not names:
-        raise RuntimeError("no registered model has a @champion yet: run `make tune` first")
+        raise registry.NoChampionError("no registered model has a @champion yet: run `make tune` first")
     config = model_config or MODEL_CONFIG
     return [archive_champion(client, n, Path(out_dir or ARCHIVES), config, explain_keys=explain_keys) for n in names]
 

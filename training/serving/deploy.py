@@ -24,6 +24,7 @@ from pathlib import Path
 
 from training.infra.processes import wait_until
 from training.serving import history
+from training.serving.errors import ArchiveMissingError, ArchiveRefusedError, ManagementError, RolloutBusyError
 from training.serving.serve import ARCHIVES, RUN_DIR, archive_info, private_store, running_server, verified_bytes
 from training.serving.signing import member_digests
 from training.serving.torchserve import Server
@@ -68,7 +69,7 @@ def deploy_locked(
     archive = model_store / f"{name}.mar"
     if not archive.exists():
         known = ", ".join(sorted(p.stem for p in model_store.glob("*.mar"))) or "none"
-        raise RuntimeError(f"no archive {archive}: `make archive NAME={name}` first (archives: {known})")
+        raise ArchiveMissingError(f"no archive {archive}: `make archive NAME={name}` first (archives: {known})")
     data = verified_bytes(archive, trust_unsigned)  # what was verified is what the server reads
     version = str(archive_info(data)["version"])
     served = history.versions(run_dir, name) or served_versions(server, name)  # a server started before histories
@@ -95,7 +96,7 @@ def roll(
     if version not in served:
         register(server, name, version, release_copy(data, run_dir, name, version))
     elif not same_contents(data, served_copy(run_dir, name, version)):
-        raise RuntimeError(
+        raise ArchiveRefusedError(
             f"{name} version {version} is served already, built differently (archived again with other settings?): "
             "restart the server (`make stop`, `make serve`) to serve this build"
         )
@@ -107,7 +108,9 @@ def roll(
     for previous in old:
         status, body, _ = server.manage("DELETE", f"/models/{name}/{previous}")
         if status != 200:
-            raise RuntimeError(f"version {version} serves {name}, but unregistering version {previous} failed: {body}")
+            raise ManagementError(
+                f"version {version} serves {name}, but unregistering version {previous} failed: {body}"
+            )
     registry = mark_serving(name, version, tracking_uri) if mark_registry else "not updated"
     return Rollout(name, version, old, time.monotonic() - start, registry)
 
@@ -123,7 +126,7 @@ def rollout_lock(run_dir: Path, name: str) -> Iterator[None]:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise RuntimeError(
+            raise RolloutBusyError(
                 f"another deploy or rollback of {name} is under way on the server in {run_dir}: "
                 "run this one again once it has finished"
             ) from None
@@ -177,16 +180,16 @@ def release_copy(data: bytes, run_dir: Path, name: str, version: str) -> str:
 def register(server: Server, name: str, version: str, url: str) -> None:
     status, body, _ = server.manage("POST", "/models", url=url, synchronous="true", initial_workers=1)
     if status != 200:
-        raise RuntimeError(f"registering {name} version {version} from {url} failed: HTTP {status} {body}")
+        raise ManagementError(f"registering {name} version {version} from {url} failed: HTTP {status} {body}")
     if not wait_until(lambda: server.workers_ready(name, version), timeout=180, interval=0.2):
         server.manage("DELETE", f"/models/{name}/{version}")
-        raise RuntimeError(f"{name} version {version} had no READY worker within 180 s; it was unregistered")
+        raise ManagementError(f"{name} version {version} had no READY worker within 180 s; it was unregistered")
 
 
 def set_default(server: Server, name: str, version: str) -> None:
     status, body, _ = server.manage("PUT", f"/models/{name}/{version}/set-default")
     if status != 200:
-        raise RuntimeError(f"making version {version} the default of {name} failed: HTTP {status} {body}")
+        raise ManagementError(f"making version {version} the default of {name} failed: HTTP {status} {body}")
 
 
 def mark_serving(name: str, version: str, tracking_uri: str | None) -> str:

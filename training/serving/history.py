@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 from training.infra.processes import write_secret
+from training.serving.errors import HistoryError, NothingToRollBackError
 
 HISTORY = "history.json"
 
@@ -30,7 +31,7 @@ def load(run_dir: Path) -> dict[str, list[str]]:
     try:
         return {name: [str(v) for v in versions] for name, versions in json.loads(path.read_text()).items()}
     except (ValueError, AttributeError, TypeError) as error:
-        raise RuntimeError(
+        raise HistoryError(
             f"{path} is not a history of served versions ({error}): `make serve` writes a new one"
         ) from None
 
@@ -64,12 +65,12 @@ def before_last_rollout(run_dir: Path, name: str) -> list[str]:
     """The history once the last rollout of `name` is undone: its last version is the one to serve again."""
     served = versions(run_dir, name)
     if not served:
-        raise RuntimeError(
+        raise NothingToRollBackError(
             f"no version of {name} is recorded in {history_path(run_dir)}: the server started without it, "
             "so there is nothing to roll back to"
         )
     if len(served) == 1:
-        raise RuntimeError(
+        raise NothingToRollBackError(
             f"nothing earlier than {name} version {served[0]} is recorded in {history_path(run_dir)}: it is the "
             "version `make serve` started with, or every rollout since has been rolled back"
         )

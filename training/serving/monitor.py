@@ -24,6 +24,13 @@ import yaml
 
 from training.infra import places
 from training.infra.processes import answers, pid_alive, private_dir, start_group, stop_tree, wait_until, write_secret
+from training.serving.errors import (
+    AlreadyRunningError,
+    MissingProgramError,
+    NotRunningError,
+    PrometheusQueryError,
+    StartupError,
+)
 from training.serving.torchserve import server_for
 
 ALERTS = Path(__file__).with_name("alerts.yml")
@@ -60,7 +67,7 @@ def prepare(monitor_dir: Path, run_dir: Path, interval: str) -> None:
 def prometheus_binary() -> str:
     found = shutil.which("prometheus")
     if not found:
-        raise RuntimeError("Prometheus is not installed: `make prometheus` installs Debian's package (apt)")
+        raise MissingProgramError("Prometheus is not installed: `make prometheus` installs Debian's package (apt)")
     return found
 
 
@@ -74,9 +81,11 @@ def start(
     """Start the keeper (and through it Prometheus) in the background; return Prometheus's URL once it is ready."""
     run_dir, monitor_dir = Path(run_dir).resolve(), Path(monitor_dir).resolve()
     if not (run_dir / "key_file.json").exists():
-        raise RuntimeError(f"no running TorchServe in {run_dir}: `make serve` first")
+        raise NotRunningError(f"no running TorchServe in {run_dir}: `make serve` first")
     if running_pid(monitor_dir):
-        raise RuntimeError(f"a monitor is running already (pid file {monitor_dir / PID_FILE}): `make monitor-stop`")
+        raise AlreadyRunningError(
+            f"a monitor is running already (pid file {monitor_dir / PID_FILE}): `make monitor-stop`"
+        )
     binary = prometheus_binary()
     prepare(monitor_dir, run_dir, interval)
     command = [sys.executable, "-m", "training.serving.monitor", "--run-dir", str(run_dir)]
@@ -88,11 +97,11 @@ def start(
 
     def check() -> None:
         if keeper.poll() is not None:
-            raise RuntimeError(f"Prometheus stopped at start; see {monitor_dir / LOG_FILE}")
+            raise StartupError(f"Prometheus stopped at start; see {monitor_dir / LOG_FILE}")
 
     if not wait_until(lambda: answers(f"{url}/-/ready"), timeout, check=check):
         stop(monitor_dir)
-        raise RuntimeError(
+        raise StartupError(
             f"Prometheus did not answer {url}/-/ready within {timeout:g} s; see {monitor_dir / LOG_FILE}"
         )
     return url
@@ -165,7 +174,7 @@ def query(url: str, promql: str) -> list[dict]:
     with urllib.request.urlopen(address, timeout=10) as response:
         body = json.load(response)
     if body.get("status") != "success":
-        raise RuntimeError(f"Prometheus refused {promql!r}: {body.get('error')}")
+        raise PrometheusQueryError(f"Prometheus refused {promql!r}: {body.get('error')}")
     return body["data"]["result"]
 
 

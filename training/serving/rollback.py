@@ -14,6 +14,7 @@ from pathlib import Path
 
 from training.serving import history
 from training.serving.deploy import Rollout, roll, rollout_lock, served_copy, served_versions
+from training.serving.errors import ArchiveMissingError, ArchiveRefusedError, HistoryError
 from training.serving.serve import RUN_DIR, STORE, archive_info, running_server, verified_bytes
 
 
@@ -39,7 +40,7 @@ def rollback_locked(
     data = verified_copy(run_dir, name, previous, trust_unsigned)
     served = served_versions(server, name)
     if current not in served:
-        raise RuntimeError(
+        raise HistoryError(
             f"{history.history_path(run_dir)} records {name} version {current} as served, but the server serves "
             f"{', '.join(served) or 'no version of it'}: not rolling back from a state this server did not record"
         )
@@ -51,12 +52,12 @@ def verified_copy(run_dir: Path, name: str, version: str, trust_unsigned: bool) 
     version): the store is the server's, but what is registered is checked where it is read."""
     copy = served_copy(run_dir, name, version)
     if copy is None:
-        raise RuntimeError(
+        raise ArchiveMissingError(
             f"the verified copy of {name} version {version} is missing from {run_dir / STORE}: "
             "it cannot be registered again (deploy that version's archive instead: `make deploy`)"
         )
     data = verified_bytes(copy, trust_unsigned, built_as=name)
     found = str(archive_info(data)["version"])
     if found != version:
-        raise RuntimeError(f"{copy} holds {name} version {found}, not version {version}: not registering it")
+        raise ArchiveRefusedError(f"{copy} holds {name} version {found}, not version {version}: not registering it")
     return data

@@ -31,6 +31,15 @@ from training.infra.processes import (
 )
 from training.nn.integrity import REFUSAL  # what a worker logs when an archive fails its sha256 check
 from training.serving import history
+from training.serving.errors import (
+    AlreadyRunningError,
+    ArchiveMissingError,
+    ArchiveRefusedError,
+    MissingProgramError,
+    NotRunningError,
+    PortInUseError,
+    StartupError,
+)
 from training.serving.signing import ArchiveSignatureError, UnsignedArchiveError, rebuilt, verify_archive
 from training.serving.torchserve import Server, read_properties, server_for
 
@@ -126,14 +135,15 @@ def verified_bytes(archive: Path, trust_unsigned: bool = False, built_as: str | 
 def check_java() -> None:
     java = shutil.which("java")
     if java is None:
-        raise RuntimeError(
+        raise MissingProgramError(
             "TorchServe needs Java 17+ and `java` is not on PATH: run `make install` "
             "(installs openjdk-17-jre-headless with apt) or install a JDK 17 yourself"
         )
     version = subprocess.run([java, "-version"], capture_output=True, text=True).stderr
     match = re.search(r'version "(\d+)', version)
     if not match or int(match.group(1)) < 17:
-        raise RuntimeError(f"TorchServe needs Java 17+; found: {version.splitlines()[0] if version else 'unknown'}")
+        found = version.splitlines()[0] if version else "unknown"
+        raise MissingProgramError(f"TorchServe needs Java 17+; found: {found}")
 
 
 def start(
@@ -155,13 +165,13 @@ def start(
     model_store = Path(model_store).resolve()
     archives = sorted(p.stem for p in model_store.glob("*.mar"))
     if not archives:
-        raise RuntimeError(f"no archives in {model_store}: run `make archive` (after `make tune`) first")
+        raise ArchiveMissingError(f"no archives in {model_store}: run `make archive` (after `make tune`) first")
     missing = sorted(set(models or []) - set(archives))
     if missing:
-        raise RuntimeError(f"no archive for {', '.join(missing)} in {model_store} (have: {', '.join(archives)})")
+        raise ArchiveMissingError(f"no archive for {', '.join(missing)} in {model_store} (have: {', '.join(archives)})")
     run_dir = Path(run_dir).resolve()
     if running_pid(run_dir):
-        raise RuntimeError(f"TorchServe is already running from {run_dir}: `make stop` first")
+        raise AlreadyRunningError(f"TorchServe is already running from {run_dir}: `make stop` first")
     for private in (run_dir, run_dir / "logs"):  # tokens and logs: ours alone
         private_dir(private)
     temp = runtime_temp(run_dir)  # the unpacked handler code and the worker sockets: ours alone too
@@ -229,7 +239,7 @@ def check_ports_free(properties: dict[str, str]) -> None:
             continue
         port = int(value.rsplit(":", 1)[-1])
         if not port_is_free(port):
-            raise RuntimeError(
+            raise PortInUseError(
                 f"port {port} ({key}) is in use by another process: stop it, or change {key} in config.properties"
             )
 
@@ -237,10 +247,10 @@ def check_ports_free(properties: dict[str, str]) -> None:
 def wait_healthy(server: Server, process: subprocess.Popen, names: list[str], timeout: float) -> None:
     def check() -> None:
         if process.poll() is not None:
-            raise RuntimeError(f"TorchServe stopped during start-up: {last_error(server)}; see {log_hint(server)}")
+            raise StartupError(f"TorchServe stopped during start-up: {last_error(server)}; see {log_hint(server)}")
         refusal = archive_refusal(server)
         if refusal:
-            raise RuntimeError(f"{refusal}; see {log_hint(server)}")
+            raise ArchiveRefusedError(f"{refusal}; see {log_hint(server)}")
 
     def healthy() -> bool:
         try:
@@ -249,7 +259,7 @@ def wait_healthy(server: Server, process: subprocess.Popen, names: list[str], ti
             return False
 
     if not wait_until(healthy, timeout, check=check):
-        raise RuntimeError(f"TorchServe was not healthy within {timeout:.0f}s; see {log_hint(server)}")
+        raise StartupError(f"TorchServe was not healthy within {timeout:.0f}s; see {log_hint(server)}")
 
 
 def archive_refusal(server: Server) -> str | None:
@@ -289,7 +299,7 @@ def running_pid(run_dir: Path) -> int | None:
 def running_server(run_dir: Path) -> Server:
     """The server running from `run_dir`, or an error that says to start one."""
     if not running_pid(run_dir):
-        raise RuntimeError(f"TorchServe is not running from {run_dir}: `make serve` first")
+        raise NotRunningError(f"TorchServe is not running from {run_dir}: `make serve` first")
     return server_for(run_dir)
 
 

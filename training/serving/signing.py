@@ -22,12 +22,13 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from training.infra.processes import private_dir
+from training.serving.errors import ArchiveRefusedError
 
 SIGNATURE = "SIGNATURE.json"  # the signed manifest, a member of the archive itself
 PRIVATE_KEY, PUBLIC_KEY, TRUSTED = "archive-signing.key", "archive-signing.pub", "trusted"
 
 
-class ArchiveSignatureError(RuntimeError):
+class ArchiveSignatureError(ArchiveRefusedError):
     """An archive whose signature is missing, made by an untrusted key, or no longer matches its members."""
 
 

@@ -1,4 +1,4 @@
-"""A client for a TorchServe started by `training.serve`: tokens, requests, health, models and workers.
+"""A client for a TorchServe started by `training.serving.serve`: tokens, requests, health, models and workers.
 
 It reads everything it needs from the server's run directory: the resolved `config.properties` (addresses)
 and `key_file.json` (TorchServe's tokens, a secret that expires).
@@ -14,8 +14,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from training.serving.errors import ServingError
 
-class TokenExpiredError(RuntimeError):
+
+class TokenExpiredError(ServingError):
     """The token in key_file.json has expired; ask for a fresh one with `python -m training token --refresh`."""
 
 

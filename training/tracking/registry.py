@@ -20,6 +20,18 @@ CHAMPION = "champion"
 SERVING = "serving"  # moves on `make deploy`: the version TorchServe answers with
 
 
+class RegistryError(RuntimeError):
+    """The model registry could not give what was asked for."""
+
+
+class NoChampionError(RegistryError):
+    """No registered model, or not the one named, has a `@champion` yet (`make tune` first)."""
+
+
+class ChecksumMismatchError(RegistryError):
+    """A downloaded checkpoint differs from the sha256 its registered version records."""
+
+
 @dataclass
 class ChampionDecision:
     version: str
@@ -44,7 +56,7 @@ def download_champion(client: MlflowClient, name: str, dst: Path) -> tuple[objec
     version = champion_version(client, name)
     if version is None:
         known = ", ".join(champion_names(client)) or "none yet"
-        raise RuntimeError(
+        raise NoChampionError(
             f"{name!r} has no @champion in the registry at {storage_urls.redact(client.tracking_uri)} "
             f"(champions: {known}): run `make tune` first, or pick one of those"
         )
@@ -53,7 +65,7 @@ def download_champion(client: MlflowClient, name: str, dst: Path) -> tuple[objec
     sha = file_sha256(checkpoint)
     expected = version.tags.get("checkpoint_sha256")
     if expected and expected != sha:
-        raise RuntimeError(
+        raise ChecksumMismatchError(
             f"{name} version {version.version}: checkpoint sha256 {sha} differs from the registry's {expected}"
         )
     return version, checkpoint
