@@ -14,7 +14,7 @@ from training.nn import PixelConfig, PixelSelfAttention, build_model, load_check
 from training.nn.pixel import random_shift
 from training.search.options import TuneError, TuneOptions
 from training.search.space import default_epochs, suggest
-from training.tracking.pyfunc import example_frame, predict_frame
+from training.serving.pyfunc import example_frame, predict_frame
 
 INFO = {"name": "pixel-toy", "version": "1", "run_id": "r"}
 

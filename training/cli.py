@@ -238,7 +238,7 @@ def run_archive(args) -> int:
 
 
 def run_score(args) -> int:
-    from training.tracking.score import BATCH_ROWS, score_file
+    from training.serving.score import BATCH_ROWS, score_file
 
     done = score_file(args.name, args.data, args.out, args.tracking_uri, args.batch_rows or BATCH_ROWS)
     rate = f"{done.rows / max(done.seconds, 1e-9):,.0f} rows/s"

@@ -68,7 +68,7 @@ def log_and_register(
 ) -> tuple[str, str]:
     from mlflow.models import infer_signature
 
-    from training.tracking.pyfunc import example_frame, predict_frame
+    from training.serving.pyfunc import example_frame, predict_frame
 
     example = example_frame(data, model)
     signature = infer_signature(example, predict_frame(model, example))
@@ -81,7 +81,7 @@ def log_and_register(
         sha = save_checkpoint(model, checkpoint, metadata)
         info = mlflow.pyfunc.log_model(
             name="model",
-            python_model=str(places.ROOT / "training" / "tracking" / "mlflow_model.py"),
+            python_model=str(places.ROOT / "training" / "serving" / "mlflow_model.py"),
             artifacts={"checkpoint": str(checkpoint)},
             code_paths=[str(places.ROOT / "training")],
             signature=signature,

@@ -5,6 +5,6 @@ Not imported by the package itself; `tune.log_and_register` passes its path to M
 
 import mlflow
 
-from training.tracking.pyfunc import CheckpointModel
+from training.serving.pyfunc import CheckpointModel
 
 mlflow.models.set_model(CheckpointModel())
