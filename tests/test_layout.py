@@ -23,7 +23,7 @@ LAYERS = {  # layer -> the project layers (or single modules of one) it may impo
         "training.tracking",
         "training.search",
     },
-    "training.serving": {"training.infra", "training.nn", "training.tracking", "training.serving"},
+    "training.serving": {"training.infra", "training.nn", "training.data", "training.tracking", "training.serving"},
     # the tracking server's operations (PostgreSQL, certificates, mlflow server, UIs): of tracking, the stores only
     "training.operations": {"training.infra", "training.tracking.mlflow_store", "training.operations"},
     "handlers": {"training.nn", "handlers"},
