@@ -1,3 +1,3 @@
 """MLflow at the edge: stores (`store`), registry aliases (`registry`), per-trial runs (`trial_log`), run notes,
-plots, file records, the pyfunc model form and the links to the UI. May import nn, data, fit and infra; never the
+plots, file records, the logged model and the links to the UI. May import nn, data, fit and infra; never the
 search, serving or the tracking server's operations."""
