@@ -25,8 +25,8 @@ from benchmarks.markdown import table, verdict
 from training.nn import load_checkpoint
 from training.search.options import TuneOptions
 from training.search.study import tune
+from training.serving.score import BATCH_ROWS, score_file
 from training.tracking import mlflow_store, registry
-from training.tracking.score import BATCH_ROWS, score_file
 
 TARGET_SECONDS = 60.0
 FEATURES = 8

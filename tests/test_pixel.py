@@ -10,11 +10,11 @@ import torch
 from handlers.contract import Limits, adapter_for, agrees, answer_batch
 from handlers.images import brightest
 from training.data.datasets import as_images, load_dataset, prepare_model
+from training.data.frames import example_frame, predict_frame
 from training.nn import PixelConfig, PixelSelfAttention, build_model, load_checkpoint, save_checkpoint
 from training.nn.pixel import random_shift
 from training.search.options import TuneError, TuneOptions
 from training.search.space import default_epochs, suggest
-from training.tracking.pyfunc import example_frame, predict_frame
 
 INFO = {"name": "pixel-toy", "version": "1", "run_id": "r"}
 

@@ -11,6 +11,7 @@ from training.data.datasets import load_dataset
 from training.nn import load_checkpoint
 from training.search.options import TuneOptions
 from training.search.study import tune
+from training.tracking.model_files import checkpoint_in
 
 pytestmark = pytest.mark.e2e
 
@@ -35,7 +36,7 @@ def champion(stores, served):
     """The registered champion's checkpoint, rebuilt in this process, and the first test digits."""
     mlflow.set_tracking_uri(stores["tracking_uri"])
     local = mlflow.artifacts.download_artifacts("models:/pixel-digits@champion", dst_path=str(stores["root"] / "dl"))
-    model, _ = load_checkpoint(f"{local}/artifacts/checkpoint.pt")
+    model, _ = load_checkpoint(checkpoint_in(local))
     return model, load_dataset("digits").test.x[:6]
 
 

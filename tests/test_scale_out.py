@@ -23,8 +23,9 @@ from mlflow import MlflowClient
 
 from training.infra.processes import answers, free_port
 from training.infra.storage_urls import sqlalchemy_url
-from training.tracking import mlflow_server, mlflow_store, postgres, server_state
-from training.tracking import server as tracking_server
+from training.operations import mlflow_server, postgres, server_state
+from training.operations import server as tracking_server
+from training.tracking import mlflow_store
 from training.tracking.trial_log import RUN_STATUS
 
 pytestmark = pytest.mark.e2e

@@ -12,8 +12,8 @@ from training.data.tables import TableError
 from training.nn import NadarayaWatson, NWConfig, SequenceConfig, SequenceModel
 from training.search.options import TuneOptions
 from training.search.study import tune
+from training.serving.score import MAX_ABS_Z, check_kind, feature_columns, score_file
 from training.tracking.registry import ChecksumMismatchError
-from training.tracking.score import MAX_ABS_Z, check_kind, feature_columns, score_file
 
 FEATURES = ("age", "bmi")
 

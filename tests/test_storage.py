@@ -66,8 +66,8 @@ def test_the_ui_over_a_tracking_server_only_points_at_it(capsys, monkeypatch):
 
 
 def test_review_links_point_at_the_store_in_use():
+    from training.tracking.review_links import review_link
     from training.tracking.run_notes import run_route
-    from training.tracking.ui import review_link
 
     route = run_route("3", "abc")
     assert review_link("http://u:pw@mlflow:5000/", route).startswith(

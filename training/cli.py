@@ -197,8 +197,8 @@ def run_conclude(args) -> int:
 
 
 def run_tracking_server(args) -> int:
-    from training.tracking import server as tracking_server
-    from training.tracking import server_state
+    from training.operations import server as tracking_server
+    from training.operations import server_state
 
     hosts = [h for h in args.allowed_hosts.split(",") if h]
     where = args.state_dir or tracking_server.STATE
@@ -218,7 +218,7 @@ def run_tracking_server(args) -> int:
 
 
 def run_tracking_server_stop(args) -> int:
-    from training.tracking import server as tracking_server
+    from training.operations import server as tracking_server
 
     stopped = tracking_server.stop(args.state_dir or tracking_server.STATE)
     print("tracking server stopped" if stopped else "no tracking server was running")
@@ -238,7 +238,7 @@ def run_archive(args) -> int:
 
 
 def run_score(args) -> int:
-    from training.tracking.score import BATCH_ROWS, score_file
+    from training.serving.score import BATCH_ROWS, score_file
 
     done = score_file(args.name, args.data, args.out, args.tracking_uri, args.batch_rows or BATCH_ROWS)
     rate = f"{done.rows / max(done.seconds, 1e-9):,.0f} rows/s"
@@ -309,7 +309,7 @@ def run_token(args) -> int:
 
 
 def run_ui(args) -> int:
-    from training.tracking.ui import mlflow_ui
+    from training.operations.ui import mlflow_ui
 
     uri = args.tracking_uri or mlflow_store.default_tracking_uri()
     if uri.startswith(("http://", "https://")):  # a tracking server already is the UI
@@ -320,7 +320,7 @@ def run_ui(args) -> int:
 
 
 def run_dashboard(args) -> int:
-    from training.tracking.ui import dashboard
+    from training.operations.ui import dashboard
 
     return dashboard(args.port, args.storage)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 from training.infra.storage_urls import redact
+from training.tracking.review_links import review_link
 from training.tracking.run_notes import run_route, trials_route
-from training.tracking.ui import review_link
 
 
 def table(rows: list[tuple[str, object]]) -> str:

@@ -1,2 +1,2 @@
-"""Serving operations: build archives from the registry, start and stop TorchServe, its HTTP client, rollouts.
-May import nn, infra and tracking; never the search."""
+"""Serving: build archives from the registry, start and stop TorchServe, its HTTP client, rollouts, batch scoring
+and the MLflow model form. May import nn, data, infra and tracking; never the search."""

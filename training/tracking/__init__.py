@@ -1,3 +1,3 @@
 """MLflow at the edge: stores (`store`), registry aliases (`registry`), per-trial runs (`trial_log`), run notes,
-plots, file records, the pyfunc model form, the multi-worker tracking server and the UIs. May import nn, data,
-fit and infra; never the search or serving."""
+plots, file records, the logged model and the links to the UI. May import nn, data, fit and infra; never the
+search, serving or the tracking server's operations."""

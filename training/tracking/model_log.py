@@ -1,5 +1,6 @@
 """A concluded model in MLflow: the study's plots, the model's plots, the data it was fit on as the run's input, and
-the logged pyfunc model registered as a new version (tags in the same call: never a bare version)."""
+the logged pyfunc model (its checkpoint and the name of its loader module: no code) registered as a new version (tags
+in the same call: never a bare version)."""
 
 from __future__ import annotations
 
@@ -11,12 +12,12 @@ import optuna
 
 from training.data import tables
 from training.data.datasets import Dataset
+from training.data.frames import example_frame, predict_frame
 from training.fit import cross_validation
 from training.fit.loop import FitResult
 from training.fit.novelty_reference import novelty_reference
-from training.infra import places
 from training.nn import model_kind, save_checkpoint
-from training.tracking import mlflow_store, plots, records, study_plots
+from training.tracking import mlflow_store, model_files, plots, records, study_plots
 
 
 def log_study_plots(study: optuna.Study, metric: str) -> None:
@@ -68,22 +69,20 @@ def log_and_register(
 ) -> tuple[str, str]:
     from mlflow.models import infer_signature
 
-    from training.tracking.pyfunc import example_frame, predict_frame
-
     example = example_frame(data, model)
     signature = infer_signature(example, predict_frame(model, example))
     versions = mlflow_store.package_versions()
     with tempfile.TemporaryDirectory() as tmp:
-        checkpoint = Path(tmp) / "checkpoint.pt"
+        checkpoint = Path(tmp) / model_files.CHECKPOINT
         metadata = {"name": name, "run_id": run_id, f"test_{metric}": test[metric]}
         # What the handler's novelty metrics compare served inputs with: the test split's inputs, never trained on.
         metadata["novelty_reference"] = novelty_reference(model, data.test)
         sha = save_checkpoint(model, checkpoint, metadata)
+        # Data, not code: the checkpoint and a loader module installed with the project; no code paths.
         info = mlflow.pyfunc.log_model(
             name="model",
-            python_model=str(places.ROOT / "training" / "tracking" / "mlflow_model.py"),
-            artifacts={"checkpoint": str(checkpoint)},
-            code_paths=[str(places.ROOT / "training")],
+            loader_module=model_files.LOADER_MODULE,
+            data_path=str(checkpoint),
             signature=signature,
             input_example=example,
             pip_requirements=[f"torch=={versions['torch']}", f"mlflow=={versions['mlflow']}"],

@@ -15,6 +15,7 @@ from mlflow.exceptions import MlflowException
 
 from training.infra import storage_urls
 from training.nn.checkpoint import file_sha256
+from training.tracking.model_files import checkpoint_in
 
 CHAMPION = "champion"
 SERVING = "serving"  # moves on `make deploy`: the version TorchServe answers with
@@ -61,7 +62,7 @@ def download_champion(client: MlflowClient, name: str, dst: Path) -> tuple[objec
             f"(champions: {known}): run `make tune` first, or pick one of those"
         )
     local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}@{CHAMPION}", dst_path=str(dst)))
-    checkpoint = local / "artifacts" / "checkpoint.pt"
+    checkpoint = checkpoint_in(local)  # data/ since the registry carries data; artifacts/ before
     sha = file_sha256(checkpoint)
     expected = version.tags.get("checkpoint_sha256")
     if expected and expected != sha:

@@ -17,7 +17,7 @@ from optuna.trial import FrozenTrial
 
 from training.infra.places import ROOT
 from training.infra.storage_urls import redact
-from training.tracking.ui import ui_base
+from training.tracking.review_links import ui_base
 
 NOTE_TAG = "mlflow.note.content"
 BEST_TAG, BEST_SUFFIX = "best_trial", " (best)"

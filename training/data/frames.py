@@ -1,4 +1,5 @@
-"""The MLflow model form of a checkpoint: a pyfunc that rebuilds the model without unpickling it.
+"""Rows as the DataFrames the MLflow model takes, and a model's answers to such a frame: the MLflow model form's
+input and output, shared by the logged version's input example and signature (tracking) and its loader (serving).
 
 NW input: a DataFrame with one column per feature (the file's column names for a user's file, else
 x0, x1, ...). MHA input: a DataFrame with a
@@ -10,21 +11,12 @@ channels of rows (C x H x W); output: the class labels.
 
 from __future__ import annotations
 
-import mlflow
 import numpy as np
 import pandas as pd
 import torch
 
 from training.data.datasets import Dataset, as_images, split_texts
-from training.nn import NadarayaWatson, PixelModel, Seq2Seq, load_checkpoint, translate
-
-
-class CheckpointModel(mlflow.pyfunc.PythonModel):
-    def load_context(self, context) -> None:
-        self.model, self.metadata = load_checkpoint(context.artifacts["checkpoint"])
-
-    def predict(self, context, model_input: pd.DataFrame, params=None) -> np.ndarray:
-        return predict_frame(self.model, model_input)
+from training.nn import NadarayaWatson, PixelModel, Seq2Seq, translate
 
 
 def to_frame(x: torch.Tensor, lengths: torch.Tensor | None, names: list[str] | None = None) -> pd.DataFrame:

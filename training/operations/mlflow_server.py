@@ -15,12 +15,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from training.infra.processes import answers, private_dir, start_group, stop_tree, wait_until
-from training.tracking.certificates import ensure_certificates
-from training.tracking.mlflow_store import NO_JOB_RUNNERS
-from training.tracking.postgres import (
+from training.operations.certificates import ensure_certificates
+from training.operations.postgres import (
     certificate_names,
 )
-from training.tracking.server_state import (
+from training.operations.server_state import (
     FLASK_SECRET_FILE,
     MLFLOW_ADMIN,
     MLFLOW_ADMIN_PASSWORD_FILE,
@@ -30,6 +29,7 @@ from training.tracking.server_state import (
     TrackingServerError,
     secret,
 )
+from training.tracking.mlflow_store import NO_JOB_RUNNERS
 
 
 def start_mlflow(server: TrackingServer, allowed_hosts: list[str], workers: int) -> int:

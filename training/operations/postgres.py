@@ -10,8 +10,8 @@ import subprocess
 from pathlib import Path
 
 from training.infra.processes import write_secret
-from training.tracking.certificates import ensure_certificates
-from training.tracking.server_state import (
+from training.operations.certificates import ensure_certificates
+from training.operations.server_state import (
     DATABASES,
     UNPRIVILEGED,
     WORKER_ROLE,

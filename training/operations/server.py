@@ -16,17 +16,17 @@ import psutil
 
 from training.infra.places import LOOPBACK, MLFLOW_PORT, POSTGRES_PORT
 from training.infra.processes import stop_tree
-from training.tracking.mlflow_server import (
+from training.operations.mlflow_server import (
     healthy,
     start_mlflow,
 )
-from training.tracking.postgres import (
+from training.operations.postgres import (
     postgres_running,
     provision,
     start_postgres,
     stop_postgres,
 )
-from training.tracking.server_state import (
+from training.operations.server_state import (
     STATE,
     WORKER_PASSWORD_FILE,
     TrackingServer,

@@ -29,31 +29,6 @@ class UIError(RuntimeError):
     """A review UI that cannot start: the port is taken, or the server exited or never answered."""
 
 
-def ui_base(tracking_uri: str | None = None, port: int = UI_PORT) -> str:
-    """Where the MLflow UI for this store is: the tracking server itself, or `make ui` on loopback."""
-    uri = tracking_uri or mlflow_store.default_tracking_uri()
-    if uri.startswith(("http://", "https://")):
-        return storage_urls.redact(uri).rstrip("/")  # links are printed and stored: never with a password
-    return f"http://{HOST}:{port}"
-
-
-def ui_command_for(tracking_uri: str | None = None) -> str:
-    """The command that serves the UI for this store ('' when a tracking server already does)."""
-    uri = tracking_uri or mlflow_store.default_tracking_uri()
-    if uri.startswith(("http://", "https://")):
-        return ""
-    if uri == f"sqlite:///{places.MLRUNS / 'mlflow.db'}":
-        return "make ui"
-    return f"python -m training ui --tracking-uri {uri}"
-
-
-def review_link(tracking_uri: str | None, route: str) -> str:
-    """`make ui -> http://127.0.0.1:5000/#/experiments/...`, pointing at the store actually used."""
-    url = f"{ui_base(tracking_uri)}/{route}"
-    command = ui_command_for(tracking_uri)
-    return f"{command} -> {url}" if command else url
-
-
 def check_port(port: int) -> None:
     if not port_is_free(port, HOST):
         raise UIError(f"port {port} on {HOST} is busy: pick another with PORT=...")
