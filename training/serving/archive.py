@@ -19,7 +19,7 @@ import yaml
 
 from training.infra import places
 from training.nn import load_checkpoint, model_kind
-from training.nn.checkpoint import file_sha256
+from training.nn.integrity import file_sha256
 from training.serving.signing import sign_archive
 from training.tracking import mlflow_store, registry
 
