@@ -5,43 +5,33 @@ VENV := .venv
 PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-MODEL ?= nw
-DATASET ?= sine
-TRIALS ?= 20
-TIMEOUT ?=
-JOBS ?= 0
-DEVICE ?= auto
-STORAGE ?=
-SEED ?= 0
-EPOCHS ?=
-NAME ?=
-CONCLUDE ?= 1
-HEARTBEAT ?=
-GRACE ?=
-HOST ?=
-PORT ?=
-PROGRESS ?= 1
-PG_PORT ?=
-INTERVAL ?=
-ALLOWED_HOSTS ?=
-DATA ?=
-TARGET ?=
-FEATURES ?=
-TASK ?=
-ID ?=
-ORDER ?=
-TRUST_UNSIGNED ?=
-EXPLAIN_KEYS ?=
-OUT ?=
-BATCH_ROWS ?=
-PYTEST_ARGS ?=
+# Variables (MODEL, NAME, PORT, ...) change a target only when given on make's command line: `make deploy
+# NAME=nw-sine`. One of the same name in the environment (an exported NAME, HOST or PORT in your shell) changes
+# nothing, and neither does one left out: the CLI's defaults hold (tune's are `TuneOptions`' in
+# training/search/options.py), so each default lives in one place.
+#
+# Each value reaches the command as exactly one argument, whatever it holds (spaces, quotes, `;`, `$(...)`,
+# backticks): `given` reads the variable's text unexpanded (`$(value ...)`, so make does not expand a `$(...)` in
+# it either), and `quote` writes it as one single-quoted shell word, each `'` in it as `'\''` (close the quote,
+# an escaped quote, reopen). `$(call arg,--flag,VAR)` is `--flag 'value'` when VAR was given, else nothing;
+# `$(call switch,--flag,VAR,VALUE)` is `--flag` when VAR was given as VALUE (CONCLUDE=0, TRUST_UNSIGNED=1).
+given = $(if $(filter command line,$(origin $1)),$(strip $(value $1)))
+quote = '$(subst ','\'',$(value $1))'
+arg = $(if $(call given,$2),$1 $(call quote,$2))
+switch = $(if $(filter $3,$(call given,$2)),$1)
+require = $(if $(call given,$1),,$(error $1 is required, e.g. $2))
 
-DATA_ARGS = $(if $(DATA),--data '$(DATA)' $(if $(TARGET),--target '$(TARGET)') $(if $(FEATURES),--features '$(FEATURES)') \
-	$(if $(TASK),--task $(TASK)) $(if $(NAME),--name '$(NAME)') $(if $(ID),--id '$(ID)') $(if $(ORDER),--order '$(ORDER)'),--dataset $(DATASET))
-HEARTBEAT_ARGS = $(if $(HEARTBEAT),--heartbeat $(HEARTBEAT)) $(if $(GRACE),--grace $(GRACE))
-TUNE_ARGS = --model $(MODEL) $(DATA_ARGS) --trials $(TRIALS) --jobs $(JOBS) --device $(DEVICE) --seed $(SEED) \
-	$(if $(TIMEOUT),--timeout $(TIMEOUT)) $(if $(STORAGE),--storage '$(STORAGE)') $(if $(EPOCHS),--epochs $(EPOCHS)) \
-	$(if $(filter 0,$(CONCLUDE)),--no-conclude) $(HEARTBEAT_ARGS) $(if $(filter 0,$(PROGRESS)),--no-progress)
+TUNE_ARGS = $(call arg,--model,MODEL) $(call arg,--dataset,DATASET) $(call arg,--data,DATA) \
+	$(call arg,--target,TARGET) $(call arg,--features,FEATURES) $(call arg,--task,TASK) $(call arg,--name,NAME) \
+	$(call arg,--id,ID) $(call arg,--order,ORDER) $(call arg,--trials,TRIALS) $(call arg,--timeout,TIMEOUT) \
+	$(call arg,--jobs,JOBS) $(call arg,--device,DEVICE) $(call arg,--storage,STORAGE) $(call arg,--seed,SEED) \
+	$(call arg,--epochs,EPOCHS) $(call switch,--no-conclude,CONCLUDE,0) $(call switch,--no-progress,PROGRESS,0) \
+	$(HEARTBEAT_ARGS)
+HEARTBEAT_ARGS = $(call arg,--heartbeat,HEARTBEAT) $(call arg,--grace,GRACE)
+TRUST_ARGS = $(call switch,--trust-unsigned,TRUST_UNSIGNED,1)
+# PYTEST_ARGS holds several arguments (`-k 'a or b' -x`): it reaches pytest as one PYTEST_ADDOPTS word, which
+# pytest itself splits as a shell would, without running a shell on it.
+PYTEST = $(if $(call given,PYTEST_ARGS),PYTEST_ADDOPTS="$$PYTEST_ADDOPTS "$(call quote,PYTEST_ARGS) )$(PYTHON) -m pytest
 
 .PHONY: help
 help: ## Show this help
@@ -71,11 +61,11 @@ java: ## Check for Java 17+ (TorchServe); install openjdk-17-jre-headless with a
 
 .PHONY: test
 test: install lint ## Run the whole test suite (installs what it needs)
-	$(PYTHON) -m pytest $(PYTEST_ARGS)
+	$(PYTEST)
 
 .PHONY: test-fast
 test-fast: $(STAMP) lint ## The fast part alone: every test without the e2e marker (no TorchServe, tracking server or bench)
-	$(PYTHON) -m pytest -m "not e2e" $(PYTEST_ARGS)
+	$(PYTEST) -m "not e2e"
 
 .PHONY: lint
 lint: $(STAMP) ## Lint and format check (ruff)
@@ -88,12 +78,12 @@ tune: $(STAMP) ## Tune: make tune MODEL=nw|mha|s2s|pixel DATASET=sine|diabetes|a
 
 .PHONY: conclude
 conclude: $(STAMP) ## Refit a study's best trial, register it if new, @champion by validation: make conclude NAME=nw-sine [STORAGE=]
-	$(if $(NAME),,$(error NAME is required: make conclude NAME=nw-sine))
-	$(PYTHON) -m training conclude --name $(NAME) --device $(DEVICE) $(if $(STORAGE),--storage '$(STORAGE)') $(HEARTBEAT_ARGS)
+	$(call require,NAME,make conclude NAME=nw-sine)
+	$(PYTHON) -m training conclude $(call arg,--name,NAME) $(call arg,--device,DEVICE) $(call arg,--storage,STORAGE) $(HEARTBEAT_ARGS)
 
 .PHONY: tracking-server
 tracking-server: $(STAMP) ## Local PostgreSQL + mlflow server for many workers: [PORT=5000 PG_PORT=5433 HOST=127.0.0.1 ALLOWED_HOSTS=]
-	$(PYTHON) -m training tracking-server $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT)) $(if $(PG_PORT),--pg-port $(PG_PORT)) $(if $(ALLOWED_HOSTS),--allowed-hosts $(ALLOWED_HOSTS))
+	$(PYTHON) -m training tracking-server $(call arg,--host,HOST) $(call arg,--port,PORT) $(call arg,--pg-port,PG_PORT) $(call arg,--allowed-hosts,ALLOWED_HOSTS)
 
 .PHONY: tracking-server-stop
 tracking-server-stop: $(STAMP) ## Stop the tracking server started by make tracking-server (its data stays in .tracking/)
@@ -101,26 +91,26 @@ tracking-server-stop: $(STAMP) ## Stop the tracking server started by make track
 
 .PHONY: archive
 archive: $(STAMP) ## Build archives/<name>.mar from the registry's @champion: make archive [NAME=nw-sine] [EXPLAIN_KEYS=values|index|none]
-	$(PYTHON) -m training archive $(if $(NAME),--name $(NAME)) $(if $(EXPLAIN_KEYS),--explain-keys $(EXPLAIN_KEYS))
+	$(PYTHON) -m training archive $(call arg,--name,NAME) $(call arg,--explain-keys,EXPLAIN_KEYS)
 
 .PHONY: score
 score: $(STAMP) ## Score a file with the registry's @champion, no server: make score NAME=nw-wine DATA=file.csv|.parquet OUT=predictions.csv [BATCH_ROWS=]
-	@test -n "$(NAME)" -a -n "$(DATA)" -a -n "$(OUT)" || { echo "NAME, DATA and OUT are required, e.g. make score NAME=nw-wine DATA=wine.csv OUT=predictions.csv"; exit 2; }
-	$(PYTHON) -m training score --name '$(NAME)' --data '$(DATA)' --out '$(OUT)' $(if $(BATCH_ROWS),--batch-rows $(BATCH_ROWS))
+	$(foreach v,NAME DATA OUT,$(call require,$v,make score NAME=nw-wine DATA=wine.csv OUT=predictions.csv))
+	$(PYTHON) -m training score $(call arg,--name,NAME) $(call arg,--data,DATA) $(call arg,--out,OUT) $(call arg,--batch-rows,BATCH_ROWS)
 
 .PHONY: serve
 serve: install ## Start TorchServe in the background with every archive (each verified first), wait until healthy [TRUST_UNSIGNED=1]
-	$(PYTHON) -m training serve $(if $(filter 1,$(TRUST_UNSIGNED)),--trust-unsigned)
+	$(PYTHON) -m training serve $(TRUST_ARGS)
 
 .PHONY: deploy
 deploy: $(STAMP) ## Roll the newly archived champion into the running server, no request dropped: make deploy NAME=nw-sine
-	@test -n "$(NAME)" || { echo "NAME is required, e.g. make deploy NAME=nw-sine"; exit 2; }
-	$(PYTHON) -m training deploy --name $(NAME) $(if $(filter 1,$(TRUST_UNSIGNED)),--trust-unsigned)
+	$(call require,NAME,make deploy NAME=nw-sine)
+	$(PYTHON) -m training deploy $(call arg,--name,NAME) $(TRUST_ARGS)
 
 .PHONY: rollback
 rollback: $(STAMP) ## Return the running server to the version served before the last rollout, no request dropped: make rollback NAME=nw-sine
-	@test -n "$(NAME)" || { echo "NAME is required, e.g. make rollback NAME=nw-sine"; exit 2; }
-	$(PYTHON) -m training rollback --name $(NAME) $(if $(filter 1,$(TRUST_UNSIGNED)),--trust-unsigned)
+	$(call require,NAME,make rollback NAME=nw-sine)
+	$(PYTHON) -m training rollback $(call arg,--name,NAME) $(TRUST_ARGS)
 
 .PHONY: stop
 stop: $(STAMP) ## Stop TorchServe (returns when the whole server process tree is gone)
@@ -140,7 +130,7 @@ prometheus: ## Check for Prometheus (make monitor); install Debian's prometheus 
 
 .PHONY: monitor
 monitor: $(STAMP) prometheus ## Prometheus on http://127.0.0.1:9090 scraping the running TorchServe, with alert rules: make monitor [PORT=9090 INTERVAL=15s]
-	$(PYTHON) -m training monitor $(if $(PORT),--port $(PORT)) $(if $(INTERVAL),--interval $(INTERVAL))
+	$(PYTHON) -m training monitor $(call arg,--port,PORT) $(call arg,--interval,INTERVAL)
 
 .PHONY: monitor-stop
 monitor-stop: $(STAMP) ## Stop the Prometheus started by make monitor (its series stay in .monitor/)
@@ -148,11 +138,11 @@ monitor-stop: $(STAMP) ## Stop the Prometheus started by make monitor (its serie
 
 .PHONY: ui
 ui: $(STAMP) ## MLflow UI on http://127.0.0.1:5000 over mlruns/: make ui [PORT=5000] (with an http MLFLOW_TRACKING_URI: prints that server's URL)
-	$(PYTHON) -m training ui $(if $(PORT),--port $(PORT))
+	$(PYTHON) -m training ui $(call arg,--port,PORT)
 
 .PHONY: dashboard
 dashboard: $(STAMP) ## optuna-dashboard on http://127.0.0.1:8083 over the Optuna storage: make dashboard [PORT=8083 STORAGE=]
-	$(PYTHON) -m training dashboard $(if $(PORT),--port $(PORT)) $(if $(STORAGE),--storage '$(STORAGE)')
+	$(PYTHON) -m training dashboard $(call arg,--port,PORT) $(call arg,--storage,STORAGE)
 
 .PHONY: demo
 demo: install ## The main job: tune nw-sine and mha-adding, archive, serve, query, stop

@@ -13,64 +13,43 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import bookkeeping, large_nw, mha, nw_kernel, quality, samplers, score, serving, serving_ops, tuning
 from benchmarks.common import ROOT, machine, provenance
 from benchmarks.report import write_markdown
-
-ROWS = [
-    "nw_kernel",
-    "mha",
-    "serving",
-    "tuning",
-    "quality",
-    "batch_delay",
-    "soak",
-    "metrics_cost",
-    "large_nw",
-    "samplers",
-    "score",
-    "bookkeeping",
-]
+from benchmarks.rows import BY_NAME, ROWS, Settings
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    names = list(BY_NAME)
+    targets = "\n".join(f"  {row.name}: {row.target}" for row in ROWS)
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description=__doc__,
+        epilog=f"rows and their targets:\n{targets}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--quick", action="store_true", help="small sizes and budgets (a smoke test, not a result)")
-    parser.add_argument("--only", default=",".join(ROWS), help=f"comma-separated subset of {','.join(ROWS)}")
+    parser.add_argument("--only", default=",".join(names), help=f"comma-separated subset of {','.join(names)}")
     parser.add_argument("--out", default=str(ROOT / "benchmarks"), help="where results.md and results.json go")
     parser.add_argument("--client", default="auto", choices=["auto", "wrk", "python"], help="serving load generator")
     args = parser.parse_args(argv)
     only = args.only.split(",")
-    unknown = sorted(set(only) - set(ROWS))
+    unknown = sorted(set(only) - set(names))
     if unknown:
-        parser.error(f"unknown rows {unknown}; choose from {ROWS}")
+        parser.error(f"unknown rows {unknown}; choose from {names}")
 
-    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    devices = ("cpu",) + (("cuda",) if torch.cuda.is_available() else ())
+    settings = Settings(quick=args.quick, client=args.client, devices=devices)
     out = Path(args.out)
-    results = previous_results(out / "results.json", args.quick, keep=set(ROWS) - set(only))
+    results = previous_results(out / "results.json", args.quick, keep=set(names) - set(only))
     results["machine"] = machine()
-    runners = {
-        "nw_kernel": lambda: [r for d in devices for r in nw_kernel.run(args.quick, d)],
-        "mha": lambda: [r for d in devices for r in mha.run(args.quick, d)],
-        "serving": lambda: serving.run(args.quick, args.client),
-        "tuning": lambda: tuning.run(args.quick),
-        "quality": lambda: quality.run(args.quick),
-        "batch_delay": lambda: serving_ops.run_delays(args.quick, args.client),
-        "soak": lambda: serving_ops.run_soak(args.quick, args.client),
-        "metrics_cost": lambda: serving_ops.run_metrics_cost(args.quick, args.client),
-        "large_nw": lambda: large_nw.run(args.quick),
-        "samplers": lambda: samplers.run(args.quick),
-        "score": lambda: score.run(args.quick),
-        "bookkeeping": lambda: bookkeeping.run(args.quick),
-    }
-    for name in ROWS:
-        if name in only:
-            print(f"benchmark {name} ...", flush=True)
+    for row in ROWS:
+        if row.name in only:
+            print(f"benchmark {row.name} ...", flush=True)
             start = time.perf_counter()
-            results["rows"][name] = runners[name]()
-            results["seconds"][name] = round(time.perf_counter() - start, 1)
-            results["provenance"][name] = provenance()
-    results["rows"] = {name: results["rows"][name] for name in ROWS if name in results["rows"]}
+            results["rows"][row.name] = row.run(settings)
+            results["seconds"][row.name] = round(time.perf_counter() - start, 1)
+            results["provenance"][row.name] = provenance()
+    results["rows"] = {name: results["rows"][name] for name in names if name in results["rows"]}
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
     write_markdown(results, out / "results.md")

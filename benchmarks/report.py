@@ -1,26 +1,11 @@
 """benchmarks/results.md from the results dict: one section per row (each row's module writes its own, with its
-target and verdict), under the machine and provenance lines."""
+target and verdict; `benchmarks/rows.py` names it), under the machine and provenance lines."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from benchmarks import bookkeeping, large_nw, mha, nw_kernel, quality, samplers, score, serving, serving_ops, tuning
-
-SECTIONS = {
-    "nw_kernel": nw_kernel.section,
-    "mha": mha.section,
-    "serving": serving.section,
-    "tuning": tuning.section,
-    "quality": quality.section,
-    "batch_delay": serving_ops.delay_section,
-    "soak": serving_ops.soak_section,
-    "metrics_cost": serving_ops.metrics_section,
-    "large_nw": large_nw.section,
-    "samplers": samplers.section,
-    "score": score.section,
-    "bookkeeping": bookkeeping.section,
-}
+from benchmarks.rows import BY_NAME
 
 
 def provenance_lines(results: dict) -> list[str]:
@@ -59,5 +44,5 @@ def write_markdown(results: dict, path: Path) -> None:
             "",
         ]
     for name, rows in results["rows"].items():
-        lines += [SECTIONS[name](rows), ""]
+        lines += [BY_NAME[name].section(rows), ""]
     path.write_text("\n".join(lines))

@@ -8,6 +8,8 @@ import functools
 import json
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import optuna
@@ -64,38 +66,47 @@ def build_archives(root: Path, quick: bool, variants: dict[str, dict] | None = N
     return model_store
 
 
+@contextmanager
+def served(quick: bool, variants: dict[str, dict] | None = None) -> Iterator[serve.Server]:
+    """A private TorchServe on free loopback ports serving the champions in each variant (`build_archives`), all of
+    it in a temporary folder: the server is stopped (its whole process tree) and the folder removed however the
+    body ends."""
+    with tempfile.TemporaryDirectory(prefix="bench-served-") as tmp:
+        store = build_archives(Path(tmp), quick, variants)
+        server = serve.start(run_dir=Path(tmp) / "run", model_store=store, ports=free_ports(), quiet=True)
+        try:
+            yield server
+        finally:
+            serve.stop(server.run_dir, quiet=True)
+
+
 def run(quick: bool = False, client: str = "auto") -> list[dict]:
     """Variants are interleaved and each cell repeated; a cell reports its median-throughput run."""
     seconds, repeats, warmup = (0.5, 1, 0.3) if quick else (3.0, 3, 1.0)
     concurrency = [1, 16] if quick else CONCURRENCY
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        store = build_archives(Path(tmp), quick)
-        server = serve.start(run_dir=Path(tmp) / "run", model_store=store, ports=free_ports(), quiet=True)
-        try:
-            for name, payload in PAYLOADS.items():
-                body = json.dumps(payload).encode()
-                urls = {suffix: f"{server.inference_url}/predictions/{name}{suffix}" for suffix in VARIANTS}
-                for c in concurrency:
-                    for url in urls.values():  # warm-up at this concurrency
-                        run_load(url, body, server.token(), c, warmup, client)
-                    runs = {suffix: [] for suffix in VARIANTS}
-                    for _ in range(repeats):
-                        for suffix, url in urls.items():
-                            runs[suffix].append(run_load(url, body, server.token(), c, seconds, client))
-                    for suffix, results in runs.items():
-                        median = sorted(results, key=lambda r: r["rps"])[len(results) // 2]
-                        rows.append(
-                            {
-                                "model": name,
-                                "variant": VARIANTS_LABEL[suffix],
-                                "concurrency": c,
-                                "repeats": len(results),
-                                **median,
-                            }
-                        )
-        finally:
-            serve.stop(server.run_dir, quiet=True)
+    with served(quick) as server:
+        for name, payload in PAYLOADS.items():
+            body = json.dumps(payload).encode()
+            urls = {suffix: f"{server.inference_url}/predictions/{name}{suffix}" for suffix in VARIANTS}
+            for c in concurrency:
+                for url in urls.values():  # warm-up at this concurrency
+                    run_load(url, body, server.token(), c, warmup, client)
+                runs = {suffix: [] for suffix in VARIANTS}
+                for _ in range(repeats):
+                    for suffix, url in urls.items():
+                        runs[suffix].append(run_load(url, body, server.token(), c, seconds, client))
+                for suffix, results in runs.items():
+                    median = sorted(results, key=lambda r: r["rps"])[len(results) // 2]
+                    rows.append(
+                        {
+                            "model": name,
+                            "variant": VARIANTS_LABEL[suffix],
+                            "concurrency": c,
+                            "repeats": len(results),
+                            **median,
+                        }
+                    )
     return rows
 
 

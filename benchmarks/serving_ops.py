@@ -11,15 +11,11 @@ interleaved, 5 runs each: the metrics must keep at least 0.93x of the throughput
 from __future__ import annotations
 
 import json
-import tempfile
-from pathlib import Path
 
 from benchmarks.load import run_load
 from benchmarks.markdown import table, verdict
-from benchmarks.serving import PAYLOADS, build_archives
-from training.serving import serve
+from benchmarks.serving import PAYLOADS, served
 from training.serving.archive import MODEL_CONFIG
-from training.serving.serve import free_ports
 
 DELAYS_MS = [0, 1, 2, 5]
 SOAK_SECONDS, SOAK_CONCURRENCY = 60, 64
@@ -31,23 +27,16 @@ def run_delays(quick: bool = False, client: str = "auto") -> list[dict]:
     delays = [0, 5] if quick else DELAYS_MS
     seconds, repeats, warmup = (0.5, 1, 0.3) if quick else (3.0, 3, 1.0)
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        store = build_archives(Path(tmp), quick, {f"-d{d}": {"maxBatchDelay": d} for d in delays})
-        server = serve.start(run_dir=Path(tmp) / "run", model_store=store, ports=free_ports(), quiet=True)
-        try:
-            for name, payload in PAYLOADS.items():
-                body = json.dumps(payload).encode()
-                for concurrency in (1, 64):
-                    for delay in delays:
-                        url = f"{server.inference_url}/predictions/{name}-d{delay}"
-                        run_load(url, body, server.token(), concurrency, warmup, client)  # warm-up
-                        runs = [
-                            run_load(url, body, server.token(), concurrency, seconds, client) for _ in range(repeats)
-                        ]
-                        median = sorted(runs, key=lambda r: r["rps"])[len(runs) // 2]
-                        rows.append({"model": name, "delay_ms": delay, "concurrency": concurrency, **median})
-        finally:
-            serve.stop(server.run_dir, quiet=True)
+    with served(quick, {f"-d{d}": {"maxBatchDelay": d} for d in delays}) as server:
+        for name, payload in PAYLOADS.items():
+            body = json.dumps(payload).encode()
+            for concurrency in (1, 64):
+                for delay in delays:
+                    url = f"{server.inference_url}/predictions/{name}-d{delay}"
+                    run_load(url, body, server.token(), concurrency, warmup, client)  # warm-up
+                    runs = [run_load(url, body, server.token(), concurrency, seconds, client) for _ in range(repeats)]
+                    median = sorted(runs, key=lambda r: r["rps"])[len(runs) // 2]
+                    rows.append({"model": name, "delay_ms": delay, "concurrency": concurrency, **median})
     return rows
 
 
@@ -62,47 +51,33 @@ def qualifying_delays(rows: list[dict], model: str) -> list[int]:
 def run_soak(quick: bool = False, client: str = "auto") -> list[dict]:
     seconds = 2.0 if quick else SOAK_SECONDS
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        store = build_archives(Path(tmp), quick, {"": {}})
-        server = serve.start(run_dir=Path(tmp) / "run", model_store=store, ports=free_ports(), quiet=True)
-        try:
-            for name, payload in PAYLOADS.items():
-                url = f"{server.inference_url}/predictions/{name}"
-                result = run_load(url, json.dumps(payload).encode(), server.token(), SOAK_CONCURRENCY, seconds, client)
-                pids = [w["pid"] for w in server.workers(name)]
-                rows.append(
-                    {"model": name, "seconds": seconds, "concurrency": SOAK_CONCURRENCY, **result, "pids": pids}
-                )
-        finally:
-            serve.stop(server.run_dir, quiet=True)
+    with served(quick, {"": {}}) as server:
+        for name, payload in PAYLOADS.items():
+            url = f"{server.inference_url}/predictions/{name}"
+            result = run_load(url, json.dumps(payload).encode(), server.token(), SOAK_CONCURRENCY, seconds, client)
+            pids = [w["pid"] for w in server.workers(name)]
+            rows.append({"model": name, "seconds": seconds, "concurrency": SOAK_CONCURRENCY, **result, "pids": pids})
     return rows
 
 
 def run_metrics_cost(quick: bool = False, client: str = "auto") -> list[dict]:
     seconds, repeats, warmup = (0.5, 1, 0.3) if quick else (3.0, 5, 1.0)
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        variants = {suffix: {"handler_options": {"metrics": on}} for suffix, on in METRICS_SWITCH.items()}
-        store = build_archives(Path(tmp), quick, variants)
-        server = serve.start(run_dir=Path(tmp) / "run", model_store=store, ports=free_ports(), quiet=True)
-        try:
-            for name, payload in PAYLOADS.items():
-                body = json.dumps(payload).encode()
-                urls = {s: f"{server.inference_url}/predictions/{name}{s}" for s in METRICS_SWITCH}
-                for url in urls.values():
-                    run_load(url, body, server.token(), SOAK_CONCURRENCY, warmup, client)  # warm-up
-                runs: dict[str, list[dict]] = {s: [] for s in METRICS_SWITCH}
-                for _ in range(repeats):  # on, off, on, off, ...: drifts of the machine fall on both
-                    for suffix, url in urls.items():
-                        runs[suffix].append(run_load(url, body, server.token(), SOAK_CONCURRENCY, seconds, client))
-                for suffix, on in METRICS_SWITCH.items():
-                    median = sorted(runs[suffix], key=lambda r: r["rps"])[len(runs[suffix]) // 2]
-                    every = [r["rps"] for r in runs[suffix]]
-                    rows.append(
-                        {"model": name, "metrics": on, "concurrency": SOAK_CONCURRENCY, **median, "runs": every}
-                    )
-        finally:
-            serve.stop(server.run_dir, quiet=True)
+    variants = {suffix: {"handler_options": {"metrics": on}} for suffix, on in METRICS_SWITCH.items()}
+    with served(quick, variants) as server:
+        for name, payload in PAYLOADS.items():
+            body = json.dumps(payload).encode()
+            urls = {s: f"{server.inference_url}/predictions/{name}{s}" for s in METRICS_SWITCH}
+            for url in urls.values():
+                run_load(url, body, server.token(), SOAK_CONCURRENCY, warmup, client)  # warm-up
+            runs: dict[str, list[dict]] = {s: [] for s in METRICS_SWITCH}
+            for _ in range(repeats):  # on, off, on, off, ...: drifts of the machine fall on both
+                for suffix, url in urls.items():
+                    runs[suffix].append(run_load(url, body, server.token(), SOAK_CONCURRENCY, seconds, client))
+            for suffix, on in METRICS_SWITCH.items():
+                median = sorted(runs[suffix], key=lambda r: r["rps"])[len(runs[suffix]) // 2]
+                every = [r["rps"] for r in runs[suffix]]
+                rows.append({"model": name, "metrics": on, "concurrency": SOAK_CONCURRENCY, **median, "runs": every})
     return rows
 
 

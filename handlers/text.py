@@ -11,15 +11,13 @@ import json
 from typing import Any
 
 from training.nn import Seq2Seq, translate
-from training.nn.seq2seq import Translation, UnknownCharacterError, source_ids
+from training.nn.seq2seq import EXAMPLE, Translation, UnknownCharacterError, source_ids
 
 from .answers import BYTES_PER_CHARACTER, BYTES_PER_NUMBER, TEXT_ANSWER_BYTES, TOKEN_BYTES, WEIGHT_DECIMALS
 from .errors import RequestError
 from .numbers import preview
 from .sequences import SequenceAdapter
 from .types import Cost, Limits
-
-EXAMPLE = "23 Nov 2026"
 
 
 class TextAdapter(SequenceAdapter):

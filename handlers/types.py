@@ -8,20 +8,22 @@ from typing import Any, Protocol
 
 from torch import nn
 
+from training.nn import bounds
+
 EXPLAIN_KEYS = ("values", "index", "none")
 
 
 @dataclass(frozen=True)
 class Limits:
     max_body_bytes: int = 6_000_000  # request body; TorchServe's own max_request_size is set above it
-    max_instances: int = 256  # per request
-    max_steps: int = 1000  # per sequence
-    max_request_mmac: float = 5_000  # compute one request may need (about 2.5 s on one slow core)
-    max_batch_mmac: float = 20_000  # compute one batch may hold; the costliest requests beyond it get 503
+    max_instances: int = bounds.MAX_INSTANCES  # the bounds' meanings: training/nn/bounds.py
+    max_steps: int = bounds.MAX_STEPS
+    max_request_mmac: float = bounds.MAX_REQUEST_MMAC
+    max_batch_mmac: float = bounds.MAX_BATCH_MMAC
     max_pass_mmac: float = 1_000  # compute per forward pass: bounds memory and padding
-    max_response_bytes: int = 4_000_000  # per answer; TorchServe drops a worker past max_response_size
+    max_response_bytes: int = bounds.MAX_RESPONSE_BYTES
     batch_seconds: float = 15.0  # a batch still running after this answers its unfinished requests 503
-    max_abs_z: float = 1e6  # inputs within the training data's mean ± this many standard deviations
+    max_abs_z: float = bounds.MAX_ABS_Z
     top_keys: int = 5  # NW explanations list this many most-attended training points
     # What NW explanations reveal of the training rows: "values" (each top key's inputs and target), "index"
     # (which rows, by index and file row, and their weights) or "none" (the prediction alone).

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.__main__ import ROWS
 from benchmarks.load import run_load, wrk_ms
+from benchmarks.rows import BY_NAME
 from benchmarks.samplers import SAMPLERS, default_name
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,7 +23,7 @@ def run_bench(out: Path, *args: str) -> dict:
 @pytest.mark.e2e  # the quick bench tunes, serves and loads a real TorchServe
 def test_quick_benchmark_writes_every_row(tmp_path):
     results = run_bench(tmp_path)
-    assert set(results["rows"]) == set(ROWS)  # every declared row ran and was written
+    assert set(results["rows"]) == set(BY_NAME)  # every declared row ran and was written
     assert {r["delay_ms"] for r in results["rows"]["batch_delay"]} == {0, 5}
     assert all(r["errors"] == 0 and r["requests"] > 0 for r in results["rows"]["soak"])
     metrics_cost = results["rows"]["metrics_cost"]

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from handlers.contract import adapter_for
-from handlers.text import EXAMPLE
 from handlers.types import Limits
 from training.data import dates
 from training.data.datasets import Dataset, Split, load_dataset, prepare_model
@@ -50,12 +49,6 @@ def test_a_card_stays_within_what_mlflow_stores():
     many = [f"feature_{i}" for i in range(2000)]
     card = ModelCard("m", "nw", "regression", [], "a list", {"instances": [[0.0]]}, {}, {}, "holdout", {}, {}, many)
     assert len(render(card)) <= model_card.MAX_CHARS
-
-
-def test_the_stated_defaults_are_the_handlers():
-    limits = Limits()
-    assert (model_card.MAX_INSTANCES, model_card.MAX_STEPS) == (limits.max_instances, limits.max_steps)
-    assert model_card.MAX_ABS_Z == limits.max_abs_z and model_card.TEXT_EXAMPLE == EXAMPLE
 
 
 def tiny_sequences() -> Dataset:

@@ -6,13 +6,12 @@ import pandas as pd
 import pytest
 from test_tables import table, write
 
-from handlers.contract import Limits
 from training.cli import main
 from training.data.tables import TableError
 from training.nn import NadarayaWatson, NWConfig, SequenceConfig, SequenceModel
 from training.search.options import TuneOptions
 from training.search.study import tune
-from training.serving.score import MAX_ABS_Z, check_kind, feature_columns, score_file
+from training.serving.score import check_kind, feature_columns, score_file
 from training.tracking.registry import ChecksumMismatchError
 
 FEATURES = ("age", "bmi")
@@ -122,10 +121,6 @@ def test_other_model_kinds_are_refused_naming_the_kind_that_scores():
     config = SequenceConfig(in_features=2, out_features=1, d_model=8, n_heads=2, n_layers=1)
     with pytest.raises(TableError, match="'mha' model; score takes nw"):
         check_kind(SequenceModel(config), "mha-adding")
-
-
-def test_the_accepted_range_is_the_servers():
-    assert MAX_ABS_Z == Limits().max_abs_z
 
 
 def test_a_checkpoint_unlike_its_registered_digest_is_refused(people, tmp_path):

@@ -2,152 +2,14 @@
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 
-from training.data.datasets import KINDS, MODEL_KINDS
+from training.arguments import build_parser, given
 from training.infra import storage_urls
-from training.infra.places import DASHBOARD_PORT, LOOPBACK, MLFLOW_PORT, POSTGRES_PORT, PROMETHEUS_PORT
 from training.tracking import mlflow_store
 
-TRUST_UNSIGNED_HELP = "also serve archives built before archives were signed (signed ones are verified all the same)"
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    tune = commands.add_parser("tune", help="run (or continue) an Optuna study, tracked in MLflow")
-    tune.add_argument("--model", required=True, choices=list(MODEL_KINDS))
-    tune.add_argument("--dataset", default="", choices=sorted(KINDS), help="a built-in data set (or --data FILE)")
-    tune.add_argument("--data", default=None, help="your own CSV or Parquet file instead of --dataset")
-    tune.add_argument("--target", default=None, help="with --data: the column to predict")
-    tune.add_argument(
-        "--features", type=comma_list, default=(), help="with --data: comma-separated columns (default: numeric ones)"
-    )
-    tune.add_argument("--task", choices=["regression", "classification"], default=None, help="default: inferred")
-    tune.add_argument("--name", dest="study_name", help="with --data: study/model name (default: <model>-<file name>)")
-    tune.add_argument("--id", dest="id_column", help="with --data, long-format sequences: the sequence ID column")
-    tune.add_argument("--order", dest="order_column", help="with --data, long-format sequences: the step order column")
-    tune.add_argument("--trials", type=int, default=20, help="trials to add to the study")
-    tune.add_argument("--timeout", type=float, default=None, help="stop starting new trials after this many seconds")
-    tune.add_argument(
-        "--jobs", type=int, default=0, help="trials in parallel (threads); 0 = one per GPU on multi-GPU hosts, else 1"
-    )
-    tune.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    tune.add_argument("--storage", default=None, help="Optuna storage URL (default: sqlite under mlruns/)")
-    tune.add_argument("--seed", type=int, default=0)
-    tune.add_argument("--epochs", type=int, default=None, help="max epochs per trial (default per data set)")
-    tune.add_argument(
-        "--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or mlruns/)"
-    )
-    tune.add_argument(
-        "--no-progress", dest="progress", action="store_false", help="no progress bar: one plain line per trial"
-    )
-    tune.add_argument(
-        "--no-conclude",
-        dest="conclude",
-        action="store_false",
-        help="only add trials; leave refit/register/promote to `conclude` (many workers, one conclusion)",
-    )
-    add_heartbeat_arguments(tune)
-
-    conclude = commands.add_parser("conclude", help="refit the study's best trial, register it, pick @champion")
-    conclude.add_argument("--name", required=True, help="the study, e.g. nw-sine")
-    conclude.add_argument("--storage", default=None, help="Optuna storage URL (default: sqlite under mlruns/)")
-    conclude.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI or mlruns/")
-    conclude.add_argument("--device", default="auto")
-    add_heartbeat_arguments(conclude)
-
-    archive = commands.add_parser("archive", help="build archives/<name>.mar from the registry's @champion")
-    archive.add_argument("--name", default=None, help="e.g. nw-sine (default: every registered champion)")
-    archive.add_argument("--out", default=None, help="directory for the .mar files (default: archives/)")
-    archive.add_argument("--tracking-uri", default=None)
-    archive.add_argument(
-        "--explain-keys",
-        choices=["values", "index", "none"],
-        default=None,
-        help="what NW explanations reveal of training rows (default: values; index for a model of your own file)",
-    )
-
-    score = commands.add_parser("score", help="score a CSV/Parquet file with the registry's @champion, no server")
-    score.add_argument("--name", required=True, help="the registered model, e.g. nw-wine")
-    score.add_argument("--data", required=True, help="the .csv or .parquet file to score")
-    score.add_argument("--out", required=True, help="the CSV of predictions to write (replaced whole, or not at all)")
-    score.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI or mlruns/")
-    score.add_argument("--batch-rows", type=int, default=None, help="rows read and scored at a time (default 65536)")
-
-    serve = commands.add_parser("serve", help="start TorchServe in the background with every archive")
-    serve.add_argument("--models", default=None, help="comma-separated model names (default: every archive)")
-    serve.add_argument("--trust-unsigned", action="store_true", help=TRUST_UNSIGNED_HELP)
-    deploy = commands.add_parser("deploy", help="roll archives/<name>.mar into the running server, no request dropped")
-    deploy.add_argument("--name", required=True, help="e.g. nw-sine (run `make archive NAME=...` first)")
-    deploy.add_argument("--tracking-uri", default=None, help="registry whose @serving alias moves (default: mlruns/)")
-    deploy.add_argument("--trust-unsigned", action="store_true", help=TRUST_UNSIGNED_HELP)
-    rollback = commands.add_parser(
-        "rollback", help="return the running server to the version served before the last rollout, no request dropped"
-    )
-    rollback.add_argument("--name", required=True, help="e.g. nw-sine")
-    rollback.add_argument("--tracking-uri", default=None, help="registry whose @serving alias moves back")
-    rollback.add_argument("--trust-unsigned", action="store_true", help=TRUST_UNSIGNED_HELP)
-    commands.add_parser("stop", help="stop TorchServe")
-    token = commands.add_parser("token", help="print the running server's inference token")
-    token.add_argument("--refresh", action="store_true", help="ask TorchServe for a new one first")
-    token.add_argument("--run-dir", default=None, help="the server's run directory (default: .serve/)")
-    token.add_argument(
-        "--header-file",
-        action="store_true",
-        help="write the header `Authorization: Bearer <token>` to .serve/auth-header (0600) for curl -H @FILE",
-    )
-    ui = commands.add_parser("ui", help=f"MLflow UI on http://{LOOPBACK}:{MLFLOW_PORT} over mlruns/")
-    ui.add_argument("--port", type=int, default=MLFLOW_PORT)
-    ui.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI or mlruns/")
-    server = commands.add_parser("tracking-server", help="local PostgreSQL + mlflow server for many tuning workers")
-    server.add_argument("--host", default=LOOPBACK, help="address to bind (default loopback)")
-    server.add_argument("--port", type=int, default=MLFLOW_PORT, help="mlflow server port")
-    server.add_argument("--pg-port", type=int, default=POSTGRES_PORT, help="PostgreSQL port")
-    server.add_argument("--allowed-hosts", default="", help="extra host names workers use, comma-separated")
-    server.add_argument(
-        "--tls", action=argparse.BooleanOptionalAction, default=None, help="default: on exactly off loopback"
-    )
-    server.add_argument("--state-dir", default=None, help="default: .tracking/")
-    stop_server = commands.add_parser("tracking-server-stop", help="stop the tracking server (its data stays)")
-    stop_server.add_argument("--state-dir", default=None, help="default: .tracking/")
-    dashboard = commands.add_parser(
-        "dashboard", help=f"optuna-dashboard on http://{LOOPBACK}:{DASHBOARD_PORT} over the studies"
-    )
-    dashboard.add_argument("--port", type=int, default=DASHBOARD_PORT)
-    dashboard.add_argument("--storage", default=None, help="Optuna storage URL (default: sqlite under mlruns/)")
-    monitor = commands.add_parser(
-        "monitor", help=f"Prometheus on http://{LOOPBACK}:{PROMETHEUS_PORT} scraping the running TorchServe"
-    )
-    monitor.add_argument("--port", type=int, default=PROMETHEUS_PORT)
-    monitor.add_argument("--interval", default="15s", help="scrape and rule evaluation interval (Prometheus units)")
-    commands.add_parser("monitor-stop", help="stop the Prometheus started by monitor (its series stay in .monitor/)")
-    commands.add_parser("demo", help="tune, archive, serve, query and stop: the whole product in one go")
-    return parser
-
-
-def add_heartbeat_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--heartbeat", type=int, default=None, help="seconds between liveness beats ($TUNE_HEARTBEAT, 30)"
-    )
-    parser.add_argument(
-        "--grace",
-        type=int,
-        default=None,
-        help="seconds without a beat before a trial is failed and retried, a run closed ($TUNE_GRACE, 120)",
-    )
-
-
-def comma_list(text: str) -> tuple[str, ...]:
-    return tuple(item.strip() for item in text.split(",") if item.strip())
-
-
-def heartbeat_arguments(args) -> dict[str, int]:
-    """The heartbeat settings given on the command line; the rest keep their defaults (env or built in)."""
-    return {k: v for k, v in {"heartbeat": args.heartbeat, "grace": args.grace}.items() if v is not None}
+__all__ = ["COMMANDS", "build_parser", "main"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -178,8 +40,8 @@ def run_tune(args) -> int:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # progress: the bar, or our own line per trial
     quiet_libraries()
-    if bool(args.dataset) == bool(args.data):
-        raise ValueError("give either --dataset (built in) or --data FILE --target COLUMN (your own file)")
+    if args.dataset and args.data:
+        raise ValueError("give either --dataset (built in) or --data FILE --target COLUMN (your own file), not both")
     options = TuneOptions.from_arguments(args)
     print_tune_summary(tune(options), options)
     return 0
@@ -190,7 +52,7 @@ def run_conclude(args) -> int:
     from training.search.study import conclude_study
 
     conclusion, client, experiment_id, run_id = conclude_study(
-        args.name, args.storage, args.tracking_uri, args.device, **heartbeat_arguments(args)
+        args.name, args.storage, args.tracking_uri, **given(args, "device", "heartbeat", "grace")
     )
     print_conclusion(args.name, conclusion, client.tracking_uri, experiment_id, run_id)
     return 0

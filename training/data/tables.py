@@ -32,6 +32,7 @@ import pandas as pd
 import torch
 
 from training.data.datasets import Dataset, Split
+from training.nn.integrity import file_sha256
 
 FRACTIONS = (0.6, 0.2)  # train, validation; the rest is test
 MIN_ROWS = 10  # at least two examples in each of validation and test
@@ -110,14 +111,6 @@ def check_request(model: str, spec: TableSpec, name: str) -> None:
     if spec.kind != wanted:
         hint = "one row per example, no ID=" if wanted == "tabular" else "long format: ID= and ORDER= columns"
         raise TableError(f"model {model!r} takes {wanted} data ({hint})")
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def memory_needed(path: Path) -> int:

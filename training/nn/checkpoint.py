@@ -7,13 +7,13 @@ so it is safe to read and needs nothing but torch and this package.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from .integrity import file_sha256
 from .nadaraya_watson import NadarayaWatson, NWConfig
 from .pixel import PixelConfig, PixelModel
 from .seq2seq import Seq2Seq, Seq2SeqConfig
@@ -66,11 +66,3 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     model = build_model(payload["kind"], json.loads(payload["config"]))
     model.load_state_dict(payload["state_dict"])
     return model.to(device).eval(), json.loads(payload["metadata"])
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -27,6 +27,7 @@ from .attention import AdditiveAttention
 
 PAD, BOS, EOS = 0, 1, 2
 N_SPECIAL = 3  # target ids below this are PAD / BOS / EOS
+EXAMPLE = "23 Nov 2026"  # an example source text: the handler's example request and the model card's
 
 
 @dataclass

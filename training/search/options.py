@@ -20,6 +20,7 @@ warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning
 # A RUNNING trial (or parent run) silent for the grace period is failed (killed) and the trial retried.
 HEARTBEAT_SECONDS = int(os.environ.get("TUNE_HEARTBEAT", 30))
 GRACE_SECONDS = int(os.environ.get("TUNE_GRACE", 120))
+DEFAULT_DATASET = "sine"  # tuned on when neither a data set nor a file is given
 
 
 class TuneError(RuntimeError):
@@ -28,8 +29,11 @@ class TuneError(RuntimeError):
 
 @dataclass
 class TuneOptions:
-    model: str
-    dataset: str = ""  # a built-in data set, or "" with `data` (a user's file)
+    """Every tuning option with its default, in this one place: `make tune` passes only what its user set, the
+    CLI only what was given, and its --help states these."""
+
+    model: str = "nw"
+    dataset: str = ""  # a built-in data set, or "" with `data` (a user's file); neither given: DEFAULT_DATASET
     trials: int = 20
     timeout: float | None = None
     jobs: int = 0  # trials in parallel; 0 = one per GPU on multi-GPU hosts, else 1
@@ -50,6 +54,10 @@ class TuneOptions:
     study_name: str | None = None  # default: <model>-<file name>
     id_column: str | None = None  # long-format sequences
     order_column: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.dataset and not self.data:
+            self.dataset = DEFAULT_DATASET
 
     @classmethod
     def from_arguments(cls, args) -> TuneOptions:

@@ -18,8 +18,8 @@ from pathlib import Path
 import yaml
 
 from training.infra import places
-from training.nn import load_checkpoint, model_kind
-from training.nn.checkpoint import file_sha256
+from training.nn import bounds, load_checkpoint, model_kind
+from training.nn.integrity import file_sha256
 from training.serving.signing import sign_archive
 from training.tracking import mlflow_store, registry
 
@@ -33,13 +33,14 @@ MODEL_CONFIG = {
     "maxBatchDelay": 1,  # ms to wait for a batch to fill: 1 keeps c1 latency low and c64 throughput (make bench, row 6)
     "responseTimeout": 30,  # s per batch
     "startupTimeout": 120,  # s to load the model
-    # The handler's request limits and cost budget (handlers/contract.py `Limits`), and 1 torch thread per CPU worker.
+    # The handler's request limits and cost budget (training/nn/bounds.py, handlers/types.py `Limits`), written
+    # out so an operator sees them in the archive, and 1 torch thread per CPU worker.
     "handler": {
-        "max_instances": 256,
-        "max_steps": 1000,
-        "max_request_mmac": 5000,
-        "max_batch_mmac": 20000,
-        "max_response_bytes": 4000000,
+        "max_instances": bounds.MAX_INSTANCES,
+        "max_steps": bounds.MAX_STEPS,
+        "max_request_mmac": bounds.MAX_REQUEST_MMAC,
+        "max_batch_mmac": bounds.MAX_BATCH_MMAC,
+        "max_response_bytes": bounds.MAX_RESPONSE_BYTES,
         "torch_threads": 1,
     },
 }

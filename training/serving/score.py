@@ -34,11 +34,11 @@ import torch
 
 from training.data.tables import TableError, check_column, numeric_values, rows_text
 from training.nn import NadarayaWatson, load_checkpoint, model_kind
+from training.nn.bounds import MAX_ABS_Z  # the range the server accepts
 from training.tracking import mlflow_store, registry
 
 SUPPORTED_KINDS = ("nw",)
 BATCH_ROWS = 65_536  # rows per chunk read and per forward pass
-MAX_ABS_Z = 1e6  # the range the server accepts (handlers' `Limits.max_abs_z`; a test keeps them equal)
 NOT_A_NUMBER = "the model takes numbers in it"
 
 

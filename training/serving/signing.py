@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from training.infra.processes import private_dir
+from training.nn.integrity import file_sha256
 from training.serving.errors import ArchiveRefusedError
 
 SIGNATURE = "SIGNATURE.json"  # the signed manifest, a member of the archive itself
@@ -114,7 +115,7 @@ def sign_archive(path: Path, key: Ed25519PrivateKey | None = None) -> str:
     signature = base64.b64encode(key.sign(canonical(manifest))).decode()
     with zipfile.ZipFile(path, "a") as archive:
         archive.writestr(SIGNATURE, json.dumps({**manifest, "signature": signature}, indent=1))
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    return file_sha256(path)
 
 
 def verify_archive(data: bytes, where: str, trusted: dict[str, Ed25519PublicKey] | None = None) -> dict:

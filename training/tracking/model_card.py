@@ -3,7 +3,8 @@ takes with an example request, the data and split it was tuned on, its validatio
 
 `render(card)` is pure: plain data in, markdown out. `card_for(...)` gathers that data from the refit model and
 its data set. The example request is made much as the handler's adapters make theirs (`example()` in
-handlers/*.py), which the training package does not import; the handler's limits are stated as its defaults.
+handlers/*.py), which the training package does not import; the handler's limits are stated as its defaults
+(training/nn/bounds.py).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from mlflow.exceptions import MlflowException
 from training.data.datasets import Dataset
 from training.data.tables import FileDataset
 from training.nn import model_kind
+from training.nn.bounds import MAX_ABS_Z, MAX_INSTANCES, MAX_STEPS  # the handler's defaults
+from training.nn.seq2seq import EXAMPLE as TEXT_EXAMPLE  # the text model's example request, as the handler's
 
 FAMILIES = {
     "nw": "Nadaraya-Watson kernel regression",
@@ -26,9 +29,6 @@ FAMILIES = {
     "pixel": "pixel self-attention",
     "s2s": "Bahdanau encoder-decoder",
 }
-# The handler's default request limits (handlers/types.py `Limits`); an archive's model config may change them.
-MAX_INSTANCES, MAX_STEPS, MAX_ABS_Z = 256, 1000, 1e6
-TEXT_EXAMPLE = "23 Nov 2026"  # handlers/text.py EXAMPLE
 NAMED_FEATURES = 20  # an example instance is an object by feature name up to this many features, else a list
 LISTED = 10  # features (ranges) and classes listed by name; the rest are counted
 MAX_CHARS = 5000  # MLflow's SQL stores hold a version's description in a VARCHAR(5000)

@@ -14,7 +14,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from training.infra import storage_urls
-from training.nn.checkpoint import file_sha256
+from training.nn.integrity import file_sha256
 from training.tracking.model_files import checkpoint_in
 
 CHAMPION = "champion"
