@@ -7,7 +7,19 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from benchmarks import bookkeeping, large_nw, mha, nw_kernel, quality, samplers, score, serving, serving_ops, tuning
+from benchmarks import (
+    allocator,
+    bookkeeping,
+    large_nw,
+    mha,
+    nw_kernel,
+    quality,
+    samplers,
+    score,
+    serving,
+    serving_ops,
+    tuning,
+)
 
 
 @dataclass(frozen=True)
@@ -94,6 +106,12 @@ ROWS = (
         lambda s: bookkeeping.run(s.quick),
         bookkeeping.section,
         f"tracked ≥ {bookkeeping.TARGET_RATIO}× the untracked trials per minute on nw-sine",
+    ),
+    Row(
+        "allocator",
+        lambda s: allocator.run(s.quick),
+        allocator.section,
+        f"a 300k-row tune ≥ {allocator.SPEEDUP}× as fast with the kept allocator thresholds as with glibc's",
     ),
 )
 BY_NAME = {row.name: row for row in ROWS}

@@ -1,14 +1,18 @@
-"""`make bench` in its quick mode (a smoke test: real server, real load, small sizes)."""
+"""`make bench`: its quick mode once (a smoke test: real server, real load, small sizes), and the report and
+the merging of runs on canned results."""
 
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+import benchmarks.__main__ as bench_main
 from benchmarks.load import run_load, wrk_ms
-from benchmarks.rows import BY_NAME
+from benchmarks.report import write_markdown
+from benchmarks.rows import BY_NAME, ROWS
 from benchmarks.samplers import SAMPLERS, default_name
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,14 +52,32 @@ def test_quick_benchmark_writes_every_row(tmp_path):
     assert "QUICK smoke run" in markdown and "## 5. Model quality" in markdown and results["machine"]["versions"]
     assert set(results["provenance"]) == set(results["rows"]) and "every row measured at commit" in markdown
 
-    # A later run of one row replaces that row and keeps the others with where they came from.
-    (tmp_path / "results.json").write_text(
-        json.dumps({**results, "provenance": {**results["provenance"], "mha": {"commit": "0ld", "date": "then"}}})
-    )
-    again = run_bench(tmp_path, "--only", "tuning")
-    assert list(again["rows"]) == list(results["rows"]) and again["rows"]["mha"] == results["rows"]["mha"]
-    assert again["provenance"]["mha"]["commit"] == "0ld" and again["rows"]["tuning"] != results["rows"]["tuning"]
+    assert all(r["wall_s"] > 0 and r["minor_faults"] > 0 for r in results["rows"]["allocator"])
+    assert {r["mode"] for r in results["rows"]["allocator"]} == {"before", "after"}
+
+
+def test_the_committed_report_is_what_the_committed_results_render_to(tmp_path):
+    """Every row's section, on a full run's real results (no row runs here)."""
+    results = json.loads((ROOT / "benchmarks" / "results.json").read_text())
+    write_markdown(results, tmp_path / "results.md")
+    assert (tmp_path / "results.md").read_text() == (ROOT / "benchmarks" / "results.md").read_text()
+    assert list(results["rows"]) == [row.name for row in ROWS]  # every declared row has a full result, in order
+
+
+def test_a_run_of_one_row_replaces_that_row_and_keeps_the_others_with_where_they_came_from(tmp_path, monkeypatch):
+    canned = json.loads((ROOT / "benchmarks" / "results.json").read_text())
+    rows = {name: canned["rows"][name] for name in ("mha", "tuning")}
+    earlier = {**canned, "quick": True, "rows": rows, "provenance": {"mha": {"commit": "0ld", "date": "then"}}}
+    (tmp_path / "results.json").write_text(json.dumps(earlier))
+    measured = [{**rows["tuning"][0], "seed": 99}]
+    fake = tuple(replace(row, run=lambda settings: measured) if row.name == "tuning" else row for row in ROWS)
+    monkeypatch.setattr(bench_main, "ROWS", fake)
+    assert bench_main.main(["--quick", "--only", "tuning", "--out", str(tmp_path), "--client", "python"]) == 0
+    again = json.loads((tmp_path / "results.json").read_text())
+    assert list(again["rows"]) == ["mha", "tuning"] and again["rows"]["mha"] == rows["mha"]
+    assert again["rows"]["tuning"] == measured and again["provenance"]["mha"]["commit"] == "0ld"
     assert "mha: commit 0ld, then" in (tmp_path / "results.md").read_text()
+    assert again["provenance"]["tuning"]["commit"] != "0ld"
 
 
 def test_the_project_sampler_is_one_of_the_compared_ones():
