@@ -24,17 +24,17 @@ from benchmarks.large_nw import write_file
 from benchmarks.markdown import table, verdict
 from training.infra.memory import OPT_OUT
 
-SIZES, QUICK_SIZES = (300_000, 1_000_000), (2_000,)
+SIZES, QUICK_SIZES, QUICK_EPOCHS = (300_000, 1_000_000), (2_000,), 2
 MODES = {"before": "system", "after": ""}  # ATTENTION_SERVE_MALLOC for each
 SPEEDUP = 1.2  # target: the kept thresholds at least this much faster at 300k rows
 
 
-def one_tune(data: Path, mode: str, folder: Path) -> dict:
+def one_tune(data: Path, mode: str, folder: Path, epochs: int | None = None) -> dict:
     stores = folder / f"stores-{mode}-{data.stem}"
     stores.mkdir()
     command = [sys.executable, "-m", "training", "tune", "--model", "nw", "--data", str(data), "--target", "y"]
     command += ["--trials", "2", "--no-progress", "--storage", f"sqlite:///{stores / 'optuna.db'}"]
-    command += ["--tracking-uri", f"sqlite:///{stores / 'mlflow.db'}"]
+    command += ["--tracking-uri", f"sqlite:///{stores / 'mlflow.db'}"] + (["--epochs", str(epochs)] if epochs else [])
     env = {k: v for k, v in os.environ.items() if k != OPT_OUT and not k.startswith("MALLOC_")}
     env |= {OPT_OUT: MODES[mode]} if MODES[mode] else {}
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -72,7 +72,7 @@ def run(quick: bool) -> list[dict]:
         for rows in QUICK_SIZES if quick else SIZES:
             data = write_file(rows, folder)
             for mode in MODES:  # before, then after, per size: the two share the machine's state
-                results.append(one_tune(data, mode, folder))
+                results.append(one_tune(data, mode, folder, QUICK_EPOCHS if quick else None))
     return results
 
 

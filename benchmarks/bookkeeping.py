@@ -31,6 +31,7 @@ from training.search.study import study_pruner, study_sampler, tune
 
 TARGET_RATIO = 0.5  # tracked at least half as many trials per minute as untracked, on nw-sine
 FILE_ROWS = 10_000  # a make_friedman1 file, as row 9 writes them
+QUICK_FILE_ROWS = 2_000  # a smoke run
 
 
 def search_rate(trials: list[optuna.trial.FrozenTrial]) -> tuple[float, float]:
@@ -98,15 +99,16 @@ def one_case(label: str, options: TuneOptions, data, root: Path, rounds: int) ->
 
 def run(quick: bool = False) -> list[dict]:
     sine_trials, file_trials, file_epochs, rounds = (4, 2, 2, 1) if quick else (40, 6, 5, 3)
+    file_rows = QUICK_FILE_ROWS if quick else FILE_ROWS
     with tempfile.TemporaryDirectory(prefix="bench-bookkeeping-") as folder:
         root = Path(folder)
         common = dict(model="nw", seed=0, device="cpu", progress=False)
         sine = TuneOptions(dataset="sine", trials=sine_trials, **common)
         rows = [one_case("nw-sine", sine, load_dataset("sine", seed=DATA_SEED), root / "sine", rounds)]
-        path = write_file(FILE_ROWS, root)
+        path = write_file(file_rows, root)
         friedman = TuneOptions(data=str(path), target="y", trials=file_trials, epochs=file_epochs, **common)
         data = tables.load_file_dataset(friedman.table(), seed=DATA_SEED)
-        rows.append(one_case(f"nw-friedman1 ({FILE_ROWS:,} rows)", friedman, data, root / "file", rounds))
+        rows.append(one_case(f"nw-friedman1 ({file_rows:,} rows)", friedman, data, root / "file", rounds))
     return rows
 
 

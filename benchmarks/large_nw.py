@@ -34,8 +34,8 @@ from training.fit.loop import evaluate, fit
 from training.nn import build_model, save_checkpoint
 from training.search.space import FILE_EPOCHS, FIRST_PROTOTYPE_TRIAL, SECONDS_PER_ROW_PROTOTYPE, rebuild
 
-SIZES, QUICK_SIZES = (10_000, 100_000, 1_000_000), (2_000, 4_000)
-QUICK_EPOCHS = 5
+SIZES, QUICK_SIZES = (10_000, 100_000, 1_000_000), (1_000, 2_000)
+QUICK_EPOCHS, QUICK_REPEATS = 2, 20  # a smoke run: every step once, nothing measured
 MEMORIES = {10_000: (256, 1024, 4096, "all"), 100_000: (256, 1024, 4096), 1_000_000: (256, 1024, 4096)}
 FIRST_M = FIRST_PROTOTYPE_TRIAL["memory"]
 TRIAL_SECONDS = {100_000: 20, 1_000_000: 120}  # a trial at the search's first M
@@ -71,7 +71,7 @@ def handler_p50_ms(model, repeats: int = 200) -> float:
     return statistics.median(times)
 
 
-def one_trial(data, memory, folder: Path, epochs: int = FILE_EPOCHS) -> dict:
+def one_trial(data, memory, folder: Path, epochs: int = FILE_EPOCHS, repeats: int = 200) -> dict:
     setup = rebuild("nw", {**SETTINGS, "memory": memory}, data, epochs=epochs, seed=0, device="cpu")
     reset_peak_rss()
     start = time.perf_counter()
@@ -94,7 +94,7 @@ def one_trial(data, memory, folder: Path, epochs: int = FILE_EPOCHS) -> dict:
         "test_mse": test["mse"],
         "test_r2": test["r2"],
         "checkpoint_mb": round(checkpoint.stat().st_size / 2**20, 2),
-        "c1_p50_ms": round(handler_p50_ms(model.eval()), 3),
+        "c1_p50_ms": round(handler_p50_ms(model.eval(), repeats), 3),
     }
 
 
@@ -106,6 +106,8 @@ def peers(data, quick: bool) -> dict[str, float]:
     limit = 2_000 if quick else PEER_ROWS  # a subsample where the data is larger (the splits are shuffled)
     splits = (arrays(data.train, limit), arrays(data.val, limit // 4), arrays(data.test))
     grids = {name: {k: v[:1] for k, v in grid.items()} if quick else grid for name, (_, grid) in PEERS.items()}
+    if quick:  # a smoke run: the booster's 300 rounds would be most of the row
+        grids["HistGradientBoostingRegressor"]["max_iter"] = [20]
     return {
         name: select_by_cv(make, grids[name], splits, r2_score, maximize=True)[0] for name, (make, _) in PEERS.items()
     }
@@ -122,7 +124,8 @@ def run(quick: bool = False) -> list[dict]:
             load_seconds = round(time.perf_counter() - start, 1)
             memories = (256, "all") if quick else MEMORIES[size]
             epochs = QUICK_EPOCHS if quick else FILE_EPOCHS
-            trials = [one_trial(data, m, Path(tmp), epochs) for m in memories]
+            repeats = QUICK_REPEATS if quick else 200
+            trials = [one_trial(data, m, Path(tmp), epochs, repeats) for m in memories]
             rows.append(
                 {"rows": size, "train_rows": len(data.train), "load_s": load_seconds, "trials": trials}
                 | {"peers_r2": peers(data, quick)}

@@ -53,9 +53,7 @@ def build_archives(root: Path, quick: bool, variants: dict[str, dict] | None = N
     ("handler_options") and model-config overrides; default: the three variants of this row)."""
     client = mlflow_store.configure(champion_registry(quick))
     model_store = root / "archives"
-    variants = variants or {
-        suffix: {"handler": handler, "batchSize": batch_size} for suffix, (handler, batch_size) in VARIANTS.items()
-    }
+    variants = variants or default_variants()
     for name in PAYLOADS:
         for suffix, overrides in variants.items():
             handler = overrides.get("handler", VARIANTS[""][0])
@@ -66,11 +64,22 @@ def build_archives(root: Path, quick: bool, variants: dict[str, dict] | None = N
     return model_store
 
 
+def default_variants() -> dict[str, dict]:
+    return {suffix: {"handler": handler, "batchSize": size} for suffix, (handler, size) in VARIANTS.items()}
+
+
 @contextmanager
 def served(quick: bool, variants: dict[str, dict] | None = None) -> Iterator[serve.Server]:
     """A private TorchServe on free loopback ports serving the champions in each variant (`build_archives`), all of
     it in a temporary folder: the server is stopped (its whole process tree) and the folder removed however the
-    body ends."""
+    body ends. A quick run (a smoke test) serves every row's variants from one server, started once."""
+    variants = variants or default_variants()
+    if quick:
+        server, shared = quick_server()
+        unknown = set(variants) - set(shared)  # a suffix names one configuration in every row ("": as shipped)
+        assert not unknown, f"variants {sorted(unknown)} are not among the quick run's shared ones"
+        yield server
+        return
     with tempfile.TemporaryDirectory(prefix="bench-served-") as tmp:
         store = build_archives(Path(tmp), quick, variants)
         server = serve.start(run_dir=Path(tmp) / "run", model_store=store, ports=free_ports(), quiet=True)
@@ -78,6 +87,20 @@ def served(quick: bool, variants: dict[str, dict] | None = None) -> Iterator[ser
             yield server
         finally:
             serve.stop(server.run_dir, quiet=True)
+
+
+@functools.cache
+def quick_server() -> tuple[serve.Server, dict[str, dict]]:
+    """One server for a quick run's serving rows (each of their variants once), stopped when the process ends."""
+    from benchmarks import serving_ops  # the other serving rows' variants; that module imports this one
+
+    shared = default_variants() | serving_ops.quick_variants()
+    root = Path(tempfile.mkdtemp(prefix="bench-served-quick-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    store = build_archives(root, True, shared)
+    server = serve.start(run_dir=root / "run", model_store=store, ports=free_ports(), quiet=True)
+    atexit.register(serve.stop, server.run_dir, quiet=True)  # registered last: runs before the folder goes
+    return server, shared
 
 
 def run(quick: bool = False, client: str = "auto") -> list[dict]:

@@ -14,20 +14,33 @@ import json
 
 from benchmarks.load import run_load
 from benchmarks.markdown import table, verdict
-from benchmarks.serving import PAYLOADS, served
+from benchmarks.serving import PAYLOADS, default_variants, served
 from training.serving.archive import MODEL_CONFIG
 
-DELAYS_MS = [0, 1, 2, 5]
+DELAYS_MS, QUICK_DELAYS_MS = [0, 1, 2, 5], [0, 5]
 SOAK_SECONDS, SOAK_CONCURRENCY = 60, 64
 METRICS_SWITCH = {"": True, "-no-metrics": False}  # archive suffix -> handler metrics on?
 METRICS_MIN_RATIO = 0.93
 
 
+def delay_variants(delays: list[int]) -> dict[str, dict]:
+    return {f"-d{d}": {"maxBatchDelay": d} for d in delays}
+
+
+def metrics_variants() -> dict[str, dict]:
+    return {suffix: {"handler_options": {"metrics": on}} for suffix, on in METRICS_SWITCH.items()}
+
+
+def quick_variants() -> dict[str, dict]:
+    """What these rows serve in a quick run (beside row 3's variants, on the same server)."""
+    return delay_variants(QUICK_DELAYS_MS) | {"-no-metrics": metrics_variants()["-no-metrics"]}
+
+
 def run_delays(quick: bool = False, client: str = "auto") -> list[dict]:
-    delays = [0, 5] if quick else DELAYS_MS
+    delays = QUICK_DELAYS_MS if quick else DELAYS_MS
     seconds, repeats, warmup = (0.5, 1, 0.3) if quick else (3.0, 3, 1.0)
     rows = []
-    with served(quick, {f"-d{d}": {"maxBatchDelay": d} for d in delays}) as server:
+    with served(quick, delay_variants(delays)) as server:
         for name, payload in PAYLOADS.items():
             body = json.dumps(payload).encode()
             for concurrency in (1, 64):
@@ -51,7 +64,7 @@ def qualifying_delays(rows: list[dict], model: str) -> list[int]:
 def run_soak(quick: bool = False, client: str = "auto") -> list[dict]:
     seconds = 2.0 if quick else SOAK_SECONDS
     rows = []
-    with served(quick, {"": {}}) as server:
+    with served(quick, {"": default_variants()[""]}) as server:
         for name, payload in PAYLOADS.items():
             url = f"{server.inference_url}/predictions/{name}"
             result = run_load(url, json.dumps(payload).encode(), server.token(), SOAK_CONCURRENCY, seconds, client)
@@ -63,8 +76,7 @@ def run_soak(quick: bool = False, client: str = "auto") -> list[dict]:
 def run_metrics_cost(quick: bool = False, client: str = "auto") -> list[dict]:
     seconds, repeats, warmup = (0.5, 1, 0.3) if quick else (3.0, 5, 1.0)
     rows = []
-    variants = {suffix: {"handler_options": {"metrics": on}} for suffix, on in METRICS_SWITCH.items()}
-    with served(quick, variants) as server:
+    with served(quick, metrics_variants()) as server:
         for name, payload in PAYLOADS.items():
             body = json.dumps(payload).encode()
             urls = {s: f"{server.inference_url}/predictions/{name}{s}" for s in METRICS_SWITCH}

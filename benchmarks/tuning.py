@@ -74,7 +74,7 @@ def one_study(data, anchor_mse: float, pruning: bool, seed: int, trials: int) ->
 def run(quick: bool = False) -> list[dict]:
     data = load_dataset("sine")
     bandwidth, anchor = grid_anchor(data)
-    seeds, trials = ([0], 10) if quick else ([0, 1, 2, 3, 4], 40)
+    seeds, trials = ([0], 5) if quick else ([0, 1, 2, 3, 4], 40)
     rows = []
     for pruning in (True, False):
         runs = [one_study(data, anchor, pruning, seed, trials) for seed in seeds]

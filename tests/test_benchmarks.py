@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import benchmarks.__main__ as bench_main
+from benchmarks import large_nw
 from benchmarks.load import run_load, wrk_ms
 from benchmarks.report import write_markdown
 from benchmarks.rows import BY_NAME, ROWS
@@ -36,12 +37,14 @@ def test_quick_benchmark_writes_every_row(tmp_path):
     }
     assert all(r["errors"] == 0 and r["requests"] > 0 for r in metrics_cost)
     large = results["rows"]["large_nw"]
-    assert [r["rows"] for r in large] == [2_000, 4_000] and all(t["trial_s"] > 0 for r in large for t in r["trials"])
+    assert [r["rows"] for r in large] == list(large_nw.QUICK_SIZES) and all(
+        t["trial_s"] > 0 for r in large for t in r["trials"]
+    )
     assert all({"KNeighborsRegressor", "HistGradientBoostingRegressor"} <= set(r["peers_r2"]) for r in large)
     cells = {(r["task"], r["sampler"]) for r in results["rows"]["samplers"] if r["trials"] == 5}
     assert cells == {(t, s) for t in ("nw-diabetes", "nw-friedman1-10k") for s in SAMPLERS}
     bookkeeping = results["rows"]["bookkeeping"]
-    assert [r["case"] for r in bookkeeping] == ["nw-sine", "nw-friedman1 (10,000 rows)"]
+    assert [r["case"] for r in bookkeeping] == ["nw-sine", "nw-friedman1 (2,000 rows)"]
     assert all(r["tracked_per_min"] > 0 and r["untracked_per_min"] > 0 for r in bookkeeping)
     assert all(r["fused_ms"] > 0 and r["direct_ms"] > 0 for r in results["rows"]["nw_kernel"])
     serving = results["rows"]["serving"]
