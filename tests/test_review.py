@@ -325,12 +325,11 @@ def test_dashboard_serves_the_studies_on_loopback_and_stops_cleanly(stores, tune
 
 
 @pytest.mark.e2e  # starts a real UI server
-def test_ui_ends_with_its_wrapper(stores, tuned):
+def test_the_ui_serves_the_store_on_loopback_and_ends_with_its_wrapper(stores, tuned):
     port = free_port()
-    body = serve_then_stop(
-        ["ui", "--port", str(port), "--tracking-uri", stores["tracking_uri"]], f"http://127.0.0.1:{port}/health"
-    )
-    assert body.strip() == b"OK"
+    experiment = f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/get-by-name?experiment_name=nw-sine"
+    body = serve_then_stop(["ui", "--port", str(port), "--tracking-uri", stores["tracking_uri"]], experiment)
+    assert json.loads(body)["experiment"]["experiment_id"] == tuned["eid"]
 
 
 @pytest.mark.e2e  # starts a real UI server

@@ -19,6 +19,7 @@ from pathlib import Path
 import optuna
 import psutil
 import pytest
+import sqlalchemy
 from mlflow import MlflowClient
 
 from training.infra.processes import answers, free_port
@@ -136,7 +137,7 @@ def tuned(server, tmp_path_factory):
         dead = wait_for(lambda: victim_trial(watching, victim.pid), "the victim to be mid-trial", 120)
         os.killpg(victim.pid, signal.SIGKILL)
         victim.wait(timeout=30)
-        time.sleep(GRACE + HEARTBEAT)  # the dead trial is stale from now on
+        wait_for(lambda: silent_seconds(watching, dead.number) > GRACE + 0.5, "the dead trial to turn stale", 60)
         hold.unlink()  # the survivors go on: the next trial one of them starts fails and retries the dead one
         command_lines = every_command_line()  # while the survivors tune, the server and PostgreSQL serve them
         outputs = [p.communicate(timeout=300)[0] for p in survivors]
@@ -154,6 +155,16 @@ def tuned(server, tmp_path_factory):
         "storage": storage,
         "command_lines": command_lines,
     }
+
+
+def silent_seconds(storage: optuna.storages.RDBStorage, number: int) -> float:
+    """How long ago trial `number` last beat, by the database's clock (the one Optuna's stale check reads)."""
+    query = sqlalchemy.text(
+        "SELECT EXTRACT(EPOCH FROM now() - h.heartbeat) FROM trial_heartbeats h JOIN trials t USING (trial_id) "
+        "WHERE t.number = :number"
+    )
+    with storage.engine.connect() as connection:
+        return float(connection.execute(query, {"number": number}).scalar_one())
 
 
 def every_command_line() -> list[str]:
@@ -237,10 +248,11 @@ def test_one_conclusion_one_version_and_the_champion_is_the_best_by_validation(s
     assert sum("(registered before)" in output for output in concluded) == 1
 
 
-def test_archive_builds_the_champion_through_the_tracking_server(server, concluded, tmp_path):
-    command = [sys.executable, "-m", "training", "archive", "--name", "nw-sine", "--out", str(tmp_path)]
-    done = subprocess.run(command + ["--tracking-uri", server.tracking_uri], cwd=ROOT, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
+def test_archive_builds_the_champion_through_the_tracking_server(server, concluded, tmp_path, capsys):
+    from training.cli import main  # the command line in this process: its credentials from the environment
+
+    done = main(["archive", "--name", "nw-sine", "--out", str(tmp_path), "--tracking-uri", server.tracking_uri])
+    assert done == 0, capsys.readouterr()
     champion = MlflowClient(server.tracking_uri, server.tracking_uri).get_model_version_by_alias("nw-sine", "champion")
     with zipfile.ZipFile(tmp_path / "nw-sine.mar") as archive:
         info = json.loads(archive.read("model_info.json"))
@@ -295,47 +307,8 @@ def test_no_password_is_on_any_command_line(server, tuned, tmp_path):
     assert any("--storage" in line and "tune" in line for line in tuned["command_lines"])  # and the workers
 
 
-def test_stop_start_and_a_start_after_kill_9_bring_back_the_same_data(tmp_path, monkeypatch):
-    state = Path(tempfile.mkdtemp(prefix="tracking-restart-"))
-    state.chmod(0o755)  # PostgreSQL runs as an unprivileged user when the tests run as root
-    ports = dict(pg_port=free_port(), mlflow_port=free_port())
-
-    def studies(server) -> list[str]:
-        return optuna.get_all_study_names(storage=sqlalchemy_url(server.storage_url))
-
-    try:
-        first = tracking_server.start(state, **ports, workers=1)
-        monkeypatch.setenv("PGPASSFILE", str(first.pgpass))
-        optuna.create_study(study_name="kept", storage=sqlalchemy_url(first.storage_url))
-        assert tracking_server.stop(state) and not (state / "server.json").exists()
-        assert (state / server_state.PASSWORD_FILE).stat().st_mode & 0o777 == 0o600  # kept, private
-        again = tracking_server.start(state, **ports, workers=1)
-        assert again.password == first.password and studies(again) == ["kept"]
-
-        postmaster = int((again.pgdata / "postmaster.pid").read_text().split()[0])
-        killed = [psutil.Process(postmaster), *psutil.Process(postmaster).children(recursive=True)]
-        killed += [psutil.Process(again.mlflow_pid), *psutil.Process(again.mlflow_pid).children(recursive=True)]
-        for process in killed:
-            process.kill()
-        psutil.wait_procs(killed, timeout=30)
-        third = tracking_server.start(state, **ports, workers=1)
-        assert studies(third) == ["kept"] and mlflow_server.healthy(third)
-
-        tracking_server.stop(state)
-        with socket.socket() as squatter:  # the mlflow server cannot start: whatever started is stopped again
-            squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # the port may still be in TIME_WAIT
-            squatter.bind(("127.0.0.1", ports["mlflow_port"]))
-            squatter.listen()
-            with pytest.raises(server_state.TrackingServerError):
-                tracking_server.start(state, **ports, workers=1)
-        assert not postgres.postgres_running(third)
-        assert studies(tracking_server.start(state, **ports, workers=1)) == ["kept"]
-    finally:
-        tracking_server.stop(state)
-        shutil.rmtree(state, ignore_errors=True)
-
-
-def test_off_loopback_the_servers_speak_tls_and_the_clients_verify_them(tmp_path, monkeypatch):
+def test_off_loopback_the_servers_speak_tls_and_keep_their_data_through_a_stop_and_a_kill_9(tmp_path, monkeypatch):
+    """One state folder (a fresh initdb is the slow part) for what needs its own server: TLS, restarts."""
     import psycopg
 
     with pytest.raises(server_state.TrackingServerError, match="refusing to listen on 0.0.0.0 without TLS"):
@@ -343,8 +316,15 @@ def test_off_loopback_the_servers_speak_tls_and_the_clients_verify_them(tmp_path
     state = Path(tempfile.mkdtemp(prefix="tracking-tls-"))
     state.chmod(0o755)  # PostgreSQL runs as an unprivileged user when the tests run as root
     ports = dict(pg_port=free_port(), mlflow_port=free_port())
+
+    def start():
+        return tracking_server.start(state, **ports, workers=1, tls=True)  # what a host off loopback gets
+
+    def studies(server) -> list[str]:
+        return optuna.get_all_study_names(storage=sqlalchemy_url(server.storage_url))
+
     try:
-        server = tracking_server.start(state, **ports, workers=1, tls=True)  # what a host off loopback gets
+        server = start()
         assert server.tracking_uri.startswith("https://")
         assert (state / "tls" / "server.key").stat().st_mode & 0o777 == 0o600
         for key, value in (server.client_environment() | mlflow_server.worker_credentials(server)).items():
@@ -358,6 +338,31 @@ def test_off_loopback_the_servers_speak_tls_and_the_clients_verify_them(tmp_path
         assert not answers(server.tracking_uri.replace("https://", "http://") + "/health")  # no plain http
         assert not answers(server.tracking_uri + "/health")  # nor a client that does not know the CA
         assert answers(server.tracking_uri + "/health", cafile=server.ca)
+
+        # a stop and a start, then a kill -9 of everything and a start, bring back the same data
+        optuna.create_study(study_name="kept", storage=sqlalchemy_url(server.storage_url))
+        assert tracking_server.stop(state) and not (state / "server.json").exists()
+        assert (state / server_state.PASSWORD_FILE).stat().st_mode & 0o777 == 0o600  # kept, private
+        again = start()
+        assert again.password == server.password and studies(again) == ["kept"]
+        postmaster = int((again.pgdata / "postmaster.pid").read_text().split()[0])
+        killed = [psutil.Process(postmaster), *psutil.Process(postmaster).children(recursive=True)]
+        killed += [psutil.Process(again.mlflow_pid), *psutil.Process(again.mlflow_pid).children(recursive=True)]
+        for process in killed:
+            process.kill()
+        psutil.wait_procs(killed, timeout=30)
+        third = start()
+        assert studies(third) == ["kept"] and mlflow_server.healthy(third)
+
+        tracking_server.stop(state)
+        with socket.socket() as squatter:  # the mlflow server cannot start: whatever started is stopped again
+            squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # the port may still be in TIME_WAIT
+            squatter.bind(("127.0.0.1", ports["mlflow_port"]))
+            squatter.listen()
+            with pytest.raises(server_state.TrackingServerError):
+                start()
+        assert not postgres.postgres_running(third)
+        assert studies(start()) == ["kept"]
     finally:
         tracking_server.stop(state)
         shutil.rmtree(state, ignore_errors=True)

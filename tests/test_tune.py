@@ -228,39 +228,6 @@ def test_bad_requests_are_refused_by_name(stores, overrides, message):
 
 
 @pytest.mark.e2e  # starts a real UI server
-def test_the_ui_serves_the_store_on_loopback(stores, first):
-    import subprocess
-    import sys
-    import time
-    import urllib.request
-
-    from training.infra.processes import free_port
-
-    port = free_port()
-    ui = subprocess.Popen(
-        [sys.executable, "-m", "training", "ui", "--port", str(port), "--tracking-uri", stores["tracking_uri"]],
-        cwd=Path(__file__).resolve().parents[1],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        deadline, body = time.monotonic() + 90, None
-        while time.monotonic() < deadline and body is None:
-            try:
-                url = f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/get-by-name?experiment_name=nw-sine"
-                body = json.loads(urllib.request.urlopen(url, timeout=2).read())
-            except OSError:
-                time.sleep(0.5)
-        assert body is not None and body["experiment"]["experiment_id"] == first.experiment_id
-    finally:
-        import os
-        import signal
-
-        os.killpg(ui.pid, signal.SIGTERM)
-        ui.wait(timeout=30)
-
-
 def test_device_pool_gives_each_running_trial_its_own_device():
     import threading
     import time as clock
