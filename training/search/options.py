@@ -8,8 +8,8 @@ from dataclasses import dataclass, fields
 
 import optuna
 
-from training.data import tables
-from training.data.datasets import KINDS, MODEL_KINDS
+from training.data import families, tables
+from training.data.datasets import KINDS
 from training.fit.loop import resolve_device
 from training.infra import places
 from training.search.space import SEARCH_SPACES
@@ -82,7 +82,7 @@ class TuneOptions:
     def validate(self) -> None:
         if self.model not in SEARCH_SPACES:
             raise TuneError(f"unknown model {self.model!r}; expected one of {sorted(SEARCH_SPACES)}")
-        wanted = MODEL_KINDS[self.model]
+        wanted = families.family(self.model).data
         if self.data:
             tables.check_request(self.model, self.table(), self.name)
         elif self.dataset not in KINDS:

@@ -128,7 +128,7 @@ def suggest_nw(trial: optuna.Trial, data: Dataset, epochs: int, seed: int, devic
     memory = trial.suggest_categorical("memory", choices) if len(choices) > 1 else choices[0]
     parametric = trial.suggest_categorical("parametric", [True, False])
     bandwidth = trial.suggest_float("bandwidth", 0.05, 20.0, log=True)
-    fields = model_fields(data, "nw")
+    fields = model_fields(data, keys=True)
     if memory != "all":
         fields["key_rows"] = None  # the prototypes name their nearest rows instead
     config = NWConfig(
@@ -171,7 +171,7 @@ def suggest_mha(trial: optuna.Trial, data: Dataset, epochs: int, seed: int, devi
         n_layers=trial.suggest_int("n_layers", 1, 3),
         ff_mult=trial.suggest_categorical("ff_mult", [2, 4]),
         dropout=trial.suggest_float("dropout", 0.0, 0.3),
-        **model_fields(data, "mha"),
+        **model_fields(data),
     )
     return TrialSetup("mha", config, adamw_fit(trial, epochs, seed, device, lr=(3e-4, 1e-2), weight_decay=(1e-6, 1e-1)))
 
