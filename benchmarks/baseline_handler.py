@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from ts.torch_handler.base_handler import BaseHandler
 
-from training.nn import NadarayaWatson, load_checkpoint
+from training.nn import load_checkpoint
 
 
 class BaselineHandler(BaseHandler):
@@ -29,7 +29,7 @@ class BaselineHandler(BaseHandler):
         bodies = [json.loads(b) if isinstance(b, (bytes, bytearray, str)) else b for b in bodies]
         counts = [len(b["instances"]) for b in bodies]
         instances = [torch.tensor(x, dtype=torch.float32) for b in bodies for x in b["instances"]]
-        if isinstance(self.model, NadarayaWatson):
+        if instances[0].dim() < 2:  # rows (NW): a number or a list of numbers; sequences are lists of steps
             out = self.model(torch.stack(instances).reshape(len(instances), -1))[0]
         else:
             lengths = torch.tensor([len(x) for x in instances])

@@ -20,7 +20,7 @@ from typing import Any
 
 from torch import nn
 
-from training.nn import model_kind
+from training.nn import family_of
 
 from .answers import agrees
 from .errors import RequestError
@@ -33,9 +33,14 @@ from .types import Adapter, Answer, Limits, Request
 __all__ = ["Answer", "Limits", "RequestError", "adapter_for", "agrees", "answer_batch", "decode_body", "parse_request"]
 
 
+# One adapter per model kind, by the name of its family (`training/nn/families.py`).
+ADAPTERS: dict[str, type[Adapter]] = {
+    adapter.family.name: adapter for adapter in (TabularAdapter, SequenceAdapter, TextAdapter, ImageAdapter)
+}
+
+
 def adapter_for(model: nn.Module, limits: Limits) -> Adapter:
-    adapters = {"nw": TabularAdapter, "mha": SequenceAdapter, "s2s": TextAdapter, "pixel": ImageAdapter}
-    return adapters[model_kind(model)](model, limits)
+    return ADAPTERS[family_of(model).name](model, limits)
 
 
 # parse + validate

@@ -22,7 +22,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from training.nn import PixelModel, novelty
+from training.nn import Inputs, PixelModel
+from training.nn.pixel import FAMILY
 
 from .answers import (
     BYTES_PER_NUMBER,
@@ -49,6 +50,7 @@ class Images:
 
 
 class ImageAdapter:
+    family = FAMILY
     per_head_weights = False
 
     def __init__(self, model: PixelModel, limits: Limits):
@@ -174,10 +176,11 @@ class ImageAdapter:
     def forward(self, items: list[tuple[Tensor, list | None]], explain: bool) -> tuple[list[Any], list[float | None]]:
         """A pass's answers and novelty scores (each answer's entropy)."""
         weight = self.model.head.weight
-        x = torch.stack([image for image, _ in items]).to(weight.device, weight.dtype)  # (B, C, H, W)
-        logits, weights = self.model(x, need_weights=explain)  # (B, classes), {"attention": (B, N, N), "gamma"}
+        inputs = Inputs(torch.stack([image for image, _ in items]).to(weight.device, weight.dtype))  # (B, C, H, W)
+        outputs = FAMILY.predict(self.model, inputs, need_weights=explain)
+        logits, weights = outputs.out, outputs.weights  # (B, classes), {"attention": (B, N, N), "gamma"}
         predictions = class_answers(logits, self.labels)
-        scores = NoveltyScores.of(lambda: novelty.normalized_entropy(torch.softmax(logits.double(), -1)), len(items))
+        scores = NoveltyScores.of(lambda: FAMILY.novelty(self.model, inputs, outputs), len(items))
         if not explain:
             return predictions, scores
         gamma = float(weights["gamma"])

@@ -14,7 +14,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from training.nn import SequenceModel, novelty
+from training.nn import Inputs, Outputs, SequenceModel
+from training.nn.sequence_model import FAMILY
 
 from .answers import (
     BYTES_PER_NUMBER,
@@ -33,6 +34,7 @@ from .types import Cost, Limits, Ran
 
 
 class SequenceAdapter:
+    family = FAMILY
     per_head_weights = True  # layers x heads x steps x steps, when asked
 
     def __init__(self, model: SequenceModel, limits: Limits):
@@ -146,20 +148,19 @@ class SequenceAdapter:
         dtype = self.model.embed.weight.dtype
         device = self.model.embed.weight.device
         lengths = torch.tensor([len(s) for s in sequences], device=device)
-        x = nn.utils.rnn.pad_sequence(sequences, batch_first=True).to(device, dtype)  # (N, T, D)
-        out, weights = self.model(x, lengths, need_weights=True, head_weights=explain and heads)
+        inputs = Inputs(nn.utils.rnn.pad_sequence(sequences, batch_first=True).to(device, dtype), lengths)  # (N, T, D)
+        outputs = FAMILY.predict(self.model, inputs, need_weights=True, head_weights=explain and heads)
+        out, weights = outputs.out, outputs.weights
         predictions = out.tolist() if self.regression else class_answers(out, self.labels)
-        scores = NoveltyScores.of(lambda: self.novelty(out, weights["pooling"], lengths), len(sequences))
+        scores = NoveltyScores.of(lambda: self.novelty(inputs, outputs), len(sequences))
         if not explain:
             return predictions, scores
         answers = [self.explanation(p, weights, i, int(n), heads) for i, (p, n) in enumerate(zip(predictions, lengths))]
         return answers, scores
 
-    def novelty(self, out: Tensor, pooling: Tensor, lengths: Tensor) -> Tensor:
+    def novelty(self, inputs: Inputs, outputs: Outputs) -> Tensor:
         """The regressor: its pooling weights' entropy; a classifier: its answer's entropy."""
-        if self.regression:
-            return novelty.pooling_entropy(pooling, lengths)
-        return novelty.normalized_entropy(torch.softmax(out.double(), -1))
+        return FAMILY.novelty(self.model, inputs, outputs)
 
     def explanation(self, prediction: Any, weights: dict[str, Tensor], i: int, n: int, heads: bool) -> dict:
         pooling = weights["pooling"][i, :n].double().round(decimals=WEIGHT_DECIMALS)

@@ -18,7 +18,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from training.nn import NadarayaWatson, novelty
+from training.nn import Inputs, NadarayaWatson, Outputs
+from training.nn.nadaraya_watson import FAMILY
 
 from .answers import (
     BYTES_PER_NUMBER,
@@ -37,6 +38,7 @@ from .types import Cost, Limits, Ran
 
 
 class TabularAdapter:
+    family = FAMILY
     per_head_weights = False
 
     def __init__(self, model: NadarayaWatson, limits: Limits):
@@ -124,22 +126,20 @@ class TabularAdapter:
         for start in range(0, len(x), rows_per_pass):
             if time.monotonic() > deadline:
                 break
-            chunk = x[start : start + rows_per_pass]
-            out, weights = self.model(chunk, need_weights=explain)  # (n,), (n, K)
-            predictions = [self.prediction(row) for row in out]
+            inputs = Inputs(x[start : start + rows_per_pass])  # (n, D)
+            outputs = FAMILY.predict(self.model, inputs, need_weights=explain)  # (n,) or (n, C); weights (n, K)
+            predictions = [self.prediction(row) for row in outputs.out]
             if explain:
-                results += [self.explanation(p, w) for p, w in zip(predictions, weights)]
+                results += [self.explanation(p, w) for p, w in zip(predictions, outputs.weights)]
             else:
                 results += predictions
-            scores += NoveltyScores.of(lambda: self.novelty(chunk, out), len(chunk))
+            scores += NoveltyScores.of(lambda: self.novelty(inputs, outputs), len(inputs.x))
         beyond = ((x < self.key_low) | (x > self.key_high)).any(-1).tolist()  # (N,)
         return ran(results, scores, beyond, [len(b) for b in batch])
 
-    def novelty(self, x: Tensor, out: Tensor) -> Tensor:
+    def novelty(self, inputs: Inputs, outputs: Outputs) -> Tensor:
         """Classifiers: the answer's entropy; regression: the distance to the nearest key in bandwidths."""
-        if self.n_classes:
-            return novelty.normalized_entropy(out.exp())
-        return self.model.nearest_key_distance(x)
+        return FAMILY.novelty(self.model, inputs, outputs)
 
     def prediction(self, out: Tensor) -> Any:
         """A number (regression), or the class label and probabilities (classification: `out` holds log p)."""

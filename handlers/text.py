@@ -11,7 +11,7 @@ import json
 from typing import Any
 
 from training.nn import Seq2Seq, translate
-from training.nn.seq2seq import EXAMPLE, Translation, UnknownCharacterError, source_ids
+from training.nn.seq2seq import EXAMPLE, FAMILY, Translation, UnknownCharacterError, source_ids
 
 from .answers import BYTES_PER_CHARACTER, BYTES_PER_NUMBER, TEXT_ANSWER_BYTES, TOKEN_BYTES, WEIGHT_DECIMALS
 from .errors import RequestError
@@ -23,6 +23,7 @@ from .types import Cost, Limits
 class TextAdapter(SequenceAdapter):
     """Parses, prices and explains texts; batching in length-sorted passes comes from `SequenceAdapter`."""
 
+    family = FAMILY
     per_head_weights = False
 
     def __init__(self, model: Seq2Seq, limits: Limits):

@@ -4,11 +4,11 @@ kind's adapter provides. Imports nothing else of the handlers."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 from torch import nn
 
-from training.nn import bounds
+from training.nn import Family, bounds
 
 EXPLAIN_KEYS = ("values", "index", "none")
 
@@ -95,6 +95,7 @@ class Adapter(Protocol):
     `handlers/images.py`. A kind whose requests carry fields besides the instances (pixel: "queries") also
     has `parse_options(items, body, explain) -> items`."""
 
+    family: ClassVar[Family]  # the model kind it answers for (`training/nn/families.py`)
     model: nn.Module
     per_head_weights: bool  # whether `"heads": true` can be answered (multi-head attention models)
 

@@ -7,8 +7,9 @@ import argparse
 from dataclasses import dataclass
 from typing import Any
 
-from training.data.datasets import KINDS, MODEL_KINDS
+from training.data.datasets import KINDS
 from training.infra.places import DASHBOARD_PORT, LOOPBACK, MLFLOW_PORT, POSTGRES_PORT, PROMETHEUS_PORT
+from training.nn import FAMILIES
 from training.search.options import TuneOptions
 
 TUNED = TuneOptions()  # tune's defaults, declared once in TuneOptions; the parser only states them in --help
@@ -153,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_tune_arguments(tune: argparse.ArgumentParser) -> None:
     """Tune's arguments, named like `TuneOptions`' fields; each left out keeps TuneOptions' default."""
-    tune.add_argument("--model", choices=list(MODEL_KINDS), help=f"the model family (default {TUNED.model})")
+    tune.add_argument("--model", choices=list(FAMILIES), help=f"the model family (default {TUNED.model})")
     tune.add_argument(
         "--dataset", choices=sorted(KINDS), help=f"a built-in data set (default {TUNED.dataset}, or --data FILE)"
     )

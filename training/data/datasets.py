@@ -1,4 +1,4 @@
-"""Data sets: seeded, deterministic, with fixed train / validation / test splits.
+"""Data sets: seeded, deterministic, with fixed train / validation / test splits (`splits.py`).
 
 Tabular sets give x (N, D); sequence sets give zero-padded x (N, T, D) with valid lengths (N,); text
 (translation) sets give zero-padded character ids x (N, T) with lengths (N,) and target ids y (N, T_out).
@@ -12,16 +12,18 @@ Splits hold raw values; standardization is fitted on train only and lives in the
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from training.data import dates
-from training.nn import NadarayaWatson, PixelModel
-from training.nn.seq2seq import source_ids, target_ids, target_text
+from training.data.families import data_family_of
+from training.data.splits import Dataset, Split
+from training.data.splits import as_images as as_images  # read here by the layers above
+from training.data.splits import split_texts as split_texts
+from training.nn.seq2seq import source_ids, target_ids
 
-# Which model family fits which data set: NW needs tabular inputs, MHA sequences, S2S text, pixel images.
+# Which data each data set is (a model kind takes one: `DataFamily.data` in training/data/families.py).
 KINDS = {
     "sine": ("tabular",),
     "diabetes": ("tabular",),
@@ -29,59 +31,6 @@ KINDS = {
     "digits": ("sequence", "image"),  # fixed-length sequences: also images (`as_images`)
     "dates": ("text",),
 }
-MODEL_KINDS = {"nw": "tabular", "mha": "sequence", "s2s": "text", "pixel": "image"}
-
-
-@dataclass(frozen=True)
-class Split:
-    x: Tensor  # (N, D) or (N, T, D), or (N, T) character ids
-    y: Tensor  # (N,) float targets or long class labels, or (N, T_out) target ids
-    lengths: Tensor | None = None  # (N,) valid steps for sequences
-
-    def __len__(self) -> int:
-        return self.x.shape[0]
-
-    def subset(self, index: Tensor) -> Split:
-        return Split(self.x[index], self.y[index], None if self.lengths is None else self.lengths[index])
-
-    def to(self, device: torch.device | str) -> Split:
-        lengths = None if self.lengths is None else self.lengths.to(device)
-        return Split(self.x.to(device), self.y.to(device), lengths)
-
-
-@dataclass(frozen=True)
-class Dataset:
-    name: str
-    task: str  # "regression" | "classification" | "translation"
-    train: Split
-    val: Split
-    test: Split
-    n_classes: int = 0
-    standardize: bool = True  # fit feature/target scalers on train
-    source_vocab: tuple[str, ...] = ()  # translation: the characters of inputs and of outputs
-    target_vocab: tuple[str, ...] = ()
-
-    @property
-    def kind(self) -> str:
-        if self.task == "translation":
-            return "text"
-        return "sequence" if self.train.lengths is not None else "tabular"
-
-    @property
-    def in_features(self) -> int:
-        return len(self.source_vocab) if self.kind == "text" else self.train.x.shape[-1]
-
-    def describe(self) -> dict[str, object]:
-        return {
-            "name": self.name,
-            "task": self.task,
-            "kind": self.kind,
-            "in_features": self.in_features,
-            "n_train": len(self.train),
-            "n_val": len(self.val),
-            "n_test": len(self.test),
-            "n_classes": self.n_classes,
-        }
 
 
 # helpers
@@ -188,14 +137,6 @@ def load_dates(seed: int = 0, n_train: int = 20000, n_val: int = 2000, n_test: i
     return Dataset("dates", "translation", train, val, test, standardize=False, **vocabs)
 
 
-def split_texts(split: Split, data: Dataset) -> tuple[list[str], list[str]]:
-    """A translation split back as strings: (inputs, targets)."""
-    sources = [
-        "".join(data.source_vocab[i - 1] for i in row[:n]) for row, n in zip(split.x.tolist(), split.lengths.tolist())
-    ]
-    return sources, [target_text(row, list(data.target_vocab)) for row in split.y.tolist()]
-
-
 LOADERS: dict[str, Callable[..., Dataset]] = {
     "sine": load_sine,
     "diabetes": load_diabetes,
@@ -211,33 +152,8 @@ def load_dataset(name: str, seed: int = 0, **options) -> Dataset:
     return LOADERS[name](seed=seed, **options)
 
 
-def as_images(split: Split) -> Tensor:
-    """A split's inputs as images (N, C, H, W): sequences of one length T with D features are 1 x T x D images."""
-    if split.x.dim() == 4:
-        return split.x
-    if split.lengths is None or split.x.dim() != 3 or bool((split.lengths != split.x.shape[1]).any()):
-        raise ValueError("only sequences that all have the same length are images")
-    return split.x[:, None]  # (N, 1, T, D)
-
-
 @torch.no_grad()
 def prepare_model(model: nn.Module, data: Dataset) -> nn.Module:
     """Fit the model's scalers on the training split and, for NW, store the training set as its memory."""
-    if isinstance(model, PixelModel):
-        model.x_scaler.fit(as_images(data.train).movedim(1, -1))  # per channel, over every pixel
-    elif data.standardize:
-        train = data.train
-        steps = train.x if train.lengths is None else train.x[_valid_steps(train.lengths, train.x.shape[1])]
-        model.x_scaler.fit(steps)
-        if data.task == "regression":
-            model.y_scaler.fit(train.y)
-    if isinstance(model, NadarayaWatson):
-        rows = getattr(data, "rows", {}).get("train")  # a file's rows: prototypes name their nearest by file row
-        model.set_memory(
-            data.train.x, data.train.y, rows if rows is not None and len(rows) == len(data.train) else None
-        )
+    data_family_of(model).prepare(model, data)
     return model
-
-
-def _valid_steps(lengths: Tensor, n_steps: int) -> Tensor:
-    return torch.arange(n_steps)[None, :] < lengths[:, None]  # (N, T)

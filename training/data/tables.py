@@ -31,7 +31,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from training.data.datasets import Dataset, Split
+from training.data import families
+from training.data.datasets import KINDS, Dataset, Split
 from training.nn.integrity import file_sha256
 
 FRACTIONS = (0.6, 0.2)  # train, validation; the rest is test
@@ -105,9 +106,13 @@ def check_request(model: str, spec: TableSpec, name: str) -> None:
         raise TableError("a data file needs TARGET= (the column to predict)")
     if not NAME_PATTERN.match(name):
         raise TableError(f"NAME {name!r} must be letters, digits, '-' or '_' (it names the archive and the URL)")
-    if model == "pixel":
-        raise TableError("model 'pixel' takes images, which a data file does not hold: tune it on DATASET=digits")
-    wanted = "tabular" if model == "nw" else "sequence"
+    taken = families.family(model)
+    if taken.file is None:
+        sets = ", ".join(d for d, kinds in KINDS.items() if taken.data in kinds)
+        raise TableError(
+            f"model {model!r} takes {taken.data}s, which a data file does not hold: tune it on DATASET={sets}"
+        )
+    wanted = taken.file
     if spec.kind != wanted:
         hint = "one row per example, no ID=" if wanted == "tabular" else "long format: ID= and ORDER= columns"
         raise TableError(f"model {model!r} takes {wanted} data ({hint})")
@@ -365,11 +370,12 @@ def _sequences(frame, spec: TableSpec, features, task, seed, common) -> FileData
     )
 
 
-def model_fields(data: Dataset, kind: str) -> dict:
-    """What a model config records about a file's data (empty for the built-in data sets)."""
+def model_fields(data: Dataset, keys: bool = False) -> dict:
+    """What a model config records about a file's data (empty for the built-in data sets); with `keys` (a model
+    that keeps the training rows as keys: NW), their classes and file rows too."""
     if not isinstance(data, FileDataset):
         return {}
     fields = {"feature_names": list(data.features), "class_labels": list(data.class_labels) or None}
-    if kind == "nw":
+    if keys:
         fields |= {"n_classes": data.n_classes, "key_rows": [int(r) for r in data.rows["train"]]}
     return fields

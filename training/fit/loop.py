@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from training.data.datasets import Dataset, Split, as_images
+from training.data.datasets import Dataset, Split
 from training.fit import translation
-from training.nn import NadarayaWatson, PixelModel, Seq2Seq
+from training.fit.families import fit_family_of
 
 # The metric each task is judged by, and its direction.
 PRIMARY_METRIC = {
@@ -86,14 +86,7 @@ def is_better(value: float, best: float, direction: str) -> bool:
 
 def model_outputs(model: nn.Module, split: Split, exclude: Tensor | None = None) -> Tensor:
     """Raw predictions (N,), logits (N, C) or (N, T_out, V) for a split; `exclude` is NW's leave-one-out index."""
-    if isinstance(model, NadarayaWatson):
-        return model(split.x, exclude=exclude)[0]
-    if isinstance(model, Seq2Seq):
-        return translation.teacher_forced(model, split)
-    if isinstance(model, PixelModel):
-        return model(as_images(split))[0]
-    T = int(split.lengths.max())  # trim padding beyond the longest sequence
-    return model(split.x[:, :T], split.lengths)[0]
+    return fit_family_of(model).outputs(model, split, exclude)
 
 
 def loss_fn(model: nn.Module, out: Tensor, y: Tensor, task: str, reduction: str) -> Tensor:

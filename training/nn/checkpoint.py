@@ -1,4 +1,4 @@
-"""Model registry and checkpoints: weights (state_dict) plus the config as JSON, no pickled code.
+"""Checkpoints: weights (state_dict) plus the config as JSON, no pickled code.
 
 A checkpoint loads with `torch.load(weights_only=True)` and rebuilds the model from its config,
 so it is safe to read and needs nothing but torch and this package.
@@ -13,36 +13,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .families import family, model_kind
 from .integrity import file_sha256
-from .nadaraya_watson import NadarayaWatson, NWConfig
-from .pixel import PixelConfig, PixelModel
-from .seq2seq import Seq2Seq, Seq2SeqConfig
-from .sequence_model import SequenceConfig, SequenceModel
 
-MODELS: dict[str, tuple[type, type[nn.Module]]] = {
-    "nw": (NWConfig, NadarayaWatson),
-    "mha": (SequenceConfig, SequenceModel),
-    "s2s": (Seq2SeqConfig, Seq2Seq),
-    "pixel": (PixelConfig, PixelModel),
-}
 FORMAT_VERSION = 1
 
 
-def build_model(kind: str, config: NWConfig | SequenceConfig | Seq2SeqConfig | PixelConfig | dict) -> nn.Module:
+def build_model(kind: str, config: object) -> nn.Module:
     """Build a model of `kind` ("nw", "mha", "s2s" or "pixel") from its config dataclass or a dict of its fields."""
-    if kind not in MODELS:
-        raise ValueError(f"unknown model kind {kind!r}; expected one of {sorted(MODELS)}")
-    config_cls, model_cls = MODELS[kind]
-    if isinstance(config, dict):
-        config = config_cls(**config)
-    return model_cls(config)
-
-
-def model_kind(model: nn.Module) -> str:
-    for kind, (_, model_cls) in MODELS.items():
-        if isinstance(model, model_cls):
-            return kind
-    raise TypeError(f"not a model of this package: {type(model).__name__}")
+    return family(kind).build(config)
 
 
 def save_checkpoint(model: nn.Module, path: str | Path, metadata: dict | None = None) -> str:

@@ -48,6 +48,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import novelty
+from .family import Family, Inputs, Outputs
 from .prototypes import build_memory
 from .standardize import Standardize
 
@@ -334,3 +336,25 @@ class NadarayaWatson(nn.Module):
             scale=1.0,
         )  # (1, 1, Q, W)
         return out[0, 0, :, : v.shape[1]]  # (Q, V)
+
+
+# the family
+
+
+def predict(
+    model: NadarayaWatson, inputs: Inputs, *, need_weights: bool = False, head_weights: bool = False
+) -> Outputs:
+    """Rows (B, D) -> (B,) predictions or (B, C) log-probabilities, and the weights over the keys (B, K) when asked."""
+    out, weights = model(inputs.x, need_weights=need_weights)
+    return Outputs(out, weights)
+
+
+def novelty_scores(model: NadarayaWatson, inputs: Inputs, outputs: Outputs | None = None) -> Tensor:
+    """Classifiers: the answer's entropy; regression: the distance to the nearest key in bandwidths."""
+    if model.config.n_classes:
+        outputs = outputs or predict(model, inputs)
+        return novelty.normalized_entropy(outputs.out.exp())
+    return model.nearest_key_distance(inputs.x)
+
+
+FAMILY = Family("nw", "Nadaraya-Watson kernel regression", NWConfig, NadarayaWatson, predict, novelty_scores)

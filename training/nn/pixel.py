@@ -26,7 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import novelty
 from .attention import scaled_dot_product
+from .family import Family, Inputs, Outputs
 from .standardize import Standardize
 
 
@@ -140,3 +142,21 @@ class PixelModel(nn.Module):
         if not need_weights:
             return logits, None
         return logits, {"attention": weights, "gamma": self.attention.gamma.detach()}
+
+
+# the family
+
+
+def predict(model: PixelModel, inputs: Inputs, *, need_weights: bool = False, head_weights: bool = False) -> Outputs:
+    """Raw images (B, C, H, W) -> logits (B, classes); when asked, {"attention": (B, N, N), "gamma": ()}."""
+    logits, weights = model(inputs.x, need_weights=need_weights)
+    return Outputs(logits, weights)
+
+
+def novelty_scores(model: PixelModel, inputs: Inputs, outputs: Outputs | None = None) -> Tensor:
+    """The answer's entropy."""
+    outputs = outputs or predict(model, inputs)
+    return novelty.normalized_entropy(torch.softmax(outputs.out.double(), -1))
+
+
+FAMILY = Family("pixel", "pixel self-attention", PixelConfig, PixelModel, predict, novelty_scores)

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from .attention import AdditiveAttention
+from .family import Family, Inputs, Outputs
 
 PAD, BOS, EOS = 0, 1, 2
 N_SPECIAL = 3  # target ids below this are PAD / BOS / EOS
@@ -244,10 +245,29 @@ def translate(model: Seq2Seq, texts: list[str], *, need_weights: bool = False) -
     vocab = model.config.source_vocab
     device = next(model.parameters()).device
     src, lengths = pad_batch([source_ids(text, vocab) for text in texts], device)  # (B, T), (B,)
-    tokens, weights, surprise = model.generate(src, lengths, need_weights=need_weights)  # (B, T_out), (B, T_out, T)
+    outputs = predict(model, Inputs(src, lengths), need_weights=need_weights)
+    tokens, weights, surprise = outputs.out, outputs.weights, outputs.surprise  # (B, T_out), (B, T_out, T), (B,)
     results = []
     for i, text in enumerate(texts):
         decoded = target_text(tokens[i].tolist(), model.config.target_vocab)
         alignment = None if weights is None else weights[i, : len(decoded), : len(text)].float().cpu()
         results.append(Translation(decoded, list(decoded), list(text), alignment, float(surprise[i])))
     return results
+
+
+# the family
+
+
+def predict(model: Seq2Seq, inputs: Inputs, *, need_weights: bool = False, head_weights: bool = False) -> Outputs:
+    """Source ids (B, T) and lengths (B,) -> greedy tokens (B, T_out), the alignment (B, T_out, T) when asked,
+    and each output's surprise (B,). `translate` is this predictor with strings on both sides."""
+    tokens, weights, surprise = model.generate(inputs.x, inputs.lengths, need_weights=need_weights)
+    return Outputs(tokens, weights, surprise)
+
+
+def novelty_scores(model: Seq2Seq, inputs: Inputs, outputs: Outputs | None = None) -> Tensor:
+    """Each output's mean surprise per decoded character, end of sequence included."""
+    return (outputs or predict(model, inputs)).surprise
+
+
+FAMILY = Family("s2s", "Bahdanau encoder-decoder", Seq2SeqConfig, Seq2Seq, predict, novelty_scores)

@@ -11,7 +11,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from . import novelty
 from .attention import AttentionPooling, MultiHeadAttention
+from .family import Family, Inputs, Outputs
 from .standardize import Standardize
 
 TASKS = ("regression", "classification")
@@ -112,3 +114,24 @@ class SequenceModel(nn.Module):
             return out, None
         heads = torch.stack(per_layer, dim=1) if want_heads else None
         return out, {"pooling": pool_weights, "heads": heads}
+
+
+# the family
+
+
+def predict(model: SequenceModel, inputs: Inputs, *, need_weights: bool = False, head_weights: bool = False) -> Outputs:
+    """Padded steps (B, T, D) and lengths (B,) -> (B,) predictions or (B, C) logits; when asked, the weights:
+    "pooling" (B, T), and "heads" (B, L, H, T, T) with `head_weights` (else the fused kernel runs)."""
+    out, weights = model(inputs.x, inputs.lengths, need_weights=need_weights, head_weights=head_weights)
+    return Outputs(out, weights)
+
+
+def novelty_scores(model: SequenceModel, inputs: Inputs, outputs: Outputs | None = None) -> Tensor:
+    """The regressor: its pooling weights' entropy; a classifier: its answer's entropy."""
+    outputs = outputs or predict(model, inputs, need_weights=True)
+    if model.config.task == "regression":
+        return novelty.pooling_entropy(outputs.weights["pooling"], inputs.lengths)
+    return novelty.normalized_entropy(torch.softmax(outputs.out.double(), -1))
+
+
+FAMILY = Family("mha", "multi-head attention sequence model", SequenceConfig, SequenceModel, predict, novelty_scores)

@@ -20,7 +20,7 @@ from training.data.datasets import Dataset, prepare_model
 from training.fit import cross_validation
 from training.fit.loop import PRIMARY_METRIC, FitResult, NonFiniteLossError, fit, resolve_device
 from training.nn import build_model
-from training.search import progress
+from training.search import progress, space
 from training.search.options import TuneOptions
 from training.search.space import default_epochs, suggest
 from training.search.study_storage import flush_trial
@@ -57,12 +57,6 @@ class DevicePool:
             self._free.put(device)
 
 
-# NW on a small training set (sine: 50 rows, diabetes: 265) trains no faster on several intra-op threads, and
-# much slower when anything else wants a core (the MLflow writer, another trial): torch's threads wait for each
-# other. Its trials take one thread; from a few thousand rows on, more threads pay (2 cores: 1.6x at 6,000 rows).
-ONE_THREAD_ROWS = 1_000
-
-
 @contextmanager
 def one_intra_op_thread(wanted: bool) -> Iterator[None]:
     """torch's intra-op threads set to one for this thread while it trains, then set back. The setting is the
@@ -89,7 +83,7 @@ class Objective:
         self.devices = DevicePool.for_option(options.device)
         self.jobs = options.jobs or len(self.devices.devices)  # trials at once, each in a thread of this process
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
-        self.one_thread = options.model == "nw" and len(data.train) < ONE_THREAD_ROWS
+        self.one_thread = len(data.train) < space.family(options.model).one_thread_rows
         self.numbers: list[int] = []  # the trials this invocation ran (the study holds every worker's)
         self._lock = threading.Lock()
 

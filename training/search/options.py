@@ -8,11 +8,11 @@ from dataclasses import dataclass, fields
 
 import optuna
 
-from training.data import tables
-from training.data.datasets import KINDS, MODEL_KINDS
+from training.data import families, tables
+from training.data.datasets import KINDS
 from training.fit.loop import resolve_device
 from training.infra import places
-from training.search.space import SEARCH_SPACES
+from training.search import space
 
 # Heartbeats (retrying trials whose process died) are marked experimental in Optuna; we rely on them.
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -80,9 +80,9 @@ class TuneOptions:
         )
 
     def validate(self) -> None:
-        if self.model not in SEARCH_SPACES:
-            raise TuneError(f"unknown model {self.model!r}; expected one of {sorted(SEARCH_SPACES)}")
-        wanted = MODEL_KINDS[self.model]
+        if self.model not in space.FAMILIES:
+            raise TuneError(f"unknown model {self.model!r}; expected one of {sorted(space.FAMILIES)}")
+        wanted = families.family(self.model).data
         if self.data:
             tables.check_request(self.model, self.table(), self.name)
         elif self.dataset not in KINDS:

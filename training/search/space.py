@@ -1,29 +1,42 @@
 """Optuna search spaces, apart from model code: suggest(trial) -> (model config, fit config).
 
 The same functions rebuild the best trial exactly: `suggest(optuna.trial.FixedTrial(best_params), ...)`.
+Each model kind's search (its space, and what a study of it starts with) is its `SearchFamily`, in `FAMILIES` by
+the name of its `Family` (`training/nn/families.py`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
 
 import optuna
 
 from training.data.datasets import Dataset, as_images
 from training.data.tables import model_fields
 from training.fit.loop import FitConfig
-from training.nn import NWConfig, PixelConfig, Seq2SeqConfig, SequenceConfig
+from training.nn import (
+    NWConfig,
+    PixelConfig,
+    Seq2SeqConfig,
+    SequenceConfig,
+    nadaraya_watson,
+    pixel,
+    seq2seq,
+    sequence_model,
+)
+from training.nn.family import Family
 
 # Epochs per trial unless the user sets --epochs; keeps `make tune` on the CPU short.
 DEFAULT_EPOCHS = {"sine": 30, "diabetes": 60, "adding": 8, "digits": 20, "dates": 5}
 FILE_EPOCHS = 30  # a user's file (training/data/tables.py)
-# Where a family needs other epochs on a data set than the data set's default (pixel: random shifts learn slower).
-STUDY_EPOCHS = {"pixel-digits": 40}
 
 
 def default_epochs(model: str, dataset: str) -> int:
     """Epochs per trial of `<model>-<dataset>` unless the user sets --epochs."""
-    return STUDY_EPOCHS.get(f"{model}-{dataset}", DEFAULT_EPOCHS.get(dataset, FILE_EPOCHS))
+    own = FAMILIES[model].epochs if model in FAMILIES else {}
+    return own.get(dataset, DEFAULT_EPOCHS.get(dataset, FILE_EPOCHS))
 
 
 @dataclass
@@ -128,7 +141,7 @@ def suggest_nw(trial: optuna.Trial, data: Dataset, epochs: int, seed: int, devic
     memory = trial.suggest_categorical("memory", choices) if len(choices) > 1 else choices[0]
     parametric = trial.suggest_categorical("parametric", [True, False])
     bandwidth = trial.suggest_float("bandwidth", 0.05, 20.0, log=True)
-    fields = model_fields(data, "nw")
+    fields = model_fields(data, keys=True)
     if memory != "all":
         fields["key_rows"] = None  # the prototypes name their nearest rows instead
     config = NWConfig(
@@ -157,7 +170,7 @@ def suggest_nw(trial: optuna.Trial, data: Dataset, epochs: int, seed: int, devic
         else:
             fit.batch_size = trial.suggest_categorical("batch_size", [16, 64, 256])
         fit.epochs, fit.patience = epochs, max(3, epochs // 4)
-    return TrialSetup("nw", config, fit)
+    return TrialSetup(nadaraya_watson.FAMILY.name, config, fit)
 
 
 def suggest_mha(trial: optuna.Trial, data: Dataset, epochs: int, seed: int, device: str) -> TrialSetup:
@@ -171,9 +184,10 @@ def suggest_mha(trial: optuna.Trial, data: Dataset, epochs: int, seed: int, devi
         n_layers=trial.suggest_int("n_layers", 1, 3),
         ff_mult=trial.suggest_categorical("ff_mult", [2, 4]),
         dropout=trial.suggest_float("dropout", 0.0, 0.3),
-        **model_fields(data, "mha"),
+        **model_fields(data),
     )
-    return TrialSetup("mha", config, adamw_fit(trial, epochs, seed, device, lr=(3e-4, 1e-2), weight_decay=(1e-6, 1e-1)))
+    fit = adamw_fit(trial, epochs, seed, device, lr=(3e-4, 1e-2), weight_decay=(1e-6, 1e-1))
+    return TrialSetup(sequence_model.FAMILY.name, config, fit)
 
 
 def suggest_s2s(trial: optuna.Trial, data: Dataset, epochs: int, seed: int, device: str) -> TrialSetup:
@@ -200,7 +214,7 @@ def suggest_s2s(trial: optuna.Trial, data: Dataset, epochs: int, seed: int, devi
         seed=seed,
         device=device,
     )
-    return TrialSetup("s2s", config, fit)
+    return TrialSetup(seq2seq.FAMILY.name, config, fit)
 
 
 def suggest_pixel(trial: optuna.Trial, data: Dataset, epochs: int, seed: int, device: str) -> TrialSetup:
@@ -222,16 +236,62 @@ def suggest_pixel(trial: optuna.Trial, data: Dataset, epochs: int, seed: int, de
         shift=trial.suggest_categorical("shift", [0, 1]),
         value_range=[float(images.min()), float(images.max())],
     )
-    return TrialSetup(
-        "pixel", config, adamw_fit(trial, epochs, seed, device, lr=(1e-3, 1e-2), weight_decay=(1e-5, 1e-1))
+    fit = adamw_fit(trial, epochs, seed, device, lr=(1e-3, 1e-2), weight_decay=(1e-5, 1e-1))
+    return TrialSetup(pixel.FAMILY.name, config, fit)
+
+
+# the families' searches
+
+
+class Suggest(Protocol):
+    def __call__(self, trial: optuna.Trial, data: Dataset, epochs: int, seed: int, device: str) -> TrialSetup: ...
+
+
+@dataclass(frozen=True)
+class SearchFamily:
+    family: Family
+    suggest: Suggest  # the search space
+    # Epochs per trial on a data set where the kind needs other than the data set's default.
+    epochs: Mapping[str, int] = field(default_factory=dict)
+    # A new study's first trial on `data` (None: the sampler's), and what to tell the user before it (None: nothing).
+    first_trial: Callable[[Dataset], dict | None] = lambda data: None
+    note: Callable[[Dataset, int], str | None] = lambda data, epochs: None
+    one_thread_rows: int = 0  # trials on fewer training rows take one intra-op thread (see `objective.py`)
+
+    @property
+    def name(self) -> str:
+        return self.family.name
+
+
+FAMILIES: dict[str, SearchFamily] = {
+    family.name: family
+    for family in (
+        SearchFamily(
+            nadaraya_watson.FAMILY,
+            suggest_nw,
+            first_trial=lambda data: nw_first_trial(len(data.train), data.in_features, not data.n_classes),
+            note=lambda data, epochs: nw_memory_note(len(data.train), epochs),
+            # NW on a small training set (sine: 50 rows, diabetes: 265) trains no faster on several intra-op
+            # threads, and much slower when anything else wants a core (the MLflow writer, another trial): torch's
+            # threads wait for each other. From a few thousand rows on, more threads pay (2 cores: 1.6x at 6,000).
+            one_thread_rows=1_000,
+        ),
+        SearchFamily(sequence_model.FAMILY, suggest_mha),
+        SearchFamily(seq2seq.FAMILY, suggest_s2s),
+        SearchFamily(pixel.FAMILY, suggest_pixel, epochs={"digits": 40}),  # random shifts learn slower
     )
+}
 
 
-SEARCH_SPACES = {"nw": suggest_nw, "mha": suggest_mha, "s2s": suggest_s2s, "pixel": suggest_pixel}
+def family(model: str) -> SearchFamily:
+    """The search of the kind called `model`."""
+    if model not in FAMILIES:
+        raise ValueError(f"unknown model {model!r}; expected one of {sorted(FAMILIES)}")
+    return FAMILIES[model]
 
 
 def suggest(model: str, trial: optuna.Trial, data: Dataset, *, epochs: int, seed: int, device: str) -> TrialSetup:
-    return SEARCH_SPACES[model](trial, data, epochs, seed, device)
+    return family(model).suggest(trial, data, epochs, seed, device)
 
 
 def rebuild(model: str, params: dict, data: Dataset, *, epochs: int, seed: int, device: str) -> TrialSetup:

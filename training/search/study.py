@@ -23,11 +23,11 @@ from training.fit import cross_validation
 from training.fit.loop import PRIMARY_METRIC, resolve_device
 from training.infra import places, storage_urls
 from training.infra.locks import storage_lock
-from training.search import progress, pruning
+from training.search import progress, pruning, space
 from training.search.conclude import DATA_SEED, Conclusion, conclude, study_states
 from training.search.objective import Objective
 from training.search.options import GRACE_SECONDS, HEARTBEAT_SECONDS, TuneError, TuneOptions
-from training.search.space import FILE_EPOCHS, nw_first_trial, nw_memory_note
+from training.search.space import FILE_EPOCHS
 from training.search.storage import open_storage, sampler_seed
 from training.tracking import mlflow_store, records, run_notes
 from training.tracking.run_writer import RunWriter
@@ -126,7 +126,8 @@ def tune_with(options: TuneOptions, writer: RunWriter) -> TuneResult:
         data = tables.load_file_dataset(options.table(), seed=DATA_SEED)
     else:
         data = load_dataset(options.dataset, seed=DATA_SEED)
-    note = nw_memory_note(len(data.train), options.epochs or FILE_EPOCHS) if options.model == "nw" else None
+    kind = space.family(options.model)
+    note = kind.note(data, options.epochs or FILE_EPOCHS)
     if note:
         print(note, flush=True)
     _, direction = PRIMARY_METRIC[data.task]
@@ -139,8 +140,8 @@ def tune_with(options: TuneOptions, writer: RunWriter) -> TuneResult:
     study, invocation = open_study(options, direction, on_stale)
     if isinstance(data, tables.FileDataset):
         records.record_on_study(study, data)
-    first = nw_first_trial(len(data.train), data.in_features, not data.n_classes) if options.model == "nw" else None
-    if first and invocation == 0:  # a new study of NW on a large file starts where row 9 measured
+    first = kind.first_trial(data)
+    if first and invocation == 0:  # e.g. a new study of NW on a large file starts where row 9 measured
         study.enqueue_trial(first, skip_if_exists=True)
     close_dead_runs(client, experiment_id, study, options.grace)
     seed = sampler_seed(options.seed, invocation)

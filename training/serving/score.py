@@ -32,12 +32,13 @@ import pandas as pd
 import pyarrow.parquet as pq
 import torch
 
+from training.data.families import FAMILIES
 from training.data.tables import TableError, check_column, numeric_values, rows_text
-from training.nn import NadarayaWatson, load_checkpoint, model_kind
+from training.nn import Inputs, NadarayaWatson, family_of, load_checkpoint, model_kind
 from training.nn.bounds import MAX_ABS_Z  # the range the server accepts
 from training.tracking import mlflow_store, registry
 
-SUPPORTED_KINDS = ("nw",)
+SUPPORTED_KINDS = tuple(f.name for f in FAMILIES.values() if f.data == "tabular")  # one row per example
 BATCH_ROWS = 65_536  # rows per chunk read and per forward pass
 NOT_A_NUMBER = "the model takes numbers in it"
 
@@ -147,6 +148,7 @@ class Scorer:
 
     def __init__(self, model: NadarayaWatson, columns: list[str]):
         self.model, self.columns = model, columns
+        self.predict = family_of(model).predict  # the handler's and the MLflow model form's predictor
         config = model.config
         self.labels = [str(label) for label in config.class_labels or range(config.n_classes)]
         mean, std = model.x_scaler.mean.double().numpy(), model.x_scaler.std.double().numpy()
@@ -178,7 +180,7 @@ class Scorer:
     def score(self, chunk: pd.DataFrame) -> pd.DataFrame:
         """A checked chunk's rows as OUT's rows: row number, then the prediction or label and probabilities."""
         x = torch.from_numpy(self.check(chunk)).float()  # (N, D), as the MLflow model (pyfunc) takes it
-        out = self.model(x)[0]  # (N,) or (N, C) log-probabilities
+        out = self.predict(self.model, Inputs(x)).out  # (N,) or (N, C) log-probabilities
         rows = {"row": chunk.index.to_numpy()}
         if not self.labels:
             return pd.DataFrame(rows | {"prediction": out.numpy()})

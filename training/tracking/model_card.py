@@ -19,16 +19,10 @@ from mlflow.exceptions import MlflowException
 
 from training.data.datasets import Dataset
 from training.data.tables import FileDataset
-from training.nn import model_kind
+from training.nn import FAMILIES, model_kind
 from training.nn.bounds import MAX_ABS_Z, MAX_INSTANCES, MAX_STEPS  # the handler's defaults
 from training.nn.seq2seq import EXAMPLE as TEXT_EXAMPLE  # the text model's example request, as the handler's
 
-FAMILIES = {
-    "nw": "Nadaraya-Watson kernel regression",
-    "mha": "multi-head attention sequence model",
-    "pixel": "pixel self-attention",
-    "s2s": "Bahdanau encoder-decoder",
-}
 NAMED_FEATURES = 20  # an example instance is an object by feature name up to this many features, else a list
 LISTED = 10  # features (ranges) and classes listed by name; the rest are counted
 MAX_CHARS = 5000  # MLflow's SQL stores hold a version's description in a VARCHAR(5000)
@@ -54,7 +48,7 @@ class ModelCard:
 
 
 def render(card: ModelCard) -> str:
-    family = FAMILIES.get(card.kind, card.kind)
+    family = FAMILIES[card.kind].title if card.kind in FAMILIES else card.kind
     lines = [f"# {card.name}: {card.task}, {family} (`{card.kind}`)", "", predicts(card), "", "## Input", ""]
     lines += [f"One instance: {card.instance}. Example request body (`POST /predictions/{card.name}`):", ""]
     lines += ["```json", json.dumps(card.example), "```", "", "## Data", ""]
