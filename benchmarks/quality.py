@@ -152,6 +152,7 @@ TASKS = {
         peers={"constant predictor (train mean)": (DummyRegressor, {})},
         budget=(4, 8),
         quick_budget=(1, 1),
+        quick_data=dict(n_train=300, n_val=100, n_test=100),
     ),
     "s2s-dates": Task(
         model="s2s",

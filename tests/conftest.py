@@ -1,3 +1,4 @@
+import functools
 import os
 import shutil
 import tempfile
@@ -50,6 +51,7 @@ def serve_champion(stores):
 def champions(tmp_path_factory):
     """nw-sine and mha-adding tuned briefly in real stores and archived from the registry's @champion,
     shared by the serving tests (each starts its own TorchServe over a copy of the model store)."""
+    from training.data.datasets import LOADERS, load_adding
     from training.search.options import TuneOptions
     from training.search.study import tune
     from training.serving.archive import archive_champions
@@ -57,7 +59,9 @@ def champions(tmp_path_factory):
     root = tmp_path_factory.mktemp("champions")
     stores = {"tracking_uri": f"sqlite:///{root / 'mlflow.db'}", "storage": f"sqlite:///{root / 'optuna.db'}"}
     tune(TuneOptions(model="nw", dataset="sine", trials=6, progress=False, **stores))
-    tune(TuneOptions(model="mha", dataset="adding", trials=1, epochs=1, progress=False, **stores))
+    with pytest.MonkeyPatch.context() as patch:  # a smaller `adding` (same generator, lengths up to 200): seconds
+        patch.setitem(LOADERS, "adding", functools.partial(load_adding, n_train=300, n_val=100, n_test=100))
+        tune(TuneOptions(model="mha", dataset="adding", trials=1, epochs=1, progress=False, **stores))
     archives = archive_champions(out_dir=root / "archives", tracking_uri=stores["tracking_uri"])
     return {**stores, "root": root, "archives": archives}
 
