@@ -12,6 +12,7 @@ from training.data import families as data_families
 from training.fit import families as fit_families
 from training.nn import FAMILIES, build_model, family, family_of
 from training.search import space
+from training.tracking import families as tracking_families
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_CLASSES = {"NadarayaWatson", "SequenceModel", "Seq2Seq", "PixelModel"}
@@ -55,9 +56,10 @@ def test_every_layer_knows_every_kind():
     assert set(data_families.FAMILIES) == kinds
     assert set(fit_families.FAMILIES) == kinds
     assert set(space.FAMILIES) == kinds
+    assert set(tracking_families.FAMILIES) == kinds
     assert set(ADAPTERS) == kinds
     for name in kinds:  # each layer's part is of the same family
-        for table in (data_families.FAMILIES, fit_families.FAMILIES, space.FAMILIES):
+        for table in (data_families.FAMILIES, fit_families.FAMILIES, space.FAMILIES, tracking_families.FAMILIES):
             assert table[name].family is FAMILIES[name]
         assert ADAPTERS[name].family is FAMILIES[name]
 

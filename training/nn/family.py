@@ -52,6 +52,9 @@ class Family:
     predict: Predict
     # (B,) novelty scores, from the predictor's outputs when they are at hand, else it runs the predictor.
     novelty: Callable[[nn.Module, Inputs, Outputs | None], Tensor]
+    # Whether explanations point at training rows (NW's keys): then what they reveal of them is the archive's
+    # setting (`explain_keys`), private by default for a user's file.
+    explains_training_rows: bool = False
 
     def build(self, config: Any) -> nn.Module:
         """The model, from its config dataclass or a dict of its fields."""

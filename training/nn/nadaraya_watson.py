@@ -357,4 +357,12 @@ def novelty_scores(model: NadarayaWatson, inputs: Inputs, outputs: Outputs | Non
     return model.nearest_key_distance(inputs.x)
 
 
-FAMILY = Family("nw", "Nadaraya-Watson kernel regression", NWConfig, NadarayaWatson, predict, novelty_scores)
+FAMILY = Family(
+    "nw",
+    "Nadaraya-Watson kernel regression",
+    NWConfig,
+    NadarayaWatson,
+    predict,
+    novelty_scores,
+    explains_training_rows=True,
+)

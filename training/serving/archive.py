@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 
 from training.infra import places
-from training.nn import bounds, load_checkpoint, model_kind
+from training.nn import bounds, family_of, load_checkpoint, model_kind
 from training.nn.integrity import file_sha256
 from training.serving.signing import sign_archive
 from training.tracking import mlflow_store, registry
@@ -129,7 +129,7 @@ def archive_champion(
 
 def default_explain_keys(model) -> str:
     """A user's file may be private: its model's explanations name training rows, not their values."""
-    from_a_file = model_kind(model) == "nw" and bool(model.config.key_rows or model.config.feature_names)
+    from_a_file = family_of(model).explains_training_rows and bool(model.config.key_rows or model.config.feature_names)
     return "index" if from_a_file else "values"
 
 

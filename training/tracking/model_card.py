@@ -20,11 +20,9 @@ from mlflow.exceptions import MlflowException
 from training.data.datasets import Dataset
 from training.data.tables import FileDataset
 from training.nn import FAMILIES, model_kind
-from training.nn.bounds import MAX_ABS_Z, MAX_INSTANCES, MAX_STEPS  # the handler's defaults
-from training.nn.seq2seq import EXAMPLE as TEXT_EXAMPLE  # the text model's example request, as the handler's
+from training.nn.bounds import MAX_INSTANCES  # the handler's default
+from training.tracking.families import listed, tracking_family_of
 
-NAMED_FEATURES = 20  # an example instance is an object by feature name up to this many features, else a list
-LISTED = 10  # features (ranges) and classes listed by name; the rest are counted
 MAX_CHARS = 5000  # MLflow's SQL stores hold a version's description in a VARCHAR(5000)
 
 
@@ -76,11 +74,6 @@ def selection(card: ModelCard) -> str:
     return "selected on the validation split, refit on train; tested once on the test split"
 
 
-def listed(items: list) -> str:
-    shown = ", ".join(str(item) for item in items[:LISTED])
-    return shown + (f" and {len(items) - LISTED} more" if len(items) > LISTED else "")
-
-
 def number(value: float | None) -> str:
     return "" if value is None else f"{value:.6g}"
 
@@ -103,47 +96,16 @@ def card_for(
         kind=model_kind(model),
         task=data.task,
         classes=list(labels) if data.task == "classification" else [],
-        instance=instance_words(model),
-        example=example_body(model, data),
+        instance=tracking_family_of(model).instance(model.config),
+        example=tracking_family_of(model).example(model.config, data),
         data=data_facts(data),
         splits={"train": len(data.train), "validation": len(data.val), "test": len(data.test)},
         protocol=protocol,
         validation=validation,
         test=test,
-        limits=limits(model, data),
+        limits=[f"at most {MAX_INSTANCES} instances per request (the handler's default)"]
+        + tracking_family_of(model).limits(model.config, data),
     )
-
-
-def instance_words(model: torch.nn.Module) -> str:
-    kind, config = model_kind(model), model.config
-    if kind == "s2s":
-        return f"a string of at most {min(config.max_source_len, MAX_STEPS)} characters"
-    if kind == "pixel":
-        image = f"{config.height} rows of {config.width} numbers"
-        channels = image if config.in_channels == 1 else f"{config.in_channels} channels of {image}"
-        return f"an image, {channels} (or the same numbers flat, row by row)"
-    names = config.feature_names or []
-    count = "one number" if config.in_features == 1 else f"{config.in_features} numbers"
-    vector = f"a list of {count}" + (f" or an object of them by name ({listed(names)})" if names else "")
-    if kind == "mha":
-        return f"a sequence: a list of up to {MAX_STEPS} steps, each {vector}"
-    return ("a number, or " if config.in_features == 1 and not names else "") + vector
-
-
-def example_body(model: torch.nn.Module, data: Dataset) -> dict:
-    """A valid one-instance request body: the training split's mean (tabular; one sequence step), a date in the
-    model's characters, a blank image."""
-    kind, config = model_kind(model), model.config
-    if kind == "s2s":
-        return {"instances": ["".join(c for c in TEXT_EXAMPLE if c in config.source_vocab) or config.source_vocab[0]]}
-    if kind == "pixel":
-        blank = float(config.value_range[0]) if config.value_range else 0.0
-        image = [[blank] * config.width for _ in range(config.height)]
-        return {"instances": [image if config.in_channels == 1 else [image] * config.in_channels]}
-    mean = [float(f"{v:.6g}") for v in feature_rows(data).mean(0).tolist()]
-    names = config.feature_names or []
-    row = dict(zip(names, mean)) if names and len(names) <= NAMED_FEATURES else mean
-    return {"instances": [[row] if kind == "mha" else row]}
 
 
 def data_facts(data: Dataset) -> dict[str, object]:
@@ -155,37 +117,6 @@ def data_facts(data: Dataset) -> dict[str, object]:
         "rows": len(data.frame) if data.frame is not None else "",
         "target": f"`{data.target}`",
     }
-
-
-def limits(model: torch.nn.Module, data: Dataset) -> list[str]:
-    kind, config = model_kind(model), model.config
-    found = [f"at most {MAX_INSTANCES} instances per request (the handler's default)"]
-    if kind == "s2s":
-        known = "".join(config.source_vocab)
-        return found + [f"characters outside the training vocabulary are refused: it knows `{known}`"]
-    if kind == "pixel":
-        if config.value_range:
-            low, high = config.value_range
-            found.append(f"pixel values within the training images' range [{low:g}, {high:g}]; others are refused")
-        return found
-    if kind == "mha":
-        found.append(f"at most {MAX_STEPS} steps per sequence (the handler's default)")
-    found.append(
-        f"values beyond the training mean ± {MAX_ABS_Z:g} standard deviations are refused; outside the "
-        "training split's range below, a prediction is an extrapolation"
-    )
-    names = config.feature_names or [f"x{i}" for i in range(config.in_features)]
-    rows = feature_rows(data)
-    low, high = rows.amin(0).tolist(), rows.amax(0).tolist()
-    return found + ["training range: " + listed([f"{n} in [{a:.4g}, {b:.4g}]" for n, a, b in zip(names, low, high)])]
-
-
-def feature_rows(data: Dataset) -> torch.Tensor:
-    """The training split's inputs as rows (N, D): a sequence's steps without its padding."""
-    x, lengths = data.train.x.double(), data.train.lengths
-    if lengths is not None:
-        x = x[torch.arange(x.shape[1])[None, :] < lengths[:, None]]  # (steps, D)
-    return x.reshape(-1, x.shape[-1])
 
 
 # MLflow

@@ -16,8 +16,9 @@ from training.data.frames import example_frame, predict_frame
 from training.fit import cross_validation
 from training.fit.loop import FitResult
 from training.fit.novelty_reference import novelty_reference
-from training.nn import model_kind, save_checkpoint
+from training.nn import save_checkpoint
 from training.tracking import mlflow_store, model_files, plots, records, study_plots
+from training.tracking.families import tracking_family_of
 
 
 def log_study_plots(study: optuna.Study, metric: str) -> None:
@@ -30,19 +31,10 @@ def log_study_plots(study: optuna.Study, metric: str) -> None:
 
 
 def log_model_plots(model, data: Dataset, history: FitResult, metric: str) -> None:
-    figures = {}
-    if model_kind(model) == "nw":
-        if data.task == "regression":
-            figures["nw_predictions.png"] = plots.nw_predictions(model, data)
-        figures["nw_attention_heatmap.png"] = plots.nw_attention_heatmap(model, data)
-    elif model_kind(model) == "s2s":
-        figures["s2s_alignments.png"] = plots.s2s_alignments(model, data)
-    elif model_kind(model) == "pixel":
-        figures["pixel_attention.png"] = plots.pixel_attention(model, data)
-        mlflow.log_metric("gamma", float(model.attention.gamma.detach()))  # how much the attention block weighs in
-    else:
-        figures["mha_pooling_heatmap.png"] = plots.mha_pooling_heatmap(model, data)
-        figures["mha_head_maps.png"] = plots.mha_head_maps(model, data)
+    family = tracking_family_of(model)
+    figures, metrics = family.figures(model, data), family.metrics(model)
+    if metrics:
+        mlflow.log_metrics(metrics)
     if history.history:
         figures["learning_curve.png"] = plots.learning_curve(history, metric)
     for name, figure in figures.items():
