@@ -70,9 +70,7 @@ def stale_trial_ids(backend: optuna.storages.RDBStorage, study_id: int) -> list[
 # reads and the trial's creation
 
 
-def create_trial(
-    backend: optuna.storages.RDBStorage, study_id: int, template_trial: FrozenTrial | None
-) -> FrozenTrial:
+def create_trial(backend: optuna.storages.RDBStorage, study_id: int, template_trial: FrozenTrial | None) -> FrozenTrial:
     return backend._create_new_trial(study_id, template_trial)
 
 
@@ -86,7 +84,7 @@ def read_trials(
 # a running trial's writes in one transaction
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Table:
     """One of the tables of a trial's rows, and the column that tells one of a trial's rows from another."""
 
@@ -148,12 +146,13 @@ def finish_row(
     row.state, row.datetime_complete = state, when
 
 
-def study_distribution(session, study_id: int, name: str) -> BaseDistribution | None:
-    """The distribution the study's trials drew `name` from, if any did."""
+def study_distribution(session, trial_row: Any, name: str) -> BaseDistribution | None:
+    """The distribution the trial's study's trials drew `name` from, if any did."""
+    of_study = trial_row.study_id
     stored = (
         session.query(models.TrialParamModel.distribution_json)
         .join(models.TrialModel)
-        .filter(models.TrialModel.study_id == study_id, models.TrialParamModel.param_name == name)
+        .filter(models.TrialModel.study_id == of_study, models.TrialParamModel.param_name == name)
         .first()
     )
     return None if stored is None else json_to_distribution(stored[0])
