@@ -178,12 +178,17 @@ class StudyCache(optuna.storages.BaseStorage, Heartbeat):
             trials = sorted((t for t in trials if states is None or t.state in states), key=lambda t: t.number)
         return copy.deepcopy(trials) if deepcopy else trials
 
-    def _read(self, study_id: int) -> None:
+    def get_best_trial(self, study_id: int) -> FrozenTrial:
+        """The best of the trials the database holds now (a conclusion decides on it), not of a reused read."""
+        self._read(study_id, reuse=False)
+        return super().get_best_trial(study_id)
+
+    def _read(self, study_id: int, reuse: bool = True) -> None:
         """The study's new and unfinished trials from the database, unless it was read less than
-        `READ_REUSE_SECONDS` ago."""
+        `READ_REUSE_SECONDS` ago (and `reuse`)."""
         with self._lock:
             study, now = self._study(study_id), time.monotonic()
-            if now - study.read_at < READ_REUSE_SECONDS:
+            if reuse and now - study.read_at < READ_REUSE_SECONDS:
                 return
             read = optuna_private.read_trials(self._backend, study_id, study.unfinished_ids, study.last_finished_id)
             for trial in read:

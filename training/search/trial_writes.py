@@ -81,10 +81,10 @@ class SetUserAttr:
     key: str
     value: Any
     table: ClassVar[Table] = optuna_private.USER_ATTRS
-    field: ClassVar[str] = "user_attrs"
+    trial_field: ClassVar[str] = "user_attrs"
 
     def applied(self, trial: FrozenTrial) -> None:
-        setattr(trial, self.field, _with(trial, self.field, self.key, self.value))
+        setattr(trial, self.trial_field, _with(trial, self.trial_field, self.key, self.value))
 
     def check(self, session, trial_row: Any) -> None:
         pass
@@ -96,7 +96,7 @@ class SetUserAttr:
 @dataclass(frozen=True)
 class SetSystemAttr(SetUserAttr):
     table: ClassVar[Table] = optuna_private.SYSTEM_ATTRS
-    field: ClassVar[str] = "system_attrs"
+    trial_field: ClassVar[str] = "system_attrs"
 
 
 Write = SetParam | Report | SetUserAttr | SetSystemAttr
