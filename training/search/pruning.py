@@ -25,18 +25,26 @@ class MedianPruner(optuna.pruners.MedianPruner):
     (or per `refresh_seconds`): the same decisions for one worker; beside others, a trial they complete meanwhile
     counts from the next read."""
 
-    def __init__(self, *args, refresh_seconds: float = REFRESH_SECONDS, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.refresh_seconds = refresh_seconds
+    def __init__(
+        self,
+        n_startup_trials: int = 5,
+        n_warmup_steps: int = 0,
+        interval_steps: int = 1,
+        *,
+        n_min_trials: int = 1,
+        refresh_seconds: float = REFRESH_SECONDS,
+    ):
+        super().__init__(n_startup_trials, n_warmup_steps, interval_steps, n_min_trials=n_min_trials)
+        self.n_warmup_steps, self.refresh_seconds = n_warmup_steps, refresh_seconds
         self._completed: dict[tuple[int, int], tuple[float, list[FrozenTrial]]] = {}  # (study, trial) -> read
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
-        if trial.last_step is None or trial.last_step < self._n_warmup_steps:
+        if trial.last_step is None or trial.last_step < self.n_warmup_steps:
             return False  # the rule never prunes here: no need to read the study
         return super().prune(_CompletedTrials(study, self._completed_for(study, trial)), trial)
 
     def _completed_for(self, study: optuna.Study, trial: FrozenTrial) -> list[FrozenTrial]:
-        key = (study._study_id, trial.number)  # trials running in threads of one process each keep their own
+        key = (study.study_name, trial.number)  # trials running in threads of one process each keep their own
         read_at, completed = self._completed.get(key, (-math.inf, []))
         if time.monotonic() - read_at > self.refresh_seconds:
             completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))

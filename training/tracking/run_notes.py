@@ -13,10 +13,10 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
-from optuna.trial import FrozenTrial
 
 from training.infra.places import ROOT
 from training.infra.storage_urls import redact
+from training.tracking.optuna_private import save_dashboard_note
 from training.tracking.review_links import ui_base
 
 NOTE_TAG = "mlflow.note.content"
@@ -163,7 +163,7 @@ def explain(client: MlflowClient, experiment_id: str, run_id: str, study, conclu
     if best_run_id:
         mark_winner(client, experiment_id, best_run_id)
         url = best.user_attrs.get("mlflow_run_url", "")
-        _dashboard_note(study, f"MLflow run of this trial (the study's best): [{best_run_id}]({url})", best)
+        save_dashboard_note(study, f"MLflow run of this trial (the study's best): [{best_run_id}]({url})", best)
     params = sorted({name for trial in study.trials for name in trial.params})
     share_trials_view(client, experiment_id, conclusion.metric, conclusion.direction, params)
     note = description(
@@ -172,21 +172,9 @@ def explain(client: MlflowClient, experiment_id: str, run_id: str, study, conclu
     client.set_tag(run_id, NOTE_TAG, note)
     base = ui_base(client.tracking_uri)
     metric, direction = conclusion.metric, conclusion.direction
-    _dashboard_note(
+    save_dashboard_note(
         study,
         f"Objective: validation `{metric}` ({direction}). Latest conclusion in MLflow: "
         f"[{run_id}]({base}/{run_route(experiment_id, run_id)}); "
         f"every trial, best first: [{study.study_name}]({base}/{trials_route(experiment_id)}).",
     )
-
-
-def _dashboard_note(study, body: str, trial: FrozenTrial | None = None) -> None:
-    """optuna-dashboard's note on the study, or on one of its trials (finished ones too)."""
-    try:
-        from optuna_dashboard._note import note_ver_key, save_note_with_version
-    except ImportError:  # the dashboard is optional for tuning
-        return
-    storage, study_id = study._storage, study._study_id
-    trial_id = trial._trial_id if trial is not None else None
-    version = storage.get_study_system_attrs(study_id).get(note_ver_key(trial_id), 0) + 1
-    save_note_with_version(storage, study_id, trial_id, version, body)
