@@ -34,13 +34,16 @@ pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[1]
 # A grace of a few heartbeats: a busy 2-core machine may delay a live worker's beat by seconds, and a grace
 # shorter than that fails live trials as dead.
-SURVIVOR_TRIALS, HEARTBEAT, GRACE = 5, 2, 10
+SURVIVOR_TRIALS, HEARTBEAT, GRACE = 3, 2, 10
 
 # A worker is `python -m training tune`, started through this shim: it imports everything first, says it is
 # ready and waits for the go file (so the three really race on the empty databases), optionally holds each
-# trial while a hold file exists, and optionally sleeps per epoch (a slow machine, so it is killed mid-trial).
+# trial while a hold file exists, and optionally sleeps per epoch (a slow machine, so it is killed mid-trial); its
+# trials write to the study every second, so the victim is seen mid-trial soon.
 WORKER = """
 import os, sys, time
+import training.tracking.trial_record as record
+record.FLUSH_SECONDS = 1  # as shipped 10 s: a trial's reports and run id reach the study within a second
 from training.search import objective
 from training.cli import main
 
