@@ -268,10 +268,11 @@ def test_a_real_prometheus_counts_both_layers_exactly_and_sees_inputs_drift(serv
     def value(promql: str) -> float:
         return sum(float(sample["value"][1]) for sample in monitor.query(url, promql))
 
-    def settle(promql: str, at_least: float) -> float:
-        wait_until(lambda: value(promql) >= at_least, timeout=60, interval=0.5)
-        time.sleep(2.5)  # two more scrapes: a count that is still climbing would show now
-        return value(promql)
+    def settle(at_least: dict[str, float]) -> dict[str, float]:
+        """Every count once each has reached its floor and two more scrapes passed (one still climbing shows)."""
+        wait_until(lambda: all(value(counts[k]) >= floor for k, floor in at_least.items()), timeout=60, interval=0.5)
+        time.sleep(2.5)
+        return {key: value(counts[key]) for key in at_least}
 
     model = 'ModelName="nw-sine"'
     counts = {
@@ -283,7 +284,7 @@ def test_a_real_prometheus_counts_both_layers_exactly_and_sees_inputs_drift(serv
     }
     try:
         assert server.predict("nw-sine", [90.0])[0] == 200  # every series exists before the counted mix
-        before = {key: settle(promql, 1) for key, promql in counts.items()}
+        before = settle(dict.fromkeys(counts, 1))
         far = [90.0 + i for i in range(150)]
         for _ in range(4):
             assert server.predict("nw-sine", [1.0, 2.0])[0] == 200
@@ -296,7 +297,7 @@ def test_a_real_prometheus_counts_both_layers_exactly_and_sees_inputs_drift(serv
             assert status in (400, 401)
         assert server.predict("nw-sine", far)[0] == 200
         expected = {"answered": 5, "invalid": 2, "beyond": 150, "range": 150, "4xx": 4}
-        after = {key: settle(promql, before[key] + expected[key]) for key, promql in counts.items()}
+        after = settle({key: before[key] + expected[key] for key in counts})
         assert {key: after[key] - before[key] for key in counts} == expected
 
         rules = {
