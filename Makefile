@@ -64,7 +64,7 @@ test: install lint ## Run the whole test suite (installs what it needs)
 	$(PYTEST)
 
 .PHONY: test-fast
-test-fast: $(STAMP) lint ## The fast part alone: every test without the e2e marker (no TorchServe, tracking server or bench)
+test-fast: $(STAMP) lint ## The fast part alone: every test without the e2e marker (no TorchServe, tracking server, UI, killed process or bench)
 	$(PYTEST) -m "not e2e"
 
 .PHONY: lint

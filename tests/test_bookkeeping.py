@@ -95,6 +95,7 @@ def test_ctrl_c_mid_trial_writes_the_epochs_already_trained(tmp_path, monkeypatc
     assert run.info.status == "KILLED" and run.data.tags["optuna.reason"] == progress.INTERRUPTED
 
 
+@pytest.mark.e2e  # real `tune` processes, killed or interrupted
 def test_kill_9_mid_trial_leaves_whole_records_and_the_next_run_closes_the_dead_one(tmp_path):
     stores = ["--storage", f"sqlite:///{tmp_path / 'optuna.db'}", "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"]
     command = [sys.executable, "-m", "training", "tune", "--model", "nw", "--dataset", "sine", "--no-progress"]
@@ -174,6 +175,7 @@ def test_kill_9_mid_trial_leaves_whole_records_and_the_next_run_closes_the_dead_
     assert "no heartbeat" in parent.data.tags["killed_reason"]
 
 
+@pytest.mark.e2e  # real `tune` processes, killed or interrupted
 def test_a_worker_killed_between_closing_its_run_and_telling_optuna_leaves_both_failed(tmp_path):
     # The run is closed FINISHED before Optuna's state is written, and the trial's link to it goes with that
     # write: a kill in between leaves a COMPLETE-looking run beside a RUNNING trial that does not name it. The

@@ -207,6 +207,7 @@ def test_a_search_started_with_ctrl_c_ignored_keeps_ignoring_it(interactive_ctrl
     assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
 
 
+@pytest.mark.e2e  # real `tune` processes, killed or interrupted
 def test_ctrl_c_keeps_finished_trials_and_closes_the_runs_as_killed(tmp_path):
     uri, storage = f"sqlite:///{tmp_path / 'mlflow.db'}", f"sqlite:///{tmp_path / 'optuna.db'}"
     command = [*CLI, "tune", "--model", "nw", "--dataset", "sine", "--trials", "500", "--no-progress"]

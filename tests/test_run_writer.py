@@ -67,6 +67,7 @@ def test_a_writer_that_died_is_an_error_not_a_hang(writer_store):
     assert RunWriter.shared() is not shared and not RunWriter.shared()._ended
 
 
+@pytest.mark.e2e  # real `tune` processes, killed or interrupted
 def test_the_writer_outlives_its_tune_and_writes_all_it_was_sent(tmp_path):
     # tune killed before the writer even answered: it still creates the run, writes every epoch sent, and exits
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

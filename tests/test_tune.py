@@ -255,6 +255,7 @@ def test_device_pool_gives_each_running_trial_its_own_device():
     assert DevicePool.for_option("cpu").devices == ["cpu"]
 
 
+@pytest.mark.e2e  # real `tune` processes, killed or interrupted
 def test_a_trial_whose_process_died_is_retried_and_its_runs_closed(tmp_path):
     import time as clock
 
