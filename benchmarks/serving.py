@@ -45,7 +45,7 @@ def champion_registry(quick: bool) -> str:
     stores = dict(
         storage=f"sqlite:///{root / 'optuna.db'}", tracking_uri=f"sqlite:///{root / 'mlflow.db'}", progress=False
     )
-    tune(TuneOptions(model="nw", dataset="sine", trials=5 if quick else 20, **stores))
+    tune(TuneOptions(model="nw", dataset="sine", trials=2 if quick else 20, **stores))
     if quick:  # a smoke run: a smaller `adding` (same generator and lengths) trains in seconds
         small = functools.partial(load_adding, n_train=300, n_val=100, n_test=100)
         with mock.patch.dict(LOADERS, {"adding": small}):
