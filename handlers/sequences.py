@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from training.nn import Inputs, Outputs, SequenceModel
+from training.nn import Inputs, SequenceModel
 from training.nn.sequence_model import FAMILY
 
 from .answers import (
@@ -152,15 +152,11 @@ class SequenceAdapter:
         outputs = FAMILY.predict(self.model, inputs, need_weights=True, head_weights=explain and heads)
         out, weights = outputs.out, outputs.weights
         predictions = out.tolist() if self.regression else class_answers(out, self.labels)
-        scores = NoveltyScores.of(lambda: self.novelty(inputs, outputs), len(sequences))
+        scores = NoveltyScores.of(lambda: FAMILY.novelty(self.model, inputs, outputs), len(sequences))
         if not explain:
             return predictions, scores
         answers = [self.explanation(p, weights, i, int(n), heads) for i, (p, n) in enumerate(zip(predictions, lengths))]
         return answers, scores
-
-    def novelty(self, inputs: Inputs, outputs: Outputs) -> Tensor:
-        """The regressor: its pooling weights' entropy; a classifier: its answer's entropy."""
-        return FAMILY.novelty(self.model, inputs, outputs)
 
     def explanation(self, prediction: Any, weights: dict[str, Tensor], i: int, n: int, heads: bool) -> dict:
         pooling = weights["pooling"][i, :n].double().round(decimals=WEIGHT_DECIMALS)

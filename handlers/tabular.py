@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from training.nn import Inputs, NadarayaWatson, Outputs
+from training.nn import Inputs, NadarayaWatson
 from training.nn.nadaraya_watson import FAMILY
 
 from .answers import (
@@ -133,13 +133,9 @@ class TabularAdapter:
                 results += [self.explanation(p, w) for p, w in zip(predictions, outputs.weights)]
             else:
                 results += predictions
-            scores += NoveltyScores.of(lambda: self.novelty(inputs, outputs), len(inputs.x))
+            scores += NoveltyScores.of(lambda: FAMILY.novelty(self.model, inputs, outputs), len(inputs.x))
         beyond = ((x < self.key_low) | (x > self.key_high)).any(-1).tolist()  # (N,)
         return ran(results, scores, beyond, [len(b) for b in batch])
-
-    def novelty(self, inputs: Inputs, outputs: Outputs) -> Tensor:
-        """Classifiers: the answer's entropy; regression: the distance to the nearest key in bandwidths."""
-        return FAMILY.novelty(self.model, inputs, outputs)
 
     def prediction(self, out: Tensor) -> Any:
         """A number (regression), or the class label and probabilities (classification: `out` holds log p)."""

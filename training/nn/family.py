@@ -5,7 +5,7 @@ Each model module ends with its `FAMILY` (`nadaraya_watson.py`, `sequence_model.
 (`make score`) and the MLflow model form all call: a batch of raw inputs in, the model's outputs back. Its
 `novelty` is the score the handler counts and the checkpoint's novelty reference holds (`novelty.py`).
 The layers above register their own parts beside it, keyed by `Family.name` (`training/data/families.py`,
-`training/fit/families.py`, `training/search/space.py`, `handlers/contract.py`).
+`training/fit/families.py`, `training/search/space.py`, `training/tracking/families.py`, `handlers/contract.py`).
 """
 
 from __future__ import annotations

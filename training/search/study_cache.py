@@ -102,22 +102,20 @@ class StudyCache(optuna.storages.BaseStorage, Heartbeat):
         return self._backend.get_study_id_from_name(study_name)
 
     def get_study_name_from_id(self, study_id: int) -> str:
-        with self._lock:
-            name = self._study(study_id).name
-        if name is None:
-            name = self._backend.get_study_name_from_id(study_id)
-            with self._lock:
-                self._study(study_id).name = name
-        return name
+        return self._remembered(study_id, "name", self._backend.get_study_name_from_id)
 
     def get_study_directions(self, study_id: int) -> list[StudyDirection]:
+        return self._remembered(study_id, "directions", self._backend.get_study_directions)
+
+    def _remembered(self, study_id: int, what: str, read: Callable[[int], Any]) -> Any:
+        """What never changes of a study (its name, its directions): read from the database once."""
         with self._lock:
-            directions = self._study(study_id).directions
-        if directions is None:
-            directions = self._backend.get_study_directions(study_id)
+            known = getattr(self._study(study_id), what)
+        if known is None:
+            known = read(study_id)
             with self._lock:
-                self._study(study_id).directions = directions
-        return directions
+                setattr(self._study(study_id), what, known)
+        return known
 
     def get_study_user_attrs(self, study_id: int) -> dict[str, Any]:
         return self._backend.get_study_user_attrs(study_id)
