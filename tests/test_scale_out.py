@@ -38,8 +38,9 @@ SURVIVOR_TRIALS, HEARTBEAT, GRACE = 3, 2, 10
 
 # A worker is `python -m training tune`, started through this shim: it imports everything first, says it is
 # ready and waits for the go file (so the three really race on the empty databases), optionally holds each
-# trial while a hold file exists, and optionally sleeps per epoch (a slow machine, so it is killed mid-trial); its
-# trials write to the study every second, so the victim is seen mid-trial soon.
+# trial while a hold file exists, and the victim stalls after its first trial's first epoch (so it is killed
+# mid-trial, however slowly the machine runs; a trial it might still finish would race the kill); its trials write
+# to the study every second, so the victim is seen mid-trial soon.
 WORKER = """
 import os, sys, time
 import training.tracking.trial_record as record
@@ -47,7 +48,7 @@ record.FLUSH_SECONDS = 1  # as shipped 10 s: a trial's reports and run id reach 
 from training.search import objective
 from training.cli import main
 
-ready, go, hold, delay = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+ready, go, hold, stall = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == "stall"
 real_call, real_fit = objective.Objective.__call__, objective.fit
 
 def held(self, trial):
@@ -55,13 +56,14 @@ def held(self, trial):
         time.sleep(0.1)
     return real_call(self, trial)
 
-def slow(model, data, config, on_epoch=None):
+def stalled(model, data, config, on_epoch=None):
     def beat(epoch, row):
-        time.sleep(delay)
         on_epoch(epoch, row)
+        while stall:  # reported (the heartbeat thread writes it to the study) and never finished: kill -9 here
+            time.sleep(1)
     return real_fit(model, data, config, beat if on_epoch else None)
 
-objective.Objective.__call__, objective.fit = held, slow
+objective.Objective.__call__, objective.fit = held, stalled
 open(ready, "w").close()
 while not os.path.exists(go):
     time.sleep(0.05)
@@ -90,10 +92,11 @@ def cli(server, *args: str) -> list[str]:
     return [*args, "--storage", server.storage_url, "--tracking-uri", server.tracking_uri]
 
 
-def start_worker(server, tmp: Path, index: int, trials: int, hold: str, delay: float) -> subprocess.Popen:
+def start_worker(server, tmp: Path, index: int, trials: int, hold: str, stall: bool) -> subprocess.Popen:
     tune = ["tune", "--model", "nw", "--dataset", "sine", "--trials", str(trials), "--device", "cpu"]
     tune += ["--no-conclude", "--no-progress", "--heartbeat", str(HEARTBEAT), "--grace", str(GRACE)]
-    command = [sys.executable, "-c", WORKER, str(tmp / f"ready-{index}"), str(tmp / "go"), hold, str(delay)]
+    command = [sys.executable, "-c", WORKER, str(tmp / f"ready-{index}"), str(tmp / "go"), hold]
+    command.append("stall" if stall else "go on")
     return subprocess.Popen(
         command + cli(server, *tune),
         cwd=ROOT,
@@ -130,8 +133,8 @@ def tuned(server, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("workers")
     hold = tmp / "hold"
     hold.touch()
-    victim = start_worker(server, tmp, 0, 30, "", delay=0.5)
-    survivors = [start_worker(server, tmp, i, SURVIVOR_TRIALS, str(hold), delay=0.0) for i in (1, 2)]
+    victim = start_worker(server, tmp, 0, 30, "", stall=True)
+    survivors = [start_worker(server, tmp, i, SURVIVOR_TRIALS, str(hold), stall=False) for i in (1, 2)]
     workers = [victim, *survivors]
     try:
         wait_for(lambda: all((tmp / f"ready-{i}").exists() for i in range(3)), "the workers to import", 180)
@@ -285,6 +288,10 @@ def test_the_tracking_server_wants_an_account_and_the_workers_is_no_admin(server
     assert mlflow_server.auth_request(server, "POST", alias, planted, ("", ""))[0] == 401
     assert mlflow_server.auth_request(server, "POST", alias, planted, ("tuner", "guess"))[0] == 401
     worker = (server_state.MLFLOW_WORKER, mlflow_server.worker_credentials(server)["MLFLOW_TRACKING_PASSWORD"])
+    search = "/api/2.0/mlflow/experiments/search"
+    assert mlflow_server.auth_request(server, "POST", search, {"max_results": 1}, worker)[0] == 200
+    wrong = (worker[0], worker[1][:-1])  # right after the right one: the remembered check is for that password alone
+    assert mlflow_server.auth_request(server, "POST", search, {"max_results": 1}, wrong)[0] == 401
     account = {"username": "intruder", "password": "a-password-long-enough-1"}
     assert mlflow_server.auth_request(server, "POST", "/api/2.0/mlflow/users/create", account, worker)[0] == 403
     for name in (server_state.MLFLOW_ADMIN_PASSWORD_FILE, server_state.MLFLOW_WORKER_PASSWORD_FILE):

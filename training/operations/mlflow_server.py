@@ -31,6 +31,8 @@ from training.operations.server_state import (
 )
 from training.tracking.mlflow_store import NO_JOB_RUNNERS
 
+AUTH_CACHE_SECONDS = 60
+
 
 def start_mlflow(server: TrackingServer, allowed_hosts: list[str], workers: int) -> int:
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
@@ -71,11 +73,16 @@ def start_mlflow(server: TrackingServer, allowed_hosts: list[str], workers: int)
 
 
 def auth_config(server: TrackingServer) -> Path:
-    """MLflow's basic-auth settings (no secret in them): its user store beside the data, READ by default."""
+    """MLflow's basic-auth settings (no secret in them): its user store beside the data, READ by default.
+
+    A verified password is remembered for a minute (MLflow's own credential cache, off by default): each check
+    is a deliberately slow hash, and a worker's trial or a model's registration makes dozens of requests. The
+    price, as MLflow states it: with several server workers a changed password may still work on the others for
+    that minute; this project sets the accounts' passwords only while the server starts."""
     path = Path(server.state_dir) / "basic_auth.ini"
     database = Path(server.state_dir) / "basic_auth.db"
     path.write_text(
-        "[mlflow]\ndefault_permission = EDIT\n"
+        f"[mlflow]\ndefault_permission = EDIT\nauth_cache_ttl_seconds = {AUTH_CACHE_SECONDS}\n"
         f"database_uri = sqlite:///{database}\nadmin_username = {MLFLOW_ADMIN}\n"
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
     )
