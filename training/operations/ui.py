@@ -84,7 +84,7 @@ def _wait_ready(child, port: int, health_path: str, what: str, log, stopping: li
 def mlflow_ui(port: int = UI_PORT, tracking_uri: str | None = None) -> int:
     uri = tracking_uri or mlflow_store.default_tracking_uri()
     if uri.startswith(("http://", "https://")):
-        print(f"{uri} is a tracking server with its own UI: open {uri}")
+        print(f"{storage_urls.redact(uri)} is a tracking server with its own UI: open it")
         return 0
     mlflow_store.configure(uri)  # creates mlruns/ on a fresh checkout
     print(f"starting the MLflow UI over {storage_urls.redact(uri)} ...", flush=True)
