@@ -198,6 +198,14 @@ def test_the_workers_keep_the_memory_they_reuse(served):
         assert all(worker.environ().get(name) == value for name, value in memory.ENVIRONMENT.items()), worker.pid
 
 
+def test_the_archives_and_the_run_folder_are_their_owners_alone(champions, served):
+    """Made under the suite's umask (022): NW archives hold training rows, the run folder tokens and logs."""
+    server, archives = served
+    assert (champions["root"] / "archives").stat().st_mode & 0o777 == 0o700
+    assert {archive.stat().st_mode & 0o777 for archive in archives} == {0o600}
+    assert server.run_dir.stat().st_mode & 0o777 == 0o700
+
+
 def test_torchserve_and_its_workers_hold_no_tracking_or_database_credentials(served):
     server, _ = served
     tree = process_tree(serve.running_pid(server.run_dir))

@@ -51,6 +51,13 @@ def journal_path(url: str) -> Path | None:
     return None
 
 
+def sqlite_path(url: str) -> Path | None:
+    """The file of a SQLite URL (`sqlite:///path`), else None (`:memory:` included)."""
+    if not url.startswith("sqlite:///") or url == "sqlite:///:memory:":
+        return None
+    return Path(url.removeprefix("sqlite:///"))
+
+
 def is_postgres(url: str) -> bool:
     return url.split("://", 1)[0].split("+", 1)[0] in ("postgresql", "postgres")
 
