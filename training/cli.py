@@ -184,7 +184,7 @@ def run_ui(args) -> int:
 def run_dashboard(args) -> int:
     from training.operations.ui import dashboard
 
-    return dashboard(args.port, args.storage)
+    return dashboard(args.port, args.storage, args.allowed_hosts, args.read_only)
 
 
 def run_monitor(args) -> int:
