@@ -140,7 +140,7 @@ def running_pid(monitor_dir: Path) -> int | None:
 
 
 def stop(monitor_dir: Path = places.MONITOR_DIR) -> bool:
-    """Stop the keeper and Prometheus; False when none was running. The series stay in `monitor_dir`."""
+    """Stop Prometheus; False when none was running. The series stay in `monitor_dir`."""
     pid = running_pid(monitor_dir)
     if pid:
         stop_tree(pid)
