@@ -29,6 +29,7 @@ TUNE_ARGS = $(call arg,--model,MODEL) $(call arg,--dataset,DATASET) $(call arg,-
 	$(HEARTBEAT_ARGS)
 HEARTBEAT_ARGS = $(call arg,--heartbeat,HEARTBEAT) $(call arg,--grace,GRACE)
 TRUST_ARGS = $(call switch,--trust-unsigned,TRUST_UNSIGNED,1)
+DASHBOARD_ARGS = $(call arg,--allowed-hosts,ALLOWED_HOSTS) $(call switch,--read-only,READ_ONLY,1)
 # PYTEST_ARGS holds several arguments (`-k 'a or b' -x`): it reaches pytest as one PYTEST_ADDOPTS word, which
 # pytest itself splits as a shell would, without running a shell on it.
 PYTEST = $(if $(call given,PYTEST_ARGS),PYTEST_ADDOPTS="$$PYTEST_ADDOPTS "$(call quote,PYTEST_ARGS) )$(PYTHON) -m pytest
@@ -141,8 +142,8 @@ ui: $(STAMP) ## MLflow UI on http://127.0.0.1:5000 over mlruns/: make ui [PORT=5
 	$(PYTHON) -m training ui $(call arg,--port,PORT)
 
 .PHONY: dashboard
-dashboard: $(STAMP) ## optuna-dashboard on http://127.0.0.1:8083 over the Optuna storage: make dashboard [PORT=8083 STORAGE=]
-	$(PYTHON) -m training dashboard $(call arg,--port,PORT) $(call arg,--storage,STORAGE)
+dashboard: $(STAMP) ## optuna-dashboard on http://127.0.0.1:8083 over the Optuna storage: make dashboard [PORT=8083 STORAGE= ALLOWED_HOSTS= READ_ONLY=1]
+	$(PYTHON) -m training dashboard $(call arg,--port,PORT) $(call arg,--storage,STORAGE) $(DASHBOARD_ARGS)
 
 .PHONY: demo
 demo: install ## The main job: tune nw-sine and mha-adding, archive, serve, query, stop

@@ -1,10 +1,11 @@
-"""`make monitor`'s parts that need no server: the rules Prometheus loads, the scrape configuration, the token
-the keeper hands Prometheus, and the errors of a monitor started too early."""
+"""`make monitor`'s parts that need no server: the rules Prometheus loads, the scrape configuration, the password
+Prometheus wants, and the errors of a monitor started too early."""
 
 import shutil
 import subprocess
 from pathlib import Path
 
+import bcrypt
 import pytest
 import yaml
 
@@ -28,42 +29,28 @@ def test_the_alert_rules_are_valid_prometheus_rules_and_query_declared_metrics()
             assert used, f"{rule['alert']} queries no metric TorchServe exports"
 
 
-def test_the_scrape_configuration_reads_the_token_from_a_file_never_inline():
+def test_the_scrape_configuration_names_the_metrics_address_and_the_rules():
     config = monitor.scrape_config("http://127.0.0.1:8082", "15s")
     (job,) = config["scrape_configs"]
-    assert job["authorization"] == {"type": "Bearer", "credentials_file": monitor.TOKEN_FILE}
     assert job["static_configs"] == [{"targets": ["127.0.0.1:8082"]}] and job["scheme"] == "http"
     assert config["rule_files"] == [monitor.ALERTS.name]
 
 
-class ExpiringServer(Server):
-    def __init__(self, tokens: list[str], expired: bool):
-        self.tokens, self.expired, self.refreshed = tokens, expired, 0
-
-    def token(self, kind="inference"):
-        return self.tokens[-1]
-
-    def token_expired(self, kind="inference"):
-        return self.expired
-
-    def refresh_token(self, kind="inference"):
-        self.refreshed += 1
-        self.tokens.append(f"fresh-{self.refreshed}")
-        self.expired = False
-        return self.tokens[-1]
-
-
-def test_the_keeper_hands_prometheus_the_current_token_and_refreshes_it_once_expired(tmp_path):
-    token_file = tmp_path / monitor.TOKEN_FILE
-    server = ExpiringServer(["first"], expired=False)
-    monitor.keep_token(server, token_file)
-    assert token_file.read_text() == "first" and token_file.stat().st_mode & 0o777 == 0o600
-    server.tokens.append("someone-refreshed")  # `python -m training token --refresh` elsewhere
-    monitor.keep_token(server, token_file)
-    assert token_file.read_text() == "someone-refreshed" and server.refreshed == 0
-    server.expired = True
-    monitor.keep_token(server, token_file)
-    assert token_file.read_text() == "fresh-1" and server.refreshed == 1
+def test_prometheus_wants_a_password_kept_in_a_file_of_its_owner(tmp_path, monkeypatch):
+    monkeypatch.setattr(monitor, "server_for", lambda run_dir: Server.__new__(Server))
+    monkeypatch.setattr(Server, "metrics_url", "http://127.0.0.1:8082", raising=False)
+    monitor.prepare(tmp_path / "monitor", tmp_path / "run", "15s")
+    password = (tmp_path / "monitor" / monitor.PASSWORD_FILE).read_text()
+    for name in (monitor.PASSWORD_FILE, monitor.WEB_CONFIG):
+        assert (tmp_path / "monitor" / name).stat().st_mode & 0o777 == 0o600
+    (hashed,) = yaml.safe_load((tmp_path / "monitor" / monitor.WEB_CONFIG).read_text())["basic_auth_users"].values()
+    assert bcrypt.checkpw(password.encode(), hashed.encode()) and password not in hashed
+    monitor.prepare(tmp_path / "monitor", tmp_path / "run", "15s")  # a restart keeps the password
+    assert (tmp_path / "monitor" / monitor.PASSWORD_FILE).read_text() == password
+    done = subprocess.run(
+        ["promtool", "check", "web-config", str(tmp_path / "monitor" / monitor.WEB_CONFIG)], capture_output=True
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 def test_a_monitor_needs_a_running_server(tmp_path):

@@ -8,7 +8,9 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import mlflow
@@ -286,8 +288,9 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
-def serve_then_stop(args: list[str], url: str) -> bytes:
-    """Start a UI command, fetch `url` once it answers, SIGTERM the wrapper: it and every server process end."""
+def serve_then_stop(args: list[str], url: str, while_up: Callable[[], None] = lambda: None) -> bytes:
+    """Start a UI command, fetch `url` once it answers, run `while_up`, SIGTERM the wrapper: it and every server
+    process end."""
     wrapper = subprocess.Popen([*CLI, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     servers: set[int] = set()
     try:
@@ -298,6 +301,7 @@ def serve_then_stop(args: list[str], url: str) -> bytes:
             except OSError:
                 time.sleep(0.5)
         assert body is not None, wrapper.communicate(timeout=30)[0]
+        while_up()
         servers = descendants(wrapper.pid)
         assert servers
         wrapper.send_signal(signal.SIGTERM)
@@ -319,9 +323,19 @@ def serve_then_stop(args: list[str], url: str) -> bytes:
 @pytest.mark.e2e  # starts a real UI server
 def test_dashboard_serves_the_studies_on_loopback_and_stops_cleanly(stores, tuned):
     port = free_port()
-    body = serve_then_stop(
-        ["dashboard", "--port", str(port), "--storage", stores["storage"]], f"http://127.0.0.1:{port}/api/studies"
-    )
+    studies = f"http://127.0.0.1:{port}/api/studies"
+
+    def refused(method: str, host: str) -> int:
+        request = urllib.request.Request(f"{studies}/0", method=method, headers={"Host": host})
+        with pytest.raises(urllib.error.HTTPError) as error:
+            urllib.request.urlopen(request, timeout=10)
+        return error.value.code
+
+    def guarded() -> None:  # a rebound name gets nothing; read-only, loopback may not delete either
+        assert refused("GET", f"rebound.example:{port}") == 403 and refused("DELETE", f"127.0.0.1:{port}") == 405
+
+    args = ["dashboard", "--port", str(port), "--storage", stores["storage"], "--read-only"]
+    body = serve_then_stop(args, studies, guarded)
     assert "nw-sine" in [s["study_name"] for s in json.loads(body)["study_summaries"]]
 
 

@@ -280,6 +280,11 @@ def test_workers_log_in_as_a_role_that_owns_the_two_databases_and_cannot_run_pro
             connection.execute("COPY (SELECT 1) TO PROGRAM 'true'")
         owners = "SELECT datname, pg_get_userbyid(datdba) FROM pg_database WHERE datname IN ('optuna', 'mlflow')"
         assert dict(connection.execute(owners).fetchall()) == dict.fromkeys(["optuna", "mlflow"], role)
+    superuser = {"user": server_state.SUPERUSER, "password": server.password, "dbname": "postgres"}
+    with pytest.raises(psycopg.OperationalError, match="pg_hba.conf rejects"):  # the right password, over TCP
+        psycopg.connect(host="127.0.0.1", port=server.pg_port, connect_timeout=10, **superuser)
+    with server.admin() as admin:  # its one way in: the Unix socket in the data folder (0700)
+        assert admin.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone() == (True,)
 
 
 def test_the_tracking_server_wants_an_account_and_the_workers_is_no_admin(server):

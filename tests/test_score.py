@@ -1,5 +1,7 @@
 """`make score`: a file scored with the registry's @champion, no server, in chunks; a bad row refused by name."""
 
+import os
+
 import mlflow
 import numpy as np
 import pandas as pd
@@ -11,7 +13,7 @@ from training.data.tables import TableError
 from training.nn import NadarayaWatson, NWConfig, SequenceConfig, SequenceModel
 from training.search.options import TuneOptions
 from training.search.study import tune
-from training.serving.score import check_kind, feature_columns, score_file
+from training.serving.score import PartialFileError, check_kind, feature_columns, score_file
 from training.tracking.registry import ChecksumMismatchError
 
 FEATURES = ("age", "bmi")
@@ -134,3 +136,22 @@ def test_a_checkpoint_unlike_its_registered_digest_is_refused(people, tmp_path):
     finally:
         client.set_model_version_tag("nw-cost", version.version, "checkpoint_sha256", version.tags["checkpoint_sha256"])
     assert not (tmp_path / "out.csv").exists()
+
+
+def test_a_link_planted_where_the_partial_output_goes_is_refused_not_followed(people, tmp_path):
+    victim, out = tmp_path / "victim.txt", tmp_path / "out.csv"
+    victim.write_text("not to be overwritten\n")
+    planted = tmp_path / f".{out.name}.{os.getpid()}.partial"
+    planted.symlink_to(victim)  # another user guessed the name in a shared folder
+    with pytest.raises(PartialFileError, match="planted"):
+        score_file("nw-cost", people["data"], out, people["tracking_uri"])
+    assert victim.read_text() == "not to be overwritten\n" and planted.is_symlink() and not out.exists()
+
+
+def test_the_predictions_are_their_owners_alone_whatever_the_umask(people, tmp_path):
+    before = os.umask(0o022)
+    try:
+        score_file("nw-cost", people["data"], tmp_path / "out.csv", people["tracking_uri"])
+    finally:
+        os.umask(before)
+    assert (tmp_path / "out.csv").stat().st_mode & 0o777 == 0o600

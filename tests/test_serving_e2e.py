@@ -1,13 +1,16 @@
 """End to end: real stores, real archives built from the registry, a real TorchServe on free loopback ports."""
 
+import base64
 import ipaddress
 import json
 import re
 import shutil
 import time
+import urllib.error
 import urllib.request
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import mlflow
 import pandas as pd
@@ -25,10 +28,24 @@ pytestmark = pytest.mark.e2e
 SEQUENCES = [[[0.3, 1], [0.9, 0], [0.5, 1]], [[0.1, 0]] * 7 + [[0.7, 1], [0.2, 1]]]
 
 
+# Credentials a worker's shell holds (docs/scale-out.md): TorchServe and its workers must start without them.
+CREDENTIALS = {
+    "MLFLOW_TRACKING_USERNAME": "tuner",
+    "MLFLOW_TRACKING_PASSWORD": "s3cret-mlflow",
+    "MLFLOW_TRACKING_URI": "http://tuner:s3cret-uri@127.0.0.1:9",
+    "PGPASSWORD": "s3cret-pg",
+    "PGPASSFILE": "/somewhere/pgpass",
+}
+
+
 @pytest.fixture(scope="module")
 def served(champions, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("e2e-run")
-    server = serve.start(run_dir=run_dir, model_store=champions["root"] / "archives", ports=free_ports(), quiet=True)
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in CREDENTIALS.items():
+            patch.setenv(name, value)
+        store = champions["root"] / "archives"
+        server = serve.start(run_dir=run_dir, model_store=store, ports=free_ports(), quiet=True)
     yield server, champions["archives"]
     serve.stop(server.run_dir, quiet=True)
 
@@ -166,8 +183,9 @@ def test_everything_binds_to_loopback(served):
     ports = {int(url.rsplit(":", 1)[1]) for url in (server.inference_url, server.management_url, server.metrics_url)}
     assert ports <= {address.port for address in listening}, listening  # the server's own sockets, as bound
     assert all(loopback(address.ip) for address in listening), listening
-    status, metrics, _ = server.request("GET", f"{server.metrics_url}/metrics", token=server.token())
-    assert status == 200 and "ts_inference_requests_total" in metrics
+    for token in (server.token(), None, "not-the-token"):  # TorchServe 0.12 checks no token here (docs/security.md)
+        status, metrics, _ = server.request("GET", f"{server.metrics_url}/metrics", token=token)
+        assert status == 200 and "ts_inference_requests_total" in metrics
 
 
 def test_the_workers_keep_the_memory_they_reuse(served):
@@ -178,6 +196,24 @@ def test_the_workers_keep_the_memory_they_reuse(served):
     assert len(workers) >= 2  # one per model at least
     for worker in workers:  # glibc reads these at the worker's start (training/infra/memory.py)
         assert all(worker.environ().get(name) == value for name, value in memory.ENVIRONMENT.items()), worker.pid
+
+
+def test_the_archives_and_the_run_folder_are_their_owners_alone(champions, served):
+    """Made under the suite's umask (022): NW archives hold training rows, the run folder tokens and logs."""
+    server, archives = served
+    assert (champions["root"] / "archives").stat().st_mode & 0o777 == 0o700
+    assert {archive.stat().st_mode & 0o777 for archive in archives} == {0o600}
+    assert server.run_dir.stat().st_mode & 0o777 == 0o700
+
+
+def test_torchserve_and_its_workers_hold_no_tracking_or_database_credentials(served):
+    server, _ = served
+    tree = process_tree(serve.running_pid(server.run_dir))
+    assert any("model_service_worker" in " ".join(p.cmdline()) for p in tree)
+    for process in tree:  # what /proc/<pid>/environ holds, launcher, Java and workers alike
+        environ = Path(f"/proc/{process.pid}/environ").read_bytes().decode(errors="replace")
+        assert not [name for name in CREDENTIALS if f"{name}=" in environ], process.cmdline()
+        assert "s3cret" not in environ, process.cmdline()
 
 
 def loopback(ip: str) -> bool:
@@ -262,11 +298,16 @@ def test_a_real_prometheus_counts_both_layers_exactly_and_sees_inputs_drift(serv
     """`make monitor`'s Prometheus, scraping this server every second: a known mix of good, bad, unauthorized and
     far-away requests shows up in its query API with exact counts, and the drift alert goes pending."""
     server, _ = served
-    url = monitor.start(run_dir=server.run_dir, monitor_dir=tmp_path / "monitor", port=free_port(), interval="1s")
-    keeper = monitor.running_pid(tmp_path / "monitor")
+    watch = tmp_path / "monitor"
+    url = monitor.start(run_dir=server.run_dir, monitor_dir=watch, port=free_port(), interval="1s")
+    prometheus = monitor.running_pid(watch)
+    for headers in ({}, {"Authorization": "Basic " + base64.b64encode(b"monitor:wrong").decode()}):
+        with pytest.raises(urllib.error.HTTPError) as refused:  # on loopback, yet no page without the password
+            urllib.request.urlopen(urllib.request.Request(f"{url}/api/v1/query?query=up", headers=headers))
+        assert refused.value.code == 401
 
     def value(promql: str) -> float:
-        return sum(float(sample["value"][1]) for sample in monitor.query(url, promql))
+        return sum(float(sample["value"][1]) for sample in monitor.query(url, promql, watch))
 
     def settle(at_least: dict[str, float]) -> dict[str, float]:
         """Every count once each has reached its floor and two more scrapes passed (one still climbing shows)."""
@@ -300,15 +341,11 @@ def test_a_real_prometheus_counts_both_layers_exactly_and_sees_inputs_drift(serv
         after = settle({key: before[key] + expected[key] for key in counts})
         assert {key: after[key] - before[key] for key in counts} == expected
 
-        rules = {
-            r["name"]
-            for g in json.load(urllib.request.urlopen(f"{url}/api/v1/rules"))["data"]["groups"]
-            for r in g["rules"]
-        }
+        rules = {r["name"] for g in monitor.api(url, "/api/v1/rules", watch)["data"]["groups"] for r in g["rules"]}
         assert {"AttentionRequestErrors", "AttentionOverCapacity", "AttentionInputsDrifted"} <= rules
 
         def drift_alert() -> bool:
-            alerts = json.load(urllib.request.urlopen(f"{url}/api/v1/alerts"))["data"]["alerts"]
+            alerts = monitor.api(url, "/api/v1/alerts", watch)["data"]["alerts"]
             return any(
                 a["labels"]["alertname"] == "AttentionInputsDrifted" and a["labels"].get("ModelName") == "nw-sine"
                 for a in alerts
@@ -316,5 +353,5 @@ def test_a_real_prometheus_counts_both_layers_exactly_and_sees_inputs_drift(serv
 
         assert wait_until(drift_alert, timeout=30, interval=0.5)
     finally:
-        assert monitor.stop(tmp_path / "monitor")
-    assert not psutil.pid_exists(keeper) and not monitor.running_pid(tmp_path / "monitor")
+        assert monitor.stop(watch)
+    assert not psutil.pid_exists(prometheus) and not monitor.running_pid(watch)

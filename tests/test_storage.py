@@ -10,6 +10,7 @@ import pytest
 from training.cli import main
 from training.infra.locks import storage_lock
 from training.infra.processes import free_port
+from training.infra.storage_urls import one_line, redact, redact_text
 from training.search.options import TuneOptions
 from training.search.storage import sampler_seed
 from training.search.study import tune
@@ -36,11 +37,52 @@ def tune_argv(tmp_path):
     return ["tune", "--model", "nw", "--dataset", "sine", "--trials", "1", "--no-progress"]
 
 
-def test_an_unreachable_postgres_storage_is_one_line_naming_it_without_the_password(capsys, tmp_path, tune_argv):
-    port = free_port()  # nothing listens there
-    url = f"postgresql://tuner:s3cret@127.0.0.1:{port}/optuna"
+@pytest.mark.parametrize("form", ["tuner:s3cret@{host}/optuna", "tuner@{host}/optuna?password=s3cret"])
+def test_an_unreachable_postgres_storage_is_one_line_naming_it_without_the_password(capsys, tmp_path, tune_argv, form):
+    host = f"127.0.0.1:{free_port()}"  # nothing listens there
+    url = "postgresql://" + form.format(host=host)
     err = one_line_error(capsys, tune_argv + ["--storage", url, "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"])
-    assert f"tuner:***@127.0.0.1:{port}/optuna" in err and "s3cret" not in err
+    assert f"@{host}/optuna" in err and "s3cret" not in err
+
+
+SECRET_FORMS = [  # (URL, what is left of it)
+    ("postgresql://tuner:s3cret@db:5432/optuna", "postgresql://tuner:***@db:5432/optuna"),
+    ("postgresql+psycopg://tuner:s3cret@db/optuna", "postgresql+psycopg://tuner:***@db/optuna"),
+    ("postgresql://tuner:s3%40c%2Fret@db/optuna", "postgresql://tuner:***@db/optuna"),  # percent-encoded
+    ("postgresql://tuner:s3@cret@db/optuna", "postgresql://tuner:***@db/optuna"),  # an @ left as it is
+    ("postgresql://tuner@db/optuna?password=s3cret", "postgresql://tuner@db/optuna?password=***"),
+    (
+        "postgresql://db/optuna?sslmode=verify-full&sslpassword=s3cret",
+        "postgresql://db/optuna?sslmode=verify-full&sslpassword=***",
+    ),
+    (
+        "postgresql://db/optuna?user=tuner&password=s3cret&connect_timeout=5",
+        "postgresql://db/optuna?user=tuner&password=***&connect_timeout=5",
+    ),
+    ("postgresql://db/optuna?PASSWORD=s3cret", "postgresql://db/optuna?PASSWORD=***"),
+    ("postgresql://db/optuna?pass%77ord=s3cret", "postgresql://db/optuna?pass%77ord=***"),  # the key percent-encoded
+    ("host=db dbname=optuna password=s3cret", "host=db dbname=optuna password=***"),  # libpq's key=value form
+    ("host=db password='s3 cret' user=tuner", "host=db password=*** user=tuner"),
+    ("http://admin:s3cret@mlflow:5000/", "http://admin:***@mlflow:5000/"),
+    ("https://mlflow:5000/?token=s3cret", "https://mlflow:5000/?token=***"),
+    ("sqlite:////tmp/a:b@c/mlflow.db", "sqlite:////tmp/a:b@c/mlflow.db"),  # a path, no password
+    ("postgresql://tuner@db/optuna", "postgresql://tuner@db/optuna"),
+]
+
+
+@pytest.mark.parametrize("url, shown", SECRET_FORMS)
+def test_redact_hides_the_password_in_every_form(url, shown):
+    assert redact(url) == shown
+    assert "s3" not in redact_text(f"cannot open '{url}': refused")
+
+
+def test_review_links_and_error_lines_carry_no_password():
+    from training.tracking.review_links import review_link
+
+    for url, _ in SECRET_FORMS[:9]:
+        assert "s3" not in review_link(url, "#/experiments/1")
+    error = ValueError("Could not parse SQLAlchemy URL from string 'postgresql://u:s3cret@h/x?sslpassword=s3cret'")
+    assert "s3cret" not in one_line(error)
 
 
 @pytest.mark.parametrize("url", ["nosuchdb://host/x", "sqlite:///{tmp}/a-file/optuna.db"])

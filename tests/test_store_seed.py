@@ -26,6 +26,7 @@ def test_a_seeded_store_has_the_schema_mlflow_builds_and_its_own_default_experim
     client = mlflow_store.configure(f"sqlite:///{seeded}")
     assert schema(seeded) == schema(built)
     assert (tmp_path / "cache").stat().st_mode & 0o777 == 0o700
+    assert seeded.stat().st_mode & 0o777 == 0o600 and seeded.parent.stat().st_mode & 0o777 == 0o700
     (default,) = client.search_experiments()
     assert default.name == "Default" and default.experiment_id == "0"
     client.create_experiment("mine")
@@ -36,7 +37,7 @@ def test_an_existing_store_is_never_replaced(tmp_path, monkeypatch):
     monkeypatch.setenv("ATTENTION_SERVE_CACHE", str(tmp_path / "cache"))
     store = tmp_path / "mlflow.db"
     mlflow_store.configure(f"sqlite:///{store}").create_experiment("kept")
-    assert not store_seed.seed_sqlite_store(f"sqlite:///{store}")
+    assert not store_seed.seed_sqlite_store(store)
     assert "kept" in {e.name for e in MlflowClient(f"sqlite:///{store}").search_experiments()}
 
 
@@ -44,5 +45,5 @@ def test_without_a_usable_cache_mlflow_builds_the_store_itself(tmp_path, monkeyp
     (tmp_path / "file").write_text("")
     monkeypatch.setenv("ATTENTION_SERVE_CACHE", str(tmp_path / "file" / "cache"))  # under a file: no folder
     store = tmp_path / "mlflow.db"
-    assert not store_seed.seed_sqlite_store(f"sqlite:///{store}") and not store.exists()
+    assert not store_seed.seed_sqlite_store(store) and not store.exists()
     assert mlflow_store.configure(f"sqlite:///{store}").search_experiments()[0].name == "Default"

@@ -142,6 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_options(dashboard, "port", default=DASHBOARD_PORT)
     add_options(dashboard, "storage")
+    dashboard.add_argument("--allowed-hosts", default="", help="names to answer besides loopback's, comma-separated")
+    dashboard.add_argument("--read-only", action="store_true", help="refuse every change (notes, deletions)")
     monitor = commands.add_parser(
         "monitor", help=f"Prometheus on http://{LOOPBACK}:{PROMETHEUS_PORT} scraping the running TorchServe"
     )

@@ -184,14 +184,17 @@ def run_ui(args) -> int:
 def run_dashboard(args) -> int:
     from training.operations.ui import dashboard
 
-    return dashboard(args.port, args.storage)
+    return dashboard(args.port, args.storage, args.allowed_hosts, args.read_only)
 
 
 def run_monitor(args) -> int:
+    from training.infra import places
     from training.serving import monitor
 
     url = monitor.start(port=args.port, interval=args.interval)
     print(f"Prometheus: {url} (scraping TorchServe every {args.interval}; alert rules: {url}/alerts)")
+    password = places.MONITOR_DIR / monitor.PASSWORD_FILE
+    print(f"  log in as {monitor.USER!r} with the password in {password} (0600; yours alone)")
     print(f"  e.g. {url}/graph?g0.expr=sum%20by%20(outcome)%20(attention_requests_total)")
     print("Stop it with `make monitor-stop`; its series stay in .monitor/.")
     return 0

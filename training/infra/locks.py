@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -45,7 +46,8 @@ def storage_lock(url: str, key: str) -> Iterator[None]:
         return
     lock_file.parent.mkdir(parents=True, exist_ok=True)
     safe_key = hashlib.sha256(key.encode()).hexdigest()[:16]
-    with open(f"{lock_file}.{safe_key}", "a") as handle:
+    descriptor = os.open(f"{lock_file}.{safe_key}", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)  # beside a store
+    with os.fdopen(descriptor, "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)  # flock: separate opens exclude each other, threads included
         try:
             yield

@@ -4,13 +4,14 @@ until something answers, and stopping a whole process tree (launcher, children, 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import ssl
 import subprocess
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO
 
@@ -54,6 +55,20 @@ def start_group(
     return subprocess.Popen(
         command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True, umask=umask
     )
+
+
+# What a process that runs others' code (TorchServe, its workers) must not inherit: libpq's settings (PGPASSWORD,
+# PGPASSFILE, ...), the MLflow account and tracking URI, cloud credentials, and anything named like a secret.
+CREDENTIAL = re.compile(
+    r"^(PG|MLFLOW_TRACKING_|AWS_|AZURE_|GOOGLE_APPLICATION_)|PASSWORD|PASSWD|SECRET|TOKEN|CREDENTIAL|API_?KEY|"
+    r"DATABASE_URL|STORAGE_URL",
+    re.IGNORECASE,
+)
+
+
+def without_credentials(environ: Mapping[str, str]) -> dict[str, str]:
+    """`environ` less every tracking, database or cloud credential (`CREDENTIAL`)."""
+    return {name: value for name, value in environ.items() if not CREDENTIAL.search(name)}
 
 
 def write_secret(path: Path, text: str) -> Path:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import urllib.parse
 from pathlib import Path
 
 
@@ -9,14 +11,35 @@ class StorageError(RuntimeError):
     """A storage URL that cannot be used: one line, naming the URL without its password."""
 
 
+# Keys whose values are secrets wherever they appear: a URL's query (`?password=`, `&sslpassword=`) or a libpq
+# key=value string (`host=db password=...`); matched on the key decoded, so `pass%77ord` counts too.
+SECRET_KEY = re.compile(r"pass|pwd|secret|token", re.IGNORECASE)
+KEY_VALUE = re.compile(r"(?P<key>[\w%.+-]+)(?P<eq>\s*=\s*)(?P<value>'(?:[^'\\]|\\.)*'|[^\s&;#]*)")
+HIDDEN = "***"
+URL = re.compile(r"[\w+.-]+://[^\s'\"]+")  # a URL inside a message, up to a space or a quote
+
+
 def redact(url: str) -> str:
-    """A storage URL without its password, fit to log."""
-    if "@" not in url or "://" not in url:
-        return url
-    scheme, rest = url.split("://", 1)
-    credentials, host = rest.rsplit("@", 1)
-    user = credentials.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}"
+    """A storage or tracking URL (or a libpq key=value string) without any password, fit to print and log:
+    `user:pass@` becomes `user:***@`, and the value of every key naming a password, secret or token is `***`."""
+    scheme, separator, rest = url.partition("://")
+    if separator:  # the user info ends at the last `@` before the query (a password may hold an `@` or a `/`)
+        userinfo, at, after = rest.partition("?")[0].partition("#")[0].rpartition("@")
+        if at and ":" in userinfo and not userinfo.startswith("/"):
+            rest = f"{userinfo.split(':', 1)[0]}:{HIDDEN}@{rest[len(userinfo) + 1 :]}"
+        url = f"{scheme}://{rest}"
+    return KEY_VALUE.sub(_hide_secret_value, url)
+
+
+def redact_text(text: str) -> str:
+    """`text` (an error's message) with every URL in it redacted, and every secret key's value hidden."""
+    return KEY_VALUE.sub(_hide_secret_value, URL.sub(lambda m: redact(m[0]), text))
+
+
+def _hide_secret_value(match: re.Match) -> str:
+    if not SECRET_KEY.search(urllib.parse.unquote(match["key"])):
+        return match[0]
+    return f"{match['key']}{match['eq']}{HIDDEN}"
 
 
 def journal_path(url: str) -> Path | None:
@@ -26,6 +49,13 @@ def journal_path(url: str) -> Path | None:
     if "://" not in url:
         return Path(url)
     return None
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file of a SQLite URL (`sqlite:///path`), else None (`:memory:` included)."""
+    if not url.startswith("sqlite:///") or url == "sqlite:///:memory:":
+        return None
+    return Path(url.removeprefix("sqlite:///"))
 
 
 def is_postgres(url: str) -> bool:
@@ -47,4 +77,4 @@ def psycopg_dsn(url: str) -> str:
 
 def one_line(error: BaseException) -> str:
     text = str(getattr(error, "orig", None) or error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0] if text else ''}".strip()
+    return redact_text(f"{type(error).__name__}: {text[0] if text else ''}".strip())

@@ -13,7 +13,8 @@ from training.infra.processes import write_secret
 from training.operations.certificates import ensure_certificates
 from training.operations.server_state import (
     DATABASES,
-    UNPRIVILEGED,
+    POSTGRES_USER,
+    SUPERUSER,
     WORKER_ROLE,
     TrackingServer,
     TrackingServerError,
@@ -42,16 +43,18 @@ def postgres_bin() -> Path:
 
 
 def as_postgres_user() -> list[str]:
-    """A command prefix running PostgreSQL as an unprivileged user when we are root; empty otherwise."""
+    """A command prefix running PostgreSQL as its own system user when we are root; empty otherwise."""
     if os.geteuid() != 0:
         return []
-    for name in UNPRIVILEGED:
-        try:
-            pwd.getpwnam(name)
-        except KeyError:
-            continue
-        return ["runuser", "-u", name, "--"]
-    raise TrackingServerError(f"running as root and none of the users {UNPRIVILEGED} exists to run PostgreSQL")
+    try:
+        pwd.getpwnam(POSTGRES_USER)
+    except KeyError:
+        raise TrackingServerError(
+            f"running as root, PostgreSQL needs a system user of its own, {POSTGRES_USER!r}, and there is none: "
+            f"install the distribution's package (apt-get install postgresql makes it), create it (useradd --system "
+            f"{POSTGRES_USER}), or run as an ordinary user (never as a shared one like nobody)"
+        ) from None
+    return ["runuser", "-u", POSTGRES_USER, "--"]
 
 
 def hand_over(path: Path) -> None:
@@ -72,15 +75,20 @@ def run(command: list[str], what: str) -> None:
 MAX_CONNECTIONS = 400
 
 
-def write_access_rules(server: TrackingServer) -> None:
-    """pg_hba.conf: password logins (scram-sha-256) only; TCP from anywhere over TLS alone (`hostssl`) when the
-    server speaks it, else from loopback only."""
-    if server.tls:
+def access_rules(tls: bool) -> list[str]:
+    """pg_hba.conf's lines, the first that matches deciding: password logins (scram-sha-256) only; the superuser
+    through the Unix socket alone (the data folder, 0700), never TCP; the others over TCP from anywhere over TLS
+    alone (`hostssl`) when the server speaks it, else from loopback only."""
+    if tls:
         rules = ["hostssl all all 0.0.0.0/0 scram-sha-256", "hostssl all all ::/0 scram-sha-256"]
     else:
         rules = ["host all all 127.0.0.1/32 scram-sha-256", "host all all ::1/128 scram-sha-256"]
+    return ["local all all scram-sha-256", f"host all {SUPERUSER} all reject", *rules]
+
+
+def write_access_rules(server: TrackingServer) -> None:
     path = server.pgdata / "pg_hba.conf"
-    path.write_text("\n".join(["local all all scram-sha-256", *rules]) + "\n")
+    path.write_text("\n".join(access_rules(server.tls)) + "\n")
     hand_over(path)
 
 
@@ -97,7 +105,7 @@ def start_postgres(server: TrackingServer, allowed_hosts: list[str] | None = Non
         write_secret(password_file, server.password + "\n")
         hand_over(password_file)
         try:
-            command = [str(bin_dir / "initdb"), "-D", str(server.pgdata), "-U", "postgres", "-E", "UTF8"]
+            command = [str(bin_dir / "initdb"), "-D", str(server.pgdata), "-U", SUPERUSER, "-E", "UTF8"]
             command += [f"--pwfile={password_file}", "--auth=scram-sha-256", "--no-instructions"]
             run(prefix + command, f"initdb in {server.pgdata} (is every parent directory readable by {prefix[2:3]}?)")
         finally:

@@ -22,7 +22,10 @@ DATABASES = ("optuna", "mlflow")
 MLFLOW_ADMIN, MLFLOW_ADMIN_PASSWORD_FILE = "admin", "mlflow-admin.password"
 MLFLOW_WORKER, MLFLOW_WORKER_PASSWORD_FILE = WORKER_ROLE, "mlflow-worker.password"
 FLASK_SECRET_FILE = "mlflow-flask.secret"  # the basic-auth app's CSRF key
-UNPRIVILEGED = ("postgres", "nobody")  # who runs PostgreSQL when we are root (initdb refuses root)
+# Who runs PostgreSQL when we are root (initdb refuses root): its own system user, made by the distribution's
+# package; never a shared one like `nobody`, whose other processes would own the data and the passwords.
+POSTGRES_USER = "postgres"
+SUPERUSER = "postgres"  # the database superuser: logs in through the Unix socket in the data folder alone
 
 
 class TrackingServerError(RuntimeError):
@@ -54,19 +57,18 @@ class TrackingServer:
         return Path(self.state_dir) / "pgpass"
 
     def admin(self, database: str = "postgres"):
-        """A connection as the superuser, for provisioning only; its password never leaves this process."""
+        """A connection as the superuser, for provisioning only, through the Unix socket in the data folder (0700):
+        pg_hba.conf refuses the superuser over TCP. Its password never leaves this process."""
         import psycopg
 
-        tls = {"sslmode": "verify-full", "sslrootcert": str(self.ca)} if self.tls else {}
         return psycopg.connect(
-            host=self.host,
+            host=str(self.pgdata),
             port=self.pg_port,
-            user="postgres",
+            user=SUPERUSER,
             password=self.password,
             dbname=database,
             autocommit=True,
             connect_timeout=10,
-            **tls,
         )
 
     @property

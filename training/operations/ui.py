@@ -84,7 +84,7 @@ def _wait_ready(child, port: int, health_path: str, what: str, log, stopping: li
 def mlflow_ui(port: int = UI_PORT, tracking_uri: str | None = None) -> int:
     uri = tracking_uri or mlflow_store.default_tracking_uri()
     if uri.startswith(("http://", "https://")):
-        print(f"{uri} is a tracking server with its own UI: open {uri}")
+        print(f"{storage_urls.redact(uri)} is a tracking server with its own UI: open it")
         return 0
     mlflow_store.configure(uri)  # creates mlruns/ on a fresh checkout
     print(f"starting the MLflow UI over {storage_urls.redact(uri)} ...", flush=True)
@@ -103,10 +103,15 @@ def mlflow_ui(port: int = UI_PORT, tracking_uri: str | None = None) -> int:
     return run_foreground(command, port, "/health", "MLflow UI", env=env)
 
 
-def dashboard(port: int = DASHBOARD_PORT, storage: str | None = None) -> int:
+def dashboard(
+    port: int = DASHBOARD_PORT, storage: str | None = None, allowed_hosts: str = "", read_only: bool = False
+) -> int:
+    """optuna-dashboard behind its guard (training/operations/dashboard.py): loopback names and `allowed_hosts`."""
     url = storage or places.default_optuna_storage()
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    print(f"starting optuna-dashboard over {storage_urls.redact(url)} ...", flush=True)
-    command = [str(Path(sys.executable).with_name("optuna-dashboard")), url, "--host", HOST, "--port", str(port)]
+    mode = " (read-only)" if read_only else ""
+    print(f"starting optuna-dashboard{mode} over {storage_urls.redact(url)} ...", flush=True)
+    command = [sys.executable, "-m", "training.operations.dashboard", url, "--host", HOST, "--port", str(port)]
+    command += ["--allowed-hosts", allowed_hosts] + (["--read-only"] if read_only else [])
     return run_foreground(command, port, "/api/meta", "optuna-dashboard")

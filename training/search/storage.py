@@ -9,9 +9,18 @@ from collections.abc import Callable
 import numpy as np
 import optuna
 
+from training.infra import private
 from training.infra.locks import storage_lock
 from training.infra.sqlite_wal import use_wal
-from training.infra.storage_urls import StorageError, is_postgres, journal_path, one_line, redact, sqlalchemy_url
+from training.infra.storage_urls import (
+    StorageError,
+    is_postgres,
+    journal_path,
+    one_line,
+    redact,
+    sqlalchemy_url,
+    sqlite_path,
+)
 from training.search.study_storage import StudyStorage
 
 
@@ -25,7 +34,7 @@ def open_storage(
     journal = journal_path(url)
     try:
         if journal is not None:
-            journal.parent.mkdir(parents=True, exist_ok=True)
+            private.database(journal)
             backend = optuna.storages.journal.JournalFileBackend(
                 str(journal), lock_obj=optuna.storages.journal.JournalFileOpenLock(str(journal))
             )
@@ -33,6 +42,8 @@ def open_storage(
         engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
         if is_postgres(url):
             engine = {"connect_args": {"connect_timeout": 10}, "pool_pre_ping": True}
+        if sqlite_path(url) is not None:
+            private.database(sqlite_path(url))
         with storage_lock(url, "optuna-schema"):
             use_wal(url)
             database = optuna.storages.RDBStorage(

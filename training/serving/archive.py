@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from training.infra import places
+from training.infra import places, private
 from training.nn import bounds, family_of, load_checkpoint, model_kind
 from training.nn.integrity import file_sha256
 from training.serving.signing import sign_archive
@@ -74,7 +74,7 @@ def archive_champion(
     `explain_keys` (values | index | none): what NW explanations reveal of the training rows; by default the
     rows' values for built-in data sets, only their index (file row) for a model tuned on a user's file."""
     archive_name = archive_name or name
-    out_dir.mkdir(parents=True, exist_ok=True)
+    private.owner_only(out_dir)  # NW archives hold training rows
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         version, checkpoint = registry.download_champion(client, name, tmp / "mlflow")
@@ -120,6 +120,7 @@ def archive_champion(
         digest = sign_archive(tmp / f"{archive_name}.mar")  # a manifest of every member's sha256, signed
         staged = out_dir / f".{archive_name}.mar.partial"
         shutil.copyfile(tmp / f"{archive_name}.mar", staged)
+        staged.chmod(0o600)
         os.replace(staged, out_dir / f"{archive_name}.mar")
     if archive_name == name:  # benchmark variants are not what gets served
         registry.mark_version(client, name, version.version, ARCHIVED)

@@ -109,12 +109,22 @@ def read_chunks(data: Path, columns: list[str], batch_rows: int) -> Iterator[pd.
         raise TableError(f"{data.name} cannot be read after row {start - 1}: {error}") from None
 
 
+class PartialFileError(RuntimeError):
+    """Something is already where `score` writes its partial output (planted there, perhaps as a link)."""
+
+
 def write_atomically(out: Path, header: list[str], frames: Iterable[pd.DataFrame]) -> int:
-    """Write the header and `frames` as CSV to a file next to `out`, renamed over it only once all is written."""
+    """Write the header and `frames` as CSV to a file next to `out`, renamed over it only once all is written.
+    The partial file is new (never a file or link found there: another user may have planted one in a shared
+    folder) and its owner's alone, as OUT is then: predictions of a private file are private."""
     partial = out.with_name(f".{out.name}.{os.getpid()}.partial")
+    try:
+        descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:
+        raise PartialFileError(f"{partial} exists already (a link planted there?): not writing through it") from None
     rows = 0
     try:
-        with open(partial, "w", newline="") as f:  # a name of its own: this process alone writes it
+        with os.fdopen(descriptor, "w", newline="") as f:  # a name of its own: this process alone writes it
             csv.writer(f).writerow(header)
             for frame in frames:
                 frame.to_csv(f, header=False, index=False)  # float32: the shortest text that reads back exactly

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from training.infra import memory
 from training.infra.places import ARCHIVES, SERVE_DIR, TORCHSERVE_CONFIG
+from training.infra.private import owner_only
 from training.infra.processes import (
     free_port,
     pid_alive,
@@ -28,6 +29,7 @@ from training.infra.processes import (
     start_group,
     stop_tree,
     wait_until,
+    without_credentials,
 )
 from training.nn.integrity import REFUSAL  # what a worker logs when an archive fails its sha256 check
 from training.serving import history
@@ -172,8 +174,8 @@ def start(
     run_dir = Path(run_dir).resolve()
     if running_pid(run_dir):
         raise AlreadyRunningError(f"TorchServe is already running from {run_dir}: `make stop` first")
-    for private in (run_dir, run_dir / "logs"):  # tokens and logs: ours alone
-        private_dir(private)
+    owner_only(run_dir)  # tokens, logs, the archives served: ours alone (tightened if it was not)
+    private_dir(run_dir / "logs")
     temp = runtime_temp(run_dir)  # the unpacked handler code and the worker sockets: ours alone too
     (run_dir / "key_file.json").unlink(missing_ok=True)
     names = models or archives
@@ -200,7 +202,7 @@ def start(
         ",".join(f"{n}={n}.mar" for n in names),
     ]
     env = {
-        **os.environ,
+        **without_credentials(os.environ),  # the handler code an archive carries sees no tracking or database login
         # TorchServe unpacks archives and puts worker sockets in Java's temp folder, which its launcher takes
         # from TEMP (not TMPDIR): never the shared /tmp, where another user could plant /tmp/models first.
         "TEMP": str(temp),

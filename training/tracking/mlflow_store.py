@@ -13,10 +13,11 @@ import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from training.infra import private
 from training.infra.locks import storage_lock
 from training.infra.places import MLRUNS
 from training.infra.sqlite_wal import use_wal
-from training.infra.storage_urls import redact
+from training.infra.storage_urls import redact, sqlite_path
 from training.tracking.store_seed import seed_sqlite_store
 
 # MLflow 3's servers start job runners (six processes) for GenAI features this project does not use.
@@ -47,7 +48,11 @@ def configure(tracking_uri: str | None = None) -> MlflowClient:
     A tracking server or database that cannot be reached is a one-line `TrackingError` naming it."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     uri = tracking_uri or default_tracking_uri()
-    seed_sqlite_store(uri)  # a new local store in milliseconds, not MLflow's seconds of migrations
+    if sqlite_path(uri) is not None:
+        seed_sqlite_store(sqlite_path(uri))  # a new local store in milliseconds, not MLflow's seconds of migrations
+        private.database(sqlite_path(uri))  # runs' params and checkpoints: the owner's alone
+    if not uri.startswith(("http://", "https://")):
+        private.owner_only(artifact_root(uri))
     use_wal(uri)  # a SQLite store: commits append to its log (training/infra/sqlite_wal.py)
     check_tracking_uri(uri)
     mlflow.set_tracking_uri(uri)

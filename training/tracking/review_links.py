@@ -25,7 +25,7 @@ def ui_command_for(tracking_uri: str | None = None) -> str:
         return ""
     if uri == f"sqlite:///{places.MLRUNS / 'mlflow.db'}":
         return "make ui"
-    return f"python -m training ui --tracking-uri {uri}"
+    return f"python -m training ui --tracking-uri {storage_urls.redact(uri)}"
 
 
 def review_link(tracking_uri: str | None, route: str) -> str:

@@ -30,21 +30,23 @@ def cache_dir() -> Path:
     return base if configured else base / "attention-serve"
 
 
-def seed_sqlite_store(uri: str) -> bool:
-    """Make the SQLite store of `uri` from the cached empty one when it does not exist yet; True if it did."""
-    if not uri.startswith("sqlite:///") or uri == "sqlite:///:memory:":
-        return False
-    path = Path(uri.removeprefix("sqlite:///"))
+def seed_sqlite_store(path: Path) -> bool:
+    """Make the SQLite store at `path` from the cached empty one when it does not exist yet; True if it did. A
+    folder it makes, and the file, are its owner's alone (0700, 0600)."""
     if path.exists():
         return False
     try:
         template = empty_store()
     except (OSError, sqlite3.Error, MlflowException):
         return False  # no usable cache (a read-only home, say): MLflow builds the store itself, as it would
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".seed-") as tmp:
         copy = Path(tmp) / path.name
-        shutil.copyfile(template, copy)
+        with (
+            template.open("rb") as source,
+            os.fdopen(os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as target,
+        ):
+            shutil.copyfileobj(source, target)
         with contextlib.suppress(FileExistsError):  # another process made it first: theirs is as good
             os.link(copy, path)  # whole or absent, never a half-copied file under the store's name
             return True
