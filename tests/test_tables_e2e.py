@@ -109,7 +109,7 @@ def test_tabular_models_answer_by_feature_name_and_explain_by_file_row(served):
     (explanation,) = body["explanations"]
     assert explanation["revealed"] == "index"  # a user's file: rows named by number, their values kept back
     for key in explanation["top_keys"]:
-        assert set(key) == {"index", "weight", "row"} and 0 <= key["row"] < len(file)
+        assert set(key) == {"index", "row"} and 0 <= key["row"] < len(file)
 
     status, body, _ = server.predict("nw-flowers", [{"petal": 1.0, "sepal": 5.0}, {"petal": 7.1, "sepal": 5.0}])
     assert status == 200
