@@ -65,7 +65,7 @@ def test_weight_inversion_recovers_every_row_from_values_and_nothing_from_index(
         assert (error < 0.1).sum() == placed, revealed
 
 
-def test_rank_tracing_places_most_rows_within_a_tenth_of_a_std_from_one_request_of_ranks():
+def test_rank_tracing_places_a_row_within_a_tenth_of_a_std_from_one_request_of_ranks():
     """The number docs/security.md states: 145 queries (a 12 x 12 grid and its centre) per row."""
     model = patients()
     keys = model.x_scaler.inverse(model.keys).numpy()
@@ -78,7 +78,7 @@ def test_rank_tracing_places_most_rows_within_a_tenth_of_a_std_from_one_request_
     for centre in np.random.default_rng(1).normal(size=(10, 2)):
         row, place = place_by_ranks(ranks, centre, side=12)
         errors.append(np.abs(place - (keys[row] - mean) / std).max())
-    assert sum(e < 0.1 for e in errors) >= 9, errors
+    assert max(errors) < 0.1, errors  # docs/security.md: median 0.04, worst 0.08
 
 
 @pytest.mark.parametrize("revealed", ["index", "none"])
