@@ -60,11 +60,12 @@ class Bounds:
     max_abs_z: float
     names: tuple[str, ...] = ()  # the features' names, when the model has them
     source: str = ""  # where the range comes from, when not the mean ± max_abs_z standard deviations
+    statistics: bool = True  # whether a refusal states the range (mean ± k std: the data's statistics) or the rule
 
     @classmethod
-    def from_scaler(cls, scaler, max_abs_z: float, names: list[str] | None = None) -> Bounds:
+    def from_scaler(cls, scaler, max_abs_z: float, names: list[str] | None = None, statistics: bool = True) -> Bounds:
         mean, std = scaler.mean.detach().double().cpu(), scaler.std.detach().double().cpu()
-        return cls(mean - max_abs_z * std, mean + max_abs_z * std, max_abs_z, tuple(names or ()))
+        return cls(mean - max_abs_z * std, mean + max_abs_z * std, max_abs_z, tuple(names or ()), statistics=statistics)
 
     def check(self, values: Tensor, where: str) -> None:
         """`values` (..., D) float64; raise naming the first value out of range (NaN/inf included: the
@@ -78,8 +79,11 @@ class Bounds:
         position = where + "".join(f"[{i}]" for i in index[:-1]) if values.dim() > 1 else where
         if not math.isfinite(value):
             raise RequestError("non-finite number", f"{position} contains NaN or infinity")
-        low, high = float(self.low[feature]), float(self.high[feature])
         name = repr(self.names[feature]) if self.names else str(feature)
+        if not self.statistics:
+            rule = f"more than {self.max_abs_z:g} standard deviations from the training data's mean"
+            raise RequestError("number out of range", f"{position} feature {name} is {value:.6g}, {rule}")
+        low, high = float(self.low[feature]), float(self.high[feature])
         source = self.source or f"the training data's mean ± {self.max_abs_z:g} standard deviations"
         raise RequestError(
             "number out of range",

@@ -5,6 +5,14 @@ Explanations name each most-attended training key by its row in the file, when t
 model of prototypes (large data) names for each most-attended prototype how many training rows it stands for
 and the rows nearest its centre (file rows, or positions among the training rows for a built-in data set).
 
+What an explanation carries of the training rows is the archive's `explain_keys` setting:
+- `values`: every key's weight, and each top key's weight, inputs and target (and a trend's share);
+- `index`: the top keys' identities in rank order, no number: a weight is exp(-|x - k|^2 / 2) up to the
+  query's normalizer, so two weights' log-ratio is linear in the query and a least-squares fit over chosen
+  queries gives back every key's inputs, then prediction = sum_i w_i y_i every target (`tests/attacks.py`);
+  rounding the weights coarsely only adds noise to that fit, so none are sent;
+- `none`: the prediction alone.
+
 The model is served in float64: NW is small, and double precision keeps the fused prediction path and
 the direct path behind explanations in agreement over the whole accepted input range.
 """
@@ -48,7 +56,8 @@ class TabularAdapter:
         self.n_features, self.n_keys, self.n_classes = config.in_features, config.n_keys, config.n_classes
         self.names = config.feature_names or []
         self.labels = config.class_labels or list(range(config.n_classes))
-        self.bounds = Bounds.from_scaler(model.x_scaler, limits.max_abs_z, self.names)
+        statistics = limits.explain_keys == "values"  # a refusal states the range's numbers only where values leave
+        self.bounds = Bounds.from_scaler(model.x_scaler, limits.max_abs_z, self.names, statistics=statistics)
         self.low, self.high = self.bounds.low.tolist(), self.bounds.high.tolist()
         # Raw training inputs and targets, for naming the most attended keys in explanations.
         self.keys = model.x_scaler.inverse(model.keys.detach())  # (K, D)
@@ -102,10 +111,15 @@ class TabularAdapter:
         n, K, D, V = len(x), self.n_keys, self.n_features, max(1, self.n_classes) + self.n_features * self.trend
         if not explain:
             return Cost(n * K * (D + V) * 2 / 1e6, n * (NUMBER_ANSWER_BYTES + (V - 1) * BYTES_PER_NUMBER))
-        per_instance = (
-            K * BYTES_PER_NUMBER + self.limits.top_keys * (TOP_KEY_BYTES + D * KEY_FEATURE_BYTES) + EXPLANATION_BYTES
-        )
-        return Cost(n * K * (3 * D + 3 + V) / 1e6, n * per_instance)
+        return Cost(n * K * (3 * D + 3 + V) / 1e6, n * self.explanation_bytes())
+
+    def explanation_bytes(self) -> int:
+        """An explanation's estimated size: what `explain_keys` lets it carry."""
+        revealed, top = self.limits.explain_keys, self.limits.top_keys
+        if revealed == "values":
+            key = TOP_KEY_BYTES + self.n_features * KEY_FEATURE_BYTES
+            return EXPLANATION_BYTES + self.n_keys * BYTES_PER_NUMBER + top * key
+        return EXPLANATION_BYTES + (top * TOP_KEY_BYTES if revealed == "index" else 0)
 
     def rows_per_pass(self, explain: bool, heads: bool) -> int:
         """As many rows as one forward pass may hold, priced by the same `cost` that admitted the requests."""
@@ -148,33 +162,34 @@ class TabularAdapter:
         }
 
     def explanation(self, prediction: Any, weights: Tensor) -> dict:
-        """The weights over the training keys and the most attended ones, as much as `explain_keys` reveals."""
-        trend = {"trend": self.trend_term(prediction, weights)} if self.trend else {}
+        """The prediction and as much of the training keys behind it as `explain_keys` reveals (module docstring)."""
         revealed = self.limits.explain_keys
         if revealed == "none":
-            return {"prediction": prediction, "revealed": revealed} | trend
+            return {"prediction": prediction, "revealed": revealed}
+        top = torch.topk(weights, min(self.limits.top_keys, weights.numel())).indices.tolist()  # most attended first
+        if revealed == "index":
+            return {"prediction": prediction, "top_keys": [self.key_identity(i) for i in top], "revealed": revealed}
         weights = weights.round(decimals=WEIGHT_DECIMALS)
-        best = torch.topk(weights, min(self.limits.top_keys, weights.numel()))
+        trend = {"trend": self.trend_term(prediction, weights)} if self.trend else {}
         return {
             "prediction": prediction,
             "weights": weights.tolist(),  # over the training keys, in stored order; sums to 1
-            "top_keys": [self.top_key(int(i), float(w)) for w, i in zip(best.values, best.indices)],
+            "top_keys": [self.key_values(i, float(weights[i])) for i in top],
             "revealed": revealed,
         } | trend
 
-    def trend_term(self, prediction: Any, weights: Tensor) -> float | None:
+    def trend_term(self, prediction: Any, weights: Tensor) -> float:
         """With a linear trend, what it adds to the keys' weighted values: prediction - sum_i weight_i value_i."""
-        if not self.trend:
-            return None
         return prediction - float(weights @ self.raw_values)
 
-    def top_key(self, i: int, weight: float) -> dict:
-        """A training key: its place among the keys, its row in the file if known, and (when `explain_keys` is
-        "values") its inputs and target."""
-        row = {"row": self.rows[i]} if self.rows else {}
-        if self.stands_for is not None:  # a prototype: the rows it stands for, named by the nearest ones
-            row = {"stands_for": self.stands_for[i], "nearest_rows": self.prototype_rows[i]}
-        if self.limits.explain_keys != "values":
-            return {"index": i, "weight": weight} | row
+    def key_identity(self, i: int) -> dict:
+        """A training key by identity alone: its place among the keys, and its row in the file if known (a
+        prototype: how many rows it stands for and the rows nearest its centre)."""
+        if self.stands_for is not None:
+            return {"index": i, "stands_for": self.stands_for[i], "nearest_rows": self.prototype_rows[i]}
+        return {"index": i} | ({"row": self.rows[i]} if self.rows else {})
+
+    def key_values(self, i: int, weight: float) -> dict:
+        """A training key with its weight, inputs and target (`explain_keys` "values")."""
         inputs = [float(f"{v:.7g}") for v in self.keys[i].tolist()]  # float32 keys: 7 significant digits
-        return {"index": i, "key": inputs, "value": self.values[i], "weight": weight} | row
+        return self.key_identity(i) | {"key": inputs, "value": self.values[i], "weight": weight}

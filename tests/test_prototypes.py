@@ -108,9 +108,10 @@ def test_served_explanations_say_how_many_rows_a_prototype_stands_for_and_which_
     body = json.dumps({"instances": [[0.2, 0.5, 0.5]]}).encode()
     (answer,) = answer_batch([body], [True], adapter_for(model, limits), limits, {"name": "t"})
     (explanation,) = json.loads(answer.body)["explanations"]
-    assert len(explanation["weights"]) == 128
+    assert "weights" not in explanation and len(explanation["top_keys"]) == limits.top_keys
     for key in explanation["top_keys"]:
         i = key["index"]
+        assert set(key) == {"index", "stands_for", "nearest_rows"}
         assert key["stands_for"] == int(model.counts[i]) and key["nearest_rows"] == model.config.prototype_rows[i]
         assert all(model.member_of[r] == i for r in key["nearest_rows"])
 

@@ -8,13 +8,15 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+from attacks import invert_weights
 from mlflow import MlflowClient
 
+from handlers.types import Limits
 from training.data.tables import TableError
 from training.search.options import TuneOptions
-from training.search.study import tune
+from training.search.study import enqueue_trial, tune
 from training.serving import serve
-from training.serving.archive import archive_champions
+from training.serving.archive import MODEL_CONFIG, archive_champion, archive_champions
 from training.serving.serve import free_ports
 
 pytestmark = pytest.mark.e2e
@@ -37,6 +39,13 @@ def flowers(n: int = 90) -> pd.DataFrame:
     return pd.DataFrame({"petal": petal, "sepal": rng.normal(5, 1, n), "species": label})
 
 
+def patients(n: int = 30) -> pd.DataFrame:
+    """30 rows of 2 features: the weight-inversion attack's target (a private file)."""
+    rng = np.random.default_rng(3)
+    age, bmi = rng.normal(45, 12, n), rng.normal(26, 4, n)
+    return pd.DataFrame({"age": age, "bmi": bmi, "cost": 1000 + 20 * age + rng.normal(0, 50, n)})
+
+
 def marked_sums(n: int = 60) -> pd.DataFrame:
     """Long format: one row per step, variable lengths, one target per sequence (the adding problem)."""
     rng, rows = np.random.default_rng(2), []
@@ -57,7 +66,10 @@ def served(tmp_path_factory):
     house_prices().to_csv(root / "house_prices.csv", index=False)
     flowers().to_parquet(root / "flowers.parquet")
     marked_sums().to_csv(root / "marked.csv", index=False)
+    patients().to_csv(root / "patients.csv", index=False)
     brief = {"trials": 2, "epochs": 2, "progress": False, **stores}
+    private = TuneOptions(model="nw", data=str(root / "patients.csv"), target="cost", **{**brief, "trials": 1})
+    enqueue_trial(private, "minimize", {"parametric": False, "bandwidth": 1.0, "trend": False})  # a known kernel
     results = {
         "houses": tune(TuneOptions(model="nw", data=str(root / "house_prices.csv"), target="price", **brief)),
         "flowers": tune(TuneOptions(model="nw", data=str(root / "flowers.parquet"), target="species", **brief)),
@@ -72,8 +84,12 @@ def served(tmp_path_factory):
                 **brief,
             )
         ),
+        "patients": tune(private),
     }
     archive_champions(out_dir=root / "archives", tracking_uri=stores["tracking_uri"])
+    client = MlflowClient(stores["tracking_uri"], stores["tracking_uri"])
+    values = {"archive_name": "nw-patients-values", "explain_keys": "values"}  # the same model, its rows revealed
+    archive_champion(client, "nw-patients", root / "archives", MODEL_CONFIG, **values)
     server = serve.start(run_dir=root / "run", model_store=root / "archives", ports=free_ports(), quiet=True)
     yield server, root, stores, results
     serve.stop(server.run_dir, quiet=True)
@@ -81,7 +97,8 @@ def served(tmp_path_factory):
 
 def test_names_follow_the_file_and_runs_record_it(served):
     server, root, stores, results = served
-    assert sorted(server.models()) == ["mha-marked", "nw-flowers", "nw-house-prices"]
+    files = ["mha-marked", "nw-flowers", "nw-house-prices", "nw-patients"]
+    assert sorted(server.models()) == [*files, "nw-patients-values"]  # and a values archive of nw-patients
     client = MlflowClient(stores["tracking_uri"], stores["tracking_uri"])
     run = client.get_run(results["houses"].parent_run_id)
     (dataset,) = [d.dataset for d in run.inputs.dataset_inputs]
@@ -109,12 +126,38 @@ def test_tabular_models_answer_by_feature_name_and_explain_by_file_row(served):
     (explanation,) = body["explanations"]
     assert explanation["revealed"] == "index"  # a user's file: rows named by number, their values kept back
     for key in explanation["top_keys"]:
-        assert set(key) == {"index", "weight", "row"} and 0 <= key["row"] < len(file)
+        assert set(key) == {"index", "row"} and 0 <= key["row"] < len(file)
 
     status, body, _ = server.predict("nw-flowers", [{"petal": 1.0, "sepal": 5.0}, {"petal": 7.1, "sepal": 5.0}])
     assert status == 200
     assert [p["label"] for p in body["predictions"]] == ["setosa", "virginica"]
     assert sum(body["predictions"][0]["probabilities"]) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_weight_inversion_gives_back_the_rows_of_a_values_archive_and_nothing_of_an_index_one(served):
+    """The attack of tests/attacks.py, with as many chosen queries as ten requests may hold, on both archives of
+    one model of a private file: values gives back every training input, index none within a tenth of a std."""
+    server, *_ = served
+    file, features = patients(), ["age", "bmi"]
+    per_request = Limits().max_instances
+    axis = np.linspace(-2.5, 2.5, int(np.sqrt(10 * per_request)))  # a grid over the features' plausible range
+    grid = np.stack(np.meshgrid(axis, axis), -1).reshape(-1, 2)  # (Q, 2), Q <= 10 requests
+    queries = grid * file[features].std().values + file[features].mean().values
+    answers = {}
+    for name in ("nw-patients-values", "nw-patients"):
+        answers[name] = []
+        for start in range(0, len(queries), per_request):
+            status, body, _ = server.predict(name, queries[start : start + per_request].tolist(), explain=True)
+            assert status == 200, body
+            answers[name] += body["explanations"]
+    row_of = {k["index"]: k["row"] for a in answers["nw-patients-values"] for k in a["top_keys"]}  # the truth
+    truth = file.loc[[row_of[i] for i in range(len(row_of))]]
+    std = file[features].std().values
+    for name, recovered in (("nw-patients-values", len(truth)), ("nw-patients", 0)):
+        keys, targets = invert_weights(queries, answers[name], n_keys=len(truth))
+        error = np.nan_to_num(np.abs(keys - truth[features].values) / std, nan=np.inf).max(-1)  # (K,) in stds
+        target_error = np.nan_to_num(np.abs(targets - truth["cost"].values), nan=np.inf) / file["cost"].std()
+        assert (error < 0.1).sum() == (target_error < 0.1).sum() == recovered, (name, error, target_error)
 
 
 def test_named_feature_errors_name_the_feature(served):
