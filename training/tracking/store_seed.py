@@ -19,7 +19,6 @@ from pathlib import Path
 
 import mlflow
 from mlflow.exceptions import MlflowException
-from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
 from training.infra.processes import private_dir
 
@@ -55,6 +54,8 @@ def seed_sqlite_store(path: Path) -> bool:
 
 def empty_store() -> Path:
     """The cached empty store of this MLflow version, built on first use."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore  # 0.7 s of imports, needed once per version
+
     folder = private_dir(cache_dir())
     template = folder / f"mlflow-{mlflow.__version__}-empty.db"
     if template.exists():
