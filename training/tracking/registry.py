@@ -33,6 +33,10 @@ class ChecksumMismatchError(RegistryError):
     """A downloaded checkpoint differs from the sha256 its registered version records."""
 
 
+class MissingChecksumError(RegistryError):
+    """A registered version records no `checkpoint_sha256`: its checkpoint cannot be checked, so it is not used."""
+
+
 @dataclass
 class ChampionDecision:
     version: str
@@ -53,7 +57,7 @@ def champion_names(client: MlflowClient) -> list[str]:
 
 def download_champion(client: MlflowClient, name: str, dst: Path) -> tuple[object, Path]:
     """The `@champion` of `name`: its registered version and its checkpoint downloaded under `dst`, refused when
-    the file differs from the version's `checkpoint_sha256` tag."""
+    the version records no `checkpoint_sha256` tag or the file differs from it."""
     version = champion_version(client, name)
     if version is None:
         known = ", ".join(champion_names(client)) or "none yet"
@@ -61,11 +65,16 @@ def download_champion(client: MlflowClient, name: str, dst: Path) -> tuple[objec
             f"{name!r} has no @champion in the registry at {storage_urls.redact(client.tracking_uri)} "
             f"(champions: {known}): run `make tune` first, or pick one of those"
         )
+    expected = version.tags.get("checkpoint_sha256")
+    if not expected:
+        raise MissingChecksumError(
+            f"{name} version {version.version} records no checkpoint_sha256: its checkpoint cannot be checked, "
+            "so it is not used (conclude the study again to register a version that records it)"
+        )
     local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}@{CHAMPION}", dst_path=str(dst)))
     checkpoint = checkpoint_in(local)  # data/ since the registry carries data; artifacts/ before
     sha = file_sha256(checkpoint)
-    expected = version.tags.get("checkpoint_sha256")
-    if expected and expected != sha:
+    if expected != sha:
         raise ChecksumMismatchError(
             f"{name} version {version.version}: checkpoint sha256 {sha} differs from the registry's {expected}"
         )
