@@ -77,9 +77,9 @@ tune: $(STAMP) ## Tune: make tune MODEL=nw|mha|s2s|pixel DATASET=sine|diabetes|a
 	$(PYTHON) -m training tune $(TUNE_ARGS)
 
 .PHONY: conclude
-conclude: $(STAMP) ## Refit a study's best trial, register it if new, @champion by validation: make conclude NAME=nw-sine [STORAGE=]
+conclude: $(STAMP) ## Refit a study's best trial, register it if new, @champion by validation: make conclude NAME=nw-sine [STORAGE= DATA=file it was tuned on]
 	$(call require,NAME,make conclude NAME=nw-sine)
-	$(PYTHON) -m training conclude $(call arg,--name,NAME) $(call arg,--device,DEVICE) $(call arg,--storage,STORAGE) $(HEARTBEAT_ARGS)
+	$(PYTHON) -m training conclude $(call arg,--name,NAME) $(call arg,--device,DEVICE) $(call arg,--storage,STORAGE) $(call arg,--data,DATA) $(HEARTBEAT_ARGS)
 
 .PHONY: tracking-server
 tracking-server: $(STAMP) ## Local PostgreSQL + mlflow server for many workers: [PORT=5000 PG_PORT=5433 HOST=127.0.0.1 ALLOWED_HOSTS=]

@@ -43,7 +43,13 @@ OPTIONS = {
     ),
     "storage": Option(("--storage",), {"help": "Optuna storage URL (default: sqlite under mlruns/)"}),
     "device": Option(("--device",), {"help": f"auto | cpu | cuda | cuda:N (default {TUNED.device})"}),
-    "data": Option(("--data",), {"help": "a CSV or Parquet file: tune on your own data (not --dataset), or score it"}),
+    "data": Option(
+        ("--data",),
+        {
+            "help": "a CSV or Parquet file: tune on your own data (not --dataset), or score it; conclude, archive: "
+            "the file it was tuned on (read only when its sha256 is the recorded one; default: the recorded file)"
+        },
+    ),
     "out": Option(
         ("--out",),
         {"help": "archive: the directory for .mar files (default archives/); score: the CSV of predictions to write"},
@@ -88,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     conclude = commands.add_parser("conclude", help="refit the study's best trial, register it, pick @champion")
     add_options(conclude, "name", required=True)
-    add_options(conclude, "storage", "tracking_uri", "device", "heartbeat", "grace")
+    add_options(conclude, "storage", "tracking_uri", "device", "heartbeat", "grace", "data")
 
     archive = commands.add_parser("archive", help="build archives/<name>.mar from the registry's @champion")
     add_options(archive, "name", "out", "tracking_uri")

@@ -52,7 +52,7 @@ def run_conclude(args) -> int:
     from training.search.study import conclude_study
 
     conclusion, client, experiment_id, run_id = conclude_study(
-        args.name, args.storage, args.tracking_uri, **given(args, "device", "heartbeat", "grace")
+        args.name, args.storage, args.tracking_uri, **given(args, "device", "heartbeat", "grace"), data_file=args.data
     )
     print_conclusion(args.name, conclusion, client.tracking_uri, experiment_id, run_id)
     return 0

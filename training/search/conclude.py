@@ -65,12 +65,14 @@ class Candidate:
     new: bool
 
 
-def conclude(client, run_id: str, study: optuna.Study, storage_url: str, device: str = "auto") -> Conclusion:
-    """Conclude `study` into the MLflow run `run_id`, one conclusion at a time per study."""
+def conclude(
+    client, run_id: str, study: optuna.Study, data: Dataset, storage_url: str, device: str = "auto"
+) -> Conclusion:
+    """Conclude `study`, tuned on `data` (what this command read: `study_data`, or a tune's own), into the MLflow
+    run `run_id`, one conclusion at a time per study."""
     name = study.study_name
     with storage_lock(storage_url, f"conclude:{name}"):
         trials = completed_trials(study)
-        data = study_data(study)
         metric, direction = PRIMARY_METRIC[data.task]
         best = study.best_trial  # read once: workers still running may finish a better trial meanwhile
         with mlflow.start_run(run_id=run_id):
@@ -177,12 +179,23 @@ def decision_tags(candidate: Candidate, decision: registry.ChampionDecision) -> 
     }
 
 
-def study_data(study: optuna.Study) -> Dataset:
-    """The data set a study was tuned on: a built-in one, or the user's file (refused if it changed since)."""
-    seed = study.user_attrs.get("data_seed", DATA_SEED)
-    spec = records.spec_from_study(study.user_attrs)
+def study_data(study: optuna.Study, data_file: str | None = None) -> Dataset:
+    """The data set a study was tuned on: the built-in one it records, or the user's file — `data_file` (named on
+    this command line) or else the recorded one, read only when its sha256 is the recorded one. A study recorded on a
+    built-in set never becomes a file study: a file recorded or named for it is refused, naming both."""
+    attrs, name = study.user_attrs, study.study_name
+    seed = attrs.get("data_seed", DATA_SEED)
+    spec = records.spec_from_study(attrs)
+    if attrs.get("dataset"):
+        if spec is not None or data_file:
+            raise records.DataMismatchError(
+                f"study {name!r} was tuned on the built-in data set {attrs['dataset']!r}, not on the file "
+                f"{data_file or spec.path}: not reading it"
+            )
+        return load_dataset(attrs["dataset"], seed=seed)
     if spec is None:
-        return load_dataset(study.user_attrs["dataset"], seed=seed)
+        raise ConcludeError(f"study {name!r} records neither a built-in data set nor a file")
+    spec = records.checked_file(spec, attrs.get("data_sha256"), data_file, f"study {name!r}")
     data = tables.load_file_dataset(spec, seed=seed)
     records.record_on_study(study, data)  # the same file and splits as the trials saw
     return data
