@@ -71,11 +71,13 @@ def start_mlflow(server: TrackingServer, allowed_hosts: list[str], workers: int)
 
 
 def auth_config(server: TrackingServer) -> Path:
-    """MLflow's basic-auth settings (no secret in them): its user store beside the data, READ by default."""
+    """MLflow's basic-auth settings (no secret in them): its user store beside the data, READ by default. MLflow gives
+    the account that creates an experiment or a registered model MANAGE on it, so the workers' account writes the
+    studies' experiments and models it made, and only reads everything else."""
     path = Path(server.state_dir) / "basic_auth.ini"
     database = Path(server.state_dir) / "basic_auth.db"
     path.write_text(
-        "[mlflow]\ndefault_permission = EDIT\n"
+        "[mlflow]\ndefault_permission = READ\n"
         f"database_uri = sqlite:///{database}\nadmin_username = {MLFLOW_ADMIN}\n"
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
     )
