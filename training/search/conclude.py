@@ -21,7 +21,7 @@ from training.infra.locks import storage_lock
 from training.nn import build_model
 from training.search import progress
 from training.search.space import default_epochs, rebuild
-from training.tracking import model_card, model_log, records, registry, run_notes
+from training.tracking import model_card, model_log, records, registry, retest, run_notes
 
 DATA_SEED = 0  # the splits never change between invocations, so a study compares like with like
 
@@ -81,6 +81,8 @@ def conclude(
             mlflow.log_metrics({f"test_{k}": v for k, v in candidate.test.items()})
             with progress.stage("champion decision"):
                 decision = registry.promote_best(client, name, metric, direction)
+                if decision.promoted:
+                    model_card.note_champion(client, name, decision.version)
             mlflow.set_tags(decision_tags(candidate, decision))
         conclusion = Conclusion(
             best_trial=best.number,
@@ -159,10 +161,18 @@ def new_candidate(
         model_log.log_data_input(data, protocol)
         key = candidate_key(study, best)
         tags = {f"val_{metric}": str(best.value), "candidate": key, "optuna.trial": str(best.number)}
+        seed = int(study.user_attrs.get("data_seed", DATA_SEED))
+        tags |= retest.data_tags(data, seed) | {"registered_by": registry.actor()}
         version, sha = model_log.log_and_register(model, data, study.study_name, run_id, test, metric, tags)
         validation = model_card.trial_validation(best.user_attrs.get("mlflow_run_id"), metric, best.value)
         card = model_card.card_for(
-            model, data, name=study.study_name, protocol=protocol, validation=validation, test=test
+            model,
+            data,
+            name=study.study_name,
+            protocol=protocol,
+            validation=validation,
+            test=test,
+            registered_by=tags["registered_by"],
         )
         model_card.describe_version(study.study_name, version, card)
     return Candidate(version, sha, test, new=True)

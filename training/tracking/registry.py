@@ -3,7 +3,10 @@ a version is."""
 
 from __future__ import annotations
 
+import getpass
 import math
+import os
+import socket
 import time
 import urllib.parse
 from dataclasses import dataclass
@@ -109,7 +112,7 @@ def promote_best(client: MlflowClient, name: str, metric: str, direction: str) -
         return ChampionDecision(
             str(best.version), False, f"version {best.version} stays: best val_{metric}={value:.6g}"
         )
-    client.set_registered_model_alias(name, CHAMPION, str(best.version))
+    mark_version(client, name, str(best.version), CHAMPION)
     if current is None:
         reason = f"version {best.version} is the first champion (val_{metric}={value:.6g})"
     else:
@@ -132,10 +135,21 @@ def has_artifacts(client: MlflowClient, version) -> bool:
     return True  # served by a tracking server or a cloud store: its business
 
 
-def mark_version(client: MlflowClient, name: str, version: str, alias: str) -> None:
-    """Point the registry alias `alias` at `version` and stamp the version (tag `<alias>_at`, UTC time).
+def actor() -> str:
+    """Who acts on the registry, as a version records it: this machine's user and host, and the MLflow account a
+    tracking server authenticates (`MLFLOW_TRACKING_USERNAME`) when there is one."""
+    who = f"{getpass.getuser()}@{socket.gethostname()}"
+    account = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    return f"{who} (MLflow account {account})" if account else who
 
-    Shows in the Models tab which version is where: `archive` marks `@archived` after a successful build,
-    a deploy marks `@serving` once the server answers with it. An alias names one version at a time."""
+
+def mark_version(client: MlflowClient, name: str, version: str, alias: str) -> None:
+    """Point the registry alias `alias` at `version` and stamp the version: when (tag `<alias>_at`, UTC time) and
+    by whom (`<alias>_by`, `actor()`).
+
+    Shows in the Models tab which version is where and who put it there: a conclusion moves `@champion`, `archive`
+    marks `@archived` after a successful build, a deploy marks `@serving` once the server answers with it. An alias
+    names one version at a time."""
     client.set_registered_model_alias(name, alias, str(version))
     client.set_model_version_tag(name, str(version), f"{alias}_at", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    client.set_model_version_tag(name, str(version), f"{alias}_by", actor())
