@@ -28,7 +28,8 @@ SEQUENCES = [[[0.3, 1], [0.9, 0], [0.5, 1]], [[0.1, 0]] * 7 + [[0.7, 1], [0.2, 1
 @pytest.fixture(scope="module")
 def served(champions, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("e2e-run")
-    server = serve.start(run_dir=run_dir, model_store=champions["root"] / "archives", ports=free_ports(), quiet=True)
+    store, uri = champions["root"] / "archives", champions["tracking_uri"]
+    server = serve.start(run_dir=run_dir, model_store=store, ports=free_ports(), quiet=True, tracking_uri=uri)
     yield server, champions["archives"]
     serve.stop(server.run_dir, quiet=True)
 

@@ -74,7 +74,10 @@ def served(tmp_path_factory):
         ),
     }
     archive_champions(out_dir=root / "archives", tracking_uri=stores["tracking_uri"])
-    server = serve.start(run_dir=root / "run", model_store=root / "archives", ports=free_ports(), quiet=True)
+    uri = stores["tracking_uri"]
+    server = serve.start(
+        run_dir=root / "run", model_store=root / "archives", ports=free_ports(), quiet=True, tracking_uri=uri
+    )
     yield server, root, stores, results
     serve.stop(server.run_dir, quiet=True)
 
