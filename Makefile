@@ -30,6 +30,7 @@ TUNE_ARGS = $(call arg,--model,MODEL) $(call arg,--dataset,DATASET) $(call arg,-
 HEARTBEAT_ARGS = $(call arg,--heartbeat,HEARTBEAT) $(call arg,--grace,GRACE)
 TRUST_ARGS = $(call switch,--trust-unsigned,TRUST_UNSIGNED,1)
 DASHBOARD_ARGS = $(call arg,--allowed-hosts,ALLOWED_HOSTS) $(call switch,--read-only,READ_ONLY,1)
+OLDER_ARGS = $(call switch,--allow-older,ALLOW_OLDER,1)
 # PYTEST_ARGS holds several arguments (`-k 'a or b' -x`): it reaches pytest as one PYTEST_ADDOPTS word, which
 # pytest itself splits as a shell would, without running a shell on it.
 PYTEST = $(if $(call given,PYTEST_ARGS),PYTEST_ADDOPTS="$$PYTEST_ADDOPTS "$(call quote,PYTEST_ARGS) )$(PYTHON) -m pytest
@@ -78,9 +79,9 @@ tune: $(STAMP) ## Tune: make tune MODEL=nw|mha|s2s|pixel DATASET=sine|diabetes|a
 	$(PYTHON) -m training tune $(TUNE_ARGS)
 
 .PHONY: conclude
-conclude: $(STAMP) ## Refit a study's best trial, register it if new, @champion by validation: make conclude NAME=nw-sine [STORAGE=]
+conclude: $(STAMP) ## Refit a study's best trial, register it if new, @champion by validation: make conclude NAME=nw-sine [STORAGE= DATA=file it was tuned on]
 	$(call require,NAME,make conclude NAME=nw-sine)
-	$(PYTHON) -m training conclude $(call arg,--name,NAME) $(call arg,--device,DEVICE) $(call arg,--storage,STORAGE) $(HEARTBEAT_ARGS)
+	$(PYTHON) -m training conclude $(call arg,--name,NAME) $(call arg,--device,DEVICE) $(call arg,--storage,STORAGE) $(call arg,--data,DATA) $(HEARTBEAT_ARGS)
 
 .PHONY: tracking-server
 tracking-server: $(STAMP) ## Local PostgreSQL + mlflow server for many workers: [PORT=5000 PG_PORT=5433 HOST=127.0.0.1 ALLOWED_HOSTS=]
@@ -91,8 +92,8 @@ tracking-server-stop: $(STAMP) ## Stop the tracking server started by make track
 	$(PYTHON) -m training tracking-server-stop
 
 .PHONY: archive
-archive: $(STAMP) ## Build archives/<name>.mar from the registry's @champion: make archive [NAME=nw-sine] [EXPLAIN_KEYS=values|index|none]
-	$(PYTHON) -m training archive $(call arg,--name,NAME) $(call arg,--explain-keys,EXPLAIN_KEYS)
+archive: $(STAMP) ## Build archives/<name>.mar from the registry's @champion, its test metric checked again: make archive [NAME=nw-sine] [EXPLAIN_KEYS=values|index|none] [DATA=file it was tuned on] [UNVERIFIED=1]
+	$(PYTHON) -m training archive $(call arg,--name,NAME) $(call arg,--explain-keys,EXPLAIN_KEYS) $(call arg,--data,DATA) $(call switch,--unverified,UNVERIFIED,1)
 
 .PHONY: score
 score: $(STAMP) ## Score a file with the registry's @champion, no server: make score NAME=nw-wine DATA=file.csv|.parquet OUT=predictions.csv [BATCH_ROWS=]
@@ -100,13 +101,13 @@ score: $(STAMP) ## Score a file with the registry's @champion, no server: make s
 	$(PYTHON) -m training score $(call arg,--name,NAME) $(call arg,--data,DATA) $(call arg,--out,OUT) $(call arg,--batch-rows,BATCH_ROWS)
 
 .PHONY: serve
-serve: install ## Start TorchServe in the background with every archive (each verified first), wait until healthy [TRUST_UNSIGNED=1]
-	$(PYTHON) -m training serve $(TRUST_ARGS)
+serve: install ## Start TorchServe in the background with every archive (each verified first), wait until healthy [TRUST_UNSIGNED=1 ALLOW_OLDER=1]
+	$(PYTHON) -m training serve $(TRUST_ARGS) $(OLDER_ARGS)
 
 .PHONY: deploy
-deploy: $(STAMP) ## Roll the newly archived champion into the running server, no request dropped: make deploy NAME=nw-sine
+deploy: $(STAMP) ## Roll the newly archived champion into the running server, no request dropped: make deploy NAME=nw-sine [ALLOW_OLDER=1]
 	$(call require,NAME,make deploy NAME=nw-sine)
-	$(PYTHON) -m training deploy $(call arg,--name,NAME) $(TRUST_ARGS)
+	$(PYTHON) -m training deploy $(call arg,--name,NAME) $(TRUST_ARGS) $(OLDER_ARGS)
 
 .PHONY: rollback
 rollback: $(STAMP) ## Return the running server to the version served before the last rollout, no request dropped: make rollback NAME=nw-sine

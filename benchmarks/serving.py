@@ -6,10 +6,11 @@ from __future__ import annotations
 import atexit
 import functools
 import json
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from unittest import mock
 
@@ -46,18 +47,33 @@ def champion_registry(quick: bool) -> str:
         storage=f"sqlite:///{root / 'optuna.db'}", tracking_uri=f"sqlite:///{root / 'mlflow.db'}", progress=False
     )
     tune(TuneOptions(model="nw", dataset="sine", trials=2 if quick else 20, **stores))
-    if quick:  # a smoke run: a smaller `adding` (same generator and lengths) trains in seconds
-        small = functools.partial(load_adding, n_train=300, n_val=100, n_test=100)
-        with mock.patch.dict(LOADERS, {"adding": small}):
-            tune(TuneOptions(model="mha", dataset="adding", trials=1, epochs=1, **stores))
-    else:
-        tune(TuneOptions(model="mha", dataset="adding", trials=1, epochs=3, **stores))
+    with smaller_adding(quick):
+        tune(TuneOptions(model="mha", dataset="adding", trials=1, epochs=1 if quick else 3, **stores))
     return stores["tracking_uri"]
+
+
+def smaller_adding(quick: bool) -> AbstractContextManager:
+    """A smoke run's `adding`: smaller (same generator and lengths), trained in seconds and tested again on the same."""
+    small = functools.partial(load_adding, n_train=300, n_val=100, n_test=100)
+    return mock.patch.dict(LOADERS, {"adding": small}) if quick else nullcontext()
+
+
+@functools.cache
+def throwaway_keys() -> Path:
+    """The folder of this process's signing key, made for it and removed with it: benchmark archives (a bare handler
+    without request limits among them) are signed and trusted with it, never with the production key, which this
+    process then does not trust either."""
+    folder = Path(tempfile.mkdtemp(prefix="bench-keys-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    os.environ["ATTENTION_SERVE_KEYS"] = str(folder)
+    return folder
 
 
 def build_archives(root: Path, quick: bool, variants: dict[str, dict] | None = None) -> Path:
     """The champions packed in each variant under root/archives (suffix -> handler path, the handler's options
-    ("handler_options") and model-config overrides; default: the three variants of this row)."""
+    ("handler_options") and model-config overrides; default: the three variants of this row), signed with
+    `throwaway_keys()`."""
+    throwaway_keys()
     client = mlflow_store.configure(champion_registry(quick))
     model_store = root / "archives"
     variants = variants or default_variants()
@@ -67,7 +83,8 @@ def build_archives(root: Path, quick: bool, variants: dict[str, dict] | None = N
             options = {**MODEL_CONFIG["handler"], **overrides.get("handler_options", {})}  # the handler's own settings
             rest = {k: v for k, v in overrides.items() if k not in ("handler", "handler_options")}
             config = {**MODEL_CONFIG, **rest, "handler": options}
-            archive_champion(client, name, model_store, config, archive_name=name + suffix, handler=handler)
+            with smaller_adding(quick):
+                archive_champion(client, name, model_store, config, archive_name=name + suffix, handler=handler)
     return model_store
 
 
@@ -89,7 +106,10 @@ def served(quick: bool, variants: dict[str, dict] | None = None) -> Iterator[ser
         return
     with tempfile.TemporaryDirectory(prefix="bench-served-") as tmp:
         store = build_archives(Path(tmp), quick, variants)
-        server = serve.start(run_dir=Path(tmp) / "run", model_store=store, ports=free_ports(), quiet=True)
+        uri = champion_registry(quick)
+        server = serve.start(
+            run_dir=Path(tmp) / "run", model_store=store, ports=free_ports(), quiet=True, tracking_uri=uri
+        )
         try:
             yield server
         finally:
@@ -105,7 +125,8 @@ def quick_server() -> tuple[serve.Server, dict[str, dict]]:
     root = Path(tempfile.mkdtemp(prefix="bench-served-quick-"))
     atexit.register(shutil.rmtree, root, ignore_errors=True)
     store = build_archives(root, True, shared)
-    server = serve.start(run_dir=root / "run", model_store=store, ports=free_ports(), quiet=True)
+    uri = champion_registry(True)
+    server = serve.start(run_dir=root / "run", model_store=store, ports=free_ports(), quiet=True, tracking_uri=uri)
     atexit.register(serve.stop, server.run_dir, quiet=True)  # registered last: runs before the folder goes
     return server, shared
 

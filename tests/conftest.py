@@ -39,7 +39,12 @@ def serve_champion(stores):
     def start(name: str):
         (_archive,) = archive_champions(name, out_dir=stores["root"] / "archives", tracking_uri=stores["tracking_uri"])
         run_dir, store = stores["root"] / "run", stores["root"] / "archives"
-        servers.append(serve.start(models=[name], run_dir=run_dir, model_store=store, ports=free_ports(), quiet=True))
+        uri = stores["tracking_uri"]
+        servers.append(
+            serve.start(
+                models=[name], run_dir=run_dir, model_store=store, ports=free_ports(), quiet=True, tracking_uri=uri
+            )
+        )
         return servers[-1]
 
     yield start
@@ -62,7 +67,7 @@ def champions(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:  # a smaller `adding` (same generator, lengths up to 200): seconds
         patch.setitem(LOADERS, "adding", functools.partial(load_adding, n_train=300, n_val=100, n_test=100))
         tune(TuneOptions(model="mha", dataset="adding", trials=1, epochs=1, progress=False, **stores))
-    archives = archive_champions(out_dir=root / "archives", tracking_uri=stores["tracking_uri"])
+        archives = archive_champions(out_dir=root / "archives", tracking_uri=stores["tracking_uri"])  # tested again
     return {**stores, "root": root, "archives": archives}
 
 

@@ -94,3 +94,22 @@ def test_load_generator_refuses_non_loopback_targets():
 
 def test_wrk_latency_units():
     assert wrk_ms("250.00us") == pytest.approx(0.25) and wrk_ms("1.50s") == pytest.approx(1500)
+
+
+def test_benchmark_archives_are_signed_with_a_throwaway_key_that_production_does_not_trust(tmp_path, monkeypatch):
+    import zipfile
+
+    from benchmarks import serving
+    from training.serving import signing
+
+    production = tmp_path / "production"
+    monkeypatch.setenv("ATTENTION_SERVE_KEYS", str(production))  # restored when the test ends
+    signing.signing_key()
+    throwaway = serving.throwaway_keys.__wrapped__()  # what a benchmark process does once, before it builds
+    variant = tmp_path / "nw-sine-baseline.mar"
+    with zipfile.ZipFile(variant, "w") as archive:
+        archive.writestr("baseline_handler.py", "class Handler: ...\n")
+    signing.sign_archive(variant)
+    assert (throwaway / signing.PRIVATE_KEY).exists() and throwaway != production
+    with pytest.raises(signing.ArchiveSignatureError, match="not trusted"):
+        signing.verify_archive(variant.read_bytes(), variant.name, signing.trusted_keys(production))

@@ -121,6 +121,18 @@ def test_the_champions_checkpoint_is_found_in_either_layout(version, tmp_path):
     assert model_files.checkpoint_in(FIXTURE) == FIXTURE / "artifacts" / "checkpoint.pt"  # a version from before
 
 
+def test_a_version_without_its_checksum_is_refused_not_waved_through(version, tmp_path):
+    client = version["client"]
+    bare = client.create_model_version(NAME, source=client.get_model_version(NAME, version["number"]).source)
+    client.set_registered_model_alias(NAME, registry.CHAMPION, bare.version)
+    try:
+        with pytest.raises(registry.MissingChecksumError, match=f"version {bare.version} records no checkpoint_sha256"):
+            registry.download_champion(client, NAME, tmp_path)
+    finally:
+        client.set_registered_model_alias(NAME, registry.CHAMPION, version["number"])
+        client.delete_model_version(NAME, bare.version)
+
+
 def test_the_loader_answers_a_frame_as_the_model_does(version):
     from training.serving.pyfunc import _load_pyfunc
 

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 import zipfile
 from pathlib import Path
 
@@ -299,12 +300,26 @@ def test_the_tracking_server_wants_an_account_and_the_workers_is_no_admin(server
     assert mlflow_server.auth_request(server, "POST", search, {"max_results": 1}, wrong)[0] == 401
     account = {"username": "intruder", "password": "a-password-long-enough-1"}
     assert mlflow_server.auth_request(server, "POST", "/api/2.0/mlflow/users/create", account, worker)[0] == 403
+    admin = (server_state.MLFLOW_ADMIN, server_state.secret(server, server_state.MLFLOW_ADMIN_PASSWORD_FILE))
+    for who, name in ((admin, "operators"), (worker, "workers-own")):
+        status, body = mlflow_server.auth_request(
+            server, "POST", "/api/2.0/mlflow/experiments/create", {"name": name}, who
+        )
+        assert status == 200, body
+        run = {"experiment_id": json.loads(body)["experiment_id"]}
+        allowed = 403 if who == admin else 200  # the worker writes what it created, and only reads the rest
+        assert mlflow_server.auth_request(server, "POST", "/api/2.0/mlflow/runs/create", run, worker)[0] == allowed
     for name in (server_state.MLFLOW_ADMIN_PASSWORD_FILE, server_state.MLFLOW_WORKER_PASSWORD_FILE):
         assert (Path(server.state_dir) / name).stat().st_mode & 0o777 == 0o600
     state = Path(server.state_dir)
     assert state.stat().st_mode & 0o777 == 0o711 and (state / "artifacts").stat().st_mode & 0o777 == 0o700
     for name in ("mlflow.log", "basic_auth.db", "postgres.log"):
         assert (state / name).stat().st_mode & 0o077 == 0, name  # no other user reads the logs or accounts
+
+
+def test_the_tracking_servers_default_permission_is_read(tmp_path):
+    config = mlflow_server.auth_config(types.SimpleNamespace(state_dir=tmp_path)).read_text()
+    assert "default_permission = READ" in config
 
 
 def test_no_password_is_on_any_command_line(server, tuned, tmp_path):

@@ -41,11 +41,11 @@ CREDENTIALS = {
 @pytest.fixture(scope="module")
 def served(champions, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("e2e-run")
+    store, uri = champions["root"] / "archives", champions["tracking_uri"]
     with pytest.MonkeyPatch.context() as patch:
         for name, value in CREDENTIALS.items():
             patch.setenv(name, value)
-        store = champions["root"] / "archives"
-        server = serve.start(run_dir=run_dir, model_store=store, ports=free_ports(), quiet=True)
+        server = serve.start(run_dir=run_dir, model_store=store, ports=free_ports(), quiet=True, tracking_uri=uri)
     yield server, champions["archives"]
     serve.stop(server.run_dir, quiet=True)
 

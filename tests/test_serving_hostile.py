@@ -26,10 +26,12 @@ VALID = {
 
 
 @pytest.fixture(scope="module")
-def server(model_store_copy, tmp_path_factory):
+def server(model_store_copy, champions, tmp_path_factory):
     root = tmp_path_factory.mktemp("hostile")
     store = model_store_copy(root / "archives")
-    server = serve.start(run_dir=root / "run", model_store=store, ports=free_ports(), quiet=True)
+    server = serve.start(
+        run_dir=root / "run", model_store=store, ports=free_ports(), quiet=True, tracking_uri=champions["tracking_uri"]
+    )
     yield server
     serve.stop(server.run_dir, quiet=True)
 

@@ -41,22 +41,29 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def running(model_store_copy, tmp_path_factory):
+def running(model_store_copy, champions, tmp_path_factory):
     root = tmp_path_factory.mktemp("operations")
     store = model_store_copy(root / "archives")
-    server = serve.start(run_dir=root / "run", model_store=store, ports=free_ports(), quiet=True)
+    server = serve.start(
+        run_dir=root / "run", model_store=store, ports=free_ports(), quiet=True, tracking_uri=champions["tracking_uri"]
+    )
     yield server, store, root
     serve.stop(server.run_dir, quiet=True)
 
 
-def new_champion_version(champions, root: Path, name: str) -> tuple[str, str]:
-    """A private copy of the registry with a new @champion version of `name` (same weights): (uri, version)."""
+def registry_copy(champions, root: Path) -> str:
+    """A private copy of the champions' registry: its URI."""
     db = root / "registry.db"
     source = sqlite3.connect(champions["tracking_uri"].removeprefix("sqlite:///"))
     with sqlite3.connect(db) as copy:  # SQLite's own copy: the file alone lacks what its write-ahead log holds
         source.backup(copy)
     source.close()
-    uri = f"sqlite:///{db}"
+    return f"sqlite:///{db}"
+
+
+def new_champion_version(champions, root: Path, name: str) -> tuple[str, str]:
+    """A private copy of the registry with a new @champion version of `name` (same weights): (uri, version)."""
+    uri = registry_copy(champions, root)
     client = mlflow_store.configure(uri)
     current = client.get_model_version_by_alias(name, registry.CHAMPION)
     new = client.create_model_version(name, source=current.source, run_id=current.run_id)
@@ -196,30 +203,41 @@ def test_a_tampered_archive_is_not_deployed_and_the_served_version_goes_on(runni
     assert server.predict("nw-sine", [2.5])[1] == before
 
 
-def test_stop_returns_when_the_whole_process_tree_is_gone_and_start_works_right_after(model_store_copy, tmp_path):
-    store = model_store_copy(tmp_path / "archives")
+def test_stop_returns_when_the_whole_process_tree_is_gone_and_start_works_right_after(
+    model_store_copy, champions, tmp_path
+):
+    store, uri = model_store_copy(tmp_path / "archives"), champions["tracking_uri"]
     ports = free_ports()
-    server = serve.start(models=["nw-sine"], run_dir=tmp_path / "run", model_store=store, ports=ports, quiet=True)
+    start = dict(
+        models=["nw-sine"], run_dir=tmp_path / "run", model_store=store, ports=ports, quiet=True, tracking_uri=uri
+    )
+    server = serve.start(**start)
     pid = serve.running_pid(server.run_dir)
     tree = [pid] + [p.pid for p in psutil.Process(pid).children(recursive=True)]
     assert len(tree) >= 3, "launcher, Java and at least one worker"
     assert serve.stop(server.run_dir, quiet=True)
     assert not [p for p in tree if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
-    again = serve.start(models=["nw-sine"], run_dir=tmp_path / "run", model_store=store, ports=ports, quiet=True)
+    again = serve.start(**start)
     try:
         assert again.predict("nw-sine", [1.0])[0] == 200
     finally:
         serve.stop(again.run_dir, quiet=True)
 
 
-def test_a_busy_port_is_named_and_leaves_no_stale_state(model_store_copy, tmp_path):
+def test_a_busy_port_is_named_and_leaves_no_stale_state(model_store_copy, champions, tmp_path):
     store = model_store_copy(tmp_path / "archives")
     ports = free_ports()
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", ports["inference_address"]))
         squatter.listen()
         with pytest.raises(PortInUseError) as busy:
-            serve.start(run_dir=tmp_path / "run", model_store=store, ports=ports, quiet=True)
+            serve.start(
+                run_dir=tmp_path / "run",
+                model_store=store,
+                ports=ports,
+                quiet=True,
+                tracking_uri=champions["tracking_uri"],
+            )
     assert f"port {ports['inference_address']} (inference_address)" in str(busy.value)
     assert serve.running_pid(tmp_path / "run") is None and not (tmp_path / "run" / "key_file.json").exists()
 
@@ -236,10 +254,16 @@ def test_logs_rotate_by_size_and_requests_do_not_reach_stdout(running):
     assert (logs / "access_log.log").stat().st_size > 200 * 50
 
 
-def test_a_log_at_its_size_cap_rolls_over_into_a_compressed_file(model_store_copy, tmp_path):
+def test_a_log_at_its_size_cap_rolls_over_into_a_compressed_file(model_store_copy, champions, tmp_path):
     store = model_store_copy(tmp_path / "archives")
     server = serve.start(
-        models=["nw-sine"], run_dir=tmp_path / "run", model_store=store, ports=free_ports(), quiet=True, log_size="8 KB"
+        models=["nw-sine"],
+        run_dir=tmp_path / "run",
+        model_store=store,
+        ports=free_ports(),
+        quiet=True,
+        log_size="8 KB",
+        tracking_uri=champions["tracking_uri"],
     )
     logs = server.run_dir / "logs"
     try:
@@ -323,7 +347,7 @@ def test_an_interrupted_archive_build_leaves_the_archive_before_it_whole(champio
     assert built.read_bytes() == before and sorted(p.name for p in tmp_path.glob("*.mar")) == ["nw-sine.mar"]
 
 
-def test_a_version_built_again_differently_is_not_deployed_over_the_one_served(running, tmp_path):
+def test_a_version_built_again_differently_is_not_deployed_over_the_one_served(running, champions, tmp_path):
     server, _, _ = running
     (served,) = [str(v["modelVersion"]) for v in server.versions("nw-sine")]
     with zipfile.ZipFile(served_copy(server.run_dir, "nw-sine", served)) as copy:
@@ -335,8 +359,14 @@ def test_a_version_built_again_differently_is_not_deployed_over_the_one_served(r
     with zipfile.ZipFile(again, "w") as archive:
         for name, data in members.items():
             archive.writestr(name, data)
-    sign_archive(again)
+    digest = sign_archive(again)
+    uri = registry_copy(champions, tmp_path)  # where `make archive EXPLAIN_KEYS=none` recorded it as the latest build
+    client = mlflow_store.configure(uri)
+    champion = client.get_model_version_by_alias("nw-sine", registry.CHAMPION)
+    while len(client.search_model_versions("name = 'nw-sine'")) < int(served):  # a version a rollout test added
+        client.create_model_version("nw-sine", source=champion.source, run_id=champion.run_id, tags=champion.tags)
+    client.set_model_version_tag("nw-sine", served, "archive_sha256", digest)
     with pytest.raises(ArchiveRefusedError) as refused:
-        deploy("nw-sine", run_dir=server.run_dir, model_store=tmp_path, mark_registry=False)
+        deploy("nw-sine", run_dir=server.run_dir, model_store=tmp_path, tracking_uri=uri, mark_registry=False)
     assert "built differently" in str(refused.value)
     assert server.predict("nw-sine", [1.0], explain=True)[1]["explanations"][0]["revealed"] == "values"

@@ -11,11 +11,14 @@ import torch
 from handlers.contract import Limits
 from handlers.errors import RequestError
 from handlers.tabular import TabularAdapter
+from training.data import tables
 from training.data.datasets import prepare_model
 from training.data.tables import TableError, TableSpec, default_name, load_file_dataset
 from training.nn import NadarayaWatson, NWConfig, build_model
+from training.nn.integrity import file_sha256
+from training.search.conclude import study_data
 from training.search.space import suggest
-from training.tracking.records import record_on_study
+from training.tracking.records import DataMismatchError, record_on_study
 
 
 def table(n: int = 40, seed: int = 0) -> pd.DataFrame:
@@ -163,6 +166,50 @@ def test_a_changed_file_is_refused_by_the_study_naming_both_digests(tmp_path):
     assert "NAME=" in str(refused.value)
     with pytest.raises(TableError, match="features"):
         record_on_study(study, load(table(), tmp_path, target="cost", features=("age",)))
+
+
+def test_a_worker_cannot_choose_the_file_a_conclusion_reads(tmp_path, monkeypatch):
+    """The attack: a worker account writes a file's name into the attributes of a study tuned on a built-in set."""
+    secret = write(table(), tmp_path / "secret.csv")
+    parsed = []
+    monkeypatch.setattr(tables, "read_table", parsed.append)  # what would parse it: never reached
+    study = optuna.create_study(study_name="nw-sine")
+    planted = {"data_file": secret, "data_target": "cost", "data_features": ["age"], "data_task": "regression"}
+    for key, value in {"model": "nw", "dataset": "sine", "data_seed": 0, **planted}.items():
+        study.set_user_attr(key, value)
+    with pytest.raises(DataMismatchError) as refused:
+        study_data(study)
+    assert "built-in data set 'sine'" in str(refused.value) and secret in str(refused.value)
+    with pytest.raises(DataMismatchError, match="built-in"):
+        study_data(study, data_file=secret)  # nor when named on the command line
+    study.set_user_attr("dataset", "")  # made to look like a file study: without the file's sha256...
+    with pytest.raises(DataMismatchError, match="no sha256"):
+        study_data(study)
+    study.set_user_attr("data_sha256", "0" * 64)  # ...or with another one, nothing is read
+    with pytest.raises(DataMismatchError) as refused:
+        study_data(study)
+    assert "0" * 64 in str(refused.value) and file_sha256(secret) in str(refused.value)
+    assert not parsed
+
+
+def test_a_conclusion_reads_the_file_named_on_its_command_line_when_its_sha256_is_recorded(tmp_path):
+    study = optuna.create_study(study_name="nw-data")
+    study.set_user_attr("dataset", "")
+    record_on_study(study, load(table(), tmp_path, target="cost"))
+    moved = tmp_path / "moved" / "data.csv"
+    moved.parent.mkdir()
+    (tmp_path / "data.csv").rename(moved)
+    with pytest.raises(DataMismatchError, match="is not a file"):
+        study_data(study)
+    assert study_data(study, data_file=str(moved)).digest == study.user_attrs["data_sha256"]
+    other = write(table(seed=1), tmp_path / "other.csv")
+    with pytest.raises(DataMismatchError) as refused:
+        study_data(study, data_file=other)
+    assert study.user_attrs["data_sha256"] in str(refused.value) and file_sha256(other) in str(refused.value)
+    with pytest.raises(DataMismatchError, match="built-in data set 'sine'"):
+        built_in = optuna.create_study(study_name="nw-sine")
+        built_in.set_user_attr("dataset", "sine")
+        record_on_study(built_in, load(table(), tmp_path, target="cost"))  # a file tune never joins it
 
 
 def test_default_names_come_from_the_file():

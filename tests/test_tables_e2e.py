@@ -90,7 +90,10 @@ def served(tmp_path_factory):
     client = MlflowClient(stores["tracking_uri"], stores["tracking_uri"])
     values = {"archive_name": "nw-patients-values", "explain_keys": "values"}  # the same model, its rows revealed
     archive_champion(client, "nw-patients", root / "archives", MODEL_CONFIG, **values)
-    server = serve.start(run_dir=root / "run", model_store=root / "archives", ports=free_ports(), quiet=True)
+    uri = stores["tracking_uri"]
+    server = serve.start(
+        run_dir=root / "run", model_store=root / "archives", ports=free_ports(), quiet=True, tracking_uri=uri
+    )
     yield server, root, stores, results
     serve.stop(server.run_dir, quiet=True)
 

@@ -94,6 +94,10 @@ def test_the_registered_version_carries_its_model_card(stores, first):
     assert f"| mse | {metrics['best_val_mse']:.6g} | {metrics['test_mse']:.6g} |" in card
     r2 = next(line for line in card.splitlines() if line.startswith("| r2 |"))
     assert r2.endswith(f"| {metrics['test_r2']:.6g} |")
+    version = client.get_model_version("nw-sine", first.conclusion.model_version)
+    assert version.tags["registered_by"] == version.tags["champion_by"] == registry.actor()  # who, in the registry
+    assert f"- registered by {registry.actor()}" in card and f"moved by {registry.actor()}" in card  # and the card
+    assert version.tags["dataset"] == "sine" and version.tags["data_seed"] == "0"  # what `make archive` tests again
 
 
 def test_pruned_trials_are_marked_in_optuna_and_mlflow(stores, first):

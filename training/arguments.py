@@ -43,7 +43,13 @@ OPTIONS = {
     ),
     "storage": Option(("--storage",), {"help": "Optuna storage URL (default: sqlite under mlruns/)"}),
     "device": Option(("--device",), {"help": f"auto | cpu | cuda | cuda:N (default {TUNED.device})"}),
-    "data": Option(("--data",), {"help": "a CSV or Parquet file: tune on your own data (not --dataset), or score it"}),
+    "data": Option(
+        ("--data",),
+        {
+            "help": "a CSV or Parquet file: tune on your own data (not --dataset), or score it; conclude, archive: "
+            "the file it was tuned on (read only when its sha256 is the recorded one; default: the recorded file)"
+        },
+    ),
     "out": Option(
         ("--out",),
         {"help": "archive: the directory for .mar files (default archives/); score: the CSV of predictions to write"},
@@ -54,6 +60,10 @@ OPTIONS = {
             "action": "store_true",
             "help": "also serve archives built before archives were signed (signed ones are verified all the same)",
         },
+    ),
+    "allow_older": Option(
+        ("--allow-older",),
+        {"action": "store_true", "help": "serve an archive older than the version the registry's @serving names"},
     ),
     "port": Option(("--port",), {"type": int, "help": "the port to listen on (default %(default)s)"}),
     "state_dir": Option(("--state-dir",), {"help": "the tracking server's state (default: .tracking/)"}),
@@ -88,10 +98,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     conclude = commands.add_parser("conclude", help="refit the study's best trial, register it, pick @champion")
     add_options(conclude, "name", required=True)
-    add_options(conclude, "storage", "tracking_uri", "device", "heartbeat", "grace")
+    add_options(conclude, "storage", "tracking_uri", "device", "heartbeat", "grace", "data")
 
     archive = commands.add_parser("archive", help="build archives/<name>.mar from the registry's @champion")
-    add_options(archive, "name", "out", "tracking_uri")
+    add_options(archive, "name", "out", "tracking_uri", "data")
+    archive.add_argument(
+        "--unverified",
+        action="store_true",
+        help="sign even when the data the champion was tuned on is not at hand to compute its test metric again",
+    )
     archive.add_argument(
         "--explain-keys",
         choices=["values", "index", "none"],
@@ -106,8 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="start TorchServe in the background with every archive")
     serve.add_argument("--models", default=None, help="comma-separated model names (default: every archive)")
-    add_options(serve, "trust_unsigned")
+    add_options(serve, "tracking_uri", "trust_unsigned", "allow_older")
     deploy = commands.add_parser("deploy", help="roll archives/<name>.mar into the running server, no request dropped")
+    add_options(deploy, "allow_older")
     rollback = commands.add_parser(
         "rollback", help="return the running server to the version served before the last rollout, no request dropped"
     )

@@ -52,7 +52,7 @@ def run_conclude(args) -> int:
     from training.search.study import conclude_study
 
     conclusion, client, experiment_id, run_id = conclude_study(
-        args.name, args.storage, args.tracking_uri, **given(args, "device", "heartbeat", "grace")
+        args.name, args.storage, args.tracking_uri, **given(args, "device", "heartbeat", "grace"), data_file=args.data
     )
     print_conclusion(args.name, conclusion, client.tracking_uri, experiment_id, run_id)
     return 0
@@ -88,14 +88,20 @@ def run_tracking_server_stop(args) -> int:
 
 
 def run_archive(args) -> int:
-    from training.serving.archive import archive_champions
+    from training.serving.archive import Checks, archive_champions
     from training.serving.serve import archive_info
 
+    checks = Checks(args.data, args.unverified)
     built = archive_champions(
-        args.name, out_dir=args.out, tracking_uri=args.tracking_uri, explain_keys=args.explain_keys
+        args.name, out_dir=args.out, tracking_uri=args.tracking_uri, explain_keys=args.explain_keys, checks=checks
     )
     for path in built:
-        print(f"built {path} (explanations reveal the training rows' {archive_info(path)['explain_keys']})")
+        info = archive_info(path)
+        print(f"built {path} (explanations reveal the training rows' {info['explain_keys']})")
+        if not info["retested"]:
+            print(
+                f"  signed UNVERIFIED: {info['name']} version {info['version']}'s data is not at hand", file=sys.stderr
+            )
     return 0
 
 
@@ -114,20 +120,26 @@ def run_serve(args) -> int:
     from training.serving.serve import RUN_DIR, archive_info, private_store, start
 
     names = args.models.split(",") if args.models else None
-    start(models=names, trust_unsigned=args.trust_unsigned)
+    start(
+        models=names, trust_unsigned=args.trust_unsigned, tracking_uri=args.tracking_uri, allow_older=args.allow_older
+    )
     for served in sorted(private_store(RUN_DIR).glob("*.mar")):  # the verified copies the server reads
         version = str(archive_info(served)["version"])
-        print(f"  registry    {served.stem}: {mark_serving(served.stem, version, None)}")
+        print(f"  registry    {served.stem}: {mark_serving(served.stem, version, args.tracking_uri)}")
     return 0
 
 
 def run_deploy(args) -> int:
     from training.serving.deploy import deploy
 
-    rollout = deploy(args.name, tracking_uri=args.tracking_uri, trust_unsigned=args.trust_unsigned)
+    rollout = deploy(
+        args.name, tracking_uri=args.tracking_uri, trust_unsigned=args.trust_unsigned, allow_older=args.allow_older
+    )
     replaced = f" (replaced version {', '.join(rollout.previous)})" if rollout.previous else ""
     print(f"{rollout.name} now serves version {rollout.version}{replaced} in {rollout.seconds:.1f} s")
     print(f"registry: {rollout.registry}")
+    for line in rollout.notes:
+        print(f"note: {line}")
     return 0
 
 

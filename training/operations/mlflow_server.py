@@ -73,7 +73,9 @@ def start_mlflow(server: TrackingServer, allowed_hosts: list[str], workers: int)
 
 
 def auth_config(server: TrackingServer) -> Path:
-    """MLflow's basic-auth settings (no secret in them): its user store beside the data, READ by default.
+    """MLflow's basic-auth settings (no secret in them): its user store beside the data, READ by default. MLflow
+    gives the account that creates an experiment or a registered model MANAGE on it, so the workers' account writes
+    the studies' experiments and models it made, and only reads everything else.
 
     A verified password is remembered for a minute (MLflow's own credential cache, off by default): each check
     is a deliberately slow hash, and a worker's trial or a model's registration makes dozens of requests. The
@@ -82,7 +84,7 @@ def auth_config(server: TrackingServer) -> Path:
     path = Path(server.state_dir) / "basic_auth.ini"
     database = Path(server.state_dir) / "basic_auth.db"
     path.write_text(
-        f"[mlflow]\ndefault_permission = EDIT\nauth_cache_ttl_seconds = {AUTH_CACHE_SECONDS}\n"
+        f"[mlflow]\ndefault_permission = READ\nauth_cache_ttl_seconds = {AUTH_CACHE_SECONDS}\n"
         f"database_uri = sqlite:///{database}\nadmin_username = {MLFLOW_ADMIN}\n"
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
     )

@@ -21,7 +21,7 @@ from training.infra.locks import storage_lock
 from training.nn import build_model
 from training.search import progress
 from training.search.space import default_epochs, rebuild
-from training.tracking import model_card, model_log, records, registry, run_notes
+from training.tracking import model_card, model_log, records, registry, retest, run_notes
 
 DATA_SEED = 0  # the splits never change between invocations, so a study compares like with like
 
@@ -65,12 +65,14 @@ class Candidate:
     new: bool
 
 
-def conclude(client, run_id: str, study: optuna.Study, storage_url: str, device: str = "auto") -> Conclusion:
-    """Conclude `study` into the MLflow run `run_id`, one conclusion at a time per study."""
+def conclude(
+    client, run_id: str, study: optuna.Study, data: Dataset, storage_url: str, device: str = "auto"
+) -> Conclusion:
+    """Conclude `study`, tuned on `data` (what this command read: `study_data`, or a tune's own), into the MLflow
+    run `run_id`, one conclusion at a time per study."""
     name = study.study_name
     with storage_lock(storage_url, f"conclude:{name}"):
         trials = completed_trials(study)
-        data = study_data(study)
         metric, direction = PRIMARY_METRIC[data.task]
         best = study.best_trial  # read once: workers still running may finish a better trial meanwhile
         with mlflow.start_run(run_id=run_id):
@@ -79,6 +81,8 @@ def conclude(client, run_id: str, study: optuna.Study, storage_url: str, device:
             mlflow.log_metrics({f"test_{k}": v for k, v in candidate.test.items()})
             with progress.stage("champion decision"):
                 decision = registry.promote_best(client, name, metric, direction)
+                if decision.promoted:
+                    model_card.note_champion(client, name, decision.version)
             mlflow.set_tags(decision_tags(candidate, decision))
         conclusion = Conclusion(
             best_trial=best.number,
@@ -157,10 +161,18 @@ def new_candidate(
         model_log.log_data_input(data, protocol)
         key = candidate_key(study, best)
         tags = {f"val_{metric}": str(best.value), "candidate": key, "optuna.trial": str(best.number)}
+        seed = int(study.user_attrs.get("data_seed", DATA_SEED))
+        tags |= retest.data_tags(data, seed) | {"registered_by": registry.actor()}
         version, sha = model_log.log_and_register(model, data, study.study_name, run_id, test, metric, tags)
         validation = model_card.trial_validation(best.user_attrs.get("mlflow_run_id"), metric, best.value)
         card = model_card.card_for(
-            model, data, name=study.study_name, protocol=protocol, validation=validation, test=test
+            model,
+            data,
+            name=study.study_name,
+            protocol=protocol,
+            validation=validation,
+            test=test,
+            registered_by=tags["registered_by"],
         )
         model_card.describe_version(study.study_name, version, card)
     return Candidate(version, sha, test, new=True)
@@ -177,12 +189,23 @@ def decision_tags(candidate: Candidate, decision: registry.ChampionDecision) -> 
     }
 
 
-def study_data(study: optuna.Study) -> Dataset:
-    """The data set a study was tuned on: a built-in one, or the user's file (refused if it changed since)."""
-    seed = study.user_attrs.get("data_seed", DATA_SEED)
-    spec = records.spec_from_study(study.user_attrs)
+def study_data(study: optuna.Study, data_file: str | None = None) -> Dataset:
+    """The data set a study was tuned on: the built-in one it records, or the user's file — `data_file` (named on
+    this command line) or else the recorded one, read only when its sha256 is the recorded one. A study recorded on a
+    built-in set never becomes a file study: a file recorded or named for it is refused, naming both."""
+    attrs, name = study.user_attrs, study.study_name
+    seed = attrs.get("data_seed", DATA_SEED)
+    spec = records.spec_from_study(attrs)
+    if attrs.get("dataset"):
+        if spec is not None or data_file:
+            raise records.DataMismatchError(
+                f"study {name!r} was tuned on the built-in data set {attrs['dataset']!r}, not on the file "
+                f"{data_file or spec.path}: not reading it"
+            )
+        return load_dataset(attrs["dataset"], seed=seed)
     if spec is None:
-        return load_dataset(study.user_attrs["dataset"], seed=seed)
+        raise ConcludeError(f"study {name!r} records neither a built-in data set nor a file")
+    spec = records.checked_file(spec, attrs.get("data_sha256"), data_file, f"study {name!r}")
     data = tables.load_file_dataset(spec, seed=seed)
     records.record_on_study(study, data)  # the same file and splits as the trials saw
     return data

@@ -24,7 +24,7 @@ from training.fit.loop import PRIMARY_METRIC, resolve_device
 from training.infra import places, storage_urls
 from training.infra.locks import storage_lock
 from training.search import progress, pruning, space
-from training.search.conclude import DATA_SEED, Conclusion, conclude, study_states
+from training.search.conclude import DATA_SEED, Conclusion, conclude, study_data, study_states
 from training.search.objective import Objective
 from training.search.options import GRACE_SECONDS, HEARTBEAT_SECONDS, TuneError, TuneOptions
 from training.search.space import FILE_EPOCHS
@@ -195,7 +195,7 @@ def search(options, client, experiment_id, parent, study, before: int, objective
             writer.drain()  # every trial run written (raises what MLflow refused)
             conclusion = None
             if options.conclude:
-                conclusion = conclude(client, parent, study, options.storage_url, options.device)
+                conclusion = conclude(client, parent, study, objective.data, options.storage_url, options.device)
     except KeyboardInterrupt:
         drain = functools.partial(writer.drain, timeout=INTERRUPTED_WAIT_SECONDS)
         raise progress.close_interrupted(client, experiment_id, parent, study, before, drain) from None
@@ -238,8 +238,10 @@ def conclude_study(
     device: str = "auto",
     heartbeat: int = HEARTBEAT_SECONDS,
     grace: int = GRACE_SECONDS,
+    data_file: str | None = None,
 ) -> tuple[Conclusion, MlflowClient, str, str]:
-    """`make conclude`: close what dead workers left, then conclude the study in a run of its own.
+    """`make conclude`: close what dead workers left, then conclude the study in a run of its own, on `data_file`
+    (named on its command line) or the data the study records (`study_data`).
     Returns the conclusion, the client, the experiment id and the conclusion's run id."""
     client = mlflow_store.configure(tracking_uri)
     url = storage or places.default_optuna_storage()
@@ -249,6 +251,7 @@ def conclude_study(
         study = optuna.load_study(study_name=name, storage=open_storage(url, heartbeat, grace, on_stale))
     except KeyError:
         raise TuneError(f"no study {name!r} in {storage_urls.redact(url)}") from None
+    data = study_data(study, data_file)  # checked before any run is opened
     experiment_id = mlflow_store.experiment_id(client, name)
     close_dead_runs(client, experiment_id, study, grace)
     run_id = client.create_run(
@@ -258,7 +261,7 @@ def conclude_study(
     ).info.run_id
     try:
         with ParentHeartbeat(client, run_id, heartbeat):
-            conclusion = conclude(client, run_id, study, url, device)
+            conclusion = conclude(client, run_id, study, data, url, device)
     except BaseException:
         client.set_terminated(run_id, "FAILED")
         raise

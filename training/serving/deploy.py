@@ -19,13 +19,13 @@ import time
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from training.infra.processes import wait_until
 from training.serving import history
 from training.serving.errors import ArchiveMissingError, ArchiveRefusedError, ManagementError, RolloutBusyError
-from training.serving.serve import ARCHIVES, RUN_DIR, archive_info, private_store, running_server, verified_bytes
+from training.serving.serve import ARCHIVES, RUN_DIR, archive_info, bound_bytes, private_store, running_server
 from training.serving.signing import member_digests
 from training.serving.torchserve import Server
 from training.tracking import mlflow_store, registry
@@ -40,6 +40,7 @@ class Rollout:
     previous: list[str]
     seconds: float
     registry: str  # what happened to the registry's `serving` alias
+    notes: list[str] = field(default_factory=list)  # e.g. a newer champion waits
 
 
 def deploy(
@@ -50,31 +51,23 @@ def deploy(
     drain_seconds: float = 1.0,
     mark_registry: bool = True,
     trust_unsigned: bool = False,
+    allow_older: bool = False,
 ) -> Rollout:
+    """Roll `model_store/<name>.mar` in: verified, and bound to the registry at `tracking_uri` (its latest build of a
+    version not older than `@serving`, unless `allow_older`: `binding.py`)."""
     run_dir, model_store = Path(run_dir).resolve(), Path(model_store).resolve()
     with rollout_lock(run_dir, name):
-        return deploy_locked(name, run_dir, model_store, tracking_uri, drain_seconds, mark_registry, trust_unsigned)
-
-
-def deploy_locked(
-    name: str,
-    run_dir: Path,
-    model_store: Path,
-    tracking_uri: str | None,
-    drain_seconds: float,
-    mark_registry: bool,
-    trust_unsigned: bool,
-) -> Rollout:
-    server = running_server(run_dir)
-    archive = model_store / f"{name}.mar"
-    if not archive.exists():
-        known = ", ".join(sorted(p.stem for p in model_store.glob("*.mar"))) or "none"
-        raise ArchiveMissingError(f"no archive {archive}: `make archive NAME={name}` first (archives: {known})")
-    data = verified_bytes(archive, trust_unsigned)  # what was verified is what the server reads
-    version = str(archive_info(data)["version"])
-    served = history.versions(run_dir, name) or served_versions(server, name)  # a server started before histories
-    after = history.after_rollout(served, version)
-    return roll(server, run_dir, name, version, data, after, drain_seconds, tracking_uri, mark_registry)
+        server = running_server(run_dir)
+        archive = model_store / f"{name}.mar"
+        if not archive.exists():
+            known = ", ".join(sorted(p.stem for p in model_store.glob("*.mar"))) or "none"
+            raise ArchiveMissingError(f"no archive {archive}: `make archive NAME={name}` first (archives: {known})")
+        data, notes = bound_bytes(archive, tracking_uri, trust_unsigned, allow_older)  # what the server reads
+        version = str(archive_info(data)["version"])
+        served = history.versions(run_dir, name) or served_versions(server, name)  # a server from before histories
+        after = history.after_rollout(served, version)
+        rollout = roll(server, run_dir, name, version, data, after, drain_seconds, tracking_uri, mark_registry)
+        return replace(rollout, notes=notes)
 
 
 def roll(

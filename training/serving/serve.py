@@ -33,6 +33,7 @@ from training.infra.processes import (
 )
 from training.nn.integrity import REFUSAL  # what a worker logs when an archive fails its sha256 check
 from training.serving import history
+from training.serving.binding import check_bound
 from training.serving.errors import (
     AlreadyRunningError,
     ArchiveMissingError,
@@ -42,8 +43,9 @@ from training.serving.errors import (
     PortInUseError,
     StartupError,
 )
-from training.serving.signing import ArchiveSignatureError, UnsignedArchiveError, rebuilt, verify_archive
+from training.serving.signing import SIGNATURE, ArchiveSignatureError, UnsignedArchiveError, rebuilt, verify_archive
 from training.serving.torchserve import Server, read_properties, server_for
+from training.tracking import mlflow_store
 
 __all__ = ["RUN_DIR", "Server", "running_pid", "running_server", "server_for", "start", "stop"]
 
@@ -131,6 +133,20 @@ def verified_bytes(archive: Path, trust_unsigned: bool = False, built_as: str | 
     return rebuilt(data)
 
 
+def bound_bytes(
+    archive: Path, tracking_uri: str | None, trust_unsigned: bool = False, allow_older: bool = False
+) -> tuple[bytes, list[str]]:
+    """`verified_bytes`, once the registry at `tracking_uri` names them its latest build of their version
+    (`binding.py`; an unsigned archive served with `trust_unsigned` predates builds recorded in the registry), and the
+    lines to show about them."""
+    data = verified_bytes(archive, trust_unsigned)
+    with zipfile.ZipFile(io.BytesIO(data)) as opened:
+        if SIGNATURE not in opened.namelist():
+            return data, []
+    client = mlflow_store.configure(tracking_uri)
+    return data, check_bound(client, data, archive_info(data), str(archive), allow_older)
+
+
 # start / stop
 
 
@@ -158,10 +174,13 @@ def start(
     quiet: bool = False,
     log_size: str | None = None,
     trust_unsigned: bool = False,
+    tracking_uri: str | None = None,
+    allow_older: bool = False,
 ) -> Server:
     """Start TorchServe in the background from `run_dir` over the archives in `model_store`, and return once it
-    is healthy with a ready worker per model. Each archive is verified (its signature and every member) and
-    only the verified bytes are copied to the server's private store, which TorchServe reads. `log_size` caps
+    is healthy with a ready worker per model. Each archive is verified (its signature and every member, and that the
+    registry at `tracking_uri` names it its latest build of a version not older than `@serving` unless `allow_older`)
+    and only the verified bytes are copied to the server's private store, which TorchServe reads. `log_size` caps
     each log file before it rolls over ("10 MB"); `trust_unsigned` serves archives built before signing."""
     check_java()
     model_store = Path(model_store).resolve()
@@ -179,9 +198,11 @@ def start(
     temp = runtime_temp(run_dir)  # the unpacked handler code and the worker sockets: ours alone too
     (run_dir / "key_file.json").unlink(missing_ok=True)
     names = models or archives
+    checked = {
+        name: bound_bytes(model_store / f"{name}.mar", tracking_uri, trust_unsigned, allow_older) for name in names
+    }
     served_store, started = private_store(run_dir, reset=True), {}
-    for name in names:
-        data = verified_bytes(model_store / f"{name}.mar", trust_unsigned)
+    for name, (data, _) in checked.items():
         (served_store / f"{name}.mar").write_bytes(data)
         started[name] = str(archive_info(data)["version"])
     history.start_anew(run_dir, started)  # a fresh store: no earlier release to roll back to
@@ -224,6 +245,8 @@ def start(
         raise
     if not quiet:
         print_usage(server, names)
+        for line in [line for _, notes in checked.values() for line in notes]:
+            print(f"  note        {line}")
     return server
 
 

@@ -26,6 +26,7 @@ from training.nn.integrity import file_sha256
 from training.serving.errors import ArchiveRefusedError
 
 SIGNATURE = "SIGNATURE.json"  # the signed manifest, a member of the archive itself
+EPOCH = (1980, 1, 1, 0, 0, 0)  # every member's date (zip's earliest): no build time in an archive's bytes
 PRIVATE_KEY, PUBLIC_KEY, TRUSTED = "archive-signing.key", "archive-signing.pub", "trusted"
 
 
@@ -107,14 +108,26 @@ def canonical(manifest: dict) -> bytes:
     return json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
 
 
+def write_members(target: Path | io.BytesIO, members: list[tuple[str, bytes]]) -> None:
+    """A zip of `members` in the order given, each with the same date, permissions and compression: the same
+    members give the same bytes (Ed25519 signatures are deterministic too), so a build names its contents only."""
+    with zipfile.ZipFile(target, "w") as archive:
+        for name, data in members:
+            info = zipfile.ZipInfo(name, date_time=EPOCH)
+            info.compress_type, info.create_system, info.external_attr = zipfile.ZIP_DEFLATED, 3, 0o100644 << 16
+            archive.writestr(info, data)
+
+
 def sign_archive(path: Path, key: Ed25519PrivateKey | None = None) -> str:
-    """Add the signed manifest to the archive at `path`; returns the whole archive's sha256."""
+    """Write the archive at `path` again, its members sorted by name and the signed manifest last; returns the
+    whole archive's sha256."""
     key = key or signing_key()
     with zipfile.ZipFile(path) as archive:
+        members = sorted((n, archive.read(n)) for n in dict.fromkeys(archive.namelist()) if n != SIGNATURE)
         manifest = {"format": 1, "key": key_id(key.public_key()), "members": member_digests(archive)}
     signature = base64.b64encode(key.sign(canonical(manifest))).decode()
-    with zipfile.ZipFile(path, "a") as archive:
-        archive.writestr(SIGNATURE, json.dumps({**manifest, "signature": signature}, indent=1))
+    signed = json.dumps({**manifest, "signature": signature}, indent=1, sort_keys=True).encode()
+    write_members(path, [*members, (SIGNATURE, signed)])
     return file_sha256(path)
 
 
@@ -164,9 +177,8 @@ def verify_archive(data: bytes, where: str, trusted: dict[str, Ed25519PublicKey]
 def rebuilt(data: bytes) -> bytes:
     """The archive written anew from the members its index lists, nothing else: a reader that scans entries
     front to back (TorchServe unpacks that way) then meets exactly what was verified, never an entry hidden
-    before the index."""
+    before the index. An archive `sign_archive` wrote comes back byte for byte."""
     out = io.BytesIO()
-    with zipfile.ZipFile(io.BytesIO(data)) as source, zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as target:
-        for info in source.infolist():
-            target.writestr(info.filename, source.read(info.filename))
+    with zipfile.ZipFile(io.BytesIO(data)) as source:
+        write_members(out, [(info.filename, source.read(info.filename)) for info in source.infolist()])
     return out.getvalue()

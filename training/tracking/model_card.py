@@ -4,7 +4,8 @@ takes with an example request, the data and split it was tuned on, its validatio
 `render(card)` is pure: plain data in, markdown out. `card_for(...)` gathers that data from the refit model and
 its data set. The example request is made much as the handler's adapters make theirs (`example()` in
 handlers/*.py), which the training package does not import; the handler's limits are stated as its defaults
-(training/nn/bounds.py).
+(training/nn/bounds.py). Its last section, the registry's, says who registered the version, and gains a line each
+time `@champion` moves to it (`note_champion`).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class ModelCard:
     validation: dict[str, float]
     test: dict[str, float]
     limits: list[str]
+    registered_by: str = ""  # registry.actor() of the conclusion that registered it
 
 
 # the card as markdown
@@ -56,6 +58,7 @@ def render(card: ModelCard) -> str:
     for metric in dict.fromkeys([*card.validation, *card.test]):
         lines.append(f"| {metric} | {number(card.validation.get(metric))} | {number(card.test.get(metric))} |")
     lines += ["", "## Limits", "", *[f"- {limit}" for limit in card.limits]]
+    lines += ["", "## Registry", "", f"- registered by {card.registered_by or 'unknown'}"]
     text = "\n".join(lines) + "\n"
     return text if len(text) <= MAX_CHARS else text[: MAX_CHARS - 2] + "…\n"
 
@@ -89,6 +92,7 @@ def card_for(
     protocol: str,
     validation: dict[str, float],
     test: dict[str, float],
+    registered_by: str = "",
 ) -> ModelCard:
     labels = getattr(model.config, "class_labels", None) or list(range(data.n_classes))
     return ModelCard(
@@ -105,6 +109,7 @@ def card_for(
         test=test,
         limits=[f"at most {MAX_INSTANCES} instances per request (the handler's default)"]
         + tracking_family_of(model).limits(model.config, data),
+        registered_by=registered_by,
     )
 
 
@@ -134,3 +139,11 @@ def trial_validation(run_id: str | None, metric: str, value: float) -> dict[str,
 
 def describe_version(name: str, version: str, card: ModelCard) -> None:
     MlflowClient().update_model_version(name, version, description=render(card))
+
+
+def note_champion(client: MlflowClient, name: str, version: str) -> None:
+    """Add to the version's card who made it `@champion`, and when (its `champion_by`/`champion_at` tags)."""
+    found = client.get_model_version(name, version)
+    line = f"- @champion since {found.tags.get('champion_at', '?')}, moved by {found.tags.get('champion_by', '?')}"
+    text = (found.description or "").rstrip("\n") + "\n" + line + "\n"
+    client.update_model_version(name, version, description=text[-MAX_CHARS:] if len(text) > MAX_CHARS else text)

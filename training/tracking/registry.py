@@ -3,7 +3,10 @@ a version is."""
 
 from __future__ import annotations
 
+import getpass
 import math
+import os
+import socket
 import time
 import urllib.parse
 from dataclasses import dataclass
@@ -33,6 +36,10 @@ class ChecksumMismatchError(RegistryError):
     """A downloaded checkpoint differs from the sha256 its registered version records."""
 
 
+class MissingChecksumError(RegistryError):
+    """A registered version records no `checkpoint_sha256`: its checkpoint cannot be checked, so it is not used."""
+
+
 @dataclass
 class ChampionDecision:
     version: str
@@ -53,7 +60,7 @@ def champion_names(client: MlflowClient) -> list[str]:
 
 def download_champion(client: MlflowClient, name: str, dst: Path) -> tuple[object, Path]:
     """The `@champion` of `name`: its registered version and its checkpoint downloaded under `dst`, refused when
-    the file differs from the version's `checkpoint_sha256` tag."""
+    the version records no `checkpoint_sha256` tag or the file differs from it."""
     version = champion_version(client, name)
     if version is None:
         known = ", ".join(champion_names(client)) or "none yet"
@@ -61,11 +68,16 @@ def download_champion(client: MlflowClient, name: str, dst: Path) -> tuple[objec
             f"{name!r} has no @champion in the registry at {storage_urls.redact(client.tracking_uri)} "
             f"(champions: {known}): run `make tune` first, or pick one of those"
         )
+    expected = version.tags.get("checkpoint_sha256")
+    if not expected:
+        raise MissingChecksumError(
+            f"{name} version {version.version} records no checkpoint_sha256: its checkpoint cannot be checked, "
+            "so it is not used (conclude the study again to register a version that records it)"
+        )
     local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}@{CHAMPION}", dst_path=str(dst)))
     checkpoint = checkpoint_in(local)  # data/ since the registry carries data; artifacts/ before
     sha = file_sha256(checkpoint)
-    expected = version.tags.get("checkpoint_sha256")
-    if expected and expected != sha:
+    if expected != sha:
         raise ChecksumMismatchError(
             f"{name} version {version.version}: checkpoint sha256 {sha} differs from the registry's {expected}"
         )
@@ -100,7 +112,7 @@ def promote_best(client: MlflowClient, name: str, metric: str, direction: str) -
         return ChampionDecision(
             str(best.version), False, f"version {best.version} stays: best val_{metric}={value:.6g}"
         )
-    client.set_registered_model_alias(name, CHAMPION, str(best.version))
+    mark_version(client, name, str(best.version), CHAMPION)
     if current is None:
         reason = f"version {best.version} is the first champion (val_{metric}={value:.6g})"
     else:
@@ -123,10 +135,21 @@ def has_artifacts(client: MlflowClient, version) -> bool:
     return True  # served by a tracking server or a cloud store: its business
 
 
-def mark_version(client: MlflowClient, name: str, version: str, alias: str) -> None:
-    """Point the registry alias `alias` at `version` and stamp the version (tag `<alias>_at`, UTC time).
+def actor() -> str:
+    """Who acts on the registry, as a version records it: this machine's user and host, and the MLflow account a
+    tracking server authenticates (`MLFLOW_TRACKING_USERNAME`) when there is one."""
+    who = f"{getpass.getuser()}@{socket.gethostname()}"
+    account = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    return f"{who} (MLflow account {account})" if account else who
 
-    Shows in the Models tab which version is where: `archive` marks `@archived` after a successful build,
-    a deploy marks `@serving` once the server answers with it. An alias names one version at a time."""
+
+def mark_version(client: MlflowClient, name: str, version: str, alias: str) -> None:
+    """Point the registry alias `alias` at `version` and stamp the version: when (tag `<alias>_at`, UTC time) and
+    by whom (`<alias>_by`, `actor()`).
+
+    Shows in the Models tab which version is where and who put it there: a conclusion moves `@champion`, `archive`
+    marks `@archived` after a successful build, a deploy marks `@serving` once the server answers with it. An alias
+    names one version at a time."""
     client.set_registered_model_alias(name, alias, str(version))
     client.set_model_version_tag(name, str(version), f"{alias}_at", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    client.set_model_version_tag(name, str(version), f"{alias}_by", actor())
