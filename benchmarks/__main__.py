@@ -1,4 +1,4 @@
-"""`python -m benchmarks [--quick] [--only ROWS] [--out DIR] [--client auto|wrk|python]`.
+"""`python -m benchmarks [--quick] [--only ROWS] [--out DIR] [--client auto|wrk|python] [--champions URI]`.
 
 A run of some rows (`--only`) replaces those rows in the existing results and keeps the others; every row
 records the commit and date it was measured at, and results.md says so.
@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
 import torch
 
+from benchmarks import serving
 from benchmarks.common import ROOT, machine, provenance
 from benchmarks.report import write_markdown
 from benchmarks.rows import BY_NAME, ROWS, Settings
@@ -31,7 +33,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default=",".join(names), help=f"comma-separated subset of {','.join(names)}")
     parser.add_argument("--out", default=str(ROOT / "benchmarks"), help="where results.md and results.json go")
     parser.add_argument("--client", default="auto", choices=["auto", "wrk", "python"], help="serving load generator")
+    parser.add_argument(
+        "--champions",
+        metavar="TRACKING_URI",
+        help="serve the @champion of nw-sine and mha-adding of this registry instead of tuning them afresh (tuned as "
+        "this run would tune them: a quick run's mha-adding on the smaller `adding`); benchmark archives' digests "
+        "are tagged on their versions",
+    )
     args = parser.parse_args(argv)
+    if args.champions:
+        os.environ[serving.GIVEN_CHAMPIONS] = args.champions
     only = args.only.split(",")
     unknown = sorted(set(only) - set(names))
     if unknown:

@@ -37,9 +37,15 @@ VARIANTS = {  # archive suffix -> (handler, batch size)
 }
 
 
+GIVEN_CHAMPIONS = "ATTENTION_BENCH_CHAMPIONS"  # `--champions`: a registry whose champions the serving rows serve
+
+
 @functools.cache
 def champion_registry(quick: bool) -> str:
-    """Champions of nw-sine and mha-adding, tuned once per benchmark process in private stores: the tracking URI."""
+    """Champions of nw-sine and mha-adding, tuned once per benchmark process in private stores, or the registry
+    `--champions` named (tuned as this run tunes them): the tracking URI."""
+    if os.environ.get(GIVEN_CHAMPIONS):
+        return os.environ[GIVEN_CHAMPIONS]
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     root = Path(tempfile.mkdtemp(prefix="bench-champions-"))
     atexit.register(shutil.rmtree, root, ignore_errors=True)

@@ -2,6 +2,7 @@
 the merging of runs on canned results."""
 
 import json
+import sqlite3
 import subprocess
 import sys
 from dataclasses import replace
@@ -26,8 +27,14 @@ def run_bench(out: Path, *args: str) -> dict:
 
 
 @pytest.mark.e2e  # the quick bench tunes, serves and loads a real TorchServe
-def test_quick_benchmark_writes_every_row(tmp_path):
-    results = run_bench(tmp_path)
+def test_quick_benchmark_writes_every_row(tmp_path, champions):
+    registry = tmp_path / "registry.db"  # the suite's champions, in a copy: the bench tags its archives' digests
+    with (
+        sqlite3.connect(champions["tracking_uri"].removeprefix("sqlite:///")) as source,
+        sqlite3.connect(registry) as copy,
+    ):
+        source.backup(copy)
+    results = run_bench(tmp_path, "--champions", f"sqlite:///{registry}")
     assert set(results["rows"]) == set(BY_NAME)  # every declared row ran and was written
     assert {r["delay_ms"] for r in results["rows"]["batch_delay"]} == {0, 5}
     assert all(r["errors"] == 0 and r["requests"] > 0 for r in results["rows"]["soak"])
