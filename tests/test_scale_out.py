@@ -74,15 +74,16 @@ sys.exit(main(sys.argv[5:]))
 
 @pytest.fixture(scope="module")
 def server():
+    """The tracking server as a host off loopback gets it (TLS, its own CA): the workers verify both servers. The
+    module's last server test stops, kills and restarts it (a fresh initdb is the slow part of a start)."""
     state = Path(tempfile.mkdtemp(prefix="tracking-"))
     state.chmod(0o755)  # PostgreSQL runs as an unprivileged user when the tests run as root
     try:
         ports = dict(pg_port=free_port(), mlflow_port=free_port())
-        started = tracking_server.start(state, **ports, workers=1)
+        started = tracking_server.start(state, **ports, workers=1, tls=True)
         with pytest.MonkeyPatch.context() as patch:  # as each worker is told to: the password file, no password
-            patch.setenv("PGPASSFILE", str(started.pgpass))
-            for key, value in mlflow_server.worker_credentials(started).items():
-                patch.setenv(key, value)
+            for key, value in (started.client_environment() | mlflow_server.worker_credentials(started)).items():
+                patch.setenv(key, value)  # PGSSLMODE=verify-full, the CA, the password file, the account
             yield started
     finally:
         tracking_server.stop(state)
@@ -337,65 +338,57 @@ def test_no_password_is_on_any_command_line(server, tuned, tmp_path):
     assert any("--storage" in line and "tune" in line for line in tuned["command_lines"])  # and the workers
 
 
-def test_off_loopback_the_servers_speak_tls_and_keep_their_data_through_a_stop_and_a_kill_9(tmp_path, monkeypatch):
-    """One state folder (a fresh initdb is the slow part) for what needs its own server: TLS, restarts."""
+def test_off_loopback_the_servers_speak_tls_and_keep_their_data_through_a_stop_and_a_kill_9(server, tmp_path):
+    """Last of the module's server tests: it stops, kills and restarts the module's server."""
     import psycopg
 
     with pytest.raises(server_state.TrackingServerError, match="refusing to listen on 0.0.0.0 without TLS"):
         tracking_server.start(tmp_path / "plain", host="0.0.0.0", tls=False)
-    state = Path(tempfile.mkdtemp(prefix="tracking-tls-"))
-    state.chmod(0o755)  # PostgreSQL runs as an unprivileged user when the tests run as root
-    ports = dict(pg_port=free_port(), mlflow_port=free_port())
+    state = Path(server.state_dir)
 
     def start():
-        return tracking_server.start(state, **ports, workers=1, tls=True)  # what a host off loopback gets
+        return tracking_server.start(state, pg_port=server.pg_port, mlflow_port=server.mlflow_port, workers=1, tls=True)
 
-    def studies(server) -> list[str]:
-        return optuna.get_all_study_names(storage=sqlalchemy_url(server.storage_url))
+    def studies(server) -> set[str]:
+        return set(optuna.get_all_study_names(storage=sqlalchemy_url(server.storage_url)))
 
-    try:
-        server = start()
-        assert server.tracking_uri.startswith("https://")
-        assert (state / "tls" / "server.key").stat().st_mode & 0o777 == 0o600
-        for key, value in (server.client_environment() | mlflow_server.worker_credentials(server)).items():
-            monkeypatch.setenv(key, value)  # PGSSLMODE=verify-full, the CA, the password file, the account
-        with psycopg.connect(server.storage_url) as connection:
-            assert connection.execute("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()").fetchone() == (True,)
-        with pytest.raises(psycopg.OperationalError):  # no TLS, no login
-            psycopg.connect(server.storage_url, sslmode="disable", connect_timeout=10)
-        client = mlflow_store.configure(server.tracking_uri)  # https, verified against the state's CA
-        assert client.get_experiment_by_name("Default") is not None
-        assert not answers(server.tracking_uri.replace("https://", "http://") + "/health")  # no plain http
-        assert not answers(server.tracking_uri + "/health")  # nor a client that does not know the CA
-        assert answers(server.tracking_uri + "/health", cafile=server.ca)
+    assert server.tracking_uri.startswith("https://")
+    assert (state / "tls" / "server.key").stat().st_mode & 0o777 == 0o600
+    with psycopg.connect(server.storage_url) as connection:
+        assert connection.execute("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()").fetchone() == (True,)
+    with pytest.raises(psycopg.OperationalError):  # no TLS, no login
+        psycopg.connect(server.storage_url, sslmode="disable", connect_timeout=10)
+    client = mlflow_store.configure(server.tracking_uri)  # https, verified against the state's CA
+    assert client.get_experiment_by_name("Default") is not None
+    assert not answers(server.tracking_uri.replace("https://", "http://") + "/health")  # no plain http
+    assert not answers(server.tracking_uri + "/health")  # nor a client that does not know the CA
+    assert answers(server.tracking_uri + "/health", cafile=server.ca)
 
-        # a stop and a start, then a kill -9 of everything and a start, bring back the same data
-        optuna.create_study(study_name="kept", storage=sqlalchemy_url(server.storage_url))
-        assert tracking_server.stop(state) and not (state / "server.json").exists()
-        assert (state / server_state.PASSWORD_FILE).stat().st_mode & 0o777 == 0o600  # kept, private
-        again = start()
-        assert again.password == server.password and studies(again) == ["kept"]
-        postmaster = int((again.pgdata / "postmaster.pid").read_text().split()[0])
-        killed = [psutil.Process(postmaster), *psutil.Process(postmaster).children(recursive=True)]
-        killed += [psutil.Process(again.mlflow_pid), *psutil.Process(again.mlflow_pid).children(recursive=True)]
-        for process in killed:
-            process.kill()
-        psutil.wait_procs(killed, timeout=30)
-        third = start()
-        assert studies(third) == ["kept"] and mlflow_server.healthy(third)
+    # a stop and a start, then a kill -9 of everything and a start, bring back the same data
+    optuna.create_study(study_name="kept", storage=sqlalchemy_url(server.storage_url))
+    kept = studies(server)
+    assert tracking_server.stop(state) and not (state / "server.json").exists()
+    assert (state / server_state.PASSWORD_FILE).stat().st_mode & 0o777 == 0o600  # kept, private
+    again = start()
+    assert again.password == server.password and studies(again) == kept
+    postmaster = int((again.pgdata / "postmaster.pid").read_text().split()[0])
+    killed = [psutil.Process(postmaster), *psutil.Process(postmaster).children(recursive=True)]
+    killed += [psutil.Process(again.mlflow_pid), *psutil.Process(again.mlflow_pid).children(recursive=True)]
+    for process in killed:
+        process.kill()
+    psutil.wait_procs(killed, timeout=30)
+    third = start()
+    assert studies(third) == kept and mlflow_server.healthy(third)
 
-        tracking_server.stop(state)
-        with socket.socket() as squatter:  # the mlflow server cannot start: whatever started is stopped again
-            squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # the port may still be in TIME_WAIT
-            squatter.bind(("127.0.0.1", ports["mlflow_port"]))
-            squatter.listen()
-            with pytest.raises(server_state.TrackingServerError):
-                start()
-        assert not postgres.postgres_running(third)
-        assert studies(start()) == ["kept"]
-    finally:
-        tracking_server.stop(state)
-        shutil.rmtree(state, ignore_errors=True)
+    tracking_server.stop(state)
+    with socket.socket() as squatter:  # the mlflow server cannot start: whatever started is stopped again
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # the port may still be in TIME_WAIT
+        squatter.bind(("127.0.0.1", server.mlflow_port))
+        squatter.listen()
+        with pytest.raises(server_state.TrackingServerError):
+            start()
+    assert not postgres.postgres_running(third)
+    assert studies(start()) == kept  # and left running, as the module's fixture stops it
 
 
 def test_a_start_never_stops_a_process_that_merely_has_the_recorded_pid(tmp_path):
