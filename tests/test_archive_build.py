@@ -10,12 +10,10 @@ import zipfile
 
 import mlflow
 import pytest
-import torch
 import yaml
+from small_models import small_nw
 
-from training.data.datasets import load_dataset
 from training.fit.loop import evaluate
-from training.nn import NWConfig, build_model
 from training.serving import binding
 from training.serving.archive import MODEL_CONFIG, Checks, archive_champion
 from training.serving.deploy import same_contents
@@ -37,13 +35,7 @@ def register(client, model, data, tags: dict[str, str]) -> str:
 def champion(tmp_path_factory):
     """A small NW model on `sine` registered as a conclusion registers it, and made `@champion`."""
     root = tmp_path_factory.mktemp("archive-build")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    client = mlflow_store.configure(uri)
-    data = load_dataset("sine")
-    torch.manual_seed(0)
-    model = build_model("nw", NWConfig(in_features=1, n_keys=20, bandwidth=2.0))
-    model.set_memory(data.train.x[:20], data.train.y[:20])
-    model.eval()
+    uri, client, data, model = small_nw(root)
     tags = {"val_mse": "0.25", "registered_by": "alice@build"} | retest.data_tags(data, 0)
     number = register(client, model, data, tags)
     registry.mark_version(client, NAME, number, registry.CHAMPION)

@@ -12,12 +12,10 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 import pytest
-import torch
 import yaml
+from small_models import small_nw
 
-from training.data.datasets import load_dataset
 from training.data.frames import example_frame, predict_frame
-from training.nn import NWConfig, build_model
 from training.nn.checkpoint import file_sha256
 from training.tracking import mlflow_store, model_files, model_log, registry
 
@@ -31,13 +29,7 @@ PLANTED = "from pathlib import Path\nPath({marker!r}).write_text('executed')\n"
 def version(tmp_path_factory):
     """A small NW model logged and registered by `model_log.log_and_register`, as a conclusion does."""
     root = tmp_path_factory.mktemp("model-form")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    client = mlflow_store.configure(uri)
-    data = load_dataset("sine")
-    torch.manual_seed(0)
-    model = build_model("nw", NWConfig(in_features=1, n_keys=20, bandwidth=2.0))
-    model.set_memory(data.train.x[:20], data.train.y[:20])
-    model.eval()
+    uri, client, data, model = small_nw(root)
     with mlflow.start_run(experiment_id=mlflow_store.experiment_id(client, NAME)) as run:
         number, sha = model_log.log_and_register(
             model, data, NAME, run.info.run_id, {"mse": 0.5}, "mse", {"val_mse": "0.25", "candidate": "probe"}
