@@ -189,3 +189,14 @@ def test_the_handler_answers_oip_bodies_in_oip_form(tmp_path):
     oip, reference = json.loads(out[0]), json.loads(out[1])
     assert oip["model_name"] == "nw-toy" and outputs(oip)["prediction"]["data"] == reference["predictions"]
     assert model is not None
+
+
+def test_make_serve_turns_the_protocol_on_with_grpc_on_loopback_and_free_ports(tmp_path):
+    from training.serving import serve
+
+    ports = serve.free_ports()
+    _, properties = serve.resolve_config(tmp_path, tmp_path, [], ports)
+    assert properties["ts_open_inference_protocol"] == "true"
+    assert properties["disable_token_authorization"] == "false"
+    assert properties["grpc_inference_address"] == properties["grpc_management_address"] == "127.0.0.1"
+    assert properties["grpc_inference_port"] == str(ports["grpc_inference_port"])
