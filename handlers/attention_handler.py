@@ -19,6 +19,8 @@ import training.nn
 from handlers.contract import Limits, adapter_for, answer_batch
 from handlers.errors import WarmUpError
 from handlers.metrics import MetricsSink, batch_figures
+from handlers.oip import answer_any
+from handlers.oip_kinds import oip_kind
 from training.nn import load_checkpoint
 from training.nn.integrity import verified_checkpoint
 
@@ -56,6 +58,7 @@ class AttentionHandler(BaseHandler):
             torch.set_num_threads(int(options["torch_threads"]))
         self.adapter = adapter_for(model, self.limits)
         self.model = self.adapter.model
+        self.oip = oip_kind(self.adapter)  # its Open Inference Protocol tensors
         warm_up = answer_batch([self.adapter.example()], [False], self.adapter, self.limits, self.model_info)
         if warm_up[0].status != 200:
             raise WarmUpError(f"the model does not answer its own example: {warm_up[0].body}")
@@ -75,7 +78,8 @@ class AttentionHandler(BaseHandler):
         started = time.perf_counter()
         bodies = [row.get("data", row.get("body")) for row in data]
         explain = [context.get_request_header(i, "explain") == "True" for i in range(len(data))]
-        answers = answer_batch(bodies, explain, self.adapter, self.limits, self.model_info)
+        # A body of OIP tensors ({"inputs": [...]}, POST /v2/models/<name>/infer) is answered in OIP form.
+        answers, explain = answer_any(bodies, explain, self.adapter, self.oip, self.limits, self.model_info)
         if self.metrics:
             seconds = time.perf_counter() - started
             figures = batch_figures(answers, explain, self.model_info["version"], seconds, self.novelty_reference)

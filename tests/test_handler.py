@@ -145,7 +145,7 @@ BAD_NW = [
     (b"{not json", 400, "invalid JSON"),
     (b"\xff\xfe", 400, "invalid body"),
     ([1, 2], 400, "invalid body"),
-    ({"inputs": [1]}, 400, "missing instances"),
+    ({"instance": [1]}, 400, "missing instances"),  # ({"inputs": ...} is an OIP body: tests/test_oip.py)
     ({"instances": []}, 400, "empty instances"),
     ({"instances": [1, 2, 3, 4, 5]}, 413, "too many instances"),
     ({"instances": [[1, 2]]}, 400, "wrong feature count"),

@@ -18,6 +18,7 @@ import psutil
 import pytest
 from mlflow import MlflowClient
 
+from handlers.contract import agrees
 from training.infra import memory, places
 from training.infra.processes import free_port, process_tree, wait_until
 from training.serving import monitor, serve
@@ -81,6 +82,35 @@ def test_explanations_are_attention_weights_summing_to_one(served):
     for seq, item in zip(SEQUENCES, body["explanations"]):
         assert len(item["pooling_weights"]) == len(seq) and sum(item["pooling_weights"]) == pytest.approx(1.0, abs=1e-5)
         assert len(item["head_weights"][0][0]) == len(seq)
+
+
+def test_the_open_inference_protocol_answers_as_predictions_do(served):
+    server, _ = served
+    token, url = server.token(), f"{server.inference_url}/v2"
+    xs = [0.5, 2.5, 4.9]
+    padded = [step for sequence in SEQUENCES for step in sequence + [[0.0, 0.0]] * (9 - len(sequence))]
+    requests = {
+        "nw-sine": (xs, [{"name": "features", "datatype": "FP32", "shape": [3, 1], "data": xs}]),
+        "mha-adding": (
+            SEQUENCES,
+            [
+                {"name": "sequences", "datatype": "FP32", "shape": [2, 9, 2], "data": padded},
+                {"name": "lengths", "datatype": "INT64", "shape": [2], "data": [len(s) for s in SEQUENCES]},
+            ],
+        ),
+    }
+    for name, (instances, inputs) in requests.items():
+        expected = server.predict(name, instances)[1]
+        status, body, _ = server.request("POST", f"{url}/models/{name}/infer", {"id": "a1", "inputs": inputs}, token)
+        assert status == 200 and (body["model_name"], body["id"]) == (name, "a1"), body
+        assert body["model_version"] == expected["model"]["version"]
+        (prediction,) = body["outputs"]
+        assert prediction["name"] == "prediction" and agrees(prediction["data"], expected["predictions"])
+    bad = {"inputs": [{"name": "features", "datatype": "FP32", "shape": [2, 1], "data": [1.0]}]}
+    status, body, _ = server.request("POST", f"{url}/models/nw-sine/infer", bad, token)
+    assert status == 400 and "input 'features' has shape [2, 1]" in body["error"]
+    assert server.request("GET", f"{url}/health/ready", token=token)[:2] == (200, {"ready": True})
+    assert server.request("GET", f"{url}/health/ready")[0] != 200  # behind the same token
 
 
 def test_requests_without_a_valid_token_are_refused(served):

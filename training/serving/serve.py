@@ -234,6 +234,8 @@ def start(
         **memory.child_environment(),  # the workers keep the memory they reuse (training/infra/memory.py)
     }
     env.pop("PYTHONPATH", None)  # workers import only what the archives carry
+    # TorchServe reads this one variable even with enable_envvars_config=false, over config.properties' switch.
+    env.pop("TS_OPEN_INFERENCE_PROTOCOL", None)
     with open(run_dir / "logs" / "torchserve.out", "ab") as log:
         process = start_group(command, log, env=env, cwd=run_dir, umask=0o077)  # key_file.json: 0600 from birth
     (run_dir / "server.pid").write_text(str(process.pid))

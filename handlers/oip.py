@@ -1,0 +1,282 @@
+"""The Open Inference Protocol (KServe v2) over the contract, as plain functions.
+
+Request:  {"id"?, "parameters"?, "inputs": [{"name", "datatype", "shape", "data"}], "outputs"?: [{"name"}]}
+Response: {"model_name", "model_version", "id"?, "outputs": [{"name", "datatype", "shape", "data"}]}
+Error:    {"error": "<what>: <which tensor and why>"} with the contract's 4xx status.
+
+An OIP body is translated into the contract's `{"instances": [...]}` (each kind's tensors: `handlers/oip_kinds.py`)
+and answered by `contract.answer_batch` like any other request: the same parsing, limits, pricing, batching and
+predictor; its answer is translated back into output tensors. Attention outputs are sent only when named.
+TorchServe routes `POST /v2/models/<name>/infer` to this worker with the body unchanged (docs/http-api.md).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .contract import answer_batch, decode_body, render
+from .errors import RequestError
+from .numbers import NUMBER_TYPES
+from .types import Adapter, Answer, Limits
+
+FLOATS = frozenset({"FP32", "FP64"})
+INTEGERS = frozenset({"INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"})
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A declared tensor: -1 in `shape` is any size; `accepts` are datatypes taken in place of `datatype`."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+    accepts: frozenset[str] = frozenset()
+    required: bool = True
+
+    def metadata(self) -> dict:
+        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    tensor: TensorSpec
+    take: Callable[[Any, dict], Any]  # (an instance's prediction, its explanation or {}) -> this tensor's row
+    explained: bool = False  # attention: computed through explanations, and sent only when named
+
+
+@dataclass(frozen=True)
+class OipKind:
+    """One model kind's tensors; `instances` maps the parsed input tensors to the contract's instances."""
+
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[OutputSpec, ...]
+    instances: Callable[[dict[str, InputTensor]], list]
+
+
+@dataclass(frozen=True)
+class InputTensor:
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+    data: list  # flat, row-major
+
+    def rows(self) -> list:
+        """The data nested by the shape after the batch dimension."""
+        nested = self.data
+        for size in reversed(self.shape[1:]):
+            nested = [nested[i : i + size] for i in range(0, len(nested), size)] if size else []
+        return nested
+
+
+@dataclass(frozen=True)
+class OipRequest:
+    body: dict  # the contract's body
+    explain: bool
+    outputs: tuple[OutputSpec, ...]
+    id: str | None
+    main_input: str
+
+
+def metadata(kind: OipKind, model_info: dict) -> dict:
+    """What `GET /v2/models/<name>` answers for this model (not routed by TorchServe 0.12: docs/http-api.md)."""
+    return {
+        "name": model_info["name"],
+        "versions": [model_info["version"]],
+        "platform": "pytorch_torchserve",
+        "inputs": [spec.metadata() for spec in kind.inputs],
+        "outputs": [output.tensor.metadata() for output in kind.outputs],
+    }
+
+
+def is_oip(body: dict) -> bool:
+    return "inputs" in body and "instances" not in body
+
+
+def invalid(detail: str, status: int = 400) -> RequestError:
+    return RequestError("invalid inference request", detail, status=status)
+
+
+def parse_oip(body: dict, kind: OipKind) -> OipRequest:
+    """The OIP body as the contract's body, with the outputs asked for; a `RequestError` names the tensor."""
+    request_id = body.get("id")
+    if request_id is not None and type(request_id) is not str:
+        raise invalid('"id" must be a string')
+    if not isinstance(body.get("parameters", {}), dict):
+        raise invalid('"parameters" must be an object')
+    tensors = parse_inputs(body.get("inputs"), kind)
+    outputs = requested_outputs(body.get("outputs"), kind)
+    instances = kind.instances(tensors)
+    return OipRequest(
+        {"instances": instances}, any(o.explained for o in outputs), outputs, request_id, kind.inputs[0].name
+    )
+
+
+def parse_inputs(inputs: Any, kind: OipKind) -> dict[str, InputTensor]:
+    if type(inputs) is not list or not inputs:
+        raise invalid('"inputs" must be a non-empty list of tensors {"name", "datatype", "shape", "data"}')
+    specs = {spec.name: spec for spec in kind.inputs}
+    tensors: dict[str, InputTensor] = {}
+    for i, tensor in enumerate(inputs):
+        name = tensor.get("name") if isinstance(tensor, dict) else None
+        if type(name) is not str:
+            raise invalid(f'inputs[{i}] must be an object with a string "name"')
+        if name not in specs:
+            raise invalid(f"unknown input '{name}'; this model takes {', '.join(map(repr, specs))}")
+        if name in tensors:
+            raise invalid(f"input '{name}' is given twice")
+        tensors[name] = parse_tensor(tensor, specs[name])
+    missing = [name for name, spec in specs.items() if spec.required and name not in tensors]
+    if missing:
+        raise invalid(f"input '{missing[0]}' is missing")
+    return tensors
+
+
+def parse_tensor(tensor: dict, spec: TensorSpec) -> InputTensor:
+    """One input checked against its declaration: datatype, shape, data length and element types."""
+    name, datatype, shape = spec.name, tensor.get("datatype"), tensor.get("shape")
+    if datatype != spec.datatype and datatype not in spec.accepts:
+        taken = " or ".join([spec.datatype, *sorted(spec.accepts)])
+        raise invalid(f"input '{name}' has datatype {datatype!r}; this model takes {taken}")
+    if type(shape) is not list or not all(type(n) is int and n >= 0 for n in shape):
+        raise invalid(f"input '{name}' needs a shape: a list of sizes, each a non-negative integer")
+    if len(shape) != len(spec.shape) or any(want not in (-1, got) for got, want in zip(shape, spec.shape)):
+        raise invalid(f"input '{name}' has shape {shape}; this model takes {list(spec.shape)} (-1: any size)")
+    data = flattened(tensor.get("data"), len(shape), name)
+    if len(data) != math.prod(shape):
+        raise invalid(f"input '{name}' has shape {shape}, {math.prod(shape)} values, but {len(data)} values of data")
+    check_elements(data, datatype, name)
+    return InputTensor(name, datatype, tuple(shape), data)
+
+
+def flattened(data: Any, depth: int, name: str) -> list:
+    """Row-major data, flat or nested up to the shape's rank."""
+    if type(data) is not list:
+        raise invalid(f"input '{name}' needs its data as a list")
+    for _ in range(depth - 1):
+        if not any(type(item) is list for item in data):
+            break
+        if not all(type(item) is list for item in data):
+            raise invalid(f"input '{name}' has data nested unevenly: flatten it in row-major order")
+        data = [value for item in data for value in item]
+    return data
+
+
+def check_elements(data: list, datatype: str, name: str) -> None:
+    if datatype == "BYTES":
+        wrong = next((i for i, v in enumerate(data) if type(v) is not str), None)
+        taken = "strings"
+    elif datatype in INTEGERS:
+        wrong = next((i for i, v in enumerate(data) if type(v) is not int), None)
+        taken = "integers"
+    else:
+        wrong = next((i for i, v in enumerate(data) if type(v) not in NUMBER_TYPES), None)
+        taken = "numbers"
+    if wrong is not None:
+        raise invalid(f"input '{name}' data[{wrong}] is {json.dumps(data[wrong])[:40]}; {datatype} takes {taken}")
+
+
+def requested_outputs(outputs: Any, kind: OipKind) -> tuple[OutputSpec, ...]:
+    """The outputs named, or every output but attention when none are."""
+    if outputs is None:
+        return tuple(o for o in kind.outputs if not o.explained)
+    known = {o.tensor.name: o for o in kind.outputs}
+    if type(outputs) is not list or not outputs:
+        raise invalid('"outputs" must be a non-empty list of {"name": ...}, or left out for every prediction output')
+    chosen: list[OutputSpec] = []
+    for i, output in enumerate(outputs):
+        name = output.get("name") if isinstance(output, dict) else None
+        if name not in known:
+            shown = json.dumps(name)[:40] if type(name) is str else f"outputs[{i}]"
+            raise invalid(f"unknown output {shown}; this model answers {', '.join(map(repr, known))}")
+        if known[name] not in chosen:
+            chosen.append(known[name])
+    return tuple(chosen)
+
+
+# respond
+
+
+def stacked(rows: list) -> tuple[list, list[int]]:
+    """Rows (numbers, strings, or nested lists of them) as flat row-major data and a shape; ragged rows are
+    padded with zeros to the longest (a sequence's weights past its length)."""
+    shape = [len(rows)]
+    level = rows
+    while level and all(type(item) is list for item in level):
+        shape.append(max(len(item) for item in level))
+        level = [value for item in level for value in item]
+    if len(shape) == 1:
+        return rows, shape
+    return [value for row in rows for value in padded(row, shape[1:])], shape
+
+
+def padded(row: list, shape: list[int]) -> list:
+    if not shape:
+        return [row]
+    items = row + [[] if len(shape) > 1 else 0] * (shape[0] - len(row))
+    return [value for item in items for value in padded(item, shape[1:])]
+
+
+def oip_answer(answer: Answer, request: OipRequest, limits: Limits, model_info: dict) -> Answer:
+    """The contract's answer as OIP: output tensors on success, `{"error"}` naming the input otherwise."""
+    body = json.loads(answer.body)
+    if answer.status != 200:
+        detail = re.sub(r"\binstances\[", f"{request.main_input}[", body.get("detail", ""))
+        oip = Answer(answer.status, json.dumps({"error": f"{body['error']}: {detail}"}), answer.headers, answer.outcome)
+        return carried(oip, answer)
+    results = body["explanations"] if request.explain else body["predictions"]
+    pairs = [(r["prediction"], r) if request.explain else (r, {}) for r in results]
+    tensors = []
+    for output in request.outputs:
+        data, shape = stacked([output.take(prediction, explanation) for prediction, explanation in pairs])
+        tensors.append({"name": output.tensor.name, "datatype": output.tensor.datatype, "shape": shape, "data": data})
+    oip = {"model_name": model_info["name"], "model_version": model_info["version"]}
+    oip |= {"id": request.id} if request.id is not None else {}
+    rendered = render(200, oip | {"outputs": tensors}, limits)
+    if rendered.status != 200:
+        return oip_error(RequestError(*json.loads(rendered.body).values(), status=rendered.status))
+    return carried(rendered, answer)
+
+
+def carried(oip: Answer, answer: Answer) -> Answer:
+    """What the metrics read off the contract's answer, kept on its OIP form."""
+    oip.instances, oip.mmac = answer.instances, answer.mmac
+    oip.novelty, oip.beyond_range = answer.novelty, answer.beyond_range
+    return oip
+
+
+def oip_error(error: RequestError) -> Answer:
+    return Answer(error.status, json.dumps({"error": str(error)}), error.headers, outcome=error.error)
+
+
+def answer_any(
+    bodies: list[Any], explain: list[bool], adapter: Adapter, kind: OipKind, limits: Limits, model_info: dict
+) -> tuple[list[Answer], list[bool]]:
+    """Contract and OIP requests of one batch answered together: (answers, whether each was explained)."""
+    requests: dict[int, OipRequest] = {}
+    refused: dict[int, Answer] = {}
+    contract_bodies, explained = list(bodies), list(explain)
+    for i, raw in enumerate(bodies):
+        try:
+            body = decode_body(raw, limits)
+        except RequestError:
+            continue  # the contract answers it, in its own words
+        contract_bodies[i] = body  # decoded once
+        if not is_oip(body):
+            continue
+        try:
+            requests[i] = parse_oip(body, kind)
+            contract_bodies[i], explained[i] = requests[i].body, requests[i].explain
+        except RequestError as error:
+            refused[i] = oip_error(error)
+    pending = [i for i in range(len(bodies)) if i not in refused]
+    pending_bodies, pending_explain = [contract_bodies[i] for i in pending], [explained[i] for i in pending]
+    answered = answer_batch(pending_bodies, pending_explain, adapter, limits, model_info)
+    answers: list[Answer] = [refused.get(i) for i in range(len(bodies))]  # type: ignore[misc]
+    for i, answer in zip(pending, answered):
+        answers[i] = oip_answer(answer, requests[i], limits, model_info) if i in requests else answer
+    return answers, explained
