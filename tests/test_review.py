@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -354,3 +355,12 @@ def test_ui_on_a_busy_port_exits_non_zero_with_the_cause(stores):
         busy.listen()
         done = cli("ui", "--port", str(busy.getsockname()[1]), "--tracking-uri", stores["tracking_uri"])
     assert done.returncode != 0 and "busy" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_stop_asked_while_the_ui_is_still_starting_is_a_clean_stop(monkeypatch):
+    """SIGTERM before the server answers: the wrapper stops it and returns 0, not 'exited before answering'."""
+    from training.operations import ui
+
+    never_answers = [sys.executable, "-c", "import time; time.sleep(60)"]
+    threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM)).start()
+    assert ui.run_foreground(never_answers, free_port(), "/health", "a slow UI") == 0

@@ -68,8 +68,8 @@ def run_foreground(command: list[str], port: int, health_path: str, what: str, e
 
 
 def _wait_ready(child, port: int, health_path: str, what: str, log, stopping: list) -> None:
-    def check() -> None:
-        if child.poll() is not None:
+    def check() -> None:  # a server that exits because it was asked to stop is no failure to start
+        if child.poll() is not None and not stopping:
             log.seek(0)
             tail = "\n".join(log.read().strip().splitlines()[-15:])
             raise UIError(f"{what} exited with code {child.returncode} before answering:\n{tail}")
