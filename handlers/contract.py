@@ -46,12 +46,16 @@ def adapter_for(model: nn.Module, limits: Limits) -> Adapter:
 # parse + validate
 
 
+def check_body_size(raw: bytes | bytearray, limits: Limits) -> None:
+    if len(raw) > limits.max_body_bytes:
+        detail = f"the body has {len(raw)} bytes; at most {limits.max_body_bytes}"
+        raise RequestError("body too large", detail, status=413)
+
+
 def decode_body(raw: Any, limits: Limits) -> dict:
     """The request body as a dict, whatever form the server hands it over in."""
     if isinstance(raw, (bytes, bytearray)):
-        if len(raw) > limits.max_body_bytes:
-            detail = f"the body has {len(raw)} bytes; at most {limits.max_body_bytes}"
-            raise RequestError("body too large", detail, status=413)
+        check_body_size(raw, limits)
         try:
             raw = raw.decode("utf-8")
         except UnicodeDecodeError:

@@ -22,6 +22,7 @@ from typing import Any
 from .contract import answer_batch, decode_body, render
 from .errors import RequestError
 from .numbers import NUMBER_TYPES
+from .oip_binary import binary_answer, binary_body, binary_outputs
 from .types import Adapter, Answer, Limits
 
 FLOATS = frozenset({"FP32", "FP64"})
@@ -80,6 +81,7 @@ class OipRequest:
     outputs: tuple[OutputSpec, ...]
     id: str | None
     main_input: str
+    binary: frozenset[str] = frozenset()  # outputs sent as raw bytes (handlers/oip_binary.py)
 
 
 def metadata(kind: OipKind, model_info: dict) -> dict:
@@ -111,9 +113,9 @@ def parse_oip(body: dict, kind: OipKind) -> OipRequest:
     tensors = parse_inputs(body.get("inputs"), kind)
     outputs = requested_outputs(body.get("outputs"), kind)
     instances = kind.instances(tensors)
-    return OipRequest(
-        {"instances": instances}, any(o.explained for o in outputs), outputs, request_id, kind.inputs[0].name
-    )
+    binary = binary_outputs(body, [o.tensor.name for o in outputs])
+    explain = any(o.explained for o in outputs)
+    return OipRequest({"instances": instances}, explain, outputs, request_id, kind.inputs[0].name, binary)
 
 
 def parse_inputs(inputs: Any, kind: OipKind) -> dict[str, InputTensor]:
@@ -236,6 +238,11 @@ def oip_answer(answer: Answer, request: OipRequest, limits: Limits, model_info: 
         tensors.append({"name": output.tensor.name, "datatype": output.tensor.datatype, "shape": shape, "data": data})
     oip = {"model_name": model_info["name"], "model_version": model_info["version"]}
     oip |= {"id": request.id} if request.id is not None else {}
+    if request.binary:
+        try:
+            return carried(binary_answer(oip | {"outputs": tensors}, request.binary, limits), answer)
+        except RequestError as error:
+            return oip_error(error)
     rendered = render(200, oip | {"outputs": tensors}, limits)
     if rendered.status != 200:
         return oip_error(RequestError(*json.loads(rendered.body).values(), status=rendered.status))
@@ -254,17 +261,27 @@ def oip_error(error: RequestError) -> Answer:
 
 
 def answer_any(
-    bodies: list[Any], explain: list[bool], adapter: Adapter, kind: OipKind, limits: Limits, model_info: dict
+    bodies: list[Any],
+    explain: list[bool],
+    adapter: Adapter,
+    kind: OipKind,
+    limits: Limits,
+    model_info: dict,
+    header_lengths: list[str | None] | None = None,
 ) -> tuple[list[Answer], list[bool]]:
-    """Contract and OIP requests of one batch answered together: (answers, whether each was explained)."""
+    """Contract and OIP requests of one batch answered together: (answers, whether each was explained).
+    A request's `Inference-Header-Content-Length` (in `header_lengths`) marks it binary OIP."""
     requests: dict[int, OipRequest] = {}
     refused: dict[int, Answer] = {}
     contract_bodies, explained = list(bodies), list(explain)
     for i, raw in enumerate(bodies):
+        length = header_lengths[i] if header_lengths else None
         try:
-            body = decode_body(raw, limits)
-        except RequestError:
-            continue  # the contract answers it, in its own words
+            body = decode_body(raw, limits) if length is None else binary_body(raw, length, limits)
+        except RequestError as error:
+            if length is not None:
+                refused[i] = oip_error(error)
+            continue  # else the contract answers it, in its own words
         contract_bodies[i] = body  # decoded once
         if not is_oip(body):
             continue

@@ -70,7 +70,7 @@ class Request:
 @dataclass
 class Answer:
     status: int
-    body: str  # strict JSON
+    body: str | bytes  # strict JSON; bytes: JSON then binary tensors (handlers/oip_binary.py)
     headers: dict[str, str]
     outcome: str = "answered"  # or the contract's error name ("invalid instance", "over capacity", ...)
     instances: int = 0  # how many the request held, once parsed

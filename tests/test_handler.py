@@ -18,15 +18,19 @@ from training.nn.seq2seq import EOS
 class MockContext:
     """What TorchServe hands a handler: properties, manifest, per-request headers and response slots."""
 
-    def __init__(self, model_dir, explain=(), limits=None):
+    def __init__(self, model_dir, explain=(), limits=None, request_headers=None):
         self.system_properties = {"model_dir": str(model_dir), "gpu_id": None}
         self.manifest = {"model": {"serializedFile": "checkpoint.pt"}}
         self.model_yaml_config = {"handler": limits or {}}
         self.explain = set(explain)
+        self.request_headers = request_headers or {}  # {idx: {name: value}}, names as the client wrote them
         self.status, self.headers = {}, {}
 
     def get_request_header(self, idx, key):
-        return "True" if key == "explain" and idx in self.explain else None
+        return "True" if key == "explain" and idx in self.explain else self.request_headers.get(idx, {}).get(key)
+
+    def get_all_request_header(self, idx):
+        return {"body": {"content-type": "application/json"}, **self.request_headers.get(idx, {})}
 
     def set_response_status(self, code=200, phrase="", idx=0):
         self.status[idx] = code
