@@ -2,7 +2,10 @@
 
 Request:  {"id"?, "parameters"?, "inputs": [{"name", "datatype", "shape", "data"}], "outputs"?: [{"name"}]}
 Response: {"model_name", "model_version", "id"?, "outputs": [{"name", "datatype", "shape", "data"}]}
-Error:    {"error": "<what>: <which tensor and why>"} with the contract's 4xx status.
+Error:    {"error": "<what>: <which tensor and why>", "model_name", "model_version", "id", "outputs": []} with the
+          contract's 4xx status. Every answer carries the response's frame (model, version, id, outputs): TorchServe
+          0.12's gRPC side reads those four fields off each answer whatever its status, and an answer without them
+          throws in its frontend, which then restarts the worker and fails every request of the batch.
 
 An OIP body is translated into the contract's `{"instances": [...]}` (each kind's tensors: `handlers/oip_kinds.py`)
 and answered by `contract.answer_batch` like any other request: the same parsing, limits, pricing, batching and
@@ -228,24 +231,25 @@ def oip_answer(answer: Answer, request: OipRequest, limits: Limits, model_info: 
     body = json.loads(answer.body)
     if answer.status != 200:
         detail = re.sub(r"\binstances\[", f"{request.main_input}[", body.get("detail", ""))
-        oip = Answer(answer.status, json.dumps({"error": f"{body['error']}: {detail}"}), answer.headers, answer.outcome)
-        return carried(oip, answer)
+        refusal = oip_error(RequestError(body["error"], detail, answer.status, answer.headers), model_info, request.id)
+        refusal.outcome = answer.outcome  # the contract's own outcome, as the metrics count it
+        return carried(refusal, answer)
     results = body["explanations"] if request.explain else body["predictions"]
     pairs = [(r["prediction"], r) if request.explain else (r, {}) for r in results]
     tensors = []
     for output in request.outputs:
         data, shape = stacked([output.take(prediction, explanation) for prediction, explanation in pairs])
         tensors.append({"name": output.tensor.name, "datatype": output.tensor.datatype, "shape": shape, "data": data})
-    oip = {"model_name": model_info["name"], "model_version": model_info["version"]}
-    oip |= {"id": request.id} if request.id is not None else {}
+    oip = frame(model_info, request.id)
     if request.binary:
         try:
             return carried(binary_answer(oip | {"outputs": tensors}, request.binary, limits), answer)
         except RequestError as error:
-            return oip_error(error)
+            return oip_error(error, model_info, request.id)
     rendered = render(200, oip | {"outputs": tensors}, limits)
     if rendered.status != 200:
-        return oip_error(RequestError(*json.loads(rendered.body).values(), status=rendered.status))
+        refusal = RequestError(*json.loads(rendered.body).values(), status=rendered.status)
+        return oip_error(refusal, model_info, request.id)
     return carried(rendered, answer)
 
 
@@ -256,8 +260,20 @@ def carried(oip: Answer, answer: Answer) -> Answer:
     return oip
 
 
-def oip_error(error: RequestError) -> Answer:
-    return Answer(error.status, json.dumps({"error": str(error)}), error.headers, outcome=error.error)
+def frame(model_info: dict, request_id: str | None) -> dict:
+    """What every OIP answer carries, a refusal too (the module's docstring says why)."""
+    return {"model_name": model_info["name"], "model_version": model_info["version"], "id": request_id or ""}
+
+
+def oip_error(error: RequestError, model_info: dict, request_id: str | None = None) -> Answer:
+    body = {"error": str(error)} | frame(model_info, request_id) | {"outputs": []}
+    return Answer(error.status, json.dumps(body), error.headers, outcome=error.error)
+
+
+def given_id(body: Any) -> str | None:
+    """A request's own id, when it gave a usable one (for the frame of its refusal)."""
+    request_id = body.get("id") if isinstance(body, dict) else None
+    return request_id if isinstance(request_id, str) else None
 
 
 def answer_any(
@@ -280,7 +296,7 @@ def answer_any(
             body = decode_body(raw, limits) if length is None else binary_body(raw, length, limits)
         except RequestError as error:
             if length is not None:
-                refused[i] = oip_error(error)
+                refused[i] = oip_error(error, model_info)
             continue  # else the contract answers it, in its own words
         contract_bodies[i] = body  # decoded once
         if not is_oip(body):
@@ -289,7 +305,7 @@ def answer_any(
             requests[i] = parse_oip(body, kind)
             contract_bodies[i], explained[i] = requests[i].body, requests[i].explain
         except RequestError as error:
-            refused[i] = oip_error(error)
+            refused[i] = oip_error(error, model_info, given_id(body))
     pending = [i for i in range(len(bodies)) if i not in refused]
     pending_bodies, pending_explain = [contract_bodies[i] for i in pending], [explained[i] for i in pending]
     answered = answer_batch(pending_bodies, pending_explain, adapter, limits, model_info)

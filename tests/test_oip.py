@@ -14,6 +14,8 @@ from handlers.contract import Limits, adapter_for, agrees, answer_batch
 from handlers.oip import answer_any, metadata, stacked
 from handlers.oip_kinds import oip_kind
 
+FRAME = {"model_name": INFO["name"], "model_version": INFO["version"], "id": ""}  # a refusal's, no id given
+
 
 def served(kind, **limits):
     random.seed(1)
@@ -156,8 +158,19 @@ def features(datatype="FP32", shape=(1, 2), data=(1.0, 2.0), name="features"):
 def test_bad_requests_get_a_4xx_naming_the_tensor_and_fail_alone(body, status, named):
     adapter, oip, instances = served("nw-regression", max_instances=4)
     answers = ask(adapter, oip, [body, oip_body("nw-regression", instances[:2]), {"instances": instances[:1]}])
-    assert answers[0][0] == status and set(answers[0][1]) == {"error"} and named in answers[0][1]["error"]
+    assert answers[0][0] == status and named in answers[0][1]["error"]
+    assert answers[0][1] | {"error": ""} == {"error": "", **FRAME, "outputs": []}  # the frame TorchServe's gRPC reads
     assert answers[1][0] == 200 and answers[2][0] == 200 and "predictions" in answers[2][1]
+
+
+def test_every_answer_carries_the_request_id_a_refusal_too():
+    adapter, oip, instances = served("nw-regression")
+    good = oip_body("nw-regression", instances[:1]) | {"id": "r-1"}
+    bad = features(shape=(2, 2)) | {"id": "r-2"}
+    (ok, okay), (refused, refusal) = ask(adapter, oip, [good, bad])
+    assert (ok, okay["id"], refused, refusal["id"]) == (200, "r-1", 400, "r-2")
+    unnamed = ask(adapter, oip, [oip_body("nw-regression", instances[:1])])[0][1]
+    assert unnamed["id"] == ""  # none given: an empty one, as gRPC's own requests carry
 
 
 def test_oip_requests_are_priced_under_the_same_budget():

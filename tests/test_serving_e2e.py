@@ -234,6 +234,15 @@ def test_tritonclient_grpc_finds_no_service_and_the_renamed_one_answers_its_mess
             response_deserializer=service_pb2.ModelInferResponse.FromString,
         )
         response = infer(request, metadata=list(metadata.items()), timeout=30)
+        # a refused request (tritonclient's raw contents, which TorchServe drops: no data) costs no worker: the
+        # refusal carries the frame TorchServe's gRPC side reads, so it answers OK with no outputs
+        workers = [w["pid"] for w in server.workers("nw-sine")]
+        raw = service_pb2.ModelInferRequest.InferInputTensor(name="features", datatype="FP32", shape=[1, 1])
+        bad = service_pb2.ModelInferRequest(model_name="nw-sine", id="g2", inputs=[raw], raw_input_contents=[b"\0" * 4])
+        refused_answer = infer(bad, metadata=list(metadata.items()), timeout=30)
+        assert (refused_answer.id, list(refused_answer.outputs)) == ("g2", [])
+        assert infer(request, metadata=list(metadata.items()), timeout=30).outputs
+        assert [w["pid"] for w in server.workers("nw-sine")] == workers
     result = tritonclient.grpc.InferResult(response)  # as_numpy reads raw contents only: the typed ones here
     assert (response.id, response.model_name) == ("g1", "nw-sine")
     expected = server.predict("nw-sine", XS)[1]["predictions"]
