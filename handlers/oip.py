@@ -24,7 +24,7 @@ from typing import Any
 
 from .contract import answer_batch, decode_body, render
 from .errors import RequestError
-from .numbers import NUMBER_TYPES
+from .numbers import NUMBER_TYPES, preview
 from .oip_binary import binary_answer, binary_body, binary_outputs
 from .types import Adapter, Answer, Limits
 
@@ -144,9 +144,9 @@ def parse_inputs(inputs: Any, kind: OipKind) -> dict[str, InputTensor]:
 def parse_tensor(tensor: dict, spec: TensorSpec) -> InputTensor:
     """One input checked against its declaration: datatype, shape, data length and element types."""
     name, datatype, shape = spec.name, tensor.get("datatype"), tensor.get("shape")
-    if datatype != spec.datatype and datatype not in spec.accepts:
+    if type(datatype) is not str or (datatype != spec.datatype and datatype not in spec.accepts):
         taken = " or ".join([spec.datatype, *sorted(spec.accepts)])
-        raise invalid(f"input '{name}' has datatype {datatype!r}; this model takes {taken}")
+        raise invalid(f"input '{name}' has datatype {preview(datatype)}; this model takes {taken}")
     if type(shape) is not list or not all(type(n) is int and n >= 0 for n in shape):
         raise invalid(f"input '{name}' needs a shape: a list of sizes, each a non-negative integer")
     if len(shape) != len(spec.shape) or any(want not in (-1, got) for got, want in zip(shape, spec.shape)):
@@ -195,7 +195,7 @@ def requested_outputs(outputs: Any, kind: OipKind) -> tuple[OutputSpec, ...]:
     chosen: list[OutputSpec] = []
     for i, output in enumerate(outputs):
         name = output.get("name") if isinstance(output, dict) else None
-        if name not in known:
+        if type(name) is not str or name not in known:
             shown = json.dumps(name)[:40] if type(name) is str else f"outputs[{i}]"
             raise invalid(f"unknown output {shown}; this model answers {', '.join(map(repr, known))}")
         if known[name] not in chosen:

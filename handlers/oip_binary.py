@@ -89,7 +89,7 @@ def unpacked(blob: bytes, datatype: Any, name: str) -> list:
     """One input's bytes as a flat list of its elements."""
     if datatype == "BYTES":
         return strings(blob, name)
-    if datatype not in FORMATS:
+    if type(datatype) is not str or datatype not in FORMATS:
         raise invalid(f"input '{name}' has datatype {json.dumps(datatype)[:20]}; no binary form is known for it")
     element = struct.calcsize(FORMATS[datatype])
     if len(blob) % element:

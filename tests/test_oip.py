@@ -143,7 +143,7 @@ def features(datatype="FP32", shape=(1, 2), data=(1.0, 2.0), name="features"):
 @pytest.mark.parametrize(
     ("body", "status", "named"),
     [
-        (features(datatype="BYTES"), 400, "input 'features' has datatype 'BYTES'"),
+        (features(datatype="BYTES"), 400, "input 'features' has datatype \"BYTES\""),
         (features(shape=(2, 2)), 400, "input 'features' has shape [2, 2], 4 values, but 2 values of data"),
         (features(shape=(1, 3), data=(1, 2, 3)), 400, "input 'features' has shape [1, 3]; this model takes [-1, 2]"),
         (features(name="x"), 400, "unknown input 'x'; this model takes 'features'"),
@@ -153,6 +153,9 @@ def features(datatype="FP32", shape=(1, 2), data=(1.0, 2.0), name="features"):
         (features(data=(1e308, 1.0)), 400, "features[0] feature 0 is 1e+308"),
         (features(shape=(5, 2), data=[1.0] * 10), 413, "too many instances: 5 instances; at most 4"),
         ({"inputs": []}, 400, '"inputs" must be a non-empty list'),
+        (features() | {"outputs": [{"name": []}]}, 400, "unknown output outputs[0]"),  # found by the served fuzz
+        (features(datatype=["FP32"]), 400, "input 'features' has datatype [\"FP32\"]"),
+        (features(datatype={"a": 1}), 400, "input 'features' has datatype {\"a\": 1}"),
     ],
 )
 def test_bad_requests_get_a_4xx_naming_the_tensor_and_fail_alone(body, status, named):

@@ -166,7 +166,7 @@ def test_tritonclient_http_infers_as_predictions_do_binary_or_json(served, binar
     ("tensor", "named"),
     [
         (("features", "INT64", np.ones((1, 1), dtype=np.int64)), None),
-        (("features", "BYTES", np.array([[b"x"]], dtype=object)), "input 'features' has datatype 'BYTES'"),
+        (("features", "BYTES", np.array([[b"x"]], dtype=object)), "input 'features' has datatype \"BYTES\""),
         (("features", "FP32", np.ones((1, 3), dtype=np.float32)), "input 'features' has shape [1, 3]"),
         (("weights", "FP32", np.ones((1, 1), dtype=np.float32)), "unknown input 'weights'"),
     ],
