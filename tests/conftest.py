@@ -72,6 +72,24 @@ def champions(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def served_champions(champions, tmp_path_factory):
+    """The champions served by one real TorchServe for the modules that only ask it (test_serving_e2e, test_oip_e2e):
+    (server, archives). Started from a shell holding a worker's credentials, which it must not pass on."""
+    from served_champions import CREDENTIALS
+
+    from training.serving import serve
+
+    run_dir = tmp_path_factory.mktemp("e2e-run")
+    store, uri = champions["root"] / "archives", champions["tracking_uri"]
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in CREDENTIALS.items():
+            patch.setenv(name, value)
+        server = serve.start(run_dir=run_dir, model_store=store, ports=serve.free_ports(), quiet=True, tracking_uri=uri)
+    yield server, champions["archives"]
+    serve.stop(server.run_dir, quiet=True)
+
+
+@pytest.fixture(scope="session")
 def model_store_copy(champions):
     """Makes a private model store holding the champions' archives (for tests that add or alter archives)."""
 

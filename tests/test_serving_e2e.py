@@ -12,51 +12,19 @@ import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import grpc
 import mlflow
-import numpy as np
 import pandas as pd
 import psutil
 import pytest
-import tritonclient.grpc
-import tritonclient.http
-import tritonclient.utils
 from mlflow import MlflowClient
-from tritonclient.grpc import service_pb2
+from served_champions import CREDENTIALS, SEQUENCES
 
-from handlers.contract import agrees
 from training.infra import memory, places
 from training.infra.processes import free_port, process_tree, wait_until
 from training.serving import monitor, serve
 from training.serving.errors import ArchiveMissingError, MissingProgramError
-from training.serving.serve import free_ports
-from training.serving.torchserve import read_properties
 
 pytestmark = pytest.mark.e2e
-SEQUENCES = [[[0.3, 1], [0.9, 0], [0.5, 1]], [[0.1, 0]] * 7 + [[0.7, 1], [0.2, 1]]]
-XS = [0.5, 2.5, 4.9]
-
-
-# Credentials a worker's shell holds (docs/scale-out.md): TorchServe and its workers must start without them.
-CREDENTIALS = {
-    "MLFLOW_TRACKING_USERNAME": "tuner",
-    "MLFLOW_TRACKING_PASSWORD": "s3cret-mlflow",
-    "MLFLOW_TRACKING_URI": "http://tuner:s3cret-uri@127.0.0.1:9",
-    "PGPASSWORD": "s3cret-pg",
-    "PGPASSFILE": "/somewhere/pgpass",
-}
-
-
-@pytest.fixture(scope="module")
-def served(champions, tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("e2e-run")
-    store, uri = champions["root"] / "archives", champions["tracking_uri"]
-    with pytest.MonkeyPatch.context() as patch:
-        for name, value in CREDENTIALS.items():
-            patch.setenv(name, value)
-        server = serve.start(run_dir=run_dir, model_store=store, ports=free_ports(), quiet=True, tracking_uri=uri)
-    yield server, champions["archives"]
-    serve.stop(server.run_dir, quiet=True)
 
 
 def champion(champions, name):
@@ -64,8 +32,8 @@ def champion(champions, name):
     return mlflow.pyfunc.load_model(f"models:/{name}@champion")
 
 
-def test_served_predictions_equal_in_process_predictions(champions, served):
-    server, _ = served
+def test_served_predictions_equal_in_process_predictions(champions, served_champions):
+    server, _ = served_champions
     status, body, _ = server.predict("nw-sine", [0.5, 2.5, 4.9])
     expected = champion(champions, "nw-sine").predict(pd.DataFrame({"x0": [0.5, 2.5, 4.9]}))
     assert status == 200 and body["predictions"] == pytest.approx(expected.tolist(), abs=1e-5)
@@ -79,8 +47,8 @@ def test_served_predictions_equal_in_process_predictions(champions, served):
     assert status == 200 and body["predictions"] == pytest.approx(expected.tolist(), abs=1e-4)
 
 
-def test_explanations_are_attention_weights_summing_to_one(served):
-    server, _ = served
+def test_explanations_are_attention_weights_summing_to_one(served_champions):
+    server, _ = served_champions
     status, body, _ = server.predict("nw-sine", [1.0, 3.0], explain=True)
     assert status == 200 and len(body["explanations"]) == 2
     for item in body["explanations"]:
@@ -92,165 +60,8 @@ def test_explanations_are_attention_weights_summing_to_one(served):
         assert len(item["head_weights"][0][0]) == len(seq)
 
 
-def test_the_open_inference_protocol_answers_as_predictions_do(served):
-    server, _ = served
-    token, url = server.token(), f"{server.inference_url}/v2"
-    xs = [0.5, 2.5, 4.9]
-    padded = [step for sequence in SEQUENCES for step in sequence + [[0.0, 0.0]] * (9 - len(sequence))]
-    requests = {
-        "nw-sine": (xs, [{"name": "features", "datatype": "FP32", "shape": [3, 1], "data": xs}]),
-        "mha-adding": (
-            SEQUENCES,
-            [
-                {"name": "sequences", "datatype": "FP32", "shape": [2, 9, 2], "data": padded},
-                {"name": "lengths", "datatype": "INT64", "shape": [2], "data": [len(s) for s in SEQUENCES]},
-            ],
-        ),
-    }
-    for name, (instances, inputs) in requests.items():
-        expected = server.predict(name, instances)[1]
-        status, body, _ = server.request("POST", f"{url}/models/{name}/infer", {"id": "a1", "inputs": inputs}, token)
-        assert status == 200 and (body["model_name"], body["id"]) == (name, "a1"), body
-        assert body["model_version"] == expected["model"]["version"]
-        (prediction,) = body["outputs"]
-        assert prediction["name"] == "prediction" and agrees(prediction["data"], expected["predictions"])
-    bad = {"inputs": [{"name": "features", "datatype": "FP32", "shape": [2, 1], "data": [1.0]}]}
-    status, body, _ = server.request("POST", f"{url}/models/nw-sine/infer", bad, token)
-    assert status == 400 and "input 'features' has shape [2, 1]" in body["error"]
-    assert server.request("GET", f"{url}/health/ready", token=token)[:2] == (200, {"ready": True})
-    assert server.request("GET", f"{url}/health/ready")[0] != 200  # behind the same token
-
-
-def triton_http(server):
-    """tritonclient's HTTP client on the inference address, with the token in a header as any client sends it."""
-    client = tritonclient.http.InferenceServerClient(server.inference_url.removeprefix("http://"))
-    return client, {"Authorization": f"Bearer {server.token()}"}
-
-
-def triton_input(name, datatype, array, binary):
-    tensor = tritonclient.http.InferInput(name, list(array.shape), datatype)
-    return tensor.set_data_from_numpy(array, binary_data=binary)
-
-
-def triton_inputs(name, binary):
-    """The instances of `name`'s /predictions reference as tritonclient tensors."""
-    if name == "nw-sine":
-        return [triton_input("features", "FP32", np.array(XS, dtype=np.float32).reshape(-1, 1), binary)]
-    padded = [sequence + [[0.0, 0.0]] * (9 - len(sequence)) for sequence in SEQUENCES]
-    lengths = np.array([len(s) for s in SEQUENCES], dtype=np.int64)
-    sequences = triton_input("sequences", "FP32", np.array(padded, dtype=np.float32), binary)
-    return [sequences, triton_input("lengths", "INT64", lengths, binary)]
-
-
-@pytest.mark.parametrize("binary", [True, False])
-def test_tritonclient_http_infers_as_predictions_do_binary_or_json(served, binary):
-    server, _ = served
-    client, headers = triton_http(server)
-    assert client.is_server_live(headers=headers) and client.is_server_ready(headers=headers)
-    attention = {"nw-sine": "attention", "mha-adding": "pooling_weights"}
-    for name, instances in (("nw-sine", XS), ("mha-adding", SEQUENCES)):
-        expected = server.predict(name, instances)[1]["predictions"]
-        outputs = [
-            tritonclient.http.InferRequestedOutput(n, binary_data=binary) for n in ("prediction", attention[name])
-        ]
-        result = client.infer(name, triton_inputs(name, binary), outputs=outputs, headers=headers)
-        assert agrees(result.as_numpy("prediction").tolist(), expected), name
-        weights = result.as_numpy(attention[name])
-        assert weights.shape[0] == len(instances) and np.allclose(weights.sum(axis=1), 1.0, atol=1e-5), name
-        plain = client.infer(name, triton_inputs(name, binary), headers=headers)  # every prediction output, binary
-        assert [o["name"] for o in plain.get_response()["outputs"]] == ["prediction"]
-        assert agrees(plain.as_numpy("prediction").tolist(), expected), name
-
-
-@pytest.mark.parametrize(
-    ("tensor", "named"),
-    [
-        (("features", "INT64", np.ones((1, 1), dtype=np.int64)), None),
-        (("features", "BYTES", np.array([[b"x"]], dtype=object)), "input 'features' has datatype \"BYTES\""),
-        (("features", "FP32", np.ones((1, 3), dtype=np.float32)), "input 'features' has shape [1, 3]"),
-        (("weights", "FP32", np.ones((1, 1), dtype=np.float32)), "unknown input 'weights'"),
-    ],
-)
-def test_tritonclient_http_bad_requests_raise_a_4xx_naming_the_tensor(served, tensor, named):
-    server, _ = served
-    client, headers = triton_http(server)
-    inputs = [triton_input(*tensor, binary=True)]
-    if named is None:  # INT64 is taken in place of FP32: the control
-        assert client.infer("nw-sine", inputs, headers=headers).as_numpy("prediction").shape == (1,)
-        return
-    with pytest.raises(tritonclient.utils.InferenceServerException) as error:
-        client.infer("nw-sine", inputs, headers=headers)
-    assert error.value.status() == "400" and named in error.value.message()
-    assert server.health() == "Healthy"
-
-
-def test_tritonclient_http_calls_torchserve_has_no_route_for(served):
-    """What still fails (docs/http-api.md): TorchServe 0.12 routes no per-model metadata, readiness or config,
-    and answers a versioned infer 501."""
-    server, _ = served
-    client, headers = triton_http(server)
-    assert client.get_server_metadata(headers=headers)["version"] == "0.12.0"
-    assert client.is_model_ready("nw-sine", headers=headers) is False  # 404 read as "not ready"
-    for call in (client.get_model_metadata, client.get_model_config):
-        with pytest.raises(tritonclient.utils.InferenceServerException) as error:
-            call("nw-sine", headers=headers)
-        assert error.value.status() == "404", call
-    version = server.predict("nw-sine", [1.0])[1]["model"]["version"]
-    with pytest.raises(tritonclient.utils.InferenceServerException) as error:
-        client.infer("nw-sine", triton_inputs("nw-sine", True), model_version=version, headers=headers)
-    assert error.value.status() == "501"
-
-
-# TorchServe 0.12 renamed the protocol's gRPC package (`inference` -> `org.pytorch.serve.grpc.openinference`).
-TS_GRPC_SERVICE = "/org.pytorch.serve.grpc.openinference.GRPCInferenceService"
-
-
-def test_tritonclient_grpc_finds_no_service_and_the_renamed_one_answers_its_messages(served):
-    """tritonclient's gRPC client calls `inference.GRPCInferenceService`, which TorchServe 0.12 does not serve
-    (UNIMPLEMENTED for every call). Its messages, sent to TorchServe's renamed service with typed contents (its
-    `infer` sends raw_input_contents, which TorchServe drops), are answered: the same numbers as /predictions."""
-    server, _ = served
-    address = f"127.0.0.1:{read_properties(server.run_dir / 'config.properties')['grpc_inference_port']}"
-    metadata = {"authorization": f"Bearer {server.token()}"}
-    with pytest.raises(tritonclient.utils.InferenceServerException) as error:
-        tritonclient.grpc.InferenceServerClient(address).is_server_live(headers=metadata)
-    assert error.value.status() == "StatusCode.UNIMPLEMENTED" and "inference.GRPCInferenceService" in str(error.value)
-    features = service_pb2.ModelInferRequest.InferInputTensor(name="features", datatype="FP32", shape=[3, 1])
-    features.contents.fp32_contents.extend(XS)
-    request = service_pb2.ModelInferRequest(model_name="nw-sine", id="g1", inputs=[features])
-    with grpc.insecure_channel(address) as channel:
-        live = channel.unary_unary(
-            f"{TS_GRPC_SERVICE}/ServerLive",
-            request_serializer=service_pb2.ServerLiveRequest.SerializeToString,
-            response_deserializer=service_pb2.ServerLiveResponse.FromString,
-        )
-        assert live(service_pb2.ServerLiveRequest(), metadata=list(metadata.items()), timeout=30).live
-        with pytest.raises(grpc.RpcError) as refused:
-            live(service_pb2.ServerLiveRequest(), metadata=[("authorization", "Bearer not-the-token")], timeout=30)
-        assert refused.value.code() != grpc.StatusCode.OK
-        infer = channel.unary_unary(
-            f"{TS_GRPC_SERVICE}/ModelInfer",
-            request_serializer=service_pb2.ModelInferRequest.SerializeToString,
-            response_deserializer=service_pb2.ModelInferResponse.FromString,
-        )
-        response = infer(request, metadata=list(metadata.items()), timeout=30)
-        # a refused request (tritonclient's raw contents, which TorchServe drops: no data) costs no worker: the
-        # refusal carries the frame TorchServe's gRPC side reads, so it answers OK with no outputs
-        workers = [w["pid"] for w in server.workers("nw-sine")]
-        raw = service_pb2.ModelInferRequest.InferInputTensor(name="features", datatype="FP32", shape=[1, 1])
-        bad = service_pb2.ModelInferRequest(model_name="nw-sine", id="g2", inputs=[raw], raw_input_contents=[b"\0" * 4])
-        refused_answer = infer(bad, metadata=list(metadata.items()), timeout=30)
-        assert (refused_answer.id, list(refused_answer.outputs)) == ("g2", [])
-        assert infer(request, metadata=list(metadata.items()), timeout=30).outputs
-        assert [w["pid"] for w in server.workers("nw-sine")] == workers
-    result = tritonclient.grpc.InferResult(response)  # as_numpy reads raw contents only: the typed ones here
-    assert (response.id, response.model_name) == ("g1", "nw-sine")
-    expected = server.predict("nw-sine", XS)[1]["predictions"]
-    assert agrees(list(result.get_output("prediction").contents.fp64_contents), expected)
-
-
-def test_requests_without_a_valid_token_are_refused(served):
-    server, _ = served
+def test_requests_without_a_valid_token_are_refused(served_champions):
+    server, _ = served_champions
     url = f"{server.inference_url}/predictions/nw-sine"
     for token in (None, "wrong-token"):
         status, body, _ = server.request("POST", url, {"instances": [1.0]}, token=token)
@@ -259,8 +70,8 @@ def test_requests_without_a_valid_token_are_refused(served):
     assert status != 200  # token auth guards /ping too
 
 
-def test_bad_inputs_get_4xx_and_the_server_stays_healthy(served):
-    server, _ = served
+def test_bad_inputs_get_4xx_and_the_server_stays_healthy(served_champions):
+    server, _ = served_champions
     bad = [
         ("nw-sine", ["x"]),
         ("nw-sine", []),
@@ -277,8 +88,8 @@ def test_bad_inputs_get_4xx_and_the_server_stays_healthy(served):
     assert server.predict("nw-sine", [1.0])[0] == 200
 
 
-def test_concurrent_requests_are_batched_and_all_answered_correctly(served):
-    server, _ = served
+def test_concurrent_requests_are_batched_and_all_answered_correctly(served_champions):
+    server, _ = served_champions
     xs = [i / 10 for i in range(48)]
     expected = server.predict("nw-sine", xs)[1]["predictions"]
     with ThreadPoolExecutor(max_workers=48) as pool:
@@ -289,8 +100,8 @@ def test_concurrent_requests_are_batched_and_all_answered_correctly(served):
     assert max(batch_sizes) > 1
 
 
-def test_archives_are_self_contained_and_record_their_provenance(champions, served):
-    _, archives = served
+def test_archives_are_self_contained_and_record_their_provenance(champions, served_champions):
+    _, archives = served_champions
     client = MlflowClient(champions["tracking_uri"], champions["tracking_uri"])
     for path in archives:
         with zipfile.ZipFile(path) as archive:
@@ -306,8 +117,8 @@ def test_archives_are_self_contained_and_record_their_provenance(champions, serv
         assert any(k.startswith("test_") for k in info)
 
 
-def test_workers_run_the_archived_code_not_the_checkout(served):
-    server, _ = served
+def test_workers_run_the_archived_code_not_the_checkout(served_champions):
+    server, _ = served_champions
     log = (server.run_dir / "logs" / "model_log.log").read_text()
     loaded = [line for line in log.splitlines() if "code from" in line]
     assert loaded, "the handler logs where its code came from"
@@ -317,8 +128,8 @@ def test_workers_run_the_archived_code_not_the_checkout(served):
         assert all(not s.strip().startswith(checkout) for s in sources), line
 
 
-def test_model_registration_is_token_guarded_and_limited_to_the_model_store(served, tmp_path):
-    server, archives = served
+def test_model_registration_is_token_guarded_and_limited_to_the_model_store(served_champions, tmp_path):
+    server, archives = served_champions
     outside = tmp_path / "elsewhere.mar"
     outside.write_bytes(b"not an archive")
     for url in (outside.as_uri(), "http://127.0.0.1:9/x.mar", "../nw-sine.mar"):
@@ -338,8 +149,8 @@ def test_model_registration_is_token_guarded_and_limited_to_the_model_store(serv
     assert sorted(server.models()) == ["mha-adding", "nw-sine"]
 
 
-def test_everything_binds_to_loopback(served):
-    server, _ = served
+def test_everything_binds_to_loopback(served_champions):
+    server, _ = served_champions
     listening = [
         connection.laddr
         for process in process_tree(serve.running_pid(server.run_dir))
@@ -354,8 +165,8 @@ def test_everything_binds_to_loopback(served):
         assert status == 200 and "ts_inference_requests_total" in metrics
 
 
-def test_the_workers_keep_the_memory_they_reuse(served):
-    server, _ = served
+def test_the_workers_keep_the_memory_they_reuse(served_champions):
+    server, _ = served_champions
     workers = [
         p for p in process_tree(serve.running_pid(server.run_dir)) if "model_service_worker" in " ".join(p.cmdline())
     ]
@@ -364,16 +175,16 @@ def test_the_workers_keep_the_memory_they_reuse(served):
         assert all(worker.environ().get(name) == value for name, value in memory.ENVIRONMENT.items()), worker.pid
 
 
-def test_the_archives_and_the_run_folder_are_their_owners_alone(champions, served):
+def test_the_archives_and_the_run_folder_are_their_owners_alone(champions, served_champions):
     """Made under the suite's umask (022): NW archives hold training rows, the run folder tokens and logs."""
-    server, archives = served
+    server, archives = served_champions
     assert (champions["root"] / "archives").stat().st_mode & 0o777 == 0o700
     assert {archive.stat().st_mode & 0o777 for archive in archives} == {0o600}
     assert server.run_dir.stat().st_mode & 0o777 == 0o700
 
 
-def test_torchserve_and_its_workers_hold_no_tracking_or_database_credentials(served):
-    server, _ = served
+def test_torchserve_and_its_workers_hold_no_tracking_or_database_credentials(served_champions):
+    server, _ = served_champions
     tree = process_tree(serve.running_pid(server.run_dir))
     assert any("model_service_worker" in " ".join(p.cmdline()) for p in tree)
     for process in tree:  # what /proc/<pid>/environ holds, launcher, Java and workers alike
@@ -398,8 +209,8 @@ def test_serve_explains_what_is_missing(tmp_path, monkeypatch):
     assert "Java 17" in str(error.value)
 
 
-def test_a_refreshed_token_replaces_the_old_one(served):
-    server, _ = served
+def test_a_refreshed_token_replaces_the_old_one(served_champions):
+    server, _ = served_champions
     old = server.token()
     new = server.refresh_token()
     assert new != old
@@ -433,8 +244,8 @@ def scrape(server) -> dict[tuple[str, frozenset], float]:
     return samples
 
 
-def test_the_handlers_metrics_reach_prometheus_by_route_and_outcome(served):
-    server, _ = served
+def test_the_handlers_metrics_reach_prometheus_by_route_and_outcome(served_champions):
+    server, _ = served_champions
 
     def requests(route: str, outcome: str) -> float:
         want = {("route", route), ("outcome", outcome), ("ModelName", "nw-sine")}
@@ -460,10 +271,10 @@ def test_the_handlers_metrics_reach_prometheus_by_route_and_outcome(served):
     assert any(name.startswith("attention_batch_requests") for name, _ in samples)
 
 
-def test_a_real_prometheus_counts_both_layers_exactly_and_sees_inputs_drift(served, tmp_path):
+def test_a_real_prometheus_counts_both_layers_exactly_and_sees_inputs_drift(served_champions, tmp_path):
     """`make monitor`'s Prometheus, scraping this server every second: a known mix of good, bad, unauthorized and
     far-away requests shows up in its query API with exact counts, and the drift alert goes pending."""
-    server, _ = served
+    server, _ = served_champions
     watch = tmp_path / "monitor"
     url = monitor.start(run_dir=server.run_dir, monitor_dir=watch, port=free_port(), interval="1s")
     prometheus = monitor.running_pid(watch)

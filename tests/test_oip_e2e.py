@@ -1,0 +1,173 @@
+"""The Open Inference Protocol (KServe v2) on the served champions: our own requests and `tritonclient`'s, over
+REST (JSON and binary tensors) and gRPC, against the same numbers as `/predictions`."""
+
+import grpc
+import numpy as np
+import pytest
+import tritonclient.grpc
+import tritonclient.http
+import tritonclient.utils
+from served_champions import SEQUENCES, XS
+from tritonclient.grpc import service_pb2
+
+from handlers.contract import agrees
+from training.serving.torchserve import read_properties
+
+pytestmark = pytest.mark.e2e
+
+
+def test_the_open_inference_protocol_answers_as_predictions_do(served_champions):
+    server, _ = served_champions
+    token, url = server.token(), f"{server.inference_url}/v2"
+    xs = [0.5, 2.5, 4.9]
+    padded = [step for sequence in SEQUENCES for step in sequence + [[0.0, 0.0]] * (9 - len(sequence))]
+    requests = {
+        "nw-sine": (xs, [{"name": "features", "datatype": "FP32", "shape": [3, 1], "data": xs}]),
+        "mha-adding": (
+            SEQUENCES,
+            [
+                {"name": "sequences", "datatype": "FP32", "shape": [2, 9, 2], "data": padded},
+                {"name": "lengths", "datatype": "INT64", "shape": [2], "data": [len(s) for s in SEQUENCES]},
+            ],
+        ),
+    }
+    for name, (instances, inputs) in requests.items():
+        expected = server.predict(name, instances)[1]
+        status, body, _ = server.request("POST", f"{url}/models/{name}/infer", {"id": "a1", "inputs": inputs}, token)
+        assert status == 200 and (body["model_name"], body["id"]) == (name, "a1"), body
+        assert body["model_version"] == expected["model"]["version"]
+        (prediction,) = body["outputs"]
+        assert prediction["name"] == "prediction" and agrees(prediction["data"], expected["predictions"])
+    bad = {"inputs": [{"name": "features", "datatype": "FP32", "shape": [2, 1], "data": [1.0]}]}
+    status, body, _ = server.request("POST", f"{url}/models/nw-sine/infer", bad, token)
+    assert status == 400 and "input 'features' has shape [2, 1]" in body["error"]
+    assert server.request("GET", f"{url}/health/ready", token=token)[:2] == (200, {"ready": True})
+    assert server.request("GET", f"{url}/health/ready")[0] != 200  # behind the same token
+
+
+def triton_http(server):
+    """tritonclient's HTTP client on the inference address, with the token in a header as any client sends it."""
+    client = tritonclient.http.InferenceServerClient(server.inference_url.removeprefix("http://"))
+    return client, {"Authorization": f"Bearer {server.token()}"}
+
+
+def triton_input(name, datatype, array, binary):
+    tensor = tritonclient.http.InferInput(name, list(array.shape), datatype)
+    return tensor.set_data_from_numpy(array, binary_data=binary)
+
+
+def triton_inputs(name, binary):
+    """The instances of `name`'s /predictions reference as tritonclient tensors."""
+    if name == "nw-sine":
+        return [triton_input("features", "FP32", np.array(XS, dtype=np.float32).reshape(-1, 1), binary)]
+    padded = [sequence + [[0.0, 0.0]] * (9 - len(sequence)) for sequence in SEQUENCES]
+    lengths = np.array([len(s) for s in SEQUENCES], dtype=np.int64)
+    sequences = triton_input("sequences", "FP32", np.array(padded, dtype=np.float32), binary)
+    return [sequences, triton_input("lengths", "INT64", lengths, binary)]
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_tritonclient_http_infers_as_predictions_do_binary_or_json(served_champions, binary):
+    server, _ = served_champions
+    client, headers = triton_http(server)
+    assert client.is_server_live(headers=headers) and client.is_server_ready(headers=headers)
+    attention = {"nw-sine": "attention", "mha-adding": "pooling_weights"}
+    for name, instances in (("nw-sine", XS), ("mha-adding", SEQUENCES)):
+        expected = server.predict(name, instances)[1]["predictions"]
+        outputs = [
+            tritonclient.http.InferRequestedOutput(n, binary_data=binary) for n in ("prediction", attention[name])
+        ]
+        result = client.infer(name, triton_inputs(name, binary), outputs=outputs, headers=headers)
+        assert agrees(result.as_numpy("prediction").tolist(), expected), name
+        weights = result.as_numpy(attention[name])
+        assert weights.shape[0] == len(instances) and np.allclose(weights.sum(axis=1), 1.0, atol=1e-5), name
+        plain = client.infer(name, triton_inputs(name, binary), headers=headers)  # every prediction output, binary
+        assert [o["name"] for o in plain.get_response()["outputs"]] == ["prediction"]
+        assert agrees(plain.as_numpy("prediction").tolist(), expected), name
+
+
+@pytest.mark.parametrize(
+    ("tensor", "named"),
+    [
+        (("features", "INT64", np.ones((1, 1), dtype=np.int64)), None),
+        (("features", "BYTES", np.array([[b"x"]], dtype=object)), "input 'features' has datatype \"BYTES\""),
+        (("features", "FP32", np.ones((1, 3), dtype=np.float32)), "input 'features' has shape [1, 3]"),
+        (("weights", "FP32", np.ones((1, 1), dtype=np.float32)), "unknown input 'weights'"),
+    ],
+)
+def test_tritonclient_http_bad_requests_raise_a_4xx_naming_the_tensor(served_champions, tensor, named):
+    server, _ = served_champions
+    client, headers = triton_http(server)
+    inputs = [triton_input(*tensor, binary=True)]
+    if named is None:  # INT64 is taken in place of FP32: the control
+        assert client.infer("nw-sine", inputs, headers=headers).as_numpy("prediction").shape == (1,)
+        return
+    with pytest.raises(tritonclient.utils.InferenceServerException) as error:
+        client.infer("nw-sine", inputs, headers=headers)
+    assert error.value.status() == "400" and named in error.value.message()
+    assert server.health() == "Healthy"
+
+
+def test_tritonclient_http_calls_torchserve_has_no_route_for(served_champions):
+    """What still fails (docs/http-api.md): TorchServe 0.12 routes no per-model metadata, readiness or config,
+    and answers a versioned infer 501."""
+    server, _ = served_champions
+    client, headers = triton_http(server)
+    assert client.get_server_metadata(headers=headers)["version"] == "0.12.0"
+    assert client.is_model_ready("nw-sine", headers=headers) is False  # 404 read as "not ready"
+    for call in (client.get_model_metadata, client.get_model_config):
+        with pytest.raises(tritonclient.utils.InferenceServerException) as error:
+            call("nw-sine", headers=headers)
+        assert error.value.status() == "404", call
+    version = server.predict("nw-sine", [1.0])[1]["model"]["version"]
+    with pytest.raises(tritonclient.utils.InferenceServerException) as error:
+        client.infer("nw-sine", triton_inputs("nw-sine", True), model_version=version, headers=headers)
+    assert error.value.status() == "501"
+
+
+# TorchServe 0.12 renamed the protocol's gRPC package (`inference` -> `org.pytorch.serve.grpc.openinference`).
+TS_GRPC_SERVICE = "/org.pytorch.serve.grpc.openinference.GRPCInferenceService"
+
+
+def test_tritonclient_grpc_finds_no_service_and_the_renamed_one_answers_its_messages(served_champions):
+    """tritonclient's gRPC client calls `inference.GRPCInferenceService`, which TorchServe 0.12 does not serve
+    (UNIMPLEMENTED for every call). Its messages, sent to TorchServe's renamed service with typed contents (its
+    `infer` sends raw_input_contents, which TorchServe drops), are answered: the same numbers as /predictions."""
+    server, _ = served_champions
+    address = f"127.0.0.1:{read_properties(server.run_dir / 'config.properties')['grpc_inference_port']}"
+    metadata = {"authorization": f"Bearer {server.token()}"}
+    with pytest.raises(tritonclient.utils.InferenceServerException) as error:
+        tritonclient.grpc.InferenceServerClient(address).is_server_live(headers=metadata)
+    assert error.value.status() == "StatusCode.UNIMPLEMENTED" and "inference.GRPCInferenceService" in str(error.value)
+    features = service_pb2.ModelInferRequest.InferInputTensor(name="features", datatype="FP32", shape=[3, 1])
+    features.contents.fp32_contents.extend(XS)
+    request = service_pb2.ModelInferRequest(model_name="nw-sine", id="g1", inputs=[features])
+    with grpc.insecure_channel(address) as channel:
+        live = channel.unary_unary(
+            f"{TS_GRPC_SERVICE}/ServerLive",
+            request_serializer=service_pb2.ServerLiveRequest.SerializeToString,
+            response_deserializer=service_pb2.ServerLiveResponse.FromString,
+        )
+        assert live(service_pb2.ServerLiveRequest(), metadata=list(metadata.items()), timeout=30).live
+        with pytest.raises(grpc.RpcError) as refused:
+            live(service_pb2.ServerLiveRequest(), metadata=[("authorization", "Bearer not-the-token")], timeout=30)
+        assert refused.value.code() != grpc.StatusCode.OK
+        infer = channel.unary_unary(
+            f"{TS_GRPC_SERVICE}/ModelInfer",
+            request_serializer=service_pb2.ModelInferRequest.SerializeToString,
+            response_deserializer=service_pb2.ModelInferResponse.FromString,
+        )
+        response = infer(request, metadata=list(metadata.items()), timeout=30)
+        # a refused request (tritonclient's raw contents, which TorchServe drops: no data) costs no worker: the
+        # refusal carries the frame TorchServe's gRPC side reads, so it answers OK with no outputs
+        workers = [w["pid"] for w in server.workers("nw-sine")]
+        raw = service_pb2.ModelInferRequest.InferInputTensor(name="features", datatype="FP32", shape=[1, 1])
+        bad = service_pb2.ModelInferRequest(model_name="nw-sine", id="g2", inputs=[raw], raw_input_contents=[b"\0" * 4])
+        refused_answer = infer(bad, metadata=list(metadata.items()), timeout=30)
+        assert (refused_answer.id, list(refused_answer.outputs)) == ("g2", [])
+        assert infer(request, metadata=list(metadata.items()), timeout=30).outputs
+        assert [w["pid"] for w in server.workers("nw-sine")] == workers
+    result = tritonclient.grpc.InferResult(response)  # as_numpy reads raw contents only: the typed ones here
+    assert (response.id, response.model_name) == ("g1", "nw-sine")
+    expected = server.predict("nw-sine", XS)[1]["predictions"]
+    assert agrees(list(result.get_output("prediction").contents.fp64_contents), expected)
