@@ -98,7 +98,7 @@ def archive_champion(
         version, checkpoint = registry.download_champion(client, name, tmp / "mlflow")
         sha = file_sha256(checkpoint)
         model, _ = load_checkpoint(checkpoint)  # proves it loads with weights_only=True
-        retested = confirm_metrics(version, model, checks)
+        retested = confirm_metrics(version, model, checks, sha)
         revealed = explain_keys or default_explain_keys(model)
         model_config = {**model_config, "handler": {**model_config.get("handler", {}), "explain_keys": revealed}}
         payload = stage_payload(tmp / "payload")
@@ -156,11 +156,21 @@ def model_info(name: str, archive_name: str, version, model, sha: str, revealed:
     }
 
 
-def confirm_metrics(version, model, checks: Checks) -> bool:
+# What was tested again in this process: the checkpoint, the data it names and the metrics it records.
+CONFIRMED: set[tuple] = set()
+
+
+def confirm_metrics(version, model, checks: Checks, checkpoint_sha256: str) -> bool:
     """Whether the champion's test metrics were computed again (and agree: `retest.MetricMismatchError` otherwise);
-    False only when its data is not at hand and `checks.unverified` says to sign all the same."""
+    False only when its data is not at hand and `checks.unverified` says to sign all the same. A checkpoint confirmed
+    once is not tested again in this process (the benchmarks pack each champion in several variants)."""
+    recorded = sorted((k, v) for k, v in version.tags.items() if k.startswith(("test_", "data")))
+    confirmed = (checkpoint_sha256, checks.data_file, *recorded)
+    if confirmed in CONFIRMED:
+        return True
     try:
         retest.retest(version, model, checks.data_file)
+        CONFIRMED.add(confirmed)
     except retest.DataNotAtHandError as error:
         if checks.unverified:
             return False
