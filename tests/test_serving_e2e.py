@@ -28,7 +28,8 @@ pytestmark = pytest.mark.e2e
 
 
 def champion(champions, name):
-    mlflow.set_tracking_uri(champions["tracking_uri"])
+    mlflow.set_tracking_uri(champions["tracking_uri"])  # the registry too: an earlier module may have named another
+    mlflow.set_registry_uri(champions["tracking_uri"])
     return mlflow.pyfunc.load_model(f"models:/{name}@champion")
 
 
