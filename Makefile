@@ -34,6 +34,9 @@ OLDER_ARGS = $(call switch,--allow-older,ALLOW_OLDER,1)
 # PYTEST_ARGS holds several arguments (`-k 'a or b' -x`): it reaches pytest as one PYTEST_ADDOPTS word, which
 # pytest itself splits as a shell would, without running a shell on it.
 PYTEST = $(if $(call given,PYTEST_ARGS),PYTEST_ADDOPTS="$$PYTEST_ADDOPTS "$(call quote,PYTEST_ARGS) )$(PYTHON) -m pytest
+# The suite's modules run on TEST_WORKERS processes (pytest-xdist; 2 by default, the machine CI has), each module
+# whole on one of them: a module's servers and fixtures are its own. TEST_WORKERS=0 runs it in this process alone.
+TEST_WORKERS_ARGS = -n $(if $(call given,TEST_WORKERS),$(call quote,TEST_WORKERS),2) --dist loadfile
 
 .PHONY: help
 help: ## Show this help
@@ -62,12 +65,12 @@ java: ## Check for Java 17+ (TorchServe); install openjdk-17-jre-headless with a
 	fi
 
 .PHONY: test
-test: install lint ## Run the whole test suite (installs what it needs)
-	$(PYTEST)
+test: install lint ## Run the whole test suite (installs what it needs) [TEST_WORKERS=2 PYTEST_ARGS=]
+	$(PYTEST) $(TEST_WORKERS_ARGS)
 
 .PHONY: test-fast
 test-fast: $(STAMP) lint ## The fast part alone: every test without the e2e marker (no TorchServe, tracking server, UI, killed process or bench)
-	$(PYTEST) -m "not e2e"
+	$(PYTEST) $(TEST_WORKERS_ARGS) -m "not e2e"
 
 .PHONY: lint
 lint: $(STAMP) ## Lint and format check (ruff)

@@ -140,3 +140,20 @@ def test_a_signed_archive_of_another_model_or_a_broken_manifest_is_refused(keys,
     (keys / signing.TRUSTED / "junk.pub").write_text("not a key")
     with pytest.raises(ArchiveSignatureError, match="junk.pub is not an Ed25519 public key"):
         signing.trusted_keys()
+
+
+def test_builds_starting_together_make_one_whole_key_between_them(tmp_path):
+    """Each process makes its key and reads back the one that stands: never a half-written file, one key in all."""
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(4) as pool:
+        for round_ in range(3):
+            folder = tmp_path / f"keys-{round_}"
+            ids = pool.map(key_id_in, [folder] * 8)
+            assert len(set(ids)) == 1, ids
+            assert sorted(p.name for p in folder.iterdir()) == sorted([signing.PRIVATE_KEY, signing.PUBLIC_KEY])
+            assert signing.key_id(signing.signing_key(folder).public_key()) == ids[0]
+
+
+def key_id_in(folder) -> str:
+    return signing.key_id(signing.signing_key(folder).public_key())
