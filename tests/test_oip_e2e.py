@@ -5,9 +5,10 @@ import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc
-import tritonclient.http
 import tritonclient.utils
+from documented import check_documented_curls
 from served_champions import SEQUENCES, XS
+from triton_clients import triton_http, triton_input, triton_outputs
 from tritonclient.grpc import service_pb2
 
 from handlers.contract import agrees
@@ -45,17 +46,6 @@ def test_the_open_inference_protocol_answers_as_predictions_do(served_champions)
     assert server.request("GET", f"{url}/health/ready")[0] != 200  # behind the same token
 
 
-def triton_http(server):
-    """tritonclient's HTTP client on the inference address, with the token in a header as any client sends it."""
-    client = tritonclient.http.InferenceServerClient(server.inference_url.removeprefix("http://"))
-    return client, {"Authorization": f"Bearer {server.token()}"}
-
-
-def triton_input(name, datatype, array, binary):
-    tensor = tritonclient.http.InferInput(name, list(array.shape), datatype)
-    return tensor.set_data_from_numpy(array, binary_data=binary)
-
-
 def triton_inputs(name, binary):
     """The instances of `name`'s /predictions reference as tritonclient tensors."""
     if name == "nw-sine":
@@ -74,9 +64,7 @@ def test_tritonclient_http_infers_as_predictions_do_binary_or_json(served_champi
     attention = {"nw-sine": "attention", "mha-adding": "pooling_weights"}
     for name, instances in (("nw-sine", XS), ("mha-adding", SEQUENCES)):
         expected = server.predict(name, instances)[1]["predictions"]
-        outputs = [
-            tritonclient.http.InferRequestedOutput(n, binary_data=binary) for n in ("prediction", attention[name])
-        ]
+        outputs = triton_outputs(("prediction", attention[name]), binary)
         result = client.infer(name, triton_inputs(name, binary), outputs=outputs, headers=headers)
         assert agrees(result.as_numpy("prediction").tolist(), expected), name
         weights = result.as_numpy(attention[name])
@@ -171,3 +159,12 @@ def test_tritonclient_grpc_finds_no_service_and_the_renamed_one_answers_its_mess
     assert (response.id, response.model_name) == ("g1", "nw-sine")
     expected = server.predict("nw-sine", XS)[1]["predictions"]
     assert agrees(list(result.get_output("prediction").contents.fp64_contents), expected)
+
+
+def test_the_documented_curl_calls_answer_as_documented(served_champions):
+    server, _ = served_champions
+    for request, answer in check_documented_curls(server, "nw-sine", minimum=3):  # README, JSON, with attention
+        expected = server.predict("nw-sine", request["inputs"][0]["data"])[1]["predictions"]
+        assert answer["outputs"][0]["name"] == "prediction" and agrees(answer["outputs"][0]["data"], expected)
+    ((request, answer),) = check_documented_curls(server, "mha-adding")
+    assert [output["name"] for output in answer["outputs"]] == ["prediction", "pooling_weights"]

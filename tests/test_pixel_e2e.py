@@ -1,10 +1,14 @@
 """pixel-digits end to end: a real (tiny) tune into real stores, the archive from the registry, a real TorchServe."""
 
 import mlflow
+import numpy as np
 import pandas as pd
 import pytest
 import torch
+import tritonclient.utils
+from documented import check_documented_curls
 from mlflow import MlflowClient
+from triton_clients import triton_http, triton_input, triton_outputs
 
 from handlers.contract import agrees
 from training.data.datasets import load_dataset
@@ -112,3 +116,40 @@ def test_bad_images_get_named_4xx_errors_and_the_server_stays_healthy(served, ch
     got, answer, _ = server.predict("pixel-digits", [good], explain=True, queries=[[0, 8]])
     assert (got, answer["error"]) == (400, "invalid queries") and "columns 0..7" in answer["detail"]
     assert server.health() == "Healthy" and server.predict("pixel-digits", [good])[0] == 200
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_tritonclient_sends_images_and_gets_labels_probabilities_and_the_pixel_attention(served, champion, binary):
+    """The Open Inference Protocol for images: `images` FP32 [-1, 8, 8] in, `label` and `probabilities` out, and
+    `pixel_attention` (the attention each pixel receives) only when asked for, as /explanations' `attended`."""
+    server, _ = served
+    _, images = champion
+    client, headers = triton_http(server)
+    _, predicted, _ = server.predict("pixel-digits", images.tolist())
+    _, explained, _ = server.predict("pixel-digits", images.tolist(), explain=True)
+    inputs = [triton_input("images", "FP32", images.numpy().astype(np.float32), binary)]
+    result = client.infer(
+        "pixel-digits", inputs, outputs=triton_outputs(["label", "probabilities"], binary), headers=headers
+    )
+    assert result.as_numpy("label").tolist() == [p["label"] for p in predicted["predictions"]]
+    assert agrees(result.as_numpy("probabilities").tolist(), [p["probabilities"] for p in predicted["predictions"]])
+    attended = client.infer(
+        "pixel-digits", inputs, outputs=triton_outputs(["pixel_attention"], binary), headers=headers
+    ).as_numpy("pixel_attention")
+    assert attended.shape == (len(images), 8, 8)
+    assert np.allclose(attended, [item["attended"] for item in explained["explanations"]], atol=1e-6)
+    plain = client.infer("pixel-digits", inputs, headers=headers).get_response()["outputs"]
+    assert [o["name"] for o in plain] == ["label", "probabilities"]  # unasked, no attention is computed or sent
+    wrong = [triton_input("images", "FP32", images.numpy().astype(np.float32)[:, :7], binary)]
+    with pytest.raises(tritonclient.utils.InferenceServerException) as error:
+        client.infer("pixel-digits", wrong, headers=headers)
+    assert error.value.status() == "400" and "input 'images' has shape" in error.value.message()
+    assert server.health() == "Healthy"
+
+
+def test_the_documented_curl_call_answers_as_documented(served):
+    server, _ = served
+    ((request, answer),) = check_documented_curls(server, "pixel-digits")
+    image = np.array(request["inputs"][0]["data"]).reshape(1, 8, 8).tolist()
+    _, predicted, _ = server.predict("pixel-digits", image)
+    assert answer["outputs"][0]["data"] == [predicted["predictions"][0]["label"]]

@@ -3,10 +3,14 @@
 import functools
 
 import mlflow
+import numpy as np
 import pandas as pd
 import pytest
 import torch
+import tritonclient.utils
+from documented import check_documented_curls
 from mlflow import MlflowClient
+from triton_clients import triton_http, triton_input, triton_outputs
 
 from training.data import datasets as data
 from training.demo import DEMO_START
@@ -86,3 +90,37 @@ def test_the_tune_logged_curves_and_alignment_heatmaps(stores, served):
     (child,) = client.search_runs([result.experiment_id], f"tags.mlflow.parentRunId = '{result.parent_run_id}'")
     for metric in ("val_exact_match", "val_loss", "train_loss"):
         assert [m.step for m in client.get_metric_history(child.info.run_id, metric)] == [1, 2]
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_tritonclient_sends_strings_and_gets_the_same_strings_and_their_alignments(served, binary):
+    """The Open Inference Protocol for text: `texts` BYTES [-1] in, `prediction` BYTES out (UTF-8), and the
+    alignment only when asked for, as /explanations gives it (zero-padded to the batch's longest)."""
+    server, _ = served
+    client, headers = triton_http(server)
+    _, predicted, _ = server.predict("s2s-dates", TEXTS)
+    _, explained, _ = server.predict("s2s-dates", TEXTS, explain=True)
+    texts = triton_input("texts", "BYTES", np.array([t.encode() for t in TEXTS], dtype=object), binary)
+    result = client.infer("s2s-dates", [texts], outputs=triton_outputs(["prediction"], binary), headers=headers)
+    strings = [p.decode() if isinstance(p, bytes) else p for p in result.as_numpy("prediction")]  # JSON: str
+    assert strings == predicted["predictions"]
+    assert [o["name"] for o in result.get_response()["outputs"]] == ["prediction"]
+    both = triton_outputs(["prediction", "alignment"], binary)
+    alignment = client.infer("s2s-dates", [texts], outputs=both, headers=headers).as_numpy("alignment")
+    assert alignment.shape == (len(TEXTS), max(map(len, predicted["predictions"])), max(map(len, TEXTS)))
+    for i, item in enumerate(explained["explanations"]):
+        rows, columns = len(item["output_tokens"]), len(item["input_tokens"])
+        assert np.allclose(alignment[i, :rows, :columns], item["weights"], atol=1e-6)
+        assert not alignment[i, rows:].any() and not alignment[i, :, columns:].any()
+    with pytest.raises(tritonclient.utils.InferenceServerException) as error:  # a character the model never saw
+        bad = triton_input("texts", "BYTES", np.array(["23 Nov 2026 ☺".encode()], dtype=object), binary)
+        client.infer("s2s-dates", [bad], headers=headers)
+    assert error.value.status() == "400" and "unknown character" in error.value.message()
+    assert server.health() == "Healthy"
+
+
+def test_the_documented_curl_call_answers_as_documented(served):
+    server, _ = served
+    ((request, answer),) = check_documented_curls(server, "s2s-dates")
+    _, predicted, _ = server.predict("s2s-dates", request["inputs"][0]["data"])
+    assert answer["outputs"][0]["data"] == predicted["predictions"]
