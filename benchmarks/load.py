@@ -17,21 +17,38 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 
-def run_load(url: str, body: bytes, token: str, concurrency: int, seconds: float, client: str = "auto") -> dict:
-    """`client`: "auto" (wrk when installed), "wrk" or "python"."""
+def run_load(
+    url: str,
+    body: bytes,
+    token: str,
+    concurrency: int,
+    seconds: float,
+    client: str = "auto",
+    headers: dict | None = None,
+) -> dict:
+    """`client`: "auto" (wrk when installed), "wrk" or "python"; `headers` beside the token and a JSON
+    Content-Type (the python client alone sends them, and any body: a binary one too)."""
+    check_loopback(url)
+    if not headers and (client == "wrk" or (client == "auto" and shutil.which("wrk"))):
+        return wrk(url, body, token, concurrency, seconds)
+    return asyncio.run(async_load(url, body, token, concurrency, seconds, headers or {}))
+
+
+def check_loopback(url: str) -> None:
     host = urlsplit(url).hostname
     if host not in ("127.0.0.1", "localhost", "::1"):
         raise ValueError(f"load tests target loopback only, not {host}")
-    if client == "wrk" or (client == "auto" and shutil.which("wrk")):
-        return wrk(url, body, token, concurrency, seconds)
-    return asyncio.run(async_load(url, body, token, concurrency, seconds))
 
 
-async def async_load(url: str, body: bytes, token: str, concurrency: int, seconds: float) -> dict:
+async def async_load(
+    url: str, body: bytes, token: str, concurrency: int, seconds: float, headers: dict | None = None
+) -> dict:
     parts = urlsplit(url)
+    fields = {"Content-Type": "application/json", **(headers or {}), "Authorization": f"Bearer {token}"}
     request = (
-        f"POST {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\nContent-Type: application/json\r\n"
-        f"Authorization: Bearer {token}\r\nContent-Length: {len(body)}\r\n\r\n"
+        f"POST {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+        + "".join(f"{name}: {value}\r\n" for name, value in fields.items())
+        + f"Content-Length: {len(body)}\r\n\r\n"
     ).encode() + body
     latencies: list[float] = []
     errors = [0]
@@ -58,15 +75,19 @@ async def async_load(url: str, body: bytes, token: str, concurrency: int, second
 
     start = time.perf_counter()
     await asyncio.gather(*(connection() for _ in range(concurrency)))
-    elapsed = time.perf_counter() - start
+    return summary("python-asyncio", latencies, errors[0], time.perf_counter() - start)
+
+
+def summary(client: str, latencies: list[float], errors: int, elapsed: float) -> dict:
+    """A load run's figures from each answered request's latency (seconds)."""
     ordered = sorted(latencies)
     return {
-        "client": "python-asyncio",
+        "client": client,
         "requests": len(latencies),
         "rps": len(latencies) / elapsed,
         "p50_ms": 1e3 * statistics.median(ordered) if ordered else float("nan"),
         "p99_ms": 1e3 * ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))] if ordered else float("nan"),
-        "errors": errors[0],
+        "errors": errors,
     }
 
 

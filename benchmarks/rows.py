@@ -13,6 +13,7 @@ from benchmarks import (
     large_nw,
     mha,
     nw_kernel,
+    oip,
     quality,
     samplers,
     score,
@@ -112,6 +113,12 @@ ROWS = (
         lambda s: allocator.run(s.quick),
         allocator.section,
         f"a 300k-row tune ≥ {allocator.SPEEDUP}× as fast with the kept allocator thresholds as with glibc's",
+    ),
+    Row(
+        "oip",
+        lambda s: oip.run(s.quick),
+        oip.section,
+        f"OIP REST (JSON and binary) ≥ {oip.TARGET}× the throughput of /predictions at c64; gRPC reported",
     ),
 )
 BY_NAME = {row.name: row for row in ROWS}

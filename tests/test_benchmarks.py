@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 
 import benchmarks.__main__ as bench_main
-from benchmarks import large_nw
+from benchmarks import large_nw, oip
 from benchmarks.load import run_load, wrk_ms
 from benchmarks.report import write_markdown
 from benchmarks.rows import BY_NAME, ROWS
 from benchmarks.samplers import SAMPLERS, default_name
+from benchmarks.serving import PAYLOADS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -63,6 +64,9 @@ def test_quick_benchmark_writes_every_row(tmp_path, champions):
     assert set(results["provenance"]) == set(results["rows"]) and "every row measured at commit" in markdown
 
     assert all(r["wall_s"] > 0 and r["minor_faults"] > 0 for r in results["rows"]["allocator"])
+    protocols = results["rows"]["oip"]  # every variant answered every request, gRPC and binary included
+    assert {(r["model"], r["variant"]) for r in protocols} == {(m, v) for m in PAYLOADS for v in oip.VARIANTS}
+    assert all(r["requests"] > 0 and r["errors"] == 0 for r in protocols), protocols
     assert {r["mode"] for r in results["rows"]["allocator"]} == {"before", "after"}
 
 
@@ -120,3 +124,21 @@ def test_benchmark_archives_are_signed_with_a_throwaway_key_that_production_does
     assert (throwaway / signing.PRIVATE_KEY).exists() and throwaway != production
     with pytest.raises(signing.ArchiveSignatureError, match="not trusted"):
         signing.verify_archive(variant.read_bytes(), variant.name, signing.trusted_keys(production))
+
+
+@pytest.mark.parametrize("name", list(PAYLOADS))
+def test_the_protocol_rows_bodies_carry_the_same_instance_in_json_and_binary(name):
+    """What row 14 sends over each protocol is row 3's instance, as the handler reads it."""
+    from handlers.oip_binary import binary_body
+    from handlers.types import Limits
+
+    json_request = json.loads(oip.json_body(name))
+    raw, headers = oip.binary_body(name)
+    binary_request = binary_body(raw, headers["Inference-Header-Content-Length"], Limits())
+    for sent, read in zip(json_request["inputs"], binary_request["inputs"]):
+        assert (sent["name"], sent["datatype"], sent["shape"]) == (read["name"], read["datatype"], read["shape"])
+        assert read["data"] == pytest.approx(sent["data"], abs=1e-6)  # FP32 in binary
+    (instance,) = PAYLOADS[name]["instances"]
+    flat = [instance] if name == "nw-sine" else [v for step in instance for v in step]
+    assert json_request["inputs"][0]["data"] == pytest.approx(flat)
+    assert binary_request["parameters"] == {"binary_data_output": True}

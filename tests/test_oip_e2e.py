@@ -12,7 +12,7 @@ from triton_clients import triton_http, triton_input, triton_outputs
 from tritonclient.grpc import service_pb2
 
 from handlers.contract import agrees
-from training.serving.torchserve import read_properties
+from training.serving.torchserve import OIP_GRPC_SERVICE, read_properties
 
 pytestmark = pytest.mark.e2e
 
@@ -113,10 +113,6 @@ def test_tritonclient_http_calls_torchserve_has_no_route_for(served_champions):
     assert error.value.status() == "501"
 
 
-# TorchServe 0.12 renamed the protocol's gRPC package (`inference` -> `org.pytorch.serve.grpc.openinference`).
-TS_GRPC_SERVICE = "/org.pytorch.serve.grpc.openinference.GRPCInferenceService"
-
-
 def test_tritonclient_grpc_finds_no_service_and_the_renamed_one_answers_its_messages(served_champions):
     """tritonclient's gRPC client calls `inference.GRPCInferenceService`, which TorchServe 0.12 does not serve
     (UNIMPLEMENTED for every call). Its messages, sent to TorchServe's renamed service with typed contents (its
@@ -132,7 +128,7 @@ def test_tritonclient_grpc_finds_no_service_and_the_renamed_one_answers_its_mess
     request = service_pb2.ModelInferRequest(model_name="nw-sine", id="g1", inputs=[features])
     with grpc.insecure_channel(address) as channel:
         live = channel.unary_unary(
-            f"{TS_GRPC_SERVICE}/ServerLive",
+            f"{OIP_GRPC_SERVICE}/ServerLive",
             request_serializer=service_pb2.ServerLiveRequest.SerializeToString,
             response_deserializer=service_pb2.ServerLiveResponse.FromString,
         )
@@ -141,7 +137,7 @@ def test_tritonclient_grpc_finds_no_service_and_the_renamed_one_answers_its_mess
             live(service_pb2.ServerLiveRequest(), metadata=[("authorization", "Bearer not-the-token")], timeout=30)
         assert refused.value.code() != grpc.StatusCode.OK
         infer = channel.unary_unary(
-            f"{TS_GRPC_SERVICE}/ModelInfer",
+            f"{OIP_GRPC_SERVICE}/ModelInfer",
             request_serializer=service_pb2.ModelInferRequest.SerializeToString,
             response_deserializer=service_pb2.ModelInferResponse.FromString,
         )

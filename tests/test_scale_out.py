@@ -23,7 +23,7 @@ import pytest
 import sqlalchemy
 from mlflow import MlflowClient
 
-from training.infra.processes import answers, free_port
+from training.infra.processes import answers, free_ports
 from training.infra.storage_urls import sqlalchemy_url
 from training.operations import mlflow_server, postgres, server_state
 from training.operations import server as tracking_server
@@ -79,7 +79,7 @@ def server():
     state = Path(tempfile.mkdtemp(prefix="tracking-"))
     state.chmod(0o755)  # PostgreSQL runs as an unprivileged user when the tests run as root
     try:
-        ports = dict(pg_port=free_port(), mlflow_port=free_port())
+        ports = dict(zip(("pg_port", "mlflow_port"), free_ports(2)))
         started = tracking_server.start(state, **ports, workers=1, tls=True)
         with pytest.MonkeyPatch.context() as patch:  # as each worker is told to: the password file, no password
             for key, value in (started.client_environment() | mlflow_server.worker_credentials(started)).items():

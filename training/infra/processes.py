@@ -3,6 +3,7 @@ until something answers, and stopping a whole process tree (launcher, children, 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -22,9 +23,18 @@ from training.infra.places import LOOPBACK
 
 def free_port(host: str = LOOPBACK) -> int:
     """A port nothing listens on now (the kernel's choice)."""
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    (port,) = free_ports(1, host)
+    return port
+
+
+def free_ports(count: int, host: str = LOOPBACK) -> list[int]:
+    """`count` different ports nothing listens on now: each held until all are chosen (one port closed before the
+    next is asked for may be handed out again, and two listeners of one server would then collide)."""
+    with contextlib.ExitStack() as held:
+        sockets = [held.enter_context(socket.socket()) for _ in range(count)]
+        for s in sockets:
+            s.bind((host, 0))
+        return [s.getsockname()[1] for s in sockets]
 
 
 def port_is_free(port: int, host: str = LOOPBACK) -> bool:

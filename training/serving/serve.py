@@ -17,11 +17,10 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from training.infra import memory
+from training.infra import memory, processes
 from training.infra.places import ARCHIVES, SERVE_DIR, TORCHSERVE_CONFIG
 from training.infra.private import owner_only
 from training.infra.processes import (
-    free_port,
     pid_alive,
     port_is_free,
     private_dir,
@@ -255,16 +254,23 @@ def start(
 def free_ports() -> dict[str, int]:
     """A free loopback port for each of TorchServe's listeners: a second server runs beside the first."""
     keys = ["inference_address", "management_address", "metrics_address", "grpc_inference_port", "grpc_management_port"]
-    return {key: free_port() for key in keys}
+    return dict(zip(keys, processes.free_ports(len(keys))))
 
 
 def check_ports_free(properties: dict[str, str]) -> None:
-    """Refuse to start on a busy port with the port's name, instead of a server that exits at once."""
+    """Refuse to start on a busy port, or on one port given to two listeners, with the ports' names, instead of a
+    server that exits at once."""
+    listeners: dict[int, str] = {}
     for key, value in properties.items():
         listens = key.endswith("_port") or (key.endswith("_address") and not key.startswith("grpc_"))
         if not listens:
             continue
         port = int(value.rsplit(":", 1)[-1])
+        if port in listeners:
+            raise PortInUseError(
+                f"port {port} is given to both {listeners[port]} and {key}: change one in config.properties"
+            )
+        listeners[port] = key
         if not port_is_free(port):
             raise PortInUseError(
                 f"port {port} ({key}) is in use by another process: stop it, or change {key} in config.properties"

@@ -16,6 +16,10 @@ from pathlib import Path
 
 from training.serving.errors import ServingError
 
+# TorchServe 0.12 serves the Open Inference Protocol's gRPC service under its own package name, not the protocol's
+# `inference.GRPCInferenceService` (docs/http-api.md): the path of its methods.
+OIP_GRPC_SERVICE = "/org.pytorch.serve.grpc.openinference.GRPCInferenceService"
+
 
 class TokenExpiredError(ServingError):
     """The token in key_file.json has expired; ask for a fresh one with `python -m training token --refresh`."""

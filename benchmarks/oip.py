@@ -1,0 +1,159 @@
+"""Row 14: the Open Inference Protocol against `/predictions` on the same server and the same instance.
+
+nw-sine and mha-adding (row 3's payloads), as shipped (batched), at concurrency 1 and 64: `/predictions` with
+`{"instances"}`; `/v2/models/<name>/infer` with JSON tensors and with binary tensors (tritonclient's default: the
+JSON header, then the raw little-endian bytes); and gRPC, TorchServe's renamed OIP service with typed contents (the
+only form it reads). Variants interleaved, each cell the median-throughput run of five. One load generator for
+every HTTP variant (the asyncio one: wrk sends no binary body), grpc.aio with one channel for gRPC.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import struct
+import time
+
+from benchmarks.load import check_loopback, run_load, summary
+from benchmarks.markdown import table, verdict
+from benchmarks.serving import PAYLOADS, default_variants, served
+from training.serving.torchserve import OIP_GRPC_SERVICE, read_properties
+
+CONCURRENCY, QUICK_CONCURRENCY = (1, 64), (1, 16)
+REPEATS, SECONDS, WARMUP = 5, 3.0, 1.0
+TARGET = 0.9  # OIP REST throughput against /predictions at the top concurrency
+VARIANTS = ("/predictions", "OIP REST, JSON", "OIP REST, binary", "OIP gRPC")
+
+
+def tensors(name: str) -> list[tuple[str, str, list[int], list[float]]]:
+    """`name`'s row-3 instance as OIP tensors: (name, datatype, shape, flat values)."""
+    (instance,) = PAYLOADS[name]["instances"]
+    if name == "nw-sine":
+        return [("features", "FP32", [1, 1], [float(instance)])]
+    return [("sequences", "FP32", [1, len(instance), len(instance[0])], [float(v) for step in instance for v in step])]
+
+
+def json_body(name: str) -> bytes:
+    inputs = [{"name": n, "datatype": d, "shape": s, "data": v} for n, d, s, v in tensors(name)]
+    return json.dumps({"inputs": inputs}).encode()
+
+
+def binary_body(name: str) -> tuple[bytes, dict]:
+    """The binary tensor extension's body and its header, the prediction asked for in binary as tritonclient does."""
+    inputs, raw = [], b""
+    for tensor, datatype, shape, values in tensors(name):
+        data = struct.pack(f"<{len(values)}f", *values)
+        inputs.append(
+            {"name": tensor, "datatype": datatype, "shape": shape, "parameters": {"binary_data_size": len(data)}}
+        )
+        raw += data
+    header = json.dumps({"inputs": inputs, "parameters": {"binary_data_output": True}}).encode()
+    return header + raw, {
+        "Inference-Header-Content-Length": str(len(header)),
+        "Content-Type": "application/octet-stream",
+    }
+
+
+def grpc_load(address: str, name: str, token: str, concurrency: int, seconds: float) -> dict:
+    return asyncio.run(async_grpc_load(address, name, token, concurrency, seconds))
+
+
+async def async_grpc_load(address: str, name: str, token: str, concurrency: int, seconds: float) -> dict:
+    import grpc
+    from tritonclient.grpc import service_pb2
+
+    request = service_pb2.ModelInferRequest(model_name=name)
+    for tensor, datatype, shape, values in tensors(name):
+        entry = request.inputs.add(name=tensor, datatype=datatype, shape=shape)
+        entry.contents.fp32_contents.extend(values)
+    latencies: list[float] = []
+    errors = [0]
+    async with grpc.aio.insecure_channel(address) as channel:
+        infer = channel.unary_unary(
+            f"{OIP_GRPC_SERVICE}/ModelInfer",
+            request_serializer=service_pb2.ModelInferRequest.SerializeToString,
+            response_deserializer=service_pb2.ModelInferResponse.FromString,
+        )
+        deadline = time.perf_counter() + seconds
+
+        async def caller() -> None:
+            while time.perf_counter() < deadline:
+                start = time.perf_counter()
+                try:  # a refusal arrives as OK with no outputs (TorchServe drops the status): an error too
+                    answer = await infer(request, metadata=(("authorization", f"Bearer {token}"),), timeout=30)
+                    errors[0] += not answer.outputs
+                except grpc.aio.AioRpcError:
+                    errors[0] += 1
+                latencies.append(time.perf_counter() - start)
+
+        start = time.perf_counter()
+        await asyncio.gather(*(caller() for _ in range(concurrency)))
+    return summary("grpc.aio", latencies, errors[0], time.perf_counter() - start)
+
+
+def run(quick: bool = False) -> list[dict]:
+    repeats, seconds, warmup = (1, 0.5, 0.3) if quick else (REPEATS, SECONDS, WARMUP)
+    rows = []
+    with served(quick, {"": default_variants()[""]}) as server:
+        grpc_address = f"127.0.0.1:{read_properties(server.run_dir / 'config.properties')['grpc_inference_port']}"
+        check_loopback(f"http://{grpc_address}")
+        for name, payload in PAYLOADS.items():
+            binary, headers = binary_body(name)
+            loads = {
+                "/predictions": (f"{server.inference_url}/predictions/{name}", json.dumps(payload).encode(), None),
+                "OIP REST, JSON": (f"{server.inference_url}/v2/models/{name}/infer", json_body(name), None),
+                "OIP REST, binary": (f"{server.inference_url}/v2/models/{name}/infer", binary, headers),
+            }
+
+            def measure(variant: str, concurrency: int, duration: float) -> dict:
+                if variant == "OIP gRPC":
+                    return grpc_load(grpc_address, name, server.token(), concurrency, duration)
+                url, body, extra = loads[variant]
+                return run_load(url, body, server.token(), concurrency, duration, "python", extra)
+
+            for concurrency in QUICK_CONCURRENCY if quick else CONCURRENCY:
+                for variant in VARIANTS:
+                    measure(variant, concurrency, warmup)
+                runs = {variant: [] for variant in VARIANTS}
+                for _ in range(repeats):
+                    for variant in VARIANTS:
+                        runs[variant].append(measure(variant, concurrency, seconds))
+                for variant, results in runs.items():
+                    median = sorted(results, key=lambda r: r["rps"])[len(results) // 2]
+                    rows.append(
+                        {"model": name, "variant": variant, "concurrency": concurrency, "repeats": repeats, **median}
+                    )
+    return rows
+
+
+def section(rows: list[dict]) -> str:
+    out = [
+        "## 14. The Open Inference Protocol against /predictions",
+        "",
+        "One server, the champions as shipped (batched), row 3's instance per request: `/predictions` with "
+        '`{"instances"}`, `/v2/models/<name>/infer` with JSON tensors and with binary ones (the binary tensor '
+        "extension, tritonclient's default), and gRPC (TorchServe's renamed OIP service, typed contents). The "
+        "asyncio load generator for every HTTP variant (wrk sends no binary body), grpc.aio for gRPC; variants "
+        "interleaved, each cell the median-throughput run of "
+        f"{rows[0]['repeats'] if rows else REPEATS}.",
+        "",
+        table(
+            ["model", "variant", "concurrency", "req/s", "p50 ms", "p99 ms", "errors"],
+            [
+                [r["model"], r["variant"], r["concurrency"], r["rps"], r["p50_ms"], r["p99_ms"], r["errors"]]
+                for r in rows
+            ],
+        ),
+    ]
+    top = max(r["concurrency"] for r in rows)
+    for model in dict.fromkeys(r["model"] for r in rows):
+        cell = {r["variant"]: r["rps"] for r in rows if r["model"] == model and r["concurrency"] == top}
+        ratios = {v: cell[v] / cell["/predictions"] for v in VARIANTS[1:]}
+        out += [
+            "",
+            f"`{model}` at c{top}, against /predictions: OIP REST JSON {ratios['OIP REST, JSON']:.2f}×, binary "
+            f"{ratios['OIP REST, binary']:.2f}× (target ≥ {TARGET}×) "
+            f"{verdict(min(ratios['OIP REST, JSON'], ratios['OIP REST, binary']) >= TARGET)}; gRPC "
+            f"{ratios['OIP gRPC']:.2f}× (reported).",
+        ]
+    return "\n".join(out)
