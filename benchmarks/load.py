@@ -13,8 +13,35 @@ import statistics
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
+
+
+def interleaved(
+    loads: dict[str, Callable[[float], dict]], repeats: int, seconds: float, warmup: float
+) -> dict[str, list[dict]]:
+    """Each load (a run for the seconds given) warmed up once, then `repeats` rounds of every load in turn, so a
+    drift of the machine falls on all of them: each load's runs."""
+    for load in loads.values():
+        load(warmup)
+    runs: dict[str, list[dict]] = {name: [] for name in loads}
+    for _ in range(repeats):
+        for name, load in loads.items():
+            runs[name].append(load(seconds))
+    return runs
+
+
+def load_of(
+    url: str, body: bytes, token: Callable[[], str], concurrency: int, client: str, headers: dict | None = None
+) -> Callable[[float], dict]:
+    """A load `interleaved` can run for the seconds it gives (the token read afresh each run)."""
+    return lambda seconds: run_load(url, body, token(), concurrency, seconds, client, headers)
+
+
+def median_run(runs: list[dict]) -> dict:
+    """The run of median throughput (a cell's figures all come from one run)."""
+    return sorted(runs, key=lambda r: r["rps"])[len(runs) // 2]
 
 
 def run_load(
@@ -28,16 +55,12 @@ def run_load(
 ) -> dict:
     """`client`: "auto" (wrk when installed), "wrk" or "python"; `headers` beside the token and a JSON
     Content-Type (the python client alone sends them, and any body: a binary one too)."""
-    check_loopback(url)
-    if not headers and (client == "wrk" or (client == "auto" and shutil.which("wrk"))):
-        return wrk(url, body, token, concurrency, seconds)
-    return asyncio.run(async_load(url, body, token, concurrency, seconds, headers or {}))
-
-
-def check_loopback(url: str) -> None:
     host = urlsplit(url).hostname
     if host not in ("127.0.0.1", "localhost", "::1"):
         raise ValueError(f"load tests target loopback only, not {host}")
+    if not headers and (client == "wrk" or (client == "auto" and shutil.which("wrk"))):
+        return wrk(url, body, token, concurrency, seconds)
+    return asyncio.run(async_load(url, body, token, concurrency, seconds, headers))
 
 
 async def async_load(

@@ -10,11 +10,13 @@ every HTTP variant (the asyncio one: wrk sends no binary body), grpc.aio with on
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import struct
 import time
+from collections.abc import Callable
 
-from benchmarks.load import check_loopback, run_load, summary
+from benchmarks.load import interleaved, load_of, median_run, summary
 from benchmarks.markdown import table, verdict
 from benchmarks.serving import PAYLOADS, default_variants, served
 from training.serving.torchserve import OIP_GRPC_SERVICE, read_properties
@@ -54,8 +56,8 @@ def binary_body(name: str) -> tuple[bytes, dict]:
     }
 
 
-def grpc_load(address: str, name: str, token: str, concurrency: int, seconds: float) -> dict:
-    return asyncio.run(async_grpc_load(address, name, token, concurrency, seconds))
+def grpc_load(address: str, name: str, token: Callable[[], str], concurrency: int, seconds: float) -> dict:
+    return asyncio.run(async_grpc_load(address, name, token(), concurrency, seconds))
 
 
 async def async_grpc_load(address: str, name: str, token: str, concurrency: int, seconds: float) -> dict:
@@ -96,33 +98,19 @@ def run(quick: bool = False) -> list[dict]:
     rows = []
     with served(quick, {"": default_variants()[""]}) as server:
         grpc_address = f"127.0.0.1:{read_properties(server.run_dir / 'config.properties')['grpc_inference_port']}"
-        check_loopback(f"http://{grpc_address}")
         for name, payload in PAYLOADS.items():
-            binary, headers = binary_body(name)
-            loads = {
-                "/predictions": (f"{server.inference_url}/predictions/{name}", json.dumps(payload).encode(), None),
-                "OIP REST, JSON": (f"{server.inference_url}/v2/models/{name}/infer", json_body(name), None),
-                "OIP REST, binary": (f"{server.inference_url}/v2/models/{name}/infer", binary, headers),
-            }
-
-            def measure(variant: str, concurrency: int, duration: float) -> dict:
-                if variant == "OIP gRPC":
-                    return grpc_load(grpc_address, name, server.token(), concurrency, duration)
-                url, body, extra = loads[variant]
-                return run_load(url, body, server.token(), concurrency, duration, "python", extra)
-
+            oip_url, (binary, headers) = f"{server.inference_url}/v2/models/{name}/infer", binary_body(name)
             for concurrency in QUICK_CONCURRENCY if quick else CONCURRENCY:
-                for variant in VARIANTS:
-                    measure(variant, concurrency, warmup)
-                runs = {variant: [] for variant in VARIANTS}
-                for _ in range(repeats):
-                    for variant in VARIANTS:
-                        runs[variant].append(measure(variant, concurrency, seconds))
-                for variant, results in runs.items():
-                    median = sorted(results, key=lambda r: r["rps"])[len(results) // 2]
-                    rows.append(
-                        {"model": name, "variant": variant, "concurrency": concurrency, "repeats": repeats, **median}
-                    )
+                http = functools.partial(load_of, token=server.token, concurrency=concurrency, client="python")
+                measures = {  # every HTTP variant with one load generator: wrk sends no binary body
+                    "/predictions": http(f"{server.inference_url}/predictions/{name}", json.dumps(payload).encode()),
+                    "OIP REST, JSON": http(oip_url, json_body(name)),
+                    "OIP REST, binary": http(oip_url, binary, headers=headers),
+                    "OIP gRPC": functools.partial(grpc_load, grpc_address, name, server.token, concurrency),
+                }
+                for variant, results in interleaved(measures, repeats, seconds, warmup).items():
+                    row = {"model": name, "variant": variant, "concurrency": concurrency, "repeats": repeats}
+                    rows.append(row | median_run(results))
     return rows
 
 

@@ -17,7 +17,7 @@ from unittest import mock
 import optuna
 
 from benchmarks.common import ROOT
-from benchmarks.load import run_load
+from benchmarks.load import interleaved, load_of, median_run
 from benchmarks.markdown import table, verdict
 from training.data.datasets import LOADERS, load_adding
 from training.search.options import TuneOptions
@@ -147,14 +147,9 @@ def run(quick: bool = False, client: str = "auto") -> list[dict]:
             body = json.dumps(payload).encode()
             urls = {suffix: f"{server.inference_url}/predictions/{name}{suffix}" for suffix in VARIANTS}
             for c in concurrency:
-                for url in urls.values():  # warm-up at this concurrency
-                    run_load(url, body, server.token(), c, warmup, client)
-                runs = {suffix: [] for suffix in VARIANTS}
-                for _ in range(repeats):
-                    for suffix, url in urls.items():
-                        runs[suffix].append(run_load(url, body, server.token(), c, seconds, client))
-                for suffix, results in runs.items():
-                    median = sorted(results, key=lambda r: r["rps"])[len(results) // 2]
+                loads = {suffix: load_of(url, body, server.token, c, client) for suffix, url in urls.items()}
+                for suffix, results in interleaved(loads, repeats, seconds, warmup).items():
+                    median = median_run(results)
                     rows.append(
                         {
                             "model": name,

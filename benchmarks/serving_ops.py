@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 
-from benchmarks.load import run_load
+from benchmarks.load import interleaved, load_of, median_run, run_load
 from benchmarks.markdown import table, verdict
 from benchmarks.serving import PAYLOADS, default_variants, served
 from training.serving.archive import MODEL_CONFIG
@@ -48,7 +48,7 @@ def run_delays(quick: bool = False, client: str = "auto") -> list[dict]:
                     url = f"{server.inference_url}/predictions/{name}-d{delay}"
                     run_load(url, body, server.token(), concurrency, warmup, client)  # warm-up
                     runs = [run_load(url, body, server.token(), concurrency, seconds, client) for _ in range(repeats)]
-                    median = sorted(runs, key=lambda r: r["rps"])[len(runs) // 2]
+                    median = median_run(runs)
                     rows.append({"model": name, "delay_ms": delay, "concurrency": concurrency, **median})
     return rows
 
@@ -80,14 +80,10 @@ def run_metrics_cost(quick: bool = False, client: str = "auto") -> list[dict]:
         for name, payload in PAYLOADS.items():
             body = json.dumps(payload).encode()
             urls = {s: f"{server.inference_url}/predictions/{name}{s}" for s in METRICS_SWITCH}
-            for url in urls.values():
-                run_load(url, body, server.token(), SOAK_CONCURRENCY, warmup, client)  # warm-up
-            runs: dict[str, list[dict]] = {s: [] for s in METRICS_SWITCH}
-            for _ in range(repeats):  # on, off, on, off, ...: drifts of the machine fall on both
-                for suffix, url in urls.items():
-                    runs[suffix].append(run_load(url, body, server.token(), SOAK_CONCURRENCY, seconds, client))
+            loads = {s: load_of(url, body, server.token, SOAK_CONCURRENCY, client) for s, url in urls.items()}
+            runs = interleaved(loads, repeats, seconds, warmup)  # on, off, on, off, ...: drifts fall on both
             for suffix, on in METRICS_SWITCH.items():
-                median = sorted(runs[suffix], key=lambda r: r["rps"])[len(runs[suffix]) // 2]
+                median = median_run(runs[suffix])
                 every = [r["rps"] for r in runs[suffix]]
                 rows.append({"model": name, "metrics": on, "concurrency": SOAK_CONCURRENCY, **median, "runs": every})
     return rows

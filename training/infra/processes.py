@@ -10,6 +10,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Mapping
@@ -88,6 +89,25 @@ def write_secret(path: Path, text: str) -> Path:
     with os.fdopen(descriptor, "w") as handle:
         handle.write(text)
     return path
+
+
+def write_whole(path: Path, data: bytes, replace: bool = True) -> bool:
+    """`path` holding `data` (0600), appearing whole or not at all, so a process reading it meanwhile never reads
+    half of it: written aside, then moved over (`replace`) or linked in, where a file another process put there
+    first stands (False then)."""
+    aside = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.partial")
+    with os.fdopen(os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as handle:
+        handle.write(data)
+    try:
+        if replace:
+            os.replace(aside, path)
+        else:
+            os.link(aside, path)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        aside.unlink(missing_ok=True)
 
 
 def private_dir(path: Path) -> Path:

@@ -10,10 +10,9 @@ anew with the server, as its store of verified copies (what a rollback registers
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
-from training.infra.processes import write_secret
+from training.infra.processes import write_whole
 from training.serving.errors import HistoryError, NothingToRollBackError
 
 HISTORY = "history.json"
@@ -38,8 +37,7 @@ def load(run_dir: Path) -> dict[str, list[str]]:
 
 def save(run_dir: Path, history: dict[str, list[str]]) -> None:
     path = history_path(run_dir)
-    partial = write_secret(path.with_name(f"{HISTORY}.partial"), json.dumps(history, indent=1, sort_keys=True))
-    os.replace(partial, path)  # atomic: readers see the old list or the new one
+    write_whole(path, json.dumps(history, indent=1, sort_keys=True).encode())  # readers see the old list or the new
 
 
 def start_anew(run_dir: Path, served: dict[str, str]) -> None:

@@ -14,7 +14,6 @@ import hashlib
 import io
 import json
 import os
-import threading
 import zipfile
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from training.infra.processes import private_dir
+from training.infra.processes import private_dir, write_whole
 from training.nn.integrity import file_sha256
 from training.serving.errors import ArchiveRefusedError
 
@@ -44,24 +43,6 @@ def key_dir() -> Path:
     return Path(configured) if configured else Path.home() / ".config" / "attention-serve"
 
 
-def publish(folder: Path, name: str, data: bytes, replace: bool) -> None:
-    """`folder/name` holding `data` (0600), appearing whole or not at all, so a build reading it meanwhile never
-    reads half a key: written aside, then linked in (kept when another process linked its own first) or moved
-    over."""
-    aside = folder / f".{name}.{os.getpid()}.{threading.get_ident()}.partial"
-    with os.fdopen(os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as handle:
-        handle.write(data)
-    try:
-        if replace:
-            os.replace(aside, folder / name)
-        else:
-            os.link(aside, folder / name)
-    except FileExistsError:
-        pass
-    finally:
-        aside.unlink(missing_ok=True)
-
-
 def signing_key(folder: Path | None = None) -> Ed25519PrivateKey:
     """This machine's signing key, made on first use (private half 0600, folder 0700); two builds starting
     together make one key between them."""
@@ -69,17 +50,17 @@ def signing_key(folder: Path | None = None) -> Ed25519PrivateKey:
     try:
         private_dir(folder)
         path = folder / PRIVATE_KEY
-        pem = Ed25519PrivateKey.generate().private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
         if not path.exists():
-            publish(folder, PRIVATE_KEY, pem, replace=False)  # the first build's key stands, whole
+            pem = Ed25519PrivateKey.generate().private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+            write_whole(path, pem, replace=False)  # the first build's key stands, whole
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
         public = key.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )
         if not (folder / PUBLIC_KEY).exists() or (folder / PUBLIC_KEY).read_bytes() != public:
-            publish(folder, PUBLIC_KEY, public, replace=True)
+            write_whole(folder / PUBLIC_KEY, public)
     except (OSError, ValueError) as error:
         raise ArchiveSignatureError(
             f"cannot use the archive signing key in {folder} ({error}): set ATTENTION_SERVE_KEYS to a folder of yours"

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import sqlite3
 import tempfile
 from pathlib import Path
@@ -20,7 +19,7 @@ from pathlib import Path
 import mlflow
 from mlflow.exceptions import MlflowException
 
-from training.infra.processes import private_dir
+from training.infra.processes import private_dir, write_whole
 
 
 def cache_dir() -> Path:
@@ -39,17 +38,8 @@ def seed_sqlite_store(path: Path) -> bool:
     except (OSError, sqlite3.Error, MlflowException):
         return False  # no usable cache (a read-only home, say): MLflow builds the store itself, as it would
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".seed-") as tmp:
-        copy = Path(tmp) / path.name
-        with (
-            template.open("rb") as source,
-            os.fdopen(os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as target,
-        ):
-            shutil.copyfileobj(source, target)
-        with contextlib.suppress(FileExistsError):  # another process made it first: theirs is as good
-            os.link(copy, path)  # whole or absent, never a half-copied file under the store's name
-            return True
-    return False
+    # whole or absent, never a half-copied file under the store's name; another process's made first is as good
+    return write_whole(path, template.read_bytes(), replace=False)
 
 
 def empty_store() -> Path:
