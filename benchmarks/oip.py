@@ -17,8 +17,8 @@ import time
 from collections.abc import Callable
 
 from benchmarks.load import interleaved, load_of, median_run, summary
-from benchmarks.markdown import table, verdict
-from benchmarks.serving import PAYLOADS, default_variants, served
+from benchmarks.markdown import verdict
+from benchmarks.serving import PAYLOADS, default_variants, served, top_throughput, variants_table
 from training.serving.torchserve import OIP_GRPC_SERVICE, read_properties
 
 CONCURRENCY, QUICK_CONCURRENCY = (1, 64), (1, 16)
@@ -125,17 +125,10 @@ def section(rows: list[dict]) -> str:
         "interleaved, each cell the median-throughput run of "
         f"{rows[0]['repeats'] if rows else REPEATS}.",
         "",
-        table(
-            ["model", "variant", "concurrency", "req/s", "p50 ms", "p99 ms", "errors"],
-            [
-                [r["model"], r["variant"], r["concurrency"], r["rps"], r["p50_ms"], r["p99_ms"], r["errors"]]
-                for r in rows
-            ],
-        ),
+        variants_table(rows),
     ]
-    top = max(r["concurrency"] for r in rows)
-    for model in dict.fromkeys(r["model"] for r in rows):
-        cell = {r["variant"]: r["rps"] for r in rows if r["model"] == model and r["concurrency"] == top}
+    top, cells = top_throughput(rows)
+    for model, cell in cells.items():
         ratios = {v: cell[v] / cell["/predictions"] for v in VARIANTS[1:]}
         out += [
             "",

@@ -177,18 +177,9 @@ def section(rows: list[dict]) -> str:
         "TorchServe frontend and workers share the machine's cores.",
         "",
     ]
-    out.append(
-        table(
-            ["model", "variant", "concurrency", "req/s", "p50 ms", "p99 ms", "errors"],
-            [
-                [r["model"], r["variant"], r["concurrency"], r["rps"], r["p50_ms"], r["p99_ms"], r["errors"]]
-                for r in rows
-            ],
-        )
-    )
-    top = max(r["concurrency"] for r in rows)
-    for model in dict.fromkeys(r["model"] for r in rows):
-        cell = {r["variant"]: r["rps"] for r in rows if r["model"] == model and r["concurrency"] == top}
+    out.append(variants_table(rows))
+    top, cells = top_throughput(rows)
+    for model, cell in cells.items():
         vs_base = cell["ours, batched"] / cell["bare baseline, batched"]
         vs_unbatched = cell["ours, batched"] / cell["ours, unbatched"]
         out += [
@@ -197,3 +188,20 @@ def section(rows: list[dict]) -> str:
             f"batched / unbatched = {vs_unbatched:.1f}× (target ≥ 5×) {verdict(vs_unbatched >= 5)}.",
         ]
     return "\n".join(out)
+
+
+def variants_table(rows: list[dict]) -> str:
+    """A serving row's cells: model, variant, concurrency, throughput, latency and errors."""
+    return table(
+        ["model", "variant", "concurrency", "req/s", "p50 ms", "p99 ms", "errors"],
+        [[r["model"], r["variant"], r["concurrency"], r["rps"], r["p50_ms"], r["p99_ms"], r["errors"]] for r in rows],
+    )
+
+
+def top_throughput(rows: list[dict]) -> tuple[int, dict[str, dict[str, float]]]:
+    """The highest concurrency measured, and each model's throughput by variant there (what the verdicts read)."""
+    top = max(r["concurrency"] for r in rows)
+    models = dict.fromkeys(r["model"] for r in rows)
+    return top, {
+        m: {r["variant"]: r["rps"] for r in rows if r["model"] == m and r["concurrency"] == top} for m in models
+    }
