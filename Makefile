@@ -50,7 +50,7 @@ $(STAMP): requirements.lock pyproject.toml
 	touch $(STAMP)
 
 .PHONY: install
-install: $(STAMP) java prometheus ## Make .venv with the pinned dependencies; check Java 17 (TorchServe) and Prometheus (make monitor)
+install: $(STAMP) java prometheus haproxy ## Make .venv with the pinned dependencies; check Java 17 (TorchServe), Prometheus (make monitor) and HAProxy (make serve REPLICAS=N)
 
 .PHONY: java
 java: ## Check for Java 17+ (TorchServe); install openjdk-17-jre-headless with apt when possible
@@ -104,8 +104,8 @@ score: $(STAMP) ## Score a file with the registry's @champion, no server: make s
 	$(PYTHON) -m training score $(call arg,--name,NAME) $(call arg,--data,DATA) $(call arg,--out,OUT) $(call arg,--batch-rows,BATCH_ROWS)
 
 .PHONY: serve
-serve: install ## Start TorchServe in the background with every archive (each verified first), wait until healthy [TRUST_UNSIGNED=1 ALLOW_OLDER=1]
-	$(PYTHON) -m training serve $(TRUST_ARGS) $(OLDER_ARGS)
+serve: install ## Start TorchServe in the background with every archive (each verified first), wait until healthy [REPLICAS=N: N servers behind HAProxy] [TRUST_UNSIGNED=1 ALLOW_OLDER=1]
+	$(PYTHON) -m training serve $(call arg,--replicas,REPLICAS) $(TRUST_ARGS) $(OLDER_ARGS)
 
 .PHONY: deploy
 deploy: $(STAMP) ## Roll the newly archived champion into the running server, no request dropped: make deploy NAME=nw-sine [ALLOW_OLDER=1]
@@ -118,8 +118,12 @@ rollback: $(STAMP) ## Return the running server to the version served before the
 	$(PYTHON) -m training rollback $(call arg,--name,NAME) $(TRUST_ARGS)
 
 .PHONY: stop
-stop: $(STAMP) ## Stop TorchServe (returns when the whole server process tree is gone)
+stop: $(STAMP) ## Stop TorchServe, or the whole fleet (returns when every server process tree is gone)
 	$(PYTHON) -m training stop
+
+.PHONY: status
+status: $(STAMP) ## The running server's or fleet's health, versions served and load (each replica's, at the balancer)
+	$(PYTHON) -m training status
 
 .PHONY: prometheus
 prometheus: ## Check for Prometheus (make monitor); install Debian's prometheus package with apt when possible
@@ -131,6 +135,18 @@ prometheus: ## Check for Prometheus (make monitor); install Debian's prometheus 
 	else \
 		echo "Cannot install Prometheus here. Install it (Debian/Ubuntu: apt-get install prometheus; macOS: brew install"; \
 		echo "prometheus; or a release from prometheus.io) and put 'prometheus' on PATH, then run make again."; exit 1; \
+	fi
+
+.PHONY: haproxy
+haproxy: ## Check for HAProxy (make serve REPLICAS=N); install Debian's haproxy package with apt when possible
+	@if command -v haproxy >/dev/null; then exit 0; fi; \
+	echo "make serve REPLICAS=N needs HAProxy; trying apt-get install haproxy ..."; \
+	SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	if command -v apt-get >/dev/null && { [ -z "$$SUDO" ] || sudo -n true 2>/dev/null; }; then \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends haproxy >/dev/null; \
+	else \
+		echo "Cannot install HAProxy here. Install it (Debian/Ubuntu: apt-get install haproxy; macOS: brew install"; \
+		echo "haproxy) and put 'haproxy' on PATH, then run make again."; exit 1; \
 	fi
 
 .PHONY: monitor

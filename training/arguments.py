@@ -122,6 +122,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="start TorchServe in the background with every archive")
     serve.add_argument("--models", default=None, help="comma-separated model names (default: every archive)")
     add_options(serve, "tracking_uri", "trust_unsigned", "allow_older")
+    serve.add_argument(
+        "--replicas",
+        type=int,
+        default=None,
+        help="N > 1: N TorchServe replicas behind HAProxy on the inference address, kept alive (default: one server)",
+    )
     deploy = commands.add_parser("deploy", help="roll archives/<name>.mar into the running server, no request dropped")
     add_options(deploy, "allow_older")
     rollback = commands.add_parser(
@@ -130,7 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
     for rollout in (deploy, rollback):
         add_options(rollout, "name", required=True)
         add_options(rollout, "tracking_uri", "trust_unsigned")
-    commands.add_parser("stop", help="stop TorchServe")
+    commands.add_parser("stop", help="stop TorchServe, or the whole fleet (keeper, balancer, replicas)")
+    commands.add_parser("status", help="the running server's or fleet's health, versions served and load")
+    keeper = commands.add_parser("keeper", help="(started by serve --replicas) restart dead replicas, refresh tokens")
+    keeper.add_argument("--run-dir", default=None, help="the fleet's directory (default: .serve/)")
     token = commands.add_parser("token", help="print the running server's inference token")
     token.add_argument("--refresh", action="store_true", help="ask TorchServe for a new one first")
     token.add_argument("--run-dir", default=None, help="the server's run directory (default: .serve/)")

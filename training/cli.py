@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 
 from training.arguments import build_parser, given
 from training.infra import storage_urls
@@ -120,12 +121,32 @@ def run_serve(args) -> int:
     from training.serving.serve import RUN_DIR, archive_info, private_store, start
 
     names = args.models.split(",") if args.models else None
+    if args.replicas is not None and args.replicas > 1:
+        return run_fleet(args, names)
     start(
         models=names, trust_unsigned=args.trust_unsigned, tracking_uri=args.tracking_uri, allow_older=args.allow_older
     )
     for served in sorted(private_store(RUN_DIR).glob("*.mar")):  # the verified copies the server reads
         version = str(archive_info(served)["version"])
         print(f"  registry    {served.stem}: {mark_serving(served.stem, version, args.tracking_uri)}")
+    return 0
+
+
+def run_fleet(args, names: list[str] | None) -> int:
+    from training.serving import fleet
+    from training.serving.deploy import mark_serving
+    from training.serving.serve import archive_info, private_store
+
+    started = fleet.start(
+        args.replicas, names, trust_unsigned=args.trust_unsigned, tracking_uri=args.tracking_uri,
+        allow_older=args.allow_older,
+    )  # fmt: skip
+    first = Path(started.replicas[0].run_dir)
+    served = sorted(private_store(first).glob("*.mar"))
+    fleet.print_usage(started, [copy.stem for copy in served])
+    for copy in served:
+        version = str(archive_info(copy)["version"])
+        print(f"  registry    {copy.stem}: {mark_serving(copy.stem, version, args.tracking_uri)}")
     return 0
 
 
@@ -156,19 +177,51 @@ def run_rollback(args) -> int:
 
 
 def run_stop(args) -> int:
+    from training.serving import fleet
     from training.serving.serve import stop
 
-    stop()
+    fleet.stop() or stop()
+    return 0
+
+
+def run_status(args) -> int:
+    from training.serving import fleet
+    from training.serving.serve import RUN_DIR, running_server
+
+    if fleet.read(RUN_DIR) is not None:
+        print("\n".join(fleet.status_lines(RUN_DIR)))
+        return 0
+    server = running_server(RUN_DIR)
+    print(f"one TorchServe in {RUN_DIR}: {server.health()} at {server.inference_url}")
+    for name in server.models():
+        versions = ", ".join(
+            f"v{v['modelVersion']}{' (default)' if v.get('isDefault', True) else ''}: "
+            f"{sum(w.get('status') == 'READY' for w in v.get('workers', []))} ready workers, "
+            f"{v.get('jobQueueStatus', {}).get('pendingRequests', 0)} queued"
+            for v in server.versions(name)
+        )
+        print(f"  {name:<14} {versions}")
+    return 0
+
+
+def run_keeper(args) -> int:
+    from training.serving.keeper import keep
+    from training.serving.serve import RUN_DIR
+
+    keep(Path(args.run_dir) if args.run_dir else RUN_DIR)
     return 0
 
 
 def run_token(args) -> int:
-    from pathlib import Path
-
     from training.infra.processes import write_secret
+    from training.serving import fleet
     from training.serving.serve import AUTH_HEADER, RUN_DIR, running_server
 
     run_dir = Path(args.run_dir) if args.run_dir else RUN_DIR
+    if fleet.read(run_dir) is not None:  # the fleet's one token, checked at the balancer; it does not expire
+        token = fleet.front(run_dir).token()
+        print(write_secret(run_dir / AUTH_HEADER, f"Authorization: Bearer {token}\n") if args.header_file else token)
+        return 0
     server = running_server(run_dir)
     if not args.refresh and server.token_expired():
         expired = server.token_expiry().strftime("%H:%M:%S UTC")
@@ -239,6 +292,8 @@ COMMANDS = {
     "deploy": run_deploy,
     "rollback": run_rollback,
     "stop": run_stop,
+    "status": run_status,
+    "keeper": run_keeper,
     "token": run_token,
     "ui": run_ui,
     "dashboard": run_dashboard,

@@ -50,6 +50,7 @@ __all__ = ["RUN_DIR", "Server", "running_pid", "running_server", "server_for", "
 
 RUN_DIR = SERVE_DIR
 STORE = "store"  # under the run directory: the verified archives TorchServe reads
+RELEASES = "releases"  # under the store: each rollout's verified copy, <name>-v<N>.mar
 AUTH_HEADER = "auth-header"  # `python -m training token --header-file`: for curl -H @.serve/auth-header
 SOCKET_PATH_BYTES = 107  # sun_path, less its terminating zero
 BASE_CONFIG = TORCHSERVE_CONFIG
@@ -104,7 +105,7 @@ def private_store(run_dir: Path, reset: bool = False) -> Path:
     store = run_dir / STORE
     if reset and store.exists():
         shutil.rmtree(store)
-    private_dir(store / "releases")
+    private_dir(store / RELEASES)
     return private_dir(store)
 
 
@@ -194,7 +195,6 @@ def start(
         raise AlreadyRunningError(f"TorchServe is already running from {run_dir}: `make stop` first")
     owner_only(run_dir)  # tokens, logs, the archives served: ours alone (tightened if it was not)
     private_dir(run_dir / "logs")
-    temp = runtime_temp(run_dir)  # the unpacked handler code and the worker sockets: ours alone too
     (run_dir / "key_file.json").unlink(missing_ok=True)
     names = models or archives
     checked = {
@@ -207,19 +207,52 @@ def start(
     history.start_anew(run_dir, started)  # a fresh store: no earlier release to roll back to
     config, properties = resolve_config(run_dir, served_store, archives, ports, overrides)
     check_ports_free(properties)
+    server = launch(run_dir, {name: f"{name}.mar" for name in names}, timeout, log_size)
+    if not quiet:
+        print_usage(server, names)
+        for line in [line for _, notes in checked.values() for line in notes]:
+            print(f"  note        {line}")
+    return server
+
+
+def restart(run_dir: Path, timeout: float = 180, log_size: str | None = None) -> Server:
+    """Start again the server that ran from `run_dir` and died: its config, ports and store as they were, each
+    model at the version its history names last (what it served when it died, rollouts included), from the verified
+    copy in its store. The fleet's keeper calls this for a replica whose frontend is gone."""
+    run_dir = Path(run_dir).resolve()
+    pid_file = run_dir / "server.pid"
+    if pid_file.exists():
+        if pid_alive(int(pid_file.read_text())):
+            raise AlreadyRunningError(f"TorchServe is already running from {run_dir}")
+        stop_tree(int(pid_file.read_text()), timeout=5)  # what the dead launcher's group left: Java, workers
+        pid_file.unlink()
+    store = private_store(run_dir)
+    models = {}
+    for name, versions in history.load(run_dir).items():
+        release = Path(RELEASES) / f"{name}-v{versions[-1]}.mar"
+        models[name] = str(release) if (store / release).exists() else f"{name}.mar"
+    check_ports_free(read_properties(run_dir / "config.properties"))
+    (run_dir / "key_file.json").unlink(missing_ok=True)
+    return launch(run_dir, models, timeout, log_size)
+
+
+def launch(run_dir: Path, models: dict[str, str], timeout: float, log_size: str | None) -> Server:
+    """Run TorchServe from `run_dir` over its config and private store, serving each model from its file in the
+    store, and return once it is healthy with a ready worker per model."""
+    temp = runtime_temp(run_dir)  # the unpacked handler code and the worker sockets: ours alone too
     command = [
         str(Path(sys.executable).with_name("torchserve")),
         "--start",
         "--foreground",
         "--ncs",
         "--ts-config",
-        str(config),
+        str(run_dir / "config.properties"),
         "--log-config",
         str(LOG_CONFIG),
         "--model-store",
-        str(served_store),
+        str(private_store(run_dir)),
         "--models",
-        ",".join(f"{n}={n}.mar" for n in names),
+        ",".join(f"{name}={file}" for name, file in models.items()),
     ]
     env = {
         **without_credentials(os.environ),  # the handler code an archive carries sees no tracking or database login
@@ -240,14 +273,10 @@ def start(
     (run_dir / "server.pid").write_text(str(process.pid))
     server = server_for(run_dir)
     try:
-        wait_healthy(server, process, names, timeout)
+        wait_healthy(server, process, list(models), timeout)
     except BaseException:
         stop(run_dir, quiet=True)
         raise
-    if not quiet:
-        print_usage(server, names)
-        for line in [line for _, notes in checked.values() for line in notes]:
-            print(f"  note        {line}")
     return server
 
 

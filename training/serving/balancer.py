@@ -1,0 +1,260 @@
+"""HAProxy in front of the fleet's TorchServe replicas: one front door, health checks, retries, connection limits.
+
+Clients send one token (the fleet's own, `front.map`) to the front address; HAProxy checks it and answers a JSON
+401 without it. Requests go to the replica with the fewest in flight (`leastconn`), at most `maxconn` at a time to
+each (its queue; more wait at the balancer). Each replica is reached through a Unix socket of the balancer's own
+(`sock/<replica>.sock`, 0600 in a 0700 folder), whose backend writes that replica's TorchServe token
+(`replicas.map`): TorchServe's tokens cannot be chosen and expire, so each replica has its own and the keeper
+(`keeper.py`) puts a fresh one in the map at run time. HAProxy sets a header per backend, never per server, hence a
+backend per replica.
+
+Inference is free of side effects, so a request that fails on a dead, hung or draining replica is sent again to
+another (`retry-on`, `option redispatch`): a connection refused or closed without an answer, a timeout, a 502/503/504
+the replica's backend made, a 401 from a replica whose token was just rotated, and a killed worker's 507 or 500
+"Worker died." (HAProxy 2.6 retries on no status past 504, and a handler's own 500 is not retried, so the replica's
+backend answers these two as 503). Active checks (`GET /ping` every 500 ms,
+down after two failures) take a replica out of rotation while it or one of its models has no worker, and put it
+back once it answers again. A request larger than `tune.bufsize` is not held for a retry; it is sent once.
+
+The runtime API (`admin.sock`, 0600) changes a replica's state (drain for a rollout), weights and the maps without
+a reload. HAProxy's Prometheus exporter answers on the metrics address (`/metrics`, loopback).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+import socket
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from training.infra.places import LOOPBACK
+from training.infra.processes import private_dir, start_group, stop_tree, wait_until, write_secret
+from training.serving.errors import MissingProgramError, ServingError, StartupError
+
+CONFIG, PID_FILE, LOG_FILE, ADMIN = "haproxy.cfg", "haproxy.pid", "haproxy.log", "admin.sock"
+FRONT_MAP, REPLICA_MAP = "front.map", "replicas.map"
+FLEET = "fleet"  # the backend clients reach
+SOCKET_PATH_BYTES = 107
+BUFFER_BYTES = 65536  # requests up to this size are held for a retry
+CHECK = "inter 500ms fastinter 250ms downinter 500ms fall 2 rise 2"
+
+
+class BalancerError(ServingError):
+    """HAProxy refused a runtime command, or is not running."""
+
+
+@dataclass(frozen=True)
+class Replica:
+    name: str  # r1, r2, ...: the server's name at the balancer
+    address: str  # host:port of its TorchServe inference listener
+    maxconn: int  # requests in flight at once (its job queue); more wait at the balancer
+    tls: bool = False  # off loopback: TLS, verified against the fleet's CA
+
+
+def error_body(error: str, detail: str) -> str:
+    """A balancer-made error in the serving contract's shape, as one HAProxy config word."""
+    return json.dumps(json.dumps({"error": error, "detail": detail}))
+
+
+def config_text(
+    folder: Path,
+    sockets: Path,
+    front: str,
+    metrics: str,
+    replicas: list[Replica],
+    server_timeout_s: float,
+    ca: Path | None = None,
+) -> str:
+    """haproxy.cfg for a fleet: `front` and `metrics` are host:port; `sockets` holds each replica's Unix socket."""
+    unauthorized = error_body("unauthorized", "send the fleet's token: Authorization: Bearer <token>")
+    lines = [
+        "global",
+        f"  stats socket {folder / ADMIN} mode 600 level admin expose-fd listeners",
+        "  nbthread 1",
+        "  maxconn 4096",
+        f"  tune.bufsize {BUFFER_BYTES}",
+        "defaults",
+        "  mode http",
+        "  timeout connect 1s",
+        "  timeout client 120s",
+        "  timeout http-request 30s",
+        "  timeout queue 60s",
+        f"  timeout server {server_timeout_s:g}s",
+        "  timeout check 1s",
+        *(
+            f"  http-error status {status} content-type application/json string {error_body(error, detail)}"
+            for status, error, detail in (
+                (502, "bad gateway", "a replica closed the connection; retried on the others, none answered"),
+                (503, "unavailable", "no replica of the fleet is ready: see `make status`"),
+                (504, "timeout", f"no replica answered within {server_timeout_s:g} s"),
+            )
+        ),
+        "frontend front",
+        f"  bind {front}",
+        "  http-request del-header X-Replica-Token",
+        "  acl bearer req.hdr(authorization) -m beg 'Bearer '",
+        f"  acl known req.hdr(authorization),word(2,' '),map({folder / FRONT_MAP}) -m found",
+        f"  http-request return status 401 content-type application/json string {unauthorized} unless bearer known",
+        f"  default_backend {FLEET}",
+        f"backend {FLEET}",
+        "  balance leastconn",
+        "  option redispatch 1",
+        "  retries 3",
+        "  retry-on conn-failure empty-response response-timeout 401 502 503 504",
+        "  option httpchk",
+        "  http-check send meth GET uri /ping",
+        "  http-check expect status 200",
+        *(f"  server {r.name} unix@{sockets / r.name}.sock check {CHECK} maxconn {r.maxconn}" for r in replicas),
+        "frontend metrics",
+        f"  bind {metrics}",
+        "  http-request use-service prometheus-exporter if { path /metrics }",
+        "  http-request return status 404",
+    ]
+    for r in replicas:
+        tls = f" ssl verify required ca-file {ca} sni str({r.address.rsplit(':', 1)[0]})" if r.tls else ""
+        lines += [
+            f"frontend {r.name}",
+            f"  bind unix@{sockets / r.name}.sock mode 600",
+            f"  default_backend {r.name}-replica",
+            f"backend {r.name}-replica",
+            "  retries 0",
+            f"  http-request set-header Authorization 'Bearer %[str({r.name}),map({folder / REPLICA_MAP})]'",
+            # A killed worker's requests (TorchServe answers them 507, or 500 "Worker died."): 503, retried elsewhere.
+            "  http-response set-status 503 if { status 507 }",
+            "  http-response wait-for-body time 1s if { status 500 }",
+            '  http-response set-status 503 if { status 500 } { res.body -m sub "Worker died" }',
+            f"  server {r.name} {r.address}{tls}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def socket_folder(folder: Path) -> Path:
+    """Where the replicas' Unix sockets live (0700): `<folder>/sock`, or a fresh private temp folder where that path
+    is too long for a socket's (107 bytes)."""
+    sockets = folder / "sock"
+    if len(str(sockets / "r999.sock").encode()) > SOCKET_PATH_BYTES or len(str(folder / ADMIN)) > SOCKET_PATH_BYTES:
+        sockets = Path(tempfile.mkdtemp(prefix="attention-balancer-"))
+        (folder / "sock-elsewhere").write_text(str(sockets))
+        return sockets
+    return private_dir(sockets)
+
+
+def haproxy_binary() -> str:
+    found = shutil.which("haproxy")
+    if not found:
+        raise MissingProgramError("HAProxy is not installed: `make haproxy` installs Debian's package (apt)")
+    return found
+
+
+def start(
+    folder: Path,
+    front: str,
+    metrics: str,
+    replicas: list[Replica],
+    front_token: str,
+    replica_tokens: dict[str, str],
+    server_timeout_s: float = 10,
+    ca: Path | None = None,
+) -> int:
+    """Start HAProxy from `folder` (0700) and return its pid once the front door and the exporter listen."""
+    binary = haproxy_binary()
+    private_dir(folder)
+    write_secret(folder / FRONT_MAP, f"{front_token} client\n")
+    write_secret(folder / REPLICA_MAP, "".join(f"{name} {token}\n" for name, token in replica_tokens.items()))
+    config = folder / CONFIG
+    write_secret(config, config_text(folder, socket_folder(folder), front, metrics, replicas, server_timeout_s, ca))
+    checked = subprocess_check(binary, config)
+    if checked:
+        raise StartupError(f"HAProxy refused its configuration {config}: {checked}")
+    with open(folder / LOG_FILE, "ab") as log:
+        process = start_group([binary, "-W", "-db", "-f", str(config)], log, cwd=folder, umask=0o077)
+    (folder / PID_FILE).write_text(str(process.pid))
+
+    def check() -> None:
+        if process.poll() is not None:
+            tail = (folder / LOG_FILE).read_text(errors="replace").strip().splitlines()[-3:]
+            raise StartupError(f"HAProxy stopped during start-up: {' | '.join(tail)}")
+
+    if not wait_until(lambda: listening(front) and (folder / ADMIN).exists(), 15, interval=0.05, check=check):
+        stop(folder)
+        raise StartupError(f"HAProxy did not listen on {front} within 15 s; see {folder / LOG_FILE}")
+    return process.pid
+
+
+def subprocess_check(binary: str, config: Path) -> str:
+    """HAProxy's own check of a configuration: '' when valid, else its complaint."""
+    import subprocess
+
+    done = subprocess.run([binary, "-c", "-f", str(config)], capture_output=True, text=True)
+    return "" if done.returncode == 0 else (done.stderr or done.stdout or f"exit {done.returncode}").strip()[-500:]
+
+
+def listening(address: str) -> bool:
+    host, port = address.rsplit(":", 1)
+    try:
+        with socket.create_connection((host or LOOPBACK, int(port)), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def stop(folder: Path) -> bool:
+    pid_file = folder / PID_FILE
+    if not pid_file.exists():
+        return False
+    stop_tree(int(pid_file.read_text()), timeout=10)
+    pid_file.unlink(missing_ok=True)
+    elsewhere = folder / "sock-elsewhere"
+    if elsewhere.exists():
+        shutil.rmtree(elsewhere.read_text().strip(), ignore_errors=True)
+        elsewhere.unlink()
+    return True
+
+
+# the runtime API
+
+
+def command(folder: Path, line: str, timeout: float = 5) -> str:
+    """Send one runtime API command to the running HAProxy and return its answer."""
+    try:
+        with socket.socket(socket.AF_UNIX) as admin:
+            admin.settimeout(timeout)
+            admin.connect(str(folder / ADMIN))
+            admin.sendall(line.encode() + b"\n")
+            chunks = []
+            while chunk := admin.recv(65536):
+                chunks.append(chunk)
+    except OSError as error:
+        raise BalancerError(
+            f"HAProxy's runtime API in {folder} does not answer ({error}): is the fleet running?"
+        ) from None
+    return b"".join(chunks).decode(errors="replace")
+
+
+def set_replica_token(folder: Path, name: str, token: str) -> None:
+    """The token the balancer sends `name` from now on (in memory, and in the map file a restart reads)."""
+    answer = command(folder, f"set map {folder / REPLICA_MAP} {name} {token}")
+    if answer.strip():
+        raise BalancerError(f"HAProxy refused the token of replica {name}: {answer.strip()[:200]}")
+    tokens = dict(line.split(" ", 1) for line in (folder / REPLICA_MAP).read_text().splitlines() if " " in line)
+    tokens[name] = token
+    write_secret(folder / REPLICA_MAP, "".join(f"{n} {t}\n" for n, t in tokens.items()))
+
+
+def set_state(folder: Path, name: str, state: str) -> None:
+    """`ready` (in rotation), `drain` (no new requests; those in flight finish) or `maint` for replica `name`."""
+    answer = command(folder, f"set server {FLEET}/{name} state {state}")
+    if answer.strip():
+        raise BalancerError(f"HAProxy refused to set replica {name} {state}: {answer.strip()[:200]}")
+
+
+def stats(folder: Path) -> dict[str, dict[str, str]]:
+    """The fleet backend's servers, by name: HAProxy's `show stat` fields (status, scur, qcur, stot, wretr, ...)."""
+    text = command(folder, "show stat").lstrip("# ")
+    rows = csv.DictReader(io.StringIO(text))
+    totals = ("FRONTEND", "BACKEND")
+    return {row["svname"]: row for row in rows if row["pxname"] == FLEET and row["svname"] not in totals}

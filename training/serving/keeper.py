@@ -1,0 +1,53 @@
+"""The fleet's keeper (`python -m training keeper`, started by `make serve REPLICAS=N`): it restarts a replica whose
+TorchServe died, at the versions it served, and keeps every replica's token fresh at the balancer.
+
+TorchServe restarts a worker that dies; nothing restarts TorchServe itself. Each second the keeper looks at every
+replica: one whose process is gone is started again from its own run directory (`serve.restart`: its config, ports
+and verified store as they were), and the balancer is given its new token; the balancer's health checks put it back
+in rotation once it answers. A replica's token is refreshed (TorchServe's management API, with its API key) when
+less than `REFRESH_BEFORE` of it is left, and handed to the balancer at once. It logs one line per event, never a
+token.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from training.serving import balancer, fleet, serve
+from training.serving.errors import ServingError
+
+REFRESH_BEFORE = timedelta(minutes=10)
+log = logging.getLogger("keeper")
+
+
+def keep(run_dir: Path, interval: float = 1.0) -> None:
+    """Look after the fleet running from `run_dir` until it is stopped."""
+    state = fleet.running(run_dir)
+    log.info("keeping %d replicas of the fleet in %s", len(state.replicas), run_dir)
+    while True:
+        for replica in state.replicas:
+            try:
+                look_after(state, replica)
+            except (ServingError, OSError, KeyError, ValueError) as error:
+                log.warning("%s: %s", replica.name, error)
+        time.sleep(interval)
+
+
+def look_after(state: fleet.Fleet, replica: fleet.FleetReplica) -> None:
+    run_dir = Path(replica.run_dir)
+    if not serve.running_pid(run_dir):
+        log.warning("%s: TorchServe is not running; restarting it", replica.name)
+        started = time.monotonic()
+        server = serve.restart(run_dir)
+        balancer.set_replica_token(state.balancer_dir, replica.name, server.token())
+        log.info("%s: restarted in %.1f s; back in rotation once its health check passes", replica.name,
+                 time.monotonic() - started)  # fmt: skip
+        return
+    server = state.server(replica)
+    expiry = server.token_expiry()
+    if expiry is not None and expiry - datetime.now(UTC) < REFRESH_BEFORE:
+        balancer.set_replica_token(state.balancer_dir, replica.name, server.refresh_token())
+        log.info("%s: token refreshed (it expired at %s)", replica.name, expiry.strftime("%H:%M:%S UTC"))
