@@ -9,6 +9,7 @@ latency are kept so the p99 of any window (the fault's) can be read afterwards.
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 import time
 from collections import Counter
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 FAILED = "no answer"  # a request that got no HTTP answer: refused, reset, closed
+VERSION = re.compile(r'"version": ?"([^"]+)"')  # the serving contract's model version in an answer
 
 
 @dataclass
@@ -23,6 +25,7 @@ class Outcome:
     statuses: Counter = field(default_factory=Counter)  # status (or FAILED) -> count
     samples: list[tuple[float, float, object]] = field(default_factory=list)  # (end, latency s, status)
     failures: list[str] = field(default_factory=list)  # the first few failed answers, for the test's message
+    versions: list[tuple[float, str]] = field(default_factory=list)  # (end, model version) of the watched path
 
     @property
     def requests(self) -> int:
@@ -41,7 +44,9 @@ class SteadyLoad:
     """`with SteadyLoad(url, token, requests, 64) as load: ...`; then `load.outcome`. `requests` are
     (path, JSON body bytes) pairs, sent in turn by each connection."""
 
-    def __init__(self, url: str, token: str, requests: list[tuple[str, bytes]], concurrency: int):
+    def __init__(
+        self, url: str, token: str, requests: list[tuple[str, bytes]], concurrency: int, watch: str | None = None
+    ):
         parts = urlsplit(url)
         if parts.hostname not in ("127.0.0.1", "localhost"):
             raise ValueError(f"steady loads target loopback only, not {parts.hostname}")
@@ -54,6 +59,7 @@ class SteadyLoad:
             + body
             for path, body in requests
         ]
+        self.watched = {i for i, (path, _) in enumerate(requests) if path == watch}  # answers' versions kept
         self.outcome = Outcome()
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=lambda: asyncio.run(self.run()), daemon=True)
@@ -84,6 +90,8 @@ class SteadyLoad:
                     start = time.perf_counter()
                     status, body, closing = await exchange(reader, writer, self.raw[turn % len(self.raw)])
                     self.count(status, time.perf_counter() - start, body)
+                    if status == 200 and turn % len(self.raw) in self.watched:
+                        self.outcome.versions.append((time.monotonic(), VERSION.search(body).group(1)))
                     if closing:  # answered, then closed: a new connection for the next request
                         break
             except (OSError, asyncio.IncompleteReadError, ValueError, IndexError) as error:
@@ -99,8 +107,8 @@ class SteadyLoad:
 
 
 async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> tuple[int, str, bool]:
-    """Send one request on a keep-alive connection: its status, its body (for a failure's message) and whether the
-    server closes the connection after it."""
+    """Send one request on a keep-alive connection: its status, its body and whether the server closes the
+    connection after it."""
     writer.write(request)
     await writer.drain()
     status = int((await reader.readline()).split()[1])
@@ -111,4 +119,4 @@ async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, r
             length = int(value)
         closing |= name.strip().lower() == "connection" and value.strip().lower() == "close"
     body = await reader.readexactly(length)
-    return status, body.decode(errors="replace") if status != 200 else "", closing
+    return status, body.decode(errors="replace"), closing

@@ -13,9 +13,11 @@ from served_champions import SEQUENCES, XS
 
 from benchmarks.steady_load import SteadyLoad
 from training.infra.processes import free_ports, pid_alive, wait_until
-from training.serving import balancer, fleet, serve
-from training.serving.errors import AlreadyRunningError
+from training.serving import balancer, fleet, fleet_rollout, history, serve
+from training.serving.archive import archive_champions
+from training.serving.errors import AlreadyRunningError, ManagementError
 from training.serving.torchserve import Server
+from training.tracking import mlflow_store, registry
 
 pytestmark = pytest.mark.e2e
 
@@ -121,6 +123,67 @@ def java_of(replica_dir: Path) -> psutil.Process:
 def worker_pids(running: fleet.Fleet, replica: fleet.FleetReplica, model: str) -> set[int]:
     """The pids of the replica's workers serving `model`, as its management API names them."""
     return {int(w["pid"]) for w in running.server(replica).workers(model) if w.get("pid")}
+
+
+def test_a_rolling_deploy_and_rollback_move_one_replica_at_a_time_and_fail_no_request(two, kinds):
+    store, uri = kinds
+    new = new_champion_version(uri, "nw-sine")
+    archive_champions("nw-sine", out_dir=store, tracking_uri=uri)
+    front, run_dir = fleet.front(Path(two.run_dir)), Path(two.run_dir)
+    old = front.predict("nw-sine", XS)[1]["model"]["version"]
+    with SteadyLoad(front.inference_url, front.token(), REQUESTS, 64, watch="/predictions/nw-sine") as load:
+        time.sleep(1)
+        began = time.monotonic()
+        rollout = fleet_rollout.deploy("nw-sine", run_dir, store, uri)
+        rolled = time.monotonic()
+        time.sleep(1)
+        back = fleet_rollout.rollback("nw-sine", run_dir, uri)
+        returned = time.monotonic()
+        time.sleep(1)
+    outcome = load.outcome
+    assert outcome.failed == 0, (outcome.statuses, outcome.failures)
+    assert rollout.version == new and rollout.previous == [old] and back.version == old and back.previous == [new]
+    seen = outcome.versions
+    assert {v for t, v in seen if t < began} == {old} and {v for t, v in seen if rolled < t < rolled + 1} == {new}
+    assert {v for t, v in seen if t > returned} == {old}
+    mixed = [t for t, v in seen if began <= t <= rolled and v == old] + [t for t, v in seen if t <= rolled and v == new]
+    assert max(mixed) - min(mixed) <= rolled - began  # two versions answered only while the roll took
+    for replica in two.replicas:
+        assert history.versions(Path(replica.run_dir), "nw-sine") == [old]
+        assert [v["modelVersion"] for v in two.server(replica).versions("nw-sine")] == [old]
+    serving = mlflow_store.configure(uri).get_model_version_by_alias("nw-sine", registry.SERVING)
+    assert str(serving.version) == old
+
+
+def test_a_roll_that_fails_on_a_replica_returns_the_moved_ones_and_says_so(two, kinds, monkeypatch):
+    store, uri = kinds
+    run_dir, first, second = Path(two.run_dir), two.replicas[0], two.replicas[1]
+    old = history.versions(Path(first.run_dir), "nw-sine")[-1]
+    real_roll = fleet_rollout.roll
+
+    def roll_failing_on_the_second(server, replica_dir, *args):
+        if Path(replica_dir) == Path(second.run_dir):
+            raise ManagementError("registering failed (a disk full, say)")
+        return real_roll(server, replica_dir, *args)
+
+    monkeypatch.setattr(fleet_rollout, "roll", roll_failing_on_the_second)
+    with pytest.raises(ManagementError) as error:
+        fleet_rollout.deploy("nw-sine", run_dir, store, uri)
+    assert "stopped at replica r2" in str(error.value) and f"r1 went back to version {old}" in str(error.value)
+    for replica in two.replicas:
+        assert [v["modelVersion"] for v in two.server(replica).versions("nw-sine")] == [old]
+    assert wait_up(two)
+
+
+def new_champion_version(uri: str, name: str) -> str:
+    """A new @champion version of `name` in the registry at `uri` (same weights): its number."""
+    client = mlflow_store.configure(uri)
+    current = client.get_model_version_by_alias(name, registry.CHAMPION)
+    new = client.create_model_version(name, source=current.source, run_id=current.run_id)
+    for key, value in current.tags.items():
+        client.set_model_version_tag(name, new.version, key, value)
+    client.set_registered_model_alias(name, registry.CHAMPION, new.version)
+    return str(new.version)
 
 
 @pytest.mark.parametrize("fault", ["kill -9 of a replica's frontend", "kill -9 of a worker", "a SIGSTOPped replica"])

@@ -151,9 +151,10 @@ def run_fleet(args, names: list[str] | None) -> int:
 
 
 def run_deploy(args) -> int:
+    from training.serving import fleet, fleet_rollout
     from training.serving.deploy import deploy
 
-    rollout = deploy(
+    rollout = (fleet_rollout.deploy if fleet.read() is not None else deploy)(
         args.name, tracking_uri=args.tracking_uri, trust_unsigned=args.trust_unsigned, allow_older=args.allow_older
     )
     replaced = f" (replaced version {', '.join(rollout.previous)})" if rollout.previous else ""
@@ -165,9 +166,11 @@ def run_deploy(args) -> int:
 
 
 def run_rollback(args) -> int:
+    from training.serving import fleet, fleet_rollout
     from training.serving.rollback import rollback
 
-    back = rollback(args.name, tracking_uri=args.tracking_uri, trust_unsigned=args.trust_unsigned)
+    undo = fleet_rollout.rollback if fleet.read() is not None else rollback
+    back = undo(args.name, tracking_uri=args.tracking_uri, trust_unsigned=args.trust_unsigned)
     replaced = ", ".join(back.previous)
     print(
         f"{back.name} serves version {back.version} again (rolled back from version {replaced}) in {back.seconds:.1f} s"
