@@ -117,6 +117,21 @@ rollback: $(STAMP) ## Return the running server to the version served before the
 	$(call require,NAME,make rollback NAME=nw-sine)
 	$(PYTHON) -m training rollback $(call arg,--name,NAME) $(TRUST_ARGS)
 
+.PHONY: canary
+canary: $(STAMP) ## A fleet: send PERCENT of a model's traffic to its new archive, gated on Prometheus (make monitor): make canary NAME=nw-sine PERCENT=10
+	$(foreach v,NAME PERCENT,$(call require,$v,make canary NAME=nw-sine PERCENT=10))
+	$(PYTHON) -m training canary $(call arg,--name,NAME) $(call arg,--percent,PERCENT) $(TRUST_ARGS) $(OLDER_ARGS)
+
+.PHONY: promote
+promote: $(STAMP) ## A fleet: roll the canary's version into every replica, one at a time: make promote NAME=nw-sine
+	$(call require,NAME,make promote NAME=nw-sine)
+	$(PYTHON) -m training promote $(call arg,--name,NAME) $(TRUST_ARGS)
+
+.PHONY: abort
+abort: $(STAMP) ## A fleet: every request back to the serving version at once, the canary unregistered: make abort NAME=nw-sine
+	$(call require,NAME,make abort NAME=nw-sine)
+	$(PYTHON) -m training abort $(call arg,--name,NAME)
+
 .PHONY: stop
 stop: $(STAMP) ## Stop TorchServe, or the whole fleet (returns when every server process tree is gone)
 	$(PYTHON) -m training stop

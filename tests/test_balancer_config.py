@@ -16,6 +16,8 @@ REPLICAS = [Replica("r1", "127.0.0.1:18080", 1000), Replica("r2", "10.0.0.2:1808
 def config(tmp_path):
     (tmp_path / balancer.FRONT_MAP).write_text("front-token client\n")
     (tmp_path / balancer.REPLICA_MAP).write_text("r1 one\nr2 two\n")
+    (tmp_path / balancer.CANARY_MAP).write_text("nw-sine 2\n")
+    (tmp_path / balancer.SHARE_MAP).write_text("nw-sine 10\n")
     ca = ensure_certificates(tmp_path / "tls", ["10.0.0.2"]).ca
     text = balancer.config_text(tmp_path, tmp_path, "127.0.0.1:18999", "127.0.0.1:18998", REPLICAS, 10, ca=ca)
     (tmp_path / balancer.CONFIG).write_text(text)

@@ -2,8 +2,11 @@
 
 import json
 import os
+import re
 import signal
 import time
+import urllib.request
+from collections import Counter
 from pathlib import Path
 
 import psutil
@@ -13,8 +16,8 @@ from served_champions import SEQUENCES, XS
 
 from benchmarks.steady_load import SteadyLoad
 from training.infra.processes import free_ports, pid_alive, wait_until
-from training.serving import balancer, fleet, fleet_rollout, history, serve
-from training.serving.archive import archive_champions
+from training.serving import balancer, canary, fleet, fleet_rollout, history, monitor, serve
+from training.serving.archive import MODEL_CONFIG, archive_champions
 from training.serving.errors import AlreadyRunningError, ManagementError
 from training.serving.torchserve import Server
 from training.tracking import mlflow_store, registry
@@ -184,6 +187,94 @@ def new_champion_version(uri: str, name: str) -> str:
         client.set_model_version_tag(name, new.version, key, value)
     client.set_registered_model_alias(name, registry.CHAMPION, new.version)
     return str(new.version)
+
+
+@pytest.fixture(scope="module")
+def prometheus(two, tmp_path_factory):
+    """`make monitor` on the fleet, scraping every second: (url, its folder)."""
+    folder = tmp_path_factory.mktemp("monitor")
+    url = monitor.start(run_dir=Path(two.run_dir), monitor_dir=folder, port=free_ports(1)[0], interval="1s")
+    yield url, folder
+    monitor.stop(folder)
+
+
+def test_prometheus_scrapes_every_replica_and_the_balancer_with_the_fleet_alerts(two, prometheus):
+    url, folder = prometheus
+    front = fleet.front(Path(two.run_dir))
+    for _ in range(5):
+        assert front.predict("nw-sine", XS)[0] == 200
+
+    def scraped() -> bool:
+        up = monitor.query(url, "up == 1", folder)
+        return {(r["metric"]["job"], r["metric"].get("replica")) for r in up} == {
+            ("torchserve", "r1"),
+            ("torchserve", "r2"),
+            ("balancer", None),
+        }
+
+    assert wait_until(scraped, 30, 0.5), monitor.query(url, "up", folder)
+    per_replica = 'sum by (replica) (attention_requests_total{ModelName="nw-sine"})'
+    assert wait_until(lambda: len(monitor.query(url, per_replica, folder)) == 2, 30, 0.5)
+    exported = urllib.request.urlopen(f"{front.metrics_url}/metrics", timeout=5).read().decode()
+    for name in set(re.findall(r"haproxy_\w+", monitor.ALERTS.read_text())):
+        assert f"\n{name}{{" in exported, f"the alert rules query {name}, which HAProxy does not export"
+    rules = {r["name"] for g in monitor.api(url, "/api/v1/rules", folder)["data"]["groups"] for r in g["rules"]}
+    assert {"FleetReplicaDown", "FleetRetriesClimbing"} <= rules
+
+
+FAST_GATE = canary.Gate(interval_s=2, window_s=10, min_requests=10)
+
+
+def test_a_canary_takes_its_share_and_promote_rolls_it_into_every_replica(two, kinds, prometheus):
+    (store, uri), (url, folder) = kinds, prometheus
+    run_dir, front = Path(two.run_dir), fleet.front(Path(two.run_dir))
+    serving = history.versions(Path(two.replicas[0].run_dir), "nw-sine")[-1]
+    new = new_champion_version(uri, "nw-sine")
+    archive_champions("nw-sine", out_dir=store, tracking_uri=uri)
+    with pytest.raises(canary.CanaryError, match="PERCENT must be 1..99"):
+        canary.start("nw-sine", 100, run_dir, store, uri, monitor_url=url, monitor_dir=folder)
+    canary.start("nw-sine", 30, run_dir, store, uri, monitor_url=url, monitor_dir=folder, gate=FAST_GATE)
+    with pytest.raises(canary.CanaryError, match="a canary already"):
+        canary.start("nw-sine", 30, run_dir, store, uri, monitor_url=url, monitor_dir=folder)
+    answered = Counter(front.predict("nw-sine", XS)[1]["model"]["version"] for _ in range(300))
+    assert set(answered) == {serving, new} and 0.18 < answered[new] / 300 < 0.42, answered
+    oip = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [2.5]}]}
+    oip_versions = {front.request("POST", f"{front.inference_url}/v2/models/nw-sine/infer", oip, front.token())[1][
+        "model_version"] for _ in range(20)}  # fmt: skip
+    assert oip_versions == {serving}  # TorchServe has no versioned OIP route: the serving version answers
+    rollout = canary.promote("nw-sine", run_dir, uri)
+    assert rollout.version == new
+    assert {front.predict("nw-sine", XS)[1]["model"]["version"] for _ in range(30)} == {new}
+    assert canary.read(run_dir, "nw-sine").status == canary.PROMOTED
+    serving_alias = mlflow_store.configure(uri).get_model_version_by_alias("nw-sine", registry.SERVING)
+    assert str(serving_alias.version) == new
+
+
+def test_a_canary_failing_a_share_of_requests_is_aborted_by_the_gate(two, kinds, prometheus):
+    (store, uri), (url, folder) = kinds, prometheus
+    run_dir, front = Path(two.run_dir), fleet.front(Path(two.run_dir))
+    serving = history.versions(Path(two.replicas[0].run_dir), "nw-sine")[-1]
+    bad = new_champion_version(uri, "nw-sine")  # built to refuse requests of more than 2 instances
+    limits = {**MODEL_CONFIG, "handler": {**MODEL_CONFIG["handler"], "max_instances": 2}}
+    archive_champions("nw-sine", out_dir=store, tracking_uri=uri, model_config=limits)
+    nw = [(path, body) for path, body in REQUESTS if path == "/predictions/nw-sine"]  # 3 instances each
+    with SteadyLoad(front.inference_url, front.token(), nw, 16, watch="/predictions/nw-sine") as load:
+        time.sleep(1)
+        began = time.monotonic()
+        canary.start("nw-sine", 20, run_dir, store, uri, monitor_url=url, monitor_dir=folder, gate=FAST_GATE)
+        aborted = wait_until(lambda: canary.read(run_dir, "nw-sine").status == canary.ABORTED, 60, 0.1)
+        ended = time.monotonic()
+        time.sleep(2)
+    assert aborted, (canary.read(run_dir, "nw-sine"), (run_dir / fleet.KEEPER_LOG).read_text()[-2000:])
+    assert "aborted by the gate: error ratio" in canary.read(run_dir, "nw-sine").reason
+    outcome = load.outcome
+    during = [status for t, _, status in outcome.samples if began <= t <= ended]
+    assert 0 < during.count(413) + sum(s not in (200, 413) for s in during) <= 0.35 * len(during)
+    late = [t for t, _, status in outcome.samples if status != 200 and t > ended + 0.5]
+    assert not late, f"{len(late)} errors after the gate aborted the canary"
+    assert {v for t, v in outcome.versions if t > ended + 0.5} == {serving}
+    for replica in two.replicas:
+        assert bad not in [str(v["modelVersion"]) for v in two.server(replica).versions("nw-sine")]
 
 
 @pytest.mark.parametrize("fault", ["kill -9 of a replica's frontend", "kill -9 of a worker", "a SIGSTOPped replica"])

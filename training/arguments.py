@@ -136,6 +136,15 @@ def build_parser() -> argparse.ArgumentParser:
     for rollout in (deploy, rollback):
         add_options(rollout, "name", required=True)
         add_options(rollout, "tracking_uri", "trust_unsigned")
+    canary = commands.add_parser("canary", help="a fleet: send PERCENT of a model's traffic to its new archive, gated")
+    add_options(canary, "name", required=True)
+    canary.add_argument("--percent", type=int, required=True, help="the canary's share of the model's traffic, 1..99")
+    add_options(canary, "tracking_uri", "trust_unsigned", "allow_older")
+    promote = commands.add_parser("promote", help="a fleet: roll the canary's version into every replica")
+    abort = commands.add_parser("abort", help="a fleet: all traffic back to the serving version, canary unregistered")
+    for ending in (promote, abort):
+        add_options(ending, "name", required=True)
+    add_options(promote, "tracking_uri", "trust_unsigned")
     commands.add_parser("stop", help="stop TorchServe, or the whole fleet (keeper, balancer, replicas)")
     commands.add_parser("status", help="the running server's or fleet's health, versions served and load")
     keeper = commands.add_parser("keeper", help="(started by serve --replicas) restart dead replicas, refresh tokens")

@@ -179,6 +179,38 @@ def run_rollback(args) -> int:
     return 0
 
 
+def run_canary(args) -> int:
+    from training.serving import canary
+
+    started = canary.start(
+        args.name, args.percent, tracking_uri=args.tracking_uri, trust_unsigned=args.trust_unsigned,
+        allow_older=args.allow_older,
+    )  # fmt: skip
+    gate = canary.Gate(**started.gate)
+    share = f"version {started.version} takes {started.percent} % of its traffic, beside version {started.serving}"
+    print(f"{started.name}: {share}")
+    print(f"gate: every {gate.interval_s:g} s over the last {gate.window_s:g} s; it aborts the canary on its own when")
+    print(f"it does worse (make status shows it). Finish with `make promote NAME={args.name}` or `make abort ...`")
+    return 0
+
+
+def run_promote(args) -> int:
+    from training.serving import canary
+
+    rollout = canary.promote(args.name, tracking_uri=args.tracking_uri, trust_unsigned=args.trust_unsigned)
+    print(f"{rollout.name} now serves version {rollout.version} on every replica in {rollout.seconds:.1f} s")
+    print(f"registry: {rollout.registry}")
+    return 0
+
+
+def run_abort(args) -> int:
+    from training.serving import canary
+
+    ended = canary.abort(args.name)
+    print(f"{ended.name}: every request goes to version {ended.serving} again; version {ended.version} unregistered")
+    return 0
+
+
 def run_stop(args) -> int:
     from training.serving import fleet
     from training.serving.serve import stop
@@ -192,7 +224,13 @@ def run_status(args) -> int:
     from training.serving.serve import RUN_DIR, running_server
 
     if fleet.read(RUN_DIR) is not None:
+        from training.serving import canary
+
         print("\n".join(fleet.status_lines(RUN_DIR)))
+        for name in sorted(p.stem.removeprefix("canary-") for p in RUN_DIR.glob("canary-*.json")):
+            state = canary.read(RUN_DIR, name)
+            share = f"{state.percent} % on version {state.version} beside {state.serving}"
+            print(f"  canary      {name}: {share}: {state.status}{f' ({state.reason})' if state.reason else ''}")
         return 0
     server = running_server(RUN_DIR)
     print(f"one TorchServe in {RUN_DIR}: {server.health()} at {server.inference_url}")
@@ -294,6 +332,9 @@ COMMANDS = {
     "serve": run_serve,
     "deploy": run_deploy,
     "rollback": run_rollback,
+    "canary": run_canary,
+    "promote": run_promote,
+    "abort": run_abort,
     "stop": run_stop,
     "status": run_status,
     "keeper": run_keeper,

@@ -37,6 +37,7 @@ from training.serving.errors import MissingProgramError, ServingError, StartupEr
 
 CONFIG, PID_FILE, LOG_FILE, ADMIN = "haproxy.cfg", "haproxy.pid", "haproxy.log", "admin.sock"
 FRONT_MAP, REPLICA_MAP = "front.map", "replicas.map"
+CANARY_MAP, SHARE_MAP = "canary.map", "canary-share.map"  # model -> canary version; model -> percent of its traffic
 FLEET = "fleet"  # the backend clients reach
 SOCKET_PATH_BYTES = 107
 BUFFER_BYTES = 65536  # requests up to this size are held for a retry
@@ -99,6 +100,15 @@ def config_text(
         "  acl bearer req.hdr(authorization) -m beg 'Bearer '",
         f"  acl known req.hdr(authorization),word(2,' '),map({folder / FRONT_MAP}) -m found",
         f"  http-request return status 401 content-type application/json string {unauthorized} unless bearer known",
+        # A canary: a share of a model's unversioned predictions and explanations go to its canary version's route.
+        "  acl unversioned path_reg ^/(predictions|explanations)/[^/]+$",
+        "  acl has_model var(txn.model) -m found",
+        "  acl has_canary var(txn.canary) -m found",
+        "  acl picked rand(100),sub(txn.share) -m int lt 0",
+        "  http-request set-var(txn.model) path,field(3,/) if unversioned",
+        f"  http-request set-var(txn.canary) var(txn.model),map({folder / CANARY_MAP}) if has_model",
+        f"  http-request set-var(txn.share) var(txn.model),map_str_int({folder / SHARE_MAP},0) if has_canary",
+        "  http-request set-path %[path]/%[var(txn.canary)] if has_canary picked",
         f"  default_backend {FLEET}",
         f"backend {FLEET}",
         "  balance leastconn",
@@ -164,6 +174,8 @@ def start(
     binary = haproxy_binary()
     private_dir(folder)
     write_secret(folder / FRONT_MAP, f"{front_token} client\n")
+    for name in (CANARY_MAP, SHARE_MAP):
+        write_secret(folder / name, "")
     write_secret(folder / REPLICA_MAP, "".join(f"{name} {token}\n" for name, token in replica_tokens.items()))
     config = folder / CONFIG
     write_secret(config, config_text(folder, socket_folder(folder), front, metrics, replicas, server_timeout_s, ca))
@@ -243,6 +255,21 @@ def set_replica_token(folder: Path, name: str, token: str) -> None:
     tokens = dict(line.split(" ", 1) for line in (folder / REPLICA_MAP).read_text().splitlines() if " " in line)
     tokens[name] = token
     write_secret(folder / REPLICA_MAP, "".join(f"{n} {t}\n" for n, t in tokens.items()))
+
+
+def set_canary(folder: Path, model: str, version: str | None, percent: int = 0) -> None:
+    """Send `percent` of `model`'s unversioned predictions and explanations to `version` (None: none, at once)."""
+    for map_name, value in ((CANARY_MAP, version), (SHARE_MAP, str(percent))):
+        path = folder / map_name
+        command(folder, f"del map {path} {model}")  # answers an error when absent: nothing to remove
+        if version is not None:
+            answer = command(folder, f"add map {path} {model} {value}")
+            if answer.strip():
+                raise BalancerError(f"HAProxy refused the canary of {model}: {answer.strip()[:200]}")
+        entries = dict(line.split(" ", 1) for line in path.read_text().splitlines() if " " in line)
+        entries.pop(model, None)
+        entries.update({model: value} if version is not None else {})
+        write_secret(path, "".join(f"{k} {v}\n" for k, v in entries.items()))
 
 
 def set_state(folder: Path, name: str, state: str) -> None:

@@ -16,7 +16,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from training.serving import balancer, fleet, serve
+from training.serving import balancer, canary, fleet, serve
 from training.serving.errors import ServingError
 
 REFRESH_BEFORE = timedelta(minutes=10)
@@ -27,13 +27,29 @@ def keep(run_dir: Path, interval: float = 1.0) -> None:
     """Look after the fleet running from `run_dir` until it is stopped."""
     state = fleet.running(run_dir)
     log.info("keeping %d replicas of the fleet in %s", len(state.replicas), run_dir)
+    gated: dict[str, float] = {}  # canary -> when the gate last looked at it
     while True:
         for replica in state.replicas:
             try:
                 look_after(state, replica)
             except (ServingError, OSError, KeyError, ValueError) as error:
                 log.warning("%s: %s", replica.name, error)
+        for running in canary.running_canaries(run_dir):
+            if time.monotonic() - gated.get(running.name, 0.0) >= running.gate["interval_s"]:
+                gated[running.name] = time.monotonic()
+                gate(run_dir, running)
         time.sleep(interval)
+
+
+def gate(run_dir: Path, running: canary.Canary) -> None:
+    label = f"canary {running.name} version {running.version}"
+    try:
+        reason = canary.check(run_dir, running)
+    except (ServingError, OSError, KeyError, ValueError) as error:
+        log.warning("%s: the gate could not look: %s", label, error)
+        return
+    if reason:
+        log.warning("%s aborted: %s", label, reason)
 
 
 def look_after(state: fleet.Fleet, replica: fleet.FleetReplica) -> None:

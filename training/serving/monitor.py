@@ -1,4 +1,5 @@
-"""`make monitor`: a Prometheus on loopback scraping the running TorchServe, with this project's alert rules.
+"""`make monitor`: a Prometheus on loopback scraping the running TorchServe (or every replica of a fleet and its
+balancer), with this project's alert rules.
 
 Prometheus (Debian's `prometheus`; `make prometheus` installs it) runs in a process group of its own, so `make
 monitor-stop` ends it whole. It wants a password for every request (its web configuration's basic auth: user
@@ -24,6 +25,7 @@ import yaml
 
 from training.infra import places
 from training.infra.processes import pid_alive, private_dir, start_group, stop_tree, wait_until, write_secret
+from training.serving import fleet
 from training.serving.errors import (
     AlreadyRunningError,
     MissingProgramError,
@@ -35,19 +37,34 @@ from training.serving.torchserve import server_for
 
 ALERTS = Path(__file__).with_name("alerts.yml")
 CONFIG_FILE, WEB_CONFIG, PID_FILE, LOG_FILE = "prometheus.yml", "web.yml", "monitor.pid", "prometheus.log"
+URL_FILE = "url"  # where the running Prometheus answers (the canary's gate asks it)
 USER, PASSWORD_FILE = "monitor", "web-password"  # Prometheus's one account, and the file (0600) holding its password
 
 
-def scrape_config(metrics_url: str, interval: str) -> dict:
-    """Prometheus's configuration: TorchServe's metrics address and the alert rules."""
-    target = urllib.parse.urlsplit(metrics_url)
+def scrape_config(metrics_urls: dict[str, str], interval: str, balancer: str | None = None) -> dict:
+    """Prometheus's configuration: each TorchServe's metrics address (by replica name; "" for a single server),
+    HAProxy's exporter for a fleet (`balancer`, host:port), and the alert rules."""
+    static = []
+    for replica, url in metrics_urls.items():
+        target = urllib.parse.urlsplit(url)
+        static.append({"targets": [target.netloc], **({"labels": {"replica": replica}} if replica else {})})
+    jobs = [{"job_name": "torchserve", "scheme": urllib.parse.urlsplit(url).scheme, "static_configs": static}]
+    if balancer:
+        jobs.append({"job_name": "balancer", "static_configs": [{"targets": [balancer]}]})
     return {
         "global": {"scrape_interval": interval, "evaluation_interval": interval},
         "rule_files": [ALERTS.name],
-        "scrape_configs": [
-            {"job_name": "torchserve", "scheme": target.scheme, "static_configs": [{"targets": [target.netloc]}]}
-        ],
+        "scrape_configs": jobs,
     }
+
+
+def scrape_targets(run_dir: Path) -> tuple[dict[str, str], str | None]:
+    """What to scrape for the server or fleet running from `run_dir`: TorchServe metrics URLs by replica name, and
+    the balancer's exporter (host:port) for a fleet."""
+    running = fleet.read(run_dir)
+    if running is None:
+        return {"": server_for(run_dir).metrics_url}, None
+    return {r.name: running.server(r).metrics_url for r in running.replicas}, running.metrics
 
 
 def web_config(password: str) -> dict:
@@ -57,13 +74,13 @@ def web_config(password: str) -> dict:
 
 def prepare(monitor_dir: Path, run_dir: Path, interval: str) -> None:
     """Write the scrape and web configurations, the rules and (on first use) the password into `monitor_dir`."""
-    server = server_for(run_dir)
+    urls, balancer = scrape_targets(run_dir)
     private_dir(monitor_dir)
     password_file = monitor_dir / PASSWORD_FILE
     if not password_file.exists():
         write_secret(password_file, secrets.token_urlsafe(24))
     write_secret(monitor_dir / WEB_CONFIG, yaml.safe_dump(web_config(password_file.read_text())))
-    (monitor_dir / CONFIG_FILE).write_text(yaml.safe_dump(scrape_config(server.metrics_url, interval), sort_keys=False))
+    (monitor_dir / CONFIG_FILE).write_text(yaml.safe_dump(scrape_config(urls, interval, balancer), sort_keys=False))
     shutil.copyfile(ALERTS, monitor_dir / ALERTS.name)
 
 
@@ -83,7 +100,7 @@ def start(
 ) -> str:
     """Start Prometheus in the background; return its URL once it answers (with its account)."""
     run_dir, monitor_dir = Path(run_dir).resolve(), Path(monitor_dir).resolve()
-    if not (run_dir / "key_file.json").exists():
+    if not (run_dir / "key_file.json").exists() and fleet.read(run_dir) is None:
         raise NotRunningError(f"no running TorchServe in {run_dir}: `make serve` first")
     if running_pid(monitor_dir):
         raise AlreadyRunningError(
@@ -102,6 +119,7 @@ def start(
         prometheus = start_group(command, log, cwd=monitor_dir, umask=0o077)
     (monitor_dir / PID_FILE).write_text(str(prometheus.pid))
     url = f"http://{places.LOOPBACK}:{port}"
+    (monitor_dir / URL_FILE).write_text(url)
 
     def check() -> None:
         if prometheus.poll() is not None:
@@ -129,6 +147,13 @@ def authorized(address: str, monitor_dir: Path = places.MONITOR_DIR) -> urllib.r
     password = (Path(monitor_dir) / PASSWORD_FILE).read_text()
     credentials = base64.b64encode(f"{USER}:{password}".encode()).decode()
     return urllib.request.Request(address, headers={"Authorization": f"Basic {credentials}"})
+
+
+def running_url(monitor_dir: Path = places.MONITOR_DIR) -> str:
+    """The running Prometheus's URL, or an error that says to start one."""
+    if not running_pid(monitor_dir) or not (Path(monitor_dir) / URL_FILE).exists():
+        raise NotRunningError(f"no Prometheus runs from {monitor_dir}: `make monitor` first (the gate reads it)")
+    return (Path(monitor_dir) / URL_FILE).read_text().strip()
 
 
 def running_pid(monitor_dir: Path) -> int | None:
