@@ -104,8 +104,8 @@ score: $(STAMP) ## Score a file with the registry's @champion, no server: make s
 	$(PYTHON) -m training score $(call arg,--name,NAME) $(call arg,--data,DATA) $(call arg,--out,OUT) $(call arg,--batch-rows,BATCH_ROWS)
 
 .PHONY: serve
-serve: install ## Start TorchServe in the background with every archive (each verified first), wait until healthy [REPLICAS=N: N servers behind HAProxy] [TRUST_UNSIGNED=1 ALLOW_OLDER=1]
-	$(PYTHON) -m training serve $(call arg,--replicas,REPLICAS) $(TRUST_ARGS) $(OLDER_ARGS)
+serve: install ## Start TorchServe in the background with every archive (each verified first), wait until healthy [REPLICAS=N: N servers behind HAProxy; HOSTS=addr,addr] [TRUST_UNSIGNED=1 ALLOW_OLDER=1]
+	$(PYTHON) -m training serve $(call arg,--replicas,REPLICAS) $(call arg,--hosts,HOSTS) $(TRUST_ARGS) $(OLDER_ARGS)
 
 .PHONY: deploy
 deploy: $(STAMP) ## Roll the newly archived champion into the running server, no request dropped: make deploy NAME=nw-sine [ALLOW_OLDER=1]

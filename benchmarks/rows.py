@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from benchmarks import (
     allocator,
     bookkeeping,
+    fleet_row,
     large_nw,
     mha,
     nw_kernel,
@@ -119,6 +120,13 @@ ROWS = (
         lambda s: oip.run(s.quick),
         oip.section,
         f"OIP REST (JSON and binary) ≥ {oip.TARGET}× the throughput of /predictions at c64; gRPC reported",
+    ),
+    Row(
+        "fleet",
+        lambda s: fleet_row.run(s.quick),
+        fleet_row.section,
+        f"the balancer adds ≤ {fleet_row.ADDED_P50_MS} ms p50 at c1 and keeps ≥ {fleet_row.THROUGHPUT}× direct "
+        "throughput at c64 (1 replica); no failed request through a killed frontend, a killed worker, a hung replica",
     ),
 )
 BY_NAME = {row.name: row for row in ROWS}

@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from training.operations.certificates import ensure_certificates
+from training.infra.certificates import ensure_certificates
 from training.serving import balancer
 from training.serving.balancer import Replica
 

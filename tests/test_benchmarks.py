@@ -68,6 +68,9 @@ def test_quick_benchmark_writes_every_row(tmp_path, champions):
     assert {(r["model"], r["variant"]) for r in protocols} == {(m, v) for m in PAYLOADS for v in oip.VARIANTS}
     assert all(r["requests"] > 0 and r["errors"] == 0 for r in protocols), protocols
     assert {r["mode"] for r in results["rows"]["allocator"]} == {"before", "after"}
+    balanced = results["rows"]["fleet"]  # the balancer answered every request a replica answers directly
+    assert {r["variant"] for r in balanced} == {"direct, 1 replica", "balancer, 1 replica"}
+    assert all(r["requests"] > 0 and r["errors"] == 0 for r in balanced), balanced
 
 
 def test_the_committed_report_is_what_the_committed_results_render_to(tmp_path):

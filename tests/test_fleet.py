@@ -1,25 +1,24 @@
 """`make serve REPLICAS=2`: two real TorchServe replicas behind a real HAProxy, with the keeper; faults under load."""
 
+import http.client
 import json
-import os
 import re
-import signal
 import time
+import urllib.error
 import urllib.request
 from collections import Counter
 from pathlib import Path
 
-import psutil
 import pytest
 from four_kinds import build_four_kinds
 from served_champions import SEQUENCES, XS
 
+from benchmarks import faults
 from benchmarks.steady_load import SteadyLoad
 from training.infra.processes import free_ports, pid_alive, wait_until
-from training.serving import balancer, canary, fleet, fleet_rollout, history, monitor, serve
+from training.serving import balancer, canary, fleet, fleet_rollout, history, monitor
 from training.serving.archive import MODEL_CONFIG, archive_champions
 from training.serving.errors import AlreadyRunningError, ManagementError
-from training.serving.torchserve import Server
 from training.tracking import mlflow_store, registry
 
 pytestmark = pytest.mark.e2e
@@ -27,6 +26,7 @@ pytestmark = pytest.mark.e2e
 IMAGE = [[(row * 3 + column * 5) % 17 for column in range(8)] for row in range(8)]  # raw pixel values, 0..16
 TEXTS = ["23 Nov 2026", "11/23/26"]
 OIP_TEXTS = {"inputs": [{"name": "texts", "datatype": "BYTES", "shape": [2], "data": TEXTS}]}
+OTHER_HOST = "127.0.0.2"  # another address of this machine (Linux routes 127/8 to lo): a replica "off loopback"
 REQUESTS = [  # every model kind, predictions, explanations and the Open Inference Protocol
     (path, json.dumps(body).encode())
     for path, body in [
@@ -49,28 +49,21 @@ def kinds(stores):
 
 @pytest.fixture(scope="module")
 def two(kinds, tmp_path_factory):
-    """A fleet of two replicas serving every kind, on free loopback ports; stopped when the module is done."""
+    """A fleet of two replicas serving every kind, on free ports: r1 on loopback, r2 on another address of this
+    machine standing for another host (TLS, verified against the fleet's CA); stopped when the module is done."""
     store, uri = kinds
     root = tmp_path_factory.mktemp("fleet")
     front, metrics = (f"127.0.0.1:{port}" for port in free_ports(2))
     started = fleet.start(2, run_dir=root / "serve", model_store=store, front_address=front, metrics_address=metrics,
-                          tracking_uri=uri)  # fmt: skip
+                          tracking_uri=uri, hosts=["127.0.0.1", OTHER_HOST])  # fmt: skip
     yield started
     fleet.stop(root / "serve", quiet=True)
-
-
-def replica_state(running: fleet.Fleet, name: str) -> str:
-    return balancer.stats(running.balancer_dir)[name]["status"]
-
-
-def wait_up(running: fleet.Fleet, timeout: float = 120) -> bool:
-    return wait_until(lambda: all(replica_state(running, r.name) == "UP" for r in running.replicas), timeout, 0.2)
 
 
 def test_the_front_door_answers_with_the_fleets_token_from_every_replica(two):
     front = fleet.front(Path(two.run_dir))
     direct = two.server(two.replicas[0])
-    assert wait_up(two)
+    assert faults.all_up(two)
     before = {name: int(row["stot"]) for name, row in balancer.stats(two.balancer_dir).items()}
     for _ in range(8):
         status, body, _ = front.predict("nw-sine", XS)
@@ -78,6 +71,22 @@ def test_the_front_door_answers_with_the_fleets_token_from_every_replica(two):
         assert body == direct.predict("nw-sine", XS)[1]
     after = {name: int(row["stot"]) for name, row in balancer.stats(two.balancer_dir).items()}
     assert all(after[name] > before[name] for name in after), (before, after)  # both replicas answered
+
+
+def test_a_replica_on_another_host_speaks_tls_verified_against_the_fleets_ca(two):
+    remote = two.replicas[1]
+    assert remote.tls and remote.host == OTHER_HOST
+    server = two.server(remote)
+    assert server.inference_url.startswith(f"https://{OTHER_HOST}:") and server.ca is not None
+    assert server.health() == "Healthy"  # verified against the fleet's CA
+    with pytest.raises(urllib.error.URLError, match="CERTIFICATE_VERIFY_FAILED"):  # not against the system's
+        urllib.request.urlopen(f"{server.inference_url}/ping", timeout=5)
+    plain = server.inference_url.replace("https://", "http://")
+    with pytest.raises((urllib.error.URLError, ConnectionError, http.client.HTTPException)):
+        urllib.request.urlopen(plain + "/ping", timeout=5)  # no plain HTTP off loopback
+    config = (two.balancer_dir / balancer.CONFIG).read_text()
+    assert f"server {remote.name} {remote.address} ssl verify required" in config
+    assert f"verifyhost {remote.name}.fleet" in config
 
 
 @pytest.mark.parametrize("header", [None, "Bearer wrong", "Basic {token}", "Bearer {replica}"])
@@ -90,9 +99,6 @@ def test_the_front_door_refuses_any_other_token_with_a_json_401(two, header):
 
 
 def request(url: str, body: dict, headers: dict) -> tuple[int, dict | str, dict]:
-    import urllib.error
-    import urllib.request
-
     req = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json", **headers})
     try:
         with urllib.request.urlopen(req, timeout=30) as answer:
@@ -116,16 +122,6 @@ def test_bad_input_and_limits_pass_through_the_balancer_unchanged(two):
     huge = b'{"instances": [' + b"1.0, " * 1_400_000 + b"1.0]}"  # 7 MB: past the handler's 6 MB
     via = front.request("POST", f"{front.inference_url}/predictions/nw-sine", huge, front.token())
     assert via[0] == 413 and via[1]["error"] == "body too large"
-
-
-def java_of(replica_dir: Path) -> psutil.Process:
-    launcher = psutil.Process(int((replica_dir / "server.pid").read_text()))
-    return next(p for p in launcher.children(recursive=True) if "java" in p.name())
-
-
-def worker_pids(running: fleet.Fleet, replica: fleet.FleetReplica, model: str) -> set[int]:
-    """The pids of the replica's workers serving `model`, as its management API names them."""
-    return {int(w["pid"]) for w in running.server(replica).workers(model) if w.get("pid")}
 
 
 def test_a_rolling_deploy_and_rollback_move_one_replica_at_a_time_and_fail_no_request(two, kinds):
@@ -175,7 +171,7 @@ def test_a_roll_that_fails_on_a_replica_returns_the_moved_ones_and_says_so(two, 
     assert "stopped at replica r2" in str(error.value) and f"r1 went back to version {old}" in str(error.value)
     for replica in two.replicas:
         assert [v["modelVersion"] for v in two.server(replica).versions("nw-sine")] == [old]
-    assert wait_up(two)
+    assert faults.all_up(two)
 
 
 def new_champion_version(uri: str, name: str) -> str:
@@ -277,35 +273,14 @@ def test_a_canary_failing_a_share_of_requests_is_aborted_by_the_gate(two, kinds,
         assert bad not in [str(v["modelVersion"]) for v in two.server(replica).versions("nw-sine")]
 
 
-@pytest.mark.parametrize("fault", ["kill -9 of a replica's frontend", "kill -9 of a worker", "a SIGSTOPped replica"])
+@pytest.mark.parametrize("fault", faults.FAULTS)
 def test_a_fault_under_load_fails_no_request_and_the_replica_comes_back(two, fault):
-    assert wait_up(two)
-    victim = two.replicas[0]
-    front = fleet.front(Path(two.run_dir))
-    with SteadyLoad(front.inference_url, front.token(), REQUESTS, concurrency=64) as load:
-        time.sleep(2)
-        hit = time.monotonic()
-        if fault.startswith("kill -9 of a replica"):
-            os.kill(java_of(Path(victim.run_dir)).pid, signal.SIGKILL)
-            assert wait_until(lambda: replica_state(two, victim.name) != "UP", 10, 0.1)  # out of rotation
-            assert wait_until(lambda: serve.running_pid(Path(victim.run_dir)), 30, 0.2)  # the keeper restarts it
-        elif fault.startswith("kill -9 of a worker"):
-            (killed,) = worker_pids(two, victim, "nw-sine")
-            os.kill(killed, signal.SIGKILL)
-            assert wait_until(lambda: worker_pids(two, victim, "nw-sine") - {killed}, 30, 0.2)  # TorchServe's restart
-        else:
-            stopped = java_of(Path(victim.run_dir))
-            stopped.suspend()
-            assert wait_until(lambda: replica_state(two, victim.name) != "UP", 10, 0.1)
-            time.sleep(3)
-            stopped.resume()
-        assert wait_up(two, timeout=180), balancer.stats(two.balancer_dir)[victim.name]
-        time.sleep(2)  # served by both again
-    outcome = load.outcome
-    print(f"{fault}: {outcome.requests} requests, p99 {outcome.p99_ms(hit):.0f} ms from the fault on")
+    run = faults.under_fault(two, fault, REQUESTS, concurrency=64)
+    outcome = run.outcome
+    print(f"{fault}: {outcome.requests} requests, p99 {run.p99_ms:.0f} ms while the replica was out")
     assert outcome.failed == 0, (outcome.statuses, outcome.failures)
     assert outcome.requests > 500
-    assert Server.health(two.server(victim)) == "Healthy"
+    assert two.server(two.replicas[0]).health() == "Healthy"
 
 
 def test_status_shows_each_replica_with_its_versions_and_load(two):

@@ -33,22 +33,24 @@ def test_the_alert_rules_are_valid_prometheus_rules_and_query_declared_metrics()
 def test_the_scrape_configuration_names_the_metrics_address_and_the_rules():
     config = monitor.scrape_config({"": "http://127.0.0.1:8082"}, "15s")
     (job,) = config["scrape_configs"]
-    assert job["static_configs"] == [{"targets": ["127.0.0.1:8082"]}] and job["scheme"] == "http"
-    assert config["rule_files"] == [monitor.ALERTS.name]
+    assert job["static_configs"] == [{"targets": ["127.0.0.1:8082"]}]
+    assert config["rule_files"] == [monitor.ALERTS.name] and "scheme" not in job and "tls_config" not in job
 
 
 def test_a_fleet_is_scraped_replica_by_replica_and_at_its_balancer():
-    urls = {"r1": "http://127.0.0.1:18082", "r2": "http://127.0.0.1:28082"}
-    torchserve, balancer = monitor.scrape_config(urls, "15s", "127.0.0.1:8082")["scrape_configs"]
+    urls = {"r1": "http://127.0.0.1:18082", "r2": "https://10.0.0.2:28082"}
+    config = monitor.scrape_config(urls, "15s", "127.0.0.1:8082", Path("/fleet/tls/ca.crt"))
+    torchserve, balancer = config["scrape_configs"]
     assert torchserve["static_configs"] == [
         {"targets": ["127.0.0.1:18082"], "labels": {"replica": "r1"}},
-        {"targets": ["127.0.0.1:28082"], "labels": {"replica": "r2"}},
+        {"targets": ["10.0.0.2:28082"], "labels": {"replica": "r2", "__scheme__": "https"}},  # off loopback: TLS
     ]
+    assert torchserve["tls_config"] == {"ca_file": "/fleet/tls/ca.crt"}
     assert balancer == {"job_name": "balancer", "static_configs": [{"targets": ["127.0.0.1:8082"]}]}
 
 
 def test_prometheus_wants_a_password_kept_in_a_file_of_its_owner(tmp_path, monkeypatch):
-    monkeypatch.setattr(monitor, "scrape_targets", lambda run_dir: ({"": "http://127.0.0.1:8082"}, None))
+    monkeypatch.setattr(monitor, "scrape_targets", lambda run_dir: ({"": "http://127.0.0.1:8082"}, None, None))
     monitor.prepare(tmp_path / "monitor", tmp_path / "run", "15s")
     password = (tmp_path / "monitor" / monitor.PASSWORD_FILE).read_text()
     for name in (monitor.PASSWORD_FILE, monitor.WEB_CONFIG):

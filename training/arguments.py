@@ -128,6 +128,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="N > 1: N TorchServe replicas behind HAProxy on the inference address, kept alive (default: one server)",
     )
+    serve.add_argument(
+        "--hosts",
+        type=comma_list,
+        default=None,
+        help="with --replicas: the address each replica listens on, comma-separated (default loopback); one off "
+        "loopback speaks TLS with a certificate of the fleet's CA",
+    )
     deploy = commands.add_parser("deploy", help="roll archives/<name>.mar into the running server, no request dropped")
     add_options(deploy, "allow_older")
     rollback = commands.add_parser(

@@ -123,6 +123,8 @@ def run_serve(args) -> int:
     names = args.models.split(",") if args.models else None
     if args.replicas is not None and args.replicas > 1:
         return run_fleet(args, names)
+    if args.hosts:
+        raise ValueError("HOSTS names each replica's address: give REPLICAS=N (N > 1) with it")
     start(
         models=names, trust_unsigned=args.trust_unsigned, tracking_uri=args.tracking_uri, allow_older=args.allow_older
     )
@@ -139,7 +141,7 @@ def run_fleet(args, names: list[str] | None) -> int:
 
     started = fleet.start(
         args.replicas, names, trust_unsigned=args.trust_unsigned, tracking_uri=args.tracking_uri,
-        allow_older=args.allow_older,
+        allow_older=args.allow_older, hosts=list(args.hosts) if args.hosts else None,
     )  # fmt: skip
     first = Path(started.replicas[0].run_dir)
     served = sorted(private_store(first).glob("*.mar"))

@@ -14,8 +14,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from training.infra.certificates import ensure_certificates
 from training.infra.processes import answers, private_dir, start_group, stop_tree, wait_until
-from training.operations.certificates import ensure_certificates
 from training.operations.postgres import (
     certificate_names,
 )

@@ -9,8 +9,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from training.infra.certificates import ensure_certificates
 from training.infra.processes import write_secret
-from training.operations.certificates import ensure_certificates
 from training.operations.server_state import (
     DATABASES,
     POSTGRES_USER,

@@ -125,7 +125,7 @@ def config_text(
         "  http-request return status 404",
     ]
     for r in replicas:
-        tls = f" ssl verify required ca-file {ca} sni str({r.address.rsplit(':', 1)[0]})" if r.tls else ""
+        tls = f" ssl verify required ca-file {ca} verifyhost {r.name}.fleet" if r.tls else ""
         lines += [
             f"frontend {r.name}",
             f"  bind unix@{sockets / r.name}.sock mode 600",

@@ -13,21 +13,24 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from training.infra import processes
-from training.infra.places import ROOT, SERVE_DIR
+from training.infra.certificates import ServerCertificate, ensure_certificates
+from training.infra.places import LOOPBACK, ROOT, SERVE_DIR
 from training.infra.private import owner_only
 from training.infra.processes import pid_alive, port_is_free, start_group, stop_tree, write_secret, write_whole
 from training.serving import balancer, history, serve
 from training.serving.balancer import Replica
 from training.serving.errors import AlreadyRunningError, NotRunningError, PortInUseError
-from training.serving.torchserve import Server, read_properties, server_for
+from training.serving.torchserve import CA_FILE, Server, read_properties, server_for
 
 FLEET_FILE, FRONT_TOKEN, BALANCER, KEEPER_LOG = "fleet.json", "front-token", "balancer", "keeper.log"
+TLS, TLS_NAME = "tls", ".fleet"  # the fleet's CA and replicas' certificate; r1.fleet: the name the balancer verifies
 LISTENERS = 5  # each replica's ports: inference, management, metrics, gRPC inference, gRPC management
 
 
@@ -36,6 +39,11 @@ class FleetReplica:
     name: str  # r1, r2, ...
     run_dir: str
     address: str  # host:port of its inference listener
+    tls: bool = False  # off loopback: its listeners speak TLS with a certificate of the fleet's CA
+
+    @property
+    def host(self) -> str:
+        return self.address.rsplit(":", 1)[0]
 
 
 @dataclass
@@ -104,35 +112,53 @@ def start(
     server_timeout_s: float = 10,
     keep: bool = True,
     timeout: float = 180,
+    hosts: list[str] | None = None,
 ) -> Fleet:
     """Start `replicas` TorchServe replicas over the archives in `model_store` (each verified, as `make serve`
     verifies them), HAProxy in front of them on `front_address` (config.properties' inference address by default)
-    and the keeper; return once every replica is healthy and the front door answers."""
+    and the keeper; return once every replica is healthy and the front door answers. `hosts` names the address
+    each replica listens on (default loopback); a replica off loopback speaks TLS with a certificate of the
+    fleet's own CA (`.serve/tls/`), which the balancer, the keeper and Prometheus verify."""
     run_dir = Path(run_dir).resolve()
+    hosts = hosts or [LOOPBACK] * replicas
+    if len(hosts) != replicas:
+        raise ValueError(f"{len(hosts)} hosts for {replicas} replicas: name one address per replica")
     check_not_running(run_dir)
     balancer.haproxy_binary()
     front_address = front_address or base_address("inference_address")
     metrics_address = metrics_address or base_address("metrics_address")
     for address in (front_address, metrics_address):
+        if not on_loopback(address.rsplit(":", 1)[0]):
+            raise ValueError(f"the fleet's front door and exporter listen on loopback, not {address}")
         if not port_is_free(int(address.rsplit(":", 1)[1])):
             raise PortInUseError(f"{address} is in use by another process: stop it, or choose another address")
     owner_only(run_dir)
     ports = processes.free_ports(LISTENERS * replicas)
     dirs = [run_dir / f"replica-{i + 1}" for i in range(replicas)]
+    remote = [host for host in hosts if not on_loopback(host)]
+    names = [f"r{i + 1}" for i in range(replicas)]
+    names_in_certificate = remote + [f"{name}{TLS_NAME}" for name in names]
+    tls = ensure_certificates(run_dir / TLS, names_in_certificate, rsa_key=True) if remote else None
     fleet = Fleet(str(run_dir), front_address, metrics_address, [])
     try:
 
         def start_replica(i: int) -> Server:
             own = dict(zip(serve.free_ports().keys(), ports[LISTENERS * i : LISTENERS * (i + 1)]))
+            overrides = None
+            if not on_loopback(hosts[i]):
+                overrides = tls_overrides(hosts[i], own, tls)
+                dirs[i].mkdir(mode=0o700, parents=True, exist_ok=True)
+                shutil.copyfile(tls.ca, dirs[i] / CA_FILE)
             return serve.start(
-                models, dirs[i], model_store, own, timeout=timeout, quiet=True, trust_unsigned=trust_unsigned,
-                tracking_uri=tracking_uri, allow_older=allow_older,
+                models, dirs[i], model_store, own, overrides, timeout=timeout, quiet=True,
+                trust_unsigned=trust_unsigned, tracking_uri=tracking_uri, allow_older=allow_older,
             )  # fmt: skip
 
         with ThreadPoolExecutor(replicas) as pool:
             servers = list(pool.map(start_replica, range(replicas)))
         fleet.replicas = [
-            FleetReplica(f"r{i + 1}", str(dirs[i]), s.inference_url.split("://")[-1]) for i, s in enumerate(servers)
+            FleetReplica(names[i], str(dirs[i]), s.inference_url.split("://")[-1], not on_loopback(hosts[i]))
+            for i, s in enumerate(servers)
         ]
         write(fleet)
         queue = int(read_properties(dirs[0] / "config.properties").get("job_queue_size", 100))
@@ -142,10 +168,11 @@ def start(
             fleet.balancer_dir,
             front_address,
             metrics_address,
-            [Replica(r.name, r.address, queue) for r in fleet.replicas],
+            [Replica(r.name, r.address, queue, r.tls) for r in fleet.replicas],
             token,
             {r.name: s.token() for r, s in zip(fleet.replicas, servers)},
             server_timeout_s,
+            tls.ca if tls else None,
         )
         if keep:
             fleet.keeper_pid = start_keeper(run_dir)
@@ -154,6 +181,18 @@ def start(
         stop(run_dir, quiet=True)
         raise
     return fleet
+
+
+def on_loopback(host: str) -> bool:
+    return host in (LOOPBACK, "localhost")
+
+
+def tls_overrides(host: str, ports: dict[str, int], tls: ServerCertificate) -> dict[str, str]:
+    """A replica on `host`: its HTTP listeners there, in TLS with the fleet's certificate; gRPC stays on loopback
+    (the balancer fronts HTTP alone)."""
+    addresses = {key: f"https://{host}:{ports[key]}" for key in ("inference_address", "management_address",
+                                                                  "metrics_address")}  # fmt: skip
+    return addresses | {"certificate_file": str(tls.certificate), "private_key_file": str(tls.key)}
 
 
 def check_not_running(run_dir: Path) -> None:

@@ -41,16 +41,20 @@ URL_FILE = "url"  # where the running Prometheus answers (the canary's gate asks
 USER, PASSWORD_FILE = "monitor", "web-password"  # Prometheus's one account, and the file (0600) holding its password
 
 
-def scrape_config(metrics_urls: dict[str, str], interval: str, balancer: str | None = None) -> dict:
-    """Prometheus's configuration: each TorchServe's metrics address (by replica name; "" for a single server),
-    HAProxy's exporter for a fleet (`balancer`, host:port), and the alert rules."""
+def scrape_config(
+    metrics_urls: dict[str, str], interval: str, balancer: str | None = None, ca: Path | None = None
+) -> dict:
+    """Prometheus's configuration: each TorchServe's metrics address (by replica name; "" for a single server; an
+    https one verified against `ca`), HAProxy's exporter for a fleet (`balancer`, host:port), and the alert rules."""
     static = []
     for replica, url in metrics_urls.items():
         target = urllib.parse.urlsplit(url)
-        static.append({"targets": [target.netloc], **({"labels": {"replica": replica}} if replica else {})})
-    jobs = [{"job_name": "torchserve", "scheme": urllib.parse.urlsplit(url).scheme, "static_configs": static}]
-    if balancer:
-        jobs.append({"job_name": "balancer", "static_configs": [{"targets": [balancer]}]})
+        labels = ({"replica": replica} if replica else {}) | (
+            {"__scheme__": "https"} if target.scheme == "https" else {}
+        )
+        static.append({"targets": [target.netloc], **({"labels": labels} if labels else {})})
+    job = {"job_name": "torchserve", "static_configs": static} | ({"tls_config": {"ca_file": str(ca)}} if ca else {})
+    jobs = [job] + ([{"job_name": "balancer", "static_configs": [{"targets": [balancer]}]}] if balancer else [])
     return {
         "global": {"scrape_interval": interval, "evaluation_interval": interval},
         "rule_files": [ALERTS.name],
@@ -58,13 +62,15 @@ def scrape_config(metrics_urls: dict[str, str], interval: str, balancer: str | N
     }
 
 
-def scrape_targets(run_dir: Path) -> tuple[dict[str, str], str | None]:
-    """What to scrape for the server or fleet running from `run_dir`: TorchServe metrics URLs by replica name, and
-    the balancer's exporter (host:port) for a fleet."""
+def scrape_targets(run_dir: Path) -> tuple[dict[str, str], str | None, Path | None]:
+    """What to scrape for the server or fleet running from `run_dir`: TorchServe metrics URLs by replica name, the
+    balancer's exporter (host:port) for a fleet, and the CA its replicas off loopback are verified against."""
     running = fleet.read(run_dir)
     if running is None:
-        return {"": server_for(run_dir).metrics_url}, None
-    return {r.name: running.server(r).metrics_url for r in running.replicas}, running.metrics
+        return {"": server_for(run_dir).metrics_url}, None, None
+    ca = Path(running.run_dir) / fleet.TLS / "ca.crt"
+    urls = {r.name: running.server(r).metrics_url for r in running.replicas}
+    return urls, running.metrics, ca if ca.exists() else None
 
 
 def web_config(password: str) -> dict:
@@ -74,13 +80,13 @@ def web_config(password: str) -> dict:
 
 def prepare(monitor_dir: Path, run_dir: Path, interval: str) -> None:
     """Write the scrape and web configurations, the rules and (on first use) the password into `monitor_dir`."""
-    urls, balancer = scrape_targets(run_dir)
+    urls, balancer, ca = scrape_targets(run_dir)
     private_dir(monitor_dir)
     password_file = monitor_dir / PASSWORD_FILE
     if not password_file.exists():
         write_secret(password_file, secrets.token_urlsafe(24))
     write_secret(monitor_dir / WEB_CONFIG, yaml.safe_dump(web_config(password_file.read_text())))
-    (monitor_dir / CONFIG_FILE).write_text(yaml.safe_dump(scrape_config(urls, interval, balancer), sort_keys=False))
+    (monitor_dir / CONFIG_FILE).write_text(yaml.safe_dump(scrape_config(urls, interval, balancer, ca), sort_keys=False))
     shutil.copyfile(ALERTS, monitor_dir / ALERTS.name)
 
 

@@ -7,6 +7,7 @@ and `key_file.json` (TorchServe's tokens, a secret that expires).
 from __future__ import annotations
 
 import json
+import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -19,6 +20,7 @@ from training.serving.errors import ServingError
 # TorchServe 0.12 serves the Open Inference Protocol's gRPC service under its own package name, not the protocol's
 # `inference.GRPCInferenceService` (docs/http-api.md): the path of its methods.
 OIP_GRPC_SERVICE = "/org.pytorch.serve.grpc.openinference.GRPCInferenceService"
+CA_FILE = "ca.crt"  # in a TLS server's run directory: the CA its certificate is verified against
 
 
 class TokenExpiredError(ServingError):
@@ -31,6 +33,7 @@ class Server:
     inference_url: str
     management_url: str
     metrics_url: str
+    ca: Path | None = None  # a replica off loopback speaks TLS: its certificate is verified against this CA
 
     # tokens
 
@@ -70,8 +73,9 @@ class Server:
         if token:
             headers["Authorization"] = f"Bearer {token}"
         req = urllib.request.Request(url, data=data, method=method, headers=headers)
+        context = ssl.create_default_context(cafile=self.ca) if self.ca and url.startswith("https:") else None
         try:
-            with urllib.request.urlopen(req, timeout=timeout) as response:
+            with urllib.request.urlopen(req, timeout=timeout, context=context) as response:
                 status, raw, response_headers = response.status, response.read(), dict(response.headers)
         except urllib.error.HTTPError as error:
             status, raw, response_headers = error.code, error.read(), dict(error.headers)
@@ -130,6 +134,11 @@ def read_properties(path: Path) -> dict[str, str]:
 def server_for(run_dir: Path) -> Server:
     """The server whose config lives in `run_dir` (it may or may not be running)."""
     properties = read_properties(Path(run_dir) / "config.properties")
+    ca = Path(run_dir) / CA_FILE
     return Server(
-        Path(run_dir), properties["inference_address"], properties["management_address"], properties["metrics_address"]
+        Path(run_dir),
+        properties["inference_address"],
+        properties["management_address"],
+        properties["metrics_address"],
+        ca if "certificate_file" in properties and ca.exists() else None,
     )

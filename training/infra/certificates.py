@@ -11,7 +11,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 from training.infra.processes import private_dir, write_secret
@@ -26,14 +26,14 @@ class ServerCertificate:
     key: Path  # 0600
 
 
-def ensure_certificates(folder: Path, names: list[str]) -> ServerCertificate:
+def ensure_certificates(folder: Path, names: list[str], rsa_key: bool = False) -> ServerCertificate:
     """The CA (made once) and a server certificate for `names` (host names and addresses), made again when
-    the names change."""
+    the names change. `rsa_key`: the server's key is RSA (TorchServe reads no other), else EC P-256."""
     folder = private_dir(folder)
     ca_cert, ca_key = folder / "ca.crt", folder / "ca.key"
     if not (ca_cert.exists() and ca_key.exists()):
         key = ec.generate_private_key(ec.SECP256R1())
-        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "attention-serve tracking CA")])
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "attention-serve CA")])
         certificate = (
             builder(subject, subject, key.public_key())
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
@@ -44,13 +44,13 @@ def ensure_certificates(folder: Path, names: list[str]) -> ServerCertificate:
         ca_cert.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
     server = ServerCertificate(ca_cert, folder / "server.crt", folder / "server.key")
     if not server.certificate.exists() or certificate_names(server.certificate) != sorted(set(names)):
-        issue(server, serialization.load_pem_private_key(ca_key.read_bytes(), None), names)
+        issue(server, serialization.load_pem_private_key(ca_key.read_bytes(), None), names, rsa_key)
     return server
 
 
-def issue(server: ServerCertificate, ca_key, names: list[str]) -> None:
+def issue(server: ServerCertificate, ca_key, names: list[str], rsa_key: bool = False) -> None:
     ca = x509.load_pem_x509_certificate(server.ca.read_bytes())
-    key = ec.generate_private_key(ec.SECP256R1())
+    key = rsa.generate_private_key(65537, 2048) if rsa_key else ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
     alternatives = [subject_alternative(name) for name in sorted(set(names))]
     certificate = (
