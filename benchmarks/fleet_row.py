@@ -93,8 +93,9 @@ def section(rows: list[dict]) -> str:
         f"The balancer's cost at c1: p50 {added:+.2f} ms (target ≤ {ADDED_P50_MS} ms) "
         f"{verdict(added <= ADDED_P50_MS)}; "
         f"throughput at c{top} behind it, 1 replica: {ratio:.2f}× direct (target ≥ {THROUGHPUT}×) "
-        f"{verdict(ratio >= THROUGHPUT)}; 2 replicas: {two:.2f}× direct (reported: two replicas on two cores share "
-        "them with the load generator and the balancer).",
+        f"{verdict(ratio >= THROUGHPUT)}; 2 replicas: {two:.2f}× direct (reported: on two cores, two replicas each "
+        "batch half the requests while two JVMs and two workers share the cores with the load generator and the "
+        "balancer; replicas add capacity on machines of their own).",
         "",
         "Faults on the two-replica fleet, under a steady load of every served kind (the first replica hit; p99 over "
         "the requests that ended while it was out of rotation):",

@@ -9,6 +9,7 @@ import urllib.request
 from collections import Counter
 from pathlib import Path
 
+import psutil
 import pytest
 from four_kinds import build_four_kinds
 from served_champions import SEQUENCES, XS
@@ -18,7 +19,7 @@ from benchmarks.steady_load import SteadyLoad
 from training.infra.processes import free_ports, pid_alive, wait_until
 from training.serving import balancer, canary, fleet, fleet_rollout, history, monitor
 from training.serving.archive import MODEL_CONFIG, archive_champions
-from training.serving.errors import AlreadyRunningError, ManagementError
+from training.serving.errors import AlreadyRunningError, ManagementError, StartupError
 from training.tracking import mlflow_store, registry
 
 pytestmark = pytest.mark.e2e
@@ -289,6 +290,18 @@ def test_status_shows_each_replica_with_its_versions_and_load(two):
     for replica in two.replicas:
         (line,) = [line for line in lines if line.strip().startswith(replica.name)]
         assert "UP" in line and "nw-sine v" in line and "mha-adding v" in line and "answered" in line
+
+
+def test_a_fleet_whose_replica_cannot_start_leaves_no_process_and_names_why(kinds, tmp_path):
+    store, uri = kinds
+    front, metrics = (f"127.0.0.1:{port}" for port in free_ports(2))
+    before = {p.pid for p in psutil.process_iter()}
+    with pytest.raises(StartupError) as error:  # the second replica's address is on no interface of this machine
+        fleet.start(2, ["nw-sine"], tmp_path, store, front, metrics, tracking_uri=uri, hosts=["127.0.0.1", "192.0.2.1"])
+    assert "TorchServe" in str(error.value) and "replica-2" in str(error.value)
+    left = [p for p in psutil.process_iter() if p.pid not in before and str(tmp_path) in " ".join(p.cmdline())]
+    assert not left, [p.cmdline()[:3] for p in left]  # the first replica, started, was stopped again
+    assert fleet.read(tmp_path) is None
 
 
 def test_a_second_start_is_refused_and_stop_leaves_no_process_of_the_fleet(two, kinds):

@@ -162,6 +162,13 @@ def abort(name: str, run_dir: Path = RUN_DIR, reason: str = "aborted on request"
     return canary
 
 
+def register_on(server, replica_dir: Path, canary: Canary, trust_unsigned: bool = False) -> None:
+    """Register a running canary's version again on a replica restarted without it (from its verified copy)."""
+    if canary.version not in served_versions(server, canary.name):
+        data = verified_copy(replica_dir, canary.name, canary.version, trust_unsigned)
+        register(server, canary.name, canary.version, release_copy(data, replica_dir, canary.name, canary.version))
+
+
 def unregister(fleet: Fleet, name: str, version: str) -> None:
     for replica in fleet.replicas:
         server = fleet.server(replica)

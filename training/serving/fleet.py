@@ -179,6 +179,8 @@ def start(
         write(fleet)
     except BaseException:
         stop(run_dir, quiet=True)
+        for replica_dir in dirs:  # replicas that started before one failed: no fleet.json names them yet
+            serve.stop(replica_dir, quiet=True)
         raise
     return fleet
 

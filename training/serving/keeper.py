@@ -57,8 +57,12 @@ def look_after(state: fleet.Fleet, replica: fleet.FleetReplica) -> None:
     if not serve.running_pid(run_dir):
         log.warning("%s: TorchServe is not running; restarting it", replica.name)
         started = time.monotonic()
+        balancer.set_state(state.balancer_dir, replica.name, "maint")  # back only once it holds every canary too
         server = serve.restart(run_dir)
         balancer.set_replica_token(state.balancer_dir, replica.name, server.token())
+        for running in canary.running_canaries(Path(state.run_dir)):
+            canary.register_on(server, run_dir, running)
+        balancer.set_state(state.balancer_dir, replica.name, "ready")
         log.info("%s: restarted in %.1f s; back in rotation once its health check passes", replica.name,
                  time.monotonic() - started)  # fmt: skip
         return
