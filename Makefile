@@ -38,6 +38,17 @@ PYTEST = $(if $(call given,PYTEST_ARGS),PYTEST_ADDOPTS="$$PYTEST_ADDOPTS "$(call
 # whole on one of them: a module's servers and fixtures are its own. TEST_WORKERS=0 runs it in this process alone.
 TEST_WORKERS_ARGS = -n $(if $(call given,TEST_WORKERS),$(call quote,TEST_WORKERS),2) --dist loadfile
 
+# $(call apt_install,why,Debian package,what,Homebrew formula,program): a shell command that installs the package
+# with apt (as root, or with sudo that asks no password) or says what to install by hand, and fails.
+apt_install = echo "$1; trying apt-get install $2 ..."; \
+	SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	if command -v apt-get >/dev/null && { [ -z "$$SUDO" ] || sudo -n true 2>/dev/null; }; then \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $2 >/dev/null; \
+	else \
+		echo "Cannot install $3 here. Install it (Debian/Ubuntu: apt-get install $2; macOS: brew install $4)"; \
+		echo "and put '$5' on PATH, then run make again."; exit 1; \
+	fi
+
 .PHONY: help
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -54,15 +65,8 @@ install: $(STAMP) java prometheus haproxy ## Make .venv with the pinned dependen
 
 .PHONY: java
 java: ## Check for Java 17+ (TorchServe); install openjdk-17-jre-headless with apt when possible
-	@if java -version 2>&1 | grep -qE 'version "(1[7-9]|[2-9][0-9])'; then exit 0; fi; \
-	echo "TorchServe needs Java 17+; trying apt-get install openjdk-17-jre-headless ..."; \
-	SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
-	if command -v apt-get >/dev/null && { [ -z "$$SUDO" ] || sudo -n true 2>/dev/null; }; then \
-		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq openjdk-17-jre-headless; \
-	else \
-		echo "Cannot install Java here. Install a Java 17+ runtime (Debian/Ubuntu: apt-get install openjdk-17-jre-headless;"; \
-		echo "macOS: brew install openjdk@17) and put 'java' on PATH, then run make again."; exit 1; \
-	fi
+	@java -version 2>&1 | grep -qE 'version "(1[7-9]|[2-9][0-9])' || \
+	{ $(call apt_install,TorchServe needs Java 17+,openjdk-17-jre-headless,a Java 17+ runtime,openjdk@17,java); }
 
 .PHONY: test
 test: install lint ## Run the whole test suite (installs what it needs) [TEST_WORKERS=2 PYTEST_ARGS=]
@@ -142,27 +146,11 @@ status: $(STAMP) ## The running server's or fleet's health, versions served and 
 
 .PHONY: prometheus
 prometheus: ## Check for Prometheus (make monitor); install Debian's prometheus package with apt when possible
-	@if command -v prometheus >/dev/null; then exit 0; fi; \
-	echo "make monitor needs Prometheus; trying apt-get install prometheus ..."; \
-	SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
-	if command -v apt-get >/dev/null && { [ -z "$$SUDO" ] || sudo -n true 2>/dev/null; }; then \
-		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
-	else \
-		echo "Cannot install Prometheus here. Install it (Debian/Ubuntu: apt-get install prometheus; macOS: brew install"; \
-		echo "prometheus; or a release from prometheus.io) and put 'prometheus' on PATH, then run make again."; exit 1; \
-	fi
+	@command -v prometheus >/dev/null || { $(call apt_install,make monitor needs Prometheus,prometheus,Prometheus,prometheus,prometheus); }
 
 .PHONY: haproxy
 haproxy: ## Check for HAProxy (make serve REPLICAS=N); install Debian's haproxy package with apt when possible
-	@if command -v haproxy >/dev/null; then exit 0; fi; \
-	echo "make serve REPLICAS=N needs HAProxy; trying apt-get install haproxy ..."; \
-	SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
-	if command -v apt-get >/dev/null && { [ -z "$$SUDO" ] || sudo -n true 2>/dev/null; }; then \
-		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends haproxy >/dev/null; \
-	else \
-		echo "Cannot install HAProxy here. Install it (Debian/Ubuntu: apt-get install haproxy; macOS: brew install"; \
-		echo "haproxy) and put 'haproxy' on PATH, then run make again."; exit 1; \
-	fi
+	@command -v haproxy >/dev/null || { $(call apt_install,make serve REPLICAS=N needs HAProxy,haproxy,HAProxy,haproxy,haproxy); }
 
 .PHONY: monitor
 monitor: $(STAMP) prometheus ## Prometheus on http://127.0.0.1:9090 scraping the running TorchServe, with alert rules: make monitor [PORT=9090 INTERVAL=15s]

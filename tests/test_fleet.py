@@ -11,6 +11,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from champion_versions import new_champion_version
 from four_kinds import build_four_kinds
 from served_champions import SEQUENCES, XS
 
@@ -173,17 +174,6 @@ def test_a_roll_that_fails_on_a_replica_returns_the_moved_ones_and_says_so(two, 
     for replica in two.replicas:
         assert [v["modelVersion"] for v in two.server(replica).versions("nw-sine")] == [old]
     assert faults.all_up(two)
-
-
-def new_champion_version(uri: str, name: str) -> str:
-    """A new @champion version of `name` in the registry at `uri` (same weights): its number."""
-    client = mlflow_store.configure(uri)
-    current = client.get_model_version_by_alias(name, registry.CHAMPION)
-    new = client.create_model_version(name, source=current.source, run_id=current.run_id)
-    for key, value in current.tags.items():
-        client.set_model_version_tag(name, new.version, key, value)
-    client.set_registered_model_alias(name, registry.CHAMPION, new.version)
-    return str(new.version)
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,7 @@ import psutil
 import pytest
 import torch
 import yaml
+from champion_versions import new_champion_version
 
 from training.infra.processes import process_tree
 from training.nn import load_checkpoint, save_checkpoint
@@ -61,16 +62,10 @@ def registry_copy(champions, root: Path) -> str:
     return f"sqlite:///{db}"
 
 
-def new_champion_version(champions, root: Path, name: str) -> tuple[str, str]:
+def new_champion_copy(champions, root: Path, name: str) -> tuple[str, str]:
     """A private copy of the registry with a new @champion version of `name` (same weights): (uri, version)."""
     uri = registry_copy(champions, root)
-    client = mlflow_store.configure(uri)
-    current = client.get_model_version_by_alias(name, registry.CHAMPION)
-    new = client.create_model_version(name, source=current.source, run_id=current.run_id)
-    for key, value in current.tags.items():
-        client.set_model_version_tag(name, new.version, key, value)
-    client.set_registered_model_alias(name, registry.CHAMPION, new.version)
-    return uri, str(new.version)
+    return uri, new_champion_version(uri, name)
 
 
 def under_load(server, action):
@@ -106,7 +101,7 @@ def assert_switched_without_failures(seen, before: str, after: str):
 
 def test_a_new_champion_rolls_out_and_back_under_load_with_zero_failed_requests(running, champions):
     server, store, root = running
-    uri, version = new_champion_version(champions, root, "nw-sine")
+    uri, version = new_champion_copy(champions, root, "nw-sine")
     archive_champions("nw-sine", out_dir=store, tracking_uri=uri)
     old_version = server.predict("nw-sine", [2.5])[1]["model"]["version"]
     client = mlflow_store.configure(uri)

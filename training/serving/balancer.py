@@ -41,6 +41,9 @@ CANARY_MAP, SHARE_MAP = "canary.map", "canary-share.map"  # model -> canary vers
 FLEET = "fleet"  # the backend clients reach
 SOCKET_PATH_BYTES = 107
 BUFFER_BYTES = 65536  # requests up to this size are held for a retry
+# A replica's answer is awaited this long before it is retried elsewhere: above the handler's budget for a batch
+# (handlers/types.py `Limits.batch_seconds`, 15 s, after which it answers 503 itself), so no answer is cut short.
+SERVER_TIMEOUT_S = 20
 CHECK = "inter 500ms fastinter 250ms downinter 500ms fall 2 rise 2"
 
 
@@ -167,7 +170,7 @@ def start(
     replicas: list[Replica],
     front_token: str,
     replica_tokens: dict[str, str],
-    server_timeout_s: float = 10,
+    server_timeout_s: float = SERVER_TIMEOUT_S,
     ca: Path | None = None,
 ) -> int:
     """Start HAProxy from `folder` (0700) and return its pid once the front door and the exporter listen."""

@@ -25,7 +25,7 @@ from training.infra.places import LOOPBACK, ROOT, SERVE_DIR
 from training.infra.private import owner_only
 from training.infra.processes import pid_alive, port_is_free, start_group, stop_tree, write_secret, write_whole
 from training.serving import balancer, history, serve
-from training.serving.balancer import Replica
+from training.serving.balancer import SERVER_TIMEOUT_S, Replica
 from training.serving.errors import AlreadyRunningError, NotRunningError, PortInUseError
 from training.serving.torchserve import CA_FILE, Server, read_properties, server_for
 
@@ -109,7 +109,7 @@ def start(
     trust_unsigned: bool = False,
     tracking_uri: str | None = None,
     allow_older: bool = False,
-    server_timeout_s: float = 10,
+    server_timeout_s: float = SERVER_TIMEOUT_S,
     keep: bool = True,
     timeout: float = 180,
     hosts: list[str] | None = None,
