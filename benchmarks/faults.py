@@ -84,10 +84,10 @@ def under_fault(
     assert all_up(running), "a replica was out of rotation before the fault"
     front = fleet.front(Path(running.run_dir))
     with SteadyLoad(front.inference_url, front.token(), requests, concurrency) as load:
-        time.sleep(2)
+        time.sleep(1)
         hit = time.monotonic()
         inject(running, fault, model)
         assert all_up(running), balancer.stats(running.balancer_dir)[running.replicas[0].name]
         back = time.monotonic()
-        time.sleep(2)  # served by every replica again
+        time.sleep(1)  # served by every replica again
     return FaultRun(fault, load.outcome, hit, back)

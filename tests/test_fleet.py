@@ -43,10 +43,9 @@ REQUESTS = [  # every model kind, predictions, explanations and the Open Inferen
 
 
 @pytest.fixture(scope="module")
-def kinds(stores):
-    """Every model kind, tuned briefly and archived: (model store, tracking URI)."""
-    build_four_kinds({k: stores[k] for k in ("tracking_uri", "storage")}, stores["root"] / "archives")
-    return stores["root"] / "archives", stores["tracking_uri"]
+def kinds(champions, tmp_path_factory):
+    """Every model kind archived: (model store, tracking URI)."""
+    return build_four_kinds(champions, tmp_path_factory.mktemp("kinds"))
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ import json
 import os
 import shutil
 import socket
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -18,7 +17,7 @@ import psutil
 import pytest
 import torch
 import yaml
-from champion_versions import new_champion_version
+from champion_versions import new_champion_version, registry_copy
 
 from training.infra.processes import process_tree
 from training.nn import load_checkpoint, save_checkpoint
@@ -50,16 +49,6 @@ def running(model_store_copy, champions, tmp_path_factory):
     )
     yield server, store, root
     serve.stop(server.run_dir, quiet=True)
-
-
-def registry_copy(champions, root: Path) -> str:
-    """A private copy of the champions' registry: its URI."""
-    db = root / "registry.db"
-    source = sqlite3.connect(champions["tracking_uri"].removeprefix("sqlite:///"))
-    with sqlite3.connect(db) as copy:  # SQLite's own copy: the file alone lacks what its write-ahead log holds
-        source.backup(copy)
-    source.close()
-    return f"sqlite:///{db}"
 
 
 def new_champion_copy(champions, root: Path, name: str) -> tuple[str, str]:
