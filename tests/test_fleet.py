@@ -9,18 +9,22 @@ import urllib.request
 from collections import Counter
 from pathlib import Path
 
+import grpc
 import psutil
 import pytest
 from champion_versions import new_champion_version
 from four_kinds import build_four_kinds
 from served_champions import SEQUENCES, XS
+from tritonclient.grpc import service_pb2
 
 from benchmarks import faults
 from benchmarks.steady_load import SteadyLoad
+from handlers.contract import agrees
 from training.infra.processes import free_ports, pid_alive, wait_until
 from training.serving import balancer, canary, fleet, fleet_rollout, history, monitor
 from training.serving.archive import MODEL_CONFIG, archive_champions
 from training.serving.errors import AlreadyRunningError, ManagementError, StartupError
+from training.serving.torchserve import OIP_GRPC_SERVICE
 from training.tracking import mlflow_store, registry
 
 pytestmark = pytest.mark.e2e
@@ -54,9 +58,9 @@ def two(kinds, tmp_path_factory):
     machine standing for another host (TLS, verified against the fleet's CA); stopped when the module is done."""
     store, uri = kinds
     root = tmp_path_factory.mktemp("fleet")
-    front, metrics = (f"127.0.0.1:{port}" for port in free_ports(2))
+    front, metrics, grpc_front = (f"127.0.0.1:{port}" for port in free_ports(3))
     started = fleet.start(2, run_dir=root / "serve", model_store=store, front_address=front, metrics_address=metrics,
-                          tracking_uri=uri, hosts=["127.0.0.1", OTHER_HOST])  # fmt: skip
+                          tracking_uri=uri, hosts=["127.0.0.1", OTHER_HOST], grpc_address=grpc_front)  # fmt: skip
     yield started
     fleet.stop(root / "serve", quiet=True)
 
@@ -88,6 +92,34 @@ def test_a_replica_on_another_host_speaks_tls_verified_against_the_fleets_ca(two
     config = (two.balancer_dir / balancer.CONFIG).read_text()
     assert f"server {remote.name} {remote.address} ssl verify required" in config
     assert f"verifyhost {remote.name}.fleet" in config
+
+
+def test_grpc_calls_go_through_the_front_door_with_the_fleets_token_to_every_replica(two):
+    """The Open Inference Protocol's gRPC (TorchServe's renamed service, typed contents) at the fleet's gRPC
+    address: the fleet's token in, each replica's own token out, answers as /predictions answers."""
+    front = fleet.front(Path(two.run_dir))
+    features = service_pb2.ModelInferRequest.InferInputTensor(name="features", datatype="FP32", shape=[3, 1])
+    features.contents.fp32_contents.extend(XS)
+    request = service_pb2.ModelInferRequest(model_name="nw-sine", inputs=[features])
+    before = {name: int(row["stot"]) for name, row in balancer.stats(two.balancer_dir, "fleet-grpc").items()}
+    with grpc.insecure_channel(two.grpc) as channel:
+        infer = channel.unary_unary(
+            f"{OIP_GRPC_SERVICE}/ModelInfer",
+            request_serializer=service_pb2.ModelInferRequest.SerializeToString,
+            response_deserializer=service_pb2.ModelInferResponse.FromString,
+        )
+        answers = [
+            infer(request, metadata=[("authorization", f"Bearer {front.token()}")], timeout=30) for _ in range(8)
+        ]
+        with pytest.raises(grpc.RpcError) as refused:
+            infer(request, metadata=[("authorization", f"Bearer {two.server(two.replicas[0]).token()}")], timeout=30)
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED  # a replica's own token is no use at the front
+    expected = front.predict("nw-sine", XS)[1]["predictions"]
+    for answer in answers:
+        (prediction,) = [o for o in answer.outputs if o.name == "prediction"]
+        assert agrees(list(prediction.contents.fp64_contents), expected)
+    after = {name: int(row["stot"]) for name, row in balancer.stats(two.balancer_dir, "fleet-grpc").items()}
+    assert all(after[name] > before[name] for name in after), (before, after)  # both replicas answered
 
 
 @pytest.mark.parametrize("header", [None, "Bearer wrong", "Basic {token}", "Bearer {replica}"])

@@ -57,6 +57,7 @@ class Replica:
     address: str  # host:port of its TorchServe inference listener
     maxconn: int  # requests in flight at once (its job queue); more wait at the balancer
     tls: bool = False  # off loopback: TLS, verified against the fleet's CA
+    grpc: str = ""  # host:port of its gRPC inference listener (the Open Inference Protocol), on loopback
 
 
 def error_body(error: str, detail: str) -> str:
@@ -72,8 +73,10 @@ def config_text(
     replicas: list[Replica],
     server_timeout_s: float,
     ca: Path | None = None,
+    grpc: str = "",
 ) -> str:
-    """haproxy.cfg for a fleet: `front` and `metrics` are host:port; `sockets` holds each replica's Unix socket."""
+    """haproxy.cfg for a fleet: `front`, `metrics` and `grpc` (the front door's gRPC listener, none if "") are
+    host:port; `sockets` holds each replica's Unix sockets."""
     unauthorized = error_body("unauthorized", "send the fleet's token: Authorization: Bearer <token>")
     lines = [
         "global",
@@ -99,10 +102,7 @@ def config_text(
         ),
         "frontend front",
         f"  bind {front}",
-        "  http-request del-header X-Replica-Token",
-        "  acl bearer req.hdr(authorization) -m beg 'Bearer '",
-        f"  acl known req.hdr(authorization),word(2,' '),map({folder / FRONT_MAP}) -m found",
-        f"  http-request return status 401 content-type application/json string {unauthorized} unless bearer known",
+        *token_check(folder, unauthorized),
         # A canary: a share of a model's unversioned predictions and explanations go to its canary version's route.
         "  acl unversioned path_reg ^/(predictions|explanations)/[^/]+$",
         "  acl has_model var(txn.model) -m found",
@@ -122,6 +122,7 @@ def config_text(
         "  http-check send meth GET uri /ping",
         "  http-check expect status 200",
         *(f"  server {r.name} unix@{sockets / r.name}.sock check {CHECK} maxconn {r.maxconn}" for r in replicas),
+        *grpc_front(folder, sockets, grpc, replicas, unauthorized),
         "frontend metrics",
         f"  bind {metrics}",
         "  http-request use-service prometheus-exporter if { path /metrics }",
@@ -142,7 +143,50 @@ def config_text(
             '  http-response set-status 503 if { status 500 } { res.body -m sub "Worker died" }',
             f"  server {r.name} {r.address}{tls}",
         ]
+        if grpc and r.grpc:  # its gRPC listener, reached the same way over HTTP/2 (h2c on loopback)
+            lines += [
+                f"frontend {r.name}-grpc",
+                f"  bind unix@{sockets / r.name}-grpc.sock mode 600 proto h2",
+                f"  default_backend {r.name}-grpc-replica",
+                f"backend {r.name}-grpc-replica",
+                "  retries 0",
+                f"  http-request set-header Authorization 'Bearer %[str({r.name}),map({folder / REPLICA_MAP})]'",
+                f"  server {r.name} {r.grpc} proto h2",
+            ]
     return "\n".join(lines) + "\n"
+
+
+def token_check(folder: Path, unauthorized: str) -> list[str]:
+    """A front door's lines that answer 401 to any request without the fleet's token."""
+    return [
+        "  acl bearer req.hdr(authorization) -m beg 'Bearer '",
+        f"  acl known req.hdr(authorization),word(2,' '),map({folder / FRONT_MAP}) -m found",
+        f"  http-request return status 401 content-type application/json string {unauthorized} unless bearer known",
+    ]
+
+
+def grpc_front(folder: Path, sockets: Path, grpc: str, replicas: list[Replica], unauthorized: str) -> list[str]:
+    """The gRPC front door (HTTP/2 without TLS, on loopback): the same token, each replica's own gRPC listener
+    behind it, in rotation exactly while its HTTP listener is (`track`). A gRPC call that failed on a replica is
+    retried only when no answer began (gRPC carries its errors in an HTTP 200)."""
+    if not grpc:
+        return []
+    return [
+        "frontend grpc",
+        f"  bind {grpc} proto h2",
+        *token_check(folder, unauthorized),
+        f"  default_backend {FLEET}-grpc",
+        f"backend {FLEET}-grpc",
+        "  balance leastconn",
+        "  option redispatch 1",
+        "  retries 3",
+        "  retry-on conn-failure empty-response response-timeout 401 502 503 504",
+        *(
+            f"  server {r.name} unix@{sockets / r.name}-grpc.sock proto h2 track {FLEET}/{r.name} maxconn {r.maxconn}"
+            for r in replicas
+            if r.grpc
+        ),
+    ]
 
 
 def socket_folder(folder: Path) -> Path:
@@ -172,6 +216,7 @@ def start(
     replica_tokens: dict[str, str],
     server_timeout_s: float = SERVER_TIMEOUT_S,
     ca: Path | None = None,
+    grpc: str = "",
 ) -> int:
     """Start HAProxy from `folder` (0700) and return its pid once the front door and the exporter listen."""
     binary = haproxy_binary()
@@ -181,7 +226,8 @@ def start(
         write_secret(folder / name, "")
     write_secret(folder / REPLICA_MAP, "".join(f"{name} {token}\n" for name, token in replica_tokens.items()))
     config = folder / CONFIG
-    write_secret(config, config_text(folder, socket_folder(folder), front, metrics, replicas, server_timeout_s, ca))
+    text = config_text(folder, socket_folder(folder), front, metrics, replicas, server_timeout_s, ca, grpc)
+    write_secret(config, text)
     checked = subprocess_check(binary, config)
     if checked:
         raise StartupError(f"HAProxy refused its configuration {config}: {checked}")
@@ -282,9 +328,10 @@ def set_state(folder: Path, name: str, state: str) -> None:
         raise BalancerError(f"HAProxy refused to set replica {name} {state}: {answer.strip()[:200]}")
 
 
-def stats(folder: Path) -> dict[str, dict[str, str]]:
-    """The fleet backend's servers, by name: HAProxy's `show stat` fields (status, scur, qcur, stot, wretr, ...)."""
+def stats(folder: Path, backend: str = FLEET) -> dict[str, dict[str, str]]:
+    """A backend's servers (the fleet's HTTP one by default; `fleet-grpc` the gRPC one), by name: HAProxy's
+    `show stat` fields (status, scur, qcur, stot, wretr, ...)."""
     text = command(folder, "show stat").lstrip("# ")
     rows = csv.DictReader(io.StringIO(text))
     totals = ("FRONTEND", "BACKEND")
-    return {row["svname"]: row for row in rows if row["pxname"] == FLEET and row["svname"] not in totals}
+    return {row["svname"]: row for row in rows if row["pxname"] == backend and row["svname"] not in totals}

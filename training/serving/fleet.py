@@ -32,6 +32,7 @@ from training.serving.torchserve import CA_FILE, Server, read_properties, server
 FLEET_FILE, FRONT_TOKEN, BALANCER, KEEPER_LOG = "fleet.json", "front-token", "balancer", "keeper.log"
 TLS, TLS_NAME = "tls", ".fleet"  # the fleet's CA and replicas' certificate; r1.fleet: the name the balancer verifies
 LISTENERS = 5  # each replica's ports: inference, management, metrics, gRPC inference, gRPC management
+GRPC_INFERENCE = 3  # the index of its gRPC inference port among them (`serve.free_ports`' order)
 
 
 @dataclass
@@ -40,6 +41,7 @@ class FleetReplica:
     run_dir: str
     address: str  # host:port of its inference listener
     tls: bool = False  # off loopback: its listeners speak TLS with a certificate of the fleet's CA
+    grpc: str = ""  # host:port of its gRPC inference listener (on loopback)
 
     @property
     def host(self) -> str:
@@ -53,6 +55,7 @@ class Fleet:
     metrics: str  # host:port of the balancer's Prometheus exporter
     replicas: list[FleetReplica]
     keeper_pid: int = 0
+    grpc: str = ""  # host:port of the front door's gRPC listener (the Open Inference Protocol)
 
     @property
     def balancer_dir(self) -> Path:
@@ -113,6 +116,7 @@ def start(
     keep: bool = True,
     timeout: float = 180,
     hosts: list[str] | None = None,
+    grpc_address: str | None = None,
 ) -> Fleet:
     """Start `replicas` TorchServe replicas over the archives in `model_store` (each verified, as `make serve`
     verifies them), HAProxy in front of them on `front_address` (config.properties' inference address by default)
@@ -127,7 +131,8 @@ def start(
     balancer.haproxy_binary()
     front_address = front_address or base_address("inference_address")
     metrics_address = metrics_address or base_address("metrics_address")
-    for address in (front_address, metrics_address):
+    grpc_address = grpc_address or f"{LOOPBACK}:{read_properties(serve.BASE_CONFIG)['grpc_inference_port']}"
+    for address in (front_address, metrics_address, grpc_address):
         if not on_loopback(address.rsplit(":", 1)[0]):
             raise ValueError(f"the fleet's front door and exporter listen on loopback, not {address}")
         if not port_is_free(int(address.rsplit(":", 1)[1])):
@@ -139,7 +144,7 @@ def start(
     names = [f"r{i + 1}" for i in range(replicas)]
     names_in_certificate = remote + [f"{name}{TLS_NAME}" for name in names]
     tls = ensure_certificates(run_dir / TLS, names_in_certificate, rsa_key=True) if remote else None
-    fleet = Fleet(str(run_dir), front_address, metrics_address, [])
+    fleet = Fleet(str(run_dir), front_address, metrics_address, [], grpc=grpc_address)
     try:
 
         def start_replica(i: int) -> Server:
@@ -157,9 +162,12 @@ def start(
         with ThreadPoolExecutor(replicas) as pool:
             servers = list(pool.map(start_replica, range(replicas)))
         fleet.replicas = [
-            FleetReplica(names[i], str(dirs[i]), s.inference_url.split("://")[-1], not on_loopback(hosts[i]))
+            FleetReplica(
+                names[i], str(dirs[i]), s.inference_url.split("://")[-1], not on_loopback(hosts[i]),
+                f"{LOOPBACK}:{ports[LISTENERS * i + GRPC_INFERENCE]}",
+            )
             for i, s in enumerate(servers)
-        ]
+        ]  # fmt: skip
         write(fleet)
         queue = int(read_properties(dirs[0] / "config.properties").get("job_queue_size", 100))
         token = secrets.token_urlsafe(32)
@@ -168,11 +176,12 @@ def start(
             fleet.balancer_dir,
             front_address,
             metrics_address,
-            [Replica(r.name, r.address, queue, r.tls) for r in fleet.replicas],
+            [Replica(r.name, r.address, queue, r.tls, r.grpc) for r in fleet.replicas],
             token,
             {r.name: s.token() for r, s in zip(fleet.replicas, servers)},
             server_timeout_s,
             tls.ca if tls else None,
+            grpc_address,
         )
         if keep:
             fleet.keeper_pid = start_keeper(run_dir)
@@ -259,7 +268,7 @@ def pid_file_text(path: Path) -> str:
 def print_usage(fleet: Fleet, names: list[str]) -> None:
     run_dir = Path(fleet.run_dir)
     print(f"a fleet of {len(fleet.replicas)} TorchServe replicas behind HAProxy is up: {', '.join(names)}")
-    print(f"  inference   http://{fleet.front}   balancer metrics http://{fleet.metrics}/metrics")
+    print(f"  inference   http://{fleet.front}   gRPC {fleet.grpc}   balancer metrics http://{fleet.metrics}/metrics")
     print(f"  token       {run_dir / FRONT_TOKEN} (secret; the one token clients send, whichever replica answers)")
     print("  token       .venv/bin/python -m training token --header-file   # writes .serve/auth-header (0600)")
     print("  status      make status        stop  make stop")
