@@ -268,6 +268,28 @@ def test_a_canary_takes_its_share_and_promote_rolls_it_into_every_replica(two, k
     assert str(serving_alias.version) == new
 
 
+def test_a_replica_restarted_during_a_canary_holds_the_canary_again_before_it_returns(two, kinds, prometheus):
+    (store, uri), (url, folder) = kinds, prometheus
+    run_dir, front, first = Path(two.run_dir), fleet.front(Path(two.run_dir)), two.replicas[0]
+    serving = history.versions(Path(first.run_dir), "nw-sine")[-1]
+    new = new_champion_version(uri, "nw-sine")
+    archive_champions("nw-sine", out_dir=store, tracking_uri=uri)
+    canary.start("nw-sine", 50, run_dir, store, uri, monitor_url=url, monitor_dir=folder, gate=FAST_GATE)
+    nw = [(path, body) for path, body in REQUESTS if path.endswith("/nw-sine")]
+    with SteadyLoad(front.inference_url, front.token(), nw, 16, watch="/predictions/nw-sine") as load:
+        faults.inject(two, faults.FAULTS[0], "nw-sine")  # its frontend killed; the keeper restarts it
+        assert faults.all_up(two)
+        time.sleep(1)
+    assert load.outcome.failed == 0, (load.outcome.statuses, load.outcome.failures)
+    registered = [str(v["modelVersion"]) for v in two.server(first).versions("nw-sine")]
+    assert sorted(registered) == sorted([serving, new])  # the canary's version registered on it again
+    ended = canary.abort("nw-sine", run_dir)  # by hand: every request to the serving version, the canary unregistered
+    assert ended.status == canary.ABORTED and ended.reason == "aborted on request"
+    assert {front.predict("nw-sine", XS)[1]["model"]["version"] for _ in range(30)} == {serving}
+    for replica in two.replicas:
+        assert [str(v["modelVersion"]) for v in two.server(replica).versions("nw-sine")] == [serving]
+
+
 def test_a_canary_failing_a_share_of_requests_is_aborted_by_the_gate(two, kinds, prometheus):
     (store, uri), (url, folder) = kinds, prometheus
     run_dir, front = Path(two.run_dir), fleet.front(Path(two.run_dir))

@@ -162,9 +162,13 @@ def drain(server: Server, name: str, versions: list[str], settle_seconds: float,
 
 def release_copy(data: bytes, run_dir: Path, name: str, version: str) -> str:
     """Write the verified archive to the server's store as releases/<name>-v<version>.mar and return its
-    file:// URL (inside `allowed_urls`)."""
-    target = private_store(run_dir) / RELEASES / f"{name}-v{version}.mar"
+    file:// URL (inside `allowed_urls`). TorchServe copies a registered URL into its store's top folder and refuses
+    a name already there; a copy left by a TorchServe that died with the version registered (a fleet's replica the
+    keeper restarted) would block registering the version again, so it goes first: nothing registers it now."""
+    store = private_store(run_dir)
+    target = store / RELEASES / f"{name}-v{version}.mar"
     target.write_bytes(data)
+    (store / target.name).unlink(missing_ok=True)
     return target.as_uri()
 
 

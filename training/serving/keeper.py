@@ -28,10 +28,11 @@ def keep(run_dir: Path, interval: float = 1.0) -> None:
     state = fleet.running(run_dir)
     log.info("keeping %d replicas of the fleet in %s", len(state.replicas), run_dir)
     gated: dict[str, float] = {}  # canary -> when the gate last looked at it
+    held: set[str] = set()  # replicas this keeper took out of rotation to restart, until they are whole again
     while True:
         for replica in state.replicas:
             try:
-                look_after(state, replica)
+                look_after(state, replica, held)
             except (ServingError, OSError, KeyError, ValueError) as error:
                 log.warning("%s: %s", replica.name, error)
         for running in canary.running_canaries(run_dir):
@@ -52,21 +53,24 @@ def gate(run_dir: Path, running: canary.Canary) -> None:
         log.warning("%s aborted: %s", label, reason)
 
 
-def look_after(state: fleet.Fleet, replica: fleet.FleetReplica) -> None:
+def look_after(state: fleet.Fleet, replica: fleet.FleetReplica, held: set[str]) -> None:
     run_dir = Path(replica.run_dir)
     if not serve.running_pid(run_dir):
         log.warning("%s: TorchServe is not running; restarting it", replica.name)
         started = time.monotonic()
         balancer.set_state(state.balancer_dir, replica.name, "maint")  # back only once it holds every canary too
+        held.add(replica.name)
         server = serve.restart(run_dir)
         balancer.set_replica_token(state.balancer_dir, replica.name, server.token())
+        log.info("%s: restarted in %.1f s", replica.name, time.monotonic() - started)
+    server = state.server(replica)
+    if replica.name in held:  # restarted: each running canary's version registered again, then back in rotation
         for running in canary.running_canaries(Path(state.run_dir)):
             canary.register_on(server, run_dir, running)
         balancer.set_state(state.balancer_dir, replica.name, "ready")
-        log.info("%s: restarted in %.1f s; back in rotation once its health check passes", replica.name,
-                 time.monotonic() - started)  # fmt: skip
+        held.discard(replica.name)
+        log.info("%s: back in rotation once its health check passes", replica.name)
         return
-    server = state.server(replica)
     expiry = server.token_expiry()
     if expiry is not None and expiry - datetime.now(UTC) < REFRESH_BEFORE:
         balancer.set_replica_token(state.balancer_dir, replica.name, server.refresh_token())
