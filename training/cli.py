@@ -229,10 +229,9 @@ def run_status(args) -> int:
         from training.serving import canary
 
         print("\n".join(fleet.status_lines(RUN_DIR)))
-        for name in sorted(p.stem.removeprefix("canary-") for p in RUN_DIR.glob("canary-*.json")):
-            state = canary.read(RUN_DIR, name)
+        for state in canary.canaries(RUN_DIR):
             share = f"{state.percent} % on version {state.version} beside {state.serving}"
-            print(f"  canary      {name}: {share}: {state.status}{f' ({state.reason})' if state.reason else ''}")
+            print(f"  canary      {state.name}: {share}: {state.status}{f' ({state.reason})' if state.reason else ''}")
         return 0
     server = running_server(RUN_DIR)
     print(f"one TorchServe in {RUN_DIR}: {server.health()} at {server.inference_url}")

@@ -301,9 +301,7 @@ def set_replica_token(folder: Path, name: str, token: str) -> None:
     answer = command(folder, f"set map {folder / REPLICA_MAP} {name} {token}")
     if answer.strip():
         raise BalancerError(f"HAProxy refused the token of replica {name}: {answer.strip()[:200]}")
-    tokens = dict(line.split(" ", 1) for line in (folder / REPLICA_MAP).read_text().splitlines() if " " in line)
-    tokens[name] = token
-    write_secret(folder / REPLICA_MAP, "".join(f"{n} {t}\n" for n, t in tokens.items()))
+    write_map(folder / REPLICA_MAP, read_map(folder / REPLICA_MAP) | {name: token})
 
 
 def set_canary(folder: Path, model: str, version: str | None, percent: int = 0) -> None:
@@ -315,10 +313,18 @@ def set_canary(folder: Path, model: str, version: str | None, percent: int = 0) 
             answer = command(folder, f"add map {path} {model} {value}")
             if answer.strip():
                 raise BalancerError(f"HAProxy refused the canary of {model}: {answer.strip()[:200]}")
-        entries = dict(line.split(" ", 1) for line in path.read_text().splitlines() if " " in line)
-        entries.pop(model, None)
-        entries.update({model: value} if version is not None else {})
-        write_secret(path, "".join(f"{k} {v}\n" for k, v in entries.items()))
+        entries = {k: v for k, v in read_map(path).items() if k != model}
+        write_map(path, entries | ({model: value} if version is not None else {}))
+
+
+def read_map(path: Path) -> dict[str, str]:
+    """A map file HAProxy reads at start: one `key value` per line."""
+    return dict(line.split(" ", 1) for line in path.read_text().splitlines() if " " in line)
+
+
+def write_map(path: Path, entries: dict[str, str]) -> None:
+    """A map file (0600), as the runtime API has just made the map in memory: what a restart of HAProxy reads."""
+    write_secret(path, "".join(f"{key} {value}\n" for key, value in entries.items()))
 
 
 def set_state(folder: Path, name: str, state: str) -> None:

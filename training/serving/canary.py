@@ -85,9 +85,14 @@ def write(run_dir: Path, canary: Canary) -> None:
     write_whole(state_path(run_dir, canary.name), json.dumps(asdict(canary), indent=1).encode())
 
 
+def canaries(run_dir: Path) -> list[Canary]:
+    """Every canary recorded in `run_dir`, running or ended, by model name."""
+    found = (read(run_dir, p.stem.removeprefix("canary-")) for p in sorted(Path(run_dir).glob("canary-*.json")))
+    return [c for c in found if c is not None]
+
+
 def running_canaries(run_dir: Path) -> list[Canary]:
-    found = (read(run_dir, p.stem.removeprefix("canary-")) for p in Path(run_dir).glob("canary-*.json"))
-    return [c for c in found if c is not None and c.status == RUNNING]
+    return [c for c in canaries(run_dir) if c.status == RUNNING]
 
 
 def start(
@@ -137,11 +142,8 @@ def promote(name: str, run_dir: Path = RUN_DIR, tracking_uri: str | None = None,
     fleet = running(run_dir)
 
     def step(replica):
-        replica_dir = Path(replica.run_dir)
-        data = verified_copy(replica_dir, name, canary.version, trust_unsigned)
-        after = history.after_rollout(history.versions(replica_dir, name), canary.version)
-        server = fleet.server(replica)
-        return fleet_rollout.roll(server, replica_dir, name, canary.version, data, after, 1.0, None, False)
+        data = verified_copy(Path(replica.run_dir), name, canary.version, trust_unsigned)
+        return fleet_rollout.forward(fleet, replica, name, canary.version, data)
 
     rollout = fleet_rollout.across(fleet, name, canary.version, step, tracking_uri, trust_unsigned)
     balancer.set_canary(fleet.balancer_dir, name, None)

@@ -47,9 +47,7 @@ def deploy(
     version = str(archive_info(data)["version"])
 
     def step(replica: FleetReplica) -> Rollout:
-        server, replica_dir = fleet.server(replica), Path(replica.run_dir)
-        after = history.after_rollout(history.versions(replica_dir, name) or served_versions(server, name), version)
-        return roll(server, replica_dir, name, version, data, after, drain_seconds, None, False)
+        return forward(fleet, replica, name, version, data, drain_seconds)
 
     rollout = across(fleet, name, version, step, tracking_uri, trust_unsigned)
     return replace(rollout, notes=notes)
@@ -70,6 +68,15 @@ def rollback(
         return roll(fleet.server(replica), Path(replica.run_dir), name, after[-1], data, after, 1.0, None, False)
 
     return across(fleet, name, after[-1], step, tracking_uri, trust_unsigned)
+
+
+def forward(
+    fleet: Fleet, replica: FleetReplica, name: str, version: str, data: bytes, drain_seconds: float = 1.0
+) -> Rollout:
+    """Roll `version` (its verified bytes) into one replica, its history extended (a deploy's step, a promotion's)."""
+    server, replica_dir = fleet.server(replica), Path(replica.run_dir)
+    after = history.after_rollout(history.versions(replica_dir, name) or served_versions(server, name), version)
+    return roll(server, replica_dir, name, version, data, after, drain_seconds, None, False)
 
 
 def across(
