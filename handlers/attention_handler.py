@@ -20,7 +20,6 @@ from handlers.contract import Limits, adapter_for, answer_batch
 from handlers.errors import WarmUpError
 from handlers.metrics import MetricsSink, batch_figures
 from handlers.oip import answer_any
-from handlers.oip_binary import header_length
 from handlers.oip_kinds import oip_kind
 from training.nn import load_checkpoint
 from training.nn.integrity import verified_checkpoint
@@ -81,8 +80,8 @@ class AttentionHandler(BaseHandler):
         explain = [context.get_request_header(i, "explain") == "True" for i in range(len(data))]
         # A body of OIP tensors ({"inputs": [...]}, POST /v2/models/<name>/infer) is answered in OIP form; with an
         # Inference-Header-Content-Length header, its JSON is followed by binary tensors (handlers/oip_binary.py).
-        lengths = [header_length(context.get_all_request_header(i)) for i in range(len(data))]
-        answers, explain = answer_any(bodies, explain, self.adapter, self.oip, self.limits, self.model_info, lengths)
+        headers = [context.get_all_request_header(i) for i in range(len(data))]
+        answers, explain = answer_any(bodies, explain, self.adapter, self.oip, self.limits, self.model_info, headers)
         if self.metrics:
             seconds = time.perf_counter() - started
             figures = batch_figures(answers, explain, self.model_info["version"], seconds, self.novelty_reference)

@@ -1,4 +1,5 @@
-"""What each batch did, as metrics an operator can watch: requests and instances by route and outcome, how full
+"""What each batch did, as metrics an operator can watch: requests and instances by route, outcome and protocol
+(`contract`: `/predictions` and `/explanations`; `oip`: the Open Inference Protocol), how full
 the batch was, the handler's time and the priced cost, and how unfamiliar the answered inputs were (novelty:
 each instance's score as a quantile of the scores of held-out data, counted by band; `training/nn/novelty.py`).
 They go out through TorchServe's metrics, and only those declared in the server's metrics configuration
@@ -21,8 +22,8 @@ BATCH_REQUESTS, HANDLER_MS, BATCH_MMAC = "attention_batch_requests", "attention_
 NOVELTY, BEYOND_RANGE = "attention_novelty_instances_total", "attention_beyond_training_range_total"
 # name -> (TorchServe's metric type, unit, dimensions besides the model's name and TorchServe's Level)
 DECLARED = {
-    REQUESTS: ("counter", "Count", ["model_version", "route", "outcome"]),
-    INSTANCES: ("counter", "Count", ["model_version", "route", "outcome"]),
+    REQUESTS: ("counter", "Count", ["model_version", "route", "outcome", "protocol"]),
+    INSTANCES: ("counter", "Count", ["model_version", "route", "outcome", "protocol"]),
     BATCH_REQUESTS: ("histogram", "Count", ["model_version"]),
     HANDLER_MS: ("histogram", "ms", ["model_version"]),
     BATCH_MMAC: ("histogram", "Count", ["model_version"]),
@@ -43,14 +44,14 @@ def batch_figures(
 ) -> list[Figure]:
     """The batch's figures: a count per (route, outcome), its fill, its time and its priced cost, and with a
     novelty reference the answered instances per novelty band and beyond the training range."""
-    counts: dict[tuple[str, str], list[int]] = {}
+    counts: dict[tuple[str, str, str], list[int]] = {}
     for answer, explained in zip(answers, explain):
-        key = ("explanations" if explained else "predictions", answer.outcome)
+        key = (answer.route or ("explanations" if explained else "predictions"), answer.outcome, answer.protocol)
         requests, instances = counts.setdefault(key, [0, 0])
         counts[key] = [requests + 1, instances + answer.instances]
     figures = []
-    for (route, outcome), (requests, instances) in sorted(counts.items()):
-        dimensions = {"model_version": version, "route": route, "outcome": outcome}
+    for (route, outcome, protocol), (requests, instances) in sorted(counts.items()):
+        dimensions = {"model_version": version, "route": route, "outcome": outcome, "protocol": protocol}
         figures += [Figure(REQUESTS, requests, dimensions), Figure(INSTANCES, instances, dimensions)]
     version_only = {"model_version": version}
     mmac = sum(a.mmac for a in answers if a.status == 200)

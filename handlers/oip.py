@@ -11,6 +11,11 @@ An OIP body is translated into the contract's `{"instances": [...]}` (each kind'
 and answered by `contract.answer_batch` like any other request: the same parsing, limits, pricing, batching and
 predictor; its answer is translated back into output tensors. Attention outputs are sent only when named.
 TorchServe routes `POST /v2/models/<name>/infer` to this worker with the body unchanged (docs/http-api.md).
+
+The protocol's routes TorchServe 0.12 lacks (`GET /v2/models/<name>[/versions/<v>]` metadata, its `/ready`, and
+`/versions/<v>/infer`) reach this worker through the front door (`training/serving/balancer.py`), rewritten to the
+infer route with two headers it alone sets: `X-OIP-Route` (`metadata` or `ready`) and `X-OIP-Version` (the version
+asked for, refused naming the served one when it is another).
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from typing import Any
 from .contract import answer_batch, decode_body, render
 from .errors import RequestError
 from .numbers import NUMBER_TYPES, preview
-from .oip_binary import binary_answer, binary_body, binary_outputs
+from .oip_binary import HEADER, binary_answer, binary_body, binary_outputs
 from .types import Adapter, Answer, Limits
 
 FLOATS = frozenset({"FP32", "FP64"})
@@ -96,6 +101,39 @@ def metadata(kind: OipKind, model_info: dict) -> dict:
         "inputs": [spec.metadata() for spec in kind.inputs],
         "outputs": [output.tensor.metadata() for output in kind.outputs],
     }
+
+
+ROUTE_HEADER, VERSION_HEADER = "X-OIP-Route", "X-OIP-Version"
+ROUTES = ("infer", "metadata", "ready")
+
+
+def header(headers: dict[str, Any] | None, name: str) -> str | None:
+    """A request header's value, whatever case the client or the front door wrote its name in."""
+    wanted = name.lower()
+    return next((v for k, v in (headers or {}).items() if type(v) is str and k.lower() == wanted), None)
+
+
+def routed(headers: dict[str, Any] | None, kind: OipKind, model_info: dict) -> Answer | None:
+    """The answer to a request the front door routed here (metadata, readiness, another version), or None for an
+    inference this worker should run."""
+    route, version = header(headers, ROUTE_HEADER), header(headers, VERSION_HEADER)
+    if route is None and version is None:
+        return None
+    if route not in (None, *ROUTES):
+        return oip_error(invalid(f"{ROUTE_HEADER} {route[:20]!r} is none of {', '.join(ROUTES)}"), model_info)
+    if version is not None and version != model_info["version"]:
+        served = model_info["version"]
+        detail = f"model '{model_info['name']}' version {version[:20]!r} is not served here; it serves version {served}"
+        return oip_error(invalid(detail), model_info)
+    if route == "metadata":
+        return protocol_answer(json.dumps(metadata(kind, model_info)), "metadata")
+    if route == "ready":
+        return protocol_answer(json.dumps({"name": model_info["name"], "ready": True}), "ready")
+    return None
+
+
+def protocol_answer(body: str, route: str) -> Answer:
+    return Answer(200, body, {}, protocol="oip", route=route)
 
 
 def is_oip(body: dict) -> bool:
@@ -257,6 +295,7 @@ def carried(oip: Answer, answer: Answer) -> Answer:
     """What the metrics read off the contract's answer, kept on its OIP form."""
     oip.instances, oip.mmac = answer.instances, answer.mmac
     oip.novelty, oip.beyond_range = answer.novelty, answer.beyond_range
+    oip.protocol = "oip"
     return oip
 
 
@@ -267,7 +306,7 @@ def frame(model_info: dict, request_id: str | None) -> dict:
 
 def oip_error(error: RequestError, model_info: dict, request_id: str | None = None) -> Answer:
     body = {"error": str(error)} | frame(model_info, request_id) | {"outputs": []}
-    return Answer(error.status, json.dumps(body), error.headers, outcome=error.error)
+    return Answer(error.status, json.dumps(body), error.headers, outcome=error.error, protocol="oip")
 
 
 def given_id(body: Any) -> str | None:
@@ -283,23 +322,29 @@ def answer_any(
     kind: OipKind,
     limits: Limits,
     model_info: dict,
-    header_lengths: list[str | None] | None = None,
+    headers: list[dict[str, Any]] | None = None,
 ) -> tuple[list[Answer], list[bool]]:
     """Contract and OIP requests of one batch answered together: (answers, whether each was explained).
-    A request's `Inference-Header-Content-Length` (in `header_lengths`) marks it binary OIP."""
+    A request's `Inference-Header-Content-Length` (in its `headers`) marks it binary OIP; the front door's
+    `X-OIP-*` headers route it (the module's docstring)."""
     requests: dict[int, OipRequest] = {}
     refused: dict[int, Answer] = {}
     contract_bodies, explained = list(bodies), list(explain)
     for i, raw in enumerate(bodies):
-        length = header_lengths[i] if header_lengths else None
+        given = headers[i] if headers else None
+        length = header(given, HEADER)
+        if (answer := routed(given, kind, model_info)) is not None:
+            refused[i] = answer  # answered without the model
+            continue
+        forced = header(given, ROUTE_HEADER) is not None or header(given, VERSION_HEADER) is not None
         try:
             body = decode_body(raw, limits) if length is None else binary_body(raw, length, limits)
         except RequestError as error:
-            if length is not None:
+            if length is not None or forced:
                 refused[i] = oip_error(error, model_info)
             continue  # else the contract answers it, in its own words
         contract_bodies[i] = body  # decoded once
-        if not is_oip(body):
+        if not (forced or is_oip(body)):
             continue
         try:
             requests[i] = parse_oip(body, kind)

@@ -45,12 +45,6 @@ def invalid(detail: str) -> RequestError:
     return RequestError("invalid inference request", detail)
 
 
-def header_length(headers: dict[str, Any]) -> str | None:
-    """The request's `Inference-Header-Content-Length`, whatever case the client wrote it in."""
-    wanted = HEADER.lower()
-    return next((v for k, v in headers.items() if type(v) is str and k.lower() == wanted), None)
-
-
 # request
 
 

@@ -77,6 +77,8 @@ class Answer:
     mmac: float = 0.0  # its priced cost, once parsed
     novelty: list[float | None] = field(default_factory=list)  # answered: its instances' novelty scores
     beyond_range: int = 0  # answered: its instances with an input beyond the training data's range
+    protocol: str = "contract"  # or "oip": the Open Inference Protocol (handlers/oip.py)
+    route: str = ""  # what the request asked besides a prediction or an explanation: "metadata", "ready"
 
 
 @dataclass

@@ -10,11 +10,14 @@ from collections import Counter
 from pathlib import Path
 
 import grpc
+import numpy as np
 import psutil
 import pytest
+import tritonclient.utils
 from champion_versions import new_champion_version
 from four_kinds import build_four_kinds
 from served_champions import SEQUENCES, XS
+from triton_clients import triton_http, triton_input
 from tritonclient.grpc import service_pb2
 
 from benchmarks import faults
@@ -44,6 +47,32 @@ REQUESTS = [  # every model kind, predictions, explanations and the Open Inferen
         ("/v2/models/s2s-dates/infer", OIP_TEXTS),
     ]
 ]
+INSTANCES = {"nw-sine": XS, "mha-adding": SEQUENCES, "s2s-dates": TEXTS, "pixel-digits": [IMAGE]}
+TENSORS = {"nw-sine": "features", "mha-adding": "sequences", "s2s-dates": "texts", "pixel-digits": "images"}
+
+
+def front_body(name):
+    """The instances of INSTANCES[name] as the model's OIP input tensors."""
+    if name == "mha-adding":
+        padded = [s + [[0.0, 0.0]] * (9 - len(s)) for s in SEQUENCES]
+        lengths = {"name": "lengths", "datatype": "INT64", "shape": [2], "data": [len(s) for s in SEQUENCES]}
+        return {"inputs": [oip_tensor("sequences", "FP32", padded), lengths]}
+    if name == "s2s-dates":
+        return OIP_TEXTS
+    return {"inputs": [oip_tensor(TENSORS[name], "FP32", [[x] for x in XS] if name == "nw-sine" else [IMAGE])]}
+
+
+def oip_tensor(name, datatype, nested):
+    array = np.array(nested)
+    return {"name": name, "datatype": datatype, "shape": list(array.shape), "data": array.flatten().tolist()}
+
+
+def front_inputs(name):
+    """front_body(name) as tritonclient's tensors, sent in binary."""
+    types = {"FP32": np.float32, "INT64": np.int64, "BYTES": object}
+    tensors = front_body(name)["inputs"]
+    arrays = [np.array(t["data"], dtype=types[t["datatype"]]).reshape(t["shape"]) for t in tensors]
+    return [triton_input(t["name"], t["datatype"], array, True) for t, array in zip(tensors, arrays)]
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +121,32 @@ def test_a_replica_on_another_host_speaks_tls_verified_against_the_fleets_ca(two
     config = (two.balancer_dir / balancer.CONFIG).read_text()
     assert f"server {remote.name} {remote.address} ssl verify required" in config
     assert f"verifyhost {remote.name}.fleet" in config
+
+
+@pytest.mark.parametrize("name", ["nw-sine", "mha-adding", "s2s-dates", "pixel-digits"])
+def test_the_front_door_answers_every_oip_rest_route_torchserve_lacks(two, name):
+    """Model metadata, per-model readiness and the versioned infer route (TorchServe 0.12: 404 and 501) answered
+    at the front door by the model's handler, as tritonclient asks for them."""
+    front = fleet.front(Path(two.run_dir))
+    client, headers = triton_http(front)
+    version = front.request("POST", f"{front.inference_url}/v2/models/{name}", b"", token=front.token())
+    served = front.predict(name, INSTANCES[name])[1]["model"]["version"]
+    assert client.is_model_ready(name, headers=headers) and client.is_model_ready(name, served, headers=headers)
+    metadata = client.get_model_metadata(name, headers=headers)
+    assert metadata == client.get_model_metadata(name, served, headers=headers)
+    assert (metadata["name"], metadata["versions"]) == (name, [served])
+    assert {t["name"] for t in metadata["inputs"]} >= {TENSORS[name]}
+    plain = client.infer(name, front_inputs(name), headers=headers).get_response()
+    pinned = client.infer(name, front_inputs(name), model_version=served, headers=headers).get_response()
+    assert pinned["outputs"] == plain["outputs"] and pinned["model_version"] == served
+    with pytest.raises(tritonclient.utils.InferenceServerException) as refused:
+        client.infer(name, front_inputs(name), model_version="999", headers=headers)
+    assert refused.value.status() == "400" and f"it serves version {served}" in str(refused.value)
+    assert version[0] == 404  # a POST to the metadata route is no OIP call: TorchServe's own 404
+    # a client's own routing header is dropped at the front door: an inference is answered, not metadata
+    url = f"{front.inference_url}/v2/models/{name}/infer"
+    status, body, _ = front.request("POST", url, front_body(name), front.token(), headers={"X-OIP-Route": "metadata"})
+    assert status == 200 and body["outputs"], body
 
 
 def test_grpc_calls_go_through_the_front_door_with_the_fleets_token_to_every_replica(two):

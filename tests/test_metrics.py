@@ -36,8 +36,8 @@ def test_a_batch_is_counted_by_route_and_outcome_with_its_fill_time_and_cost():
         (f.name, tuple(sorted(f.dimensions.items()))): f.value for f in batch_figures(answers, explain, "7", 0.012)
     }
 
-    def count(name, route, outcome):
-        return figures[(name, (("model_version", "7"), ("outcome", outcome), ("route", route)))]
+    def count(name, route, outcome, protocol="contract"):
+        return figures[(name, (("model_version", "7"), ("outcome", outcome), ("protocol", protocol), ("route", route)))]
 
     assert count(REQUESTS, "predictions", "answered") == 2 and count(INSTANCES, "predictions", "answered") == 3
     assert count(REQUESTS, "predictions", "invalid instance") == 1
@@ -57,3 +57,27 @@ def test_a_failure_to_measure_is_logged_once_and_never_reaches_the_answer(caplog
     sink.emit(Broken(), figures)
     sink.emit(Broken(), figures)
     assert sink.failed and sum("metrics backend gone" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_open_inference_protocol_requests_are_counted_apart_with_their_own_routes():
+    from handlers.oip import answer_any
+    from handlers.oip_kinds import oip_kind
+
+    limits = Limits()
+    adapter = adapter_for(nw_model(), limits)
+    oip = {"inputs": [{"name": "features", "datatype": "FP32", "shape": [2, 1], "data": [1.0, 2.0]}]}
+    bodies = [{"instances": [1.0]}, oip, {}, {"inputs": []}]
+    headers = [{}, {}, {"X-OIP-Route": "metadata"}, {}]
+    raw = [json.dumps(b).encode() for b in bodies]
+    answers, explain = answer_any(raw, [False] * 4, adapter, oip_kind(adapter), limits, INFO, headers)
+    figures = {
+        (f.name, tuple(sorted(f.dimensions.items()))): f.value for f in batch_figures(answers, explain, "7", 0.01)
+    }
+
+    def count(route, outcome, protocol):
+        dimensions = (("model_version", "7"), ("outcome", outcome), ("protocol", protocol), ("route", route))
+        return figures.get((REQUESTS, dimensions))
+
+    assert count("predictions", "answered", "contract") == 1 and count("predictions", "answered", "oip") == 1
+    assert count("metadata", "answered", "oip") == 1
+    assert count("predictions", "invalid inference request", "oip") == 1

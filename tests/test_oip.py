@@ -214,3 +214,50 @@ def test_make_serve_turns_the_protocol_on_with_grpc_on_loopback_and_free_ports(t
     assert properties["disable_token_authorization"] == "false"
     assert properties["grpc_inference_address"] == properties["grpc_management_address"] == "127.0.0.1"
     assert properties["grpc_inference_port"] == str(ports["grpc_inference_port"])
+
+
+def ask_routed(adapter, oip, requests):
+    """`requests`: (body, headers the front door set) per request of one batch."""
+    raw = [json.dumps(body).encode() for body, _ in requests]
+    answers, _ = answer_any(raw, [False] * len(raw), adapter, oip, adapter.limits, INFO, [h for _, h in requests])
+    return answers
+
+
+def test_the_front_doors_routes_answer_metadata_readiness_and_the_served_version_beside_a_batchs_predictions():
+    adapter, oip, instances = served("nw-regression")
+    body = oip_body("nw-regression", instances)
+    answers = ask_routed(
+        adapter,
+        oip,
+        [
+            ({}, {"x-oip-route": "metadata"}),  # the front door's GET carries no body
+            ({}, {"X-OIP-Route": "ready", "X-OIP-Version": INFO["version"]}),
+            (body, {"X-OIP-Version": INFO["version"]}),
+            ({"instances": instances}, {}),
+        ],
+    )
+    assert [a.status for a in answers] == [200, 200, 200, 200]
+    assert json.loads(answers[0].body) == metadata(oip, INFO)
+    assert json.loads(answers[1].body) == {"name": INFO["name"], "ready": True}
+    assert outputs(json.loads(answers[2].body))["prediction"]["shape"] == [5]
+    assert "predictions" in json.loads(answers[3].body)
+    kinds = [(a.protocol, a.route) for a in answers]
+    assert kinds == [("oip", "metadata"), ("oip", "ready"), ("oip", ""), ("contract", "")]
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "named"),
+    [
+        ("oip", {"X-OIP-Version": "9"}, "version '9' is not served here; it serves version 1"),
+        (None, {"X-OIP-Route": "metadata", "X-OIP-Version": "0"}, "version '0' is not served here"),
+        ("oip", {"X-OIP-Route": "delete"}, "X-OIP-Route 'delete' is none of infer, metadata, ready"),
+        ("contract", {"X-OIP-Version": "1"}, '"inputs" must be a non-empty list'),
+    ],
+)
+def test_a_routed_request_for_another_version_or_route_is_refused_the_protocols_way(body, headers, named):
+    adapter, oip, instances = served("nw-regression")
+    given = {"oip": oip_body("nw-regression", instances), "contract": {"instances": instances}, None: {}}[body]
+    (answer,) = ask_routed(adapter, oip, [(given, headers)])
+    refusal = json.loads(answer.body)
+    assert answer.status == 400 and named in refusal["error"], refusal
+    assert refusal["model_name"] == INFO["name"] and refusal["outputs"] == [] and answer.protocol == "oip"

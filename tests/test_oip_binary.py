@@ -39,8 +39,9 @@ def as_binary(body, names=None, extra=b""):
 
 def ask(adapter, kind, requests):
     """`requests`: (body bytes, header length or None) per request of one batch."""
-    bodies, lengths = [raw for raw, _ in requests], [length for _, length in requests]
-    answers, _ = answer_any(bodies, [False] * len(bodies), adapter, kind, adapter.limits, INFO, lengths)
+    bodies = [raw for raw, _ in requests]
+    headers = [{} if length is None else {HEADER: length} for _, length in requests]
+    answers, _ = answer_any(bodies, [False] * len(bodies), adapter, kind, adapter.limits, INFO, headers)
     return answers
 
 

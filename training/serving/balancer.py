@@ -103,6 +103,7 @@ def config_text(
         "frontend front",
         f"  bind {front}",
         *token_check(folder, unauthorized),
+        *oip_routes(),
         # A canary: a share of a model's unversioned predictions and explanations go to its canary version's route.
         "  acl unversioned path_reg ^/(predictions|explanations)/[^/]+$",
         "  acl has_model var(txn.model) -m found",
@@ -162,6 +163,29 @@ def token_check(folder: Path, unauthorized: str) -> list[str]:
         "  acl bearer req.hdr(authorization) -m beg 'Bearer '",
         f"  acl known req.hdr(authorization),word(2,' '),map({folder / FRONT_MAP}) -m found",
         f"  http-request return status 401 content-type application/json string {unauthorized} unless bearer known",
+    ]
+
+
+def oip_routes() -> list[str]:
+    """The Open Inference Protocol's REST routes TorchServe 0.12 lacks, rewritten to the model's infer route with
+    headers its handler answers (`handlers/oip.py`): `GET /v2/models/<n>[/versions/<v>]` (metadata), its `/ready`, and
+    `/v2/models/<n>/versions/<v>/infer` (the served version, or a refusal naming it). A client's own `X-OIP-*`
+    headers are dropped: only the front door sets them."""
+    model = "^/v2/models/[^/]+"
+    return [
+        "  http-request del-header X-OIP-Route",
+        "  http-request del-header X-OIP-Version",
+        f"  acl oip_metadata path_reg {model}(/versions/[^/]+)?$",
+        f"  acl oip_ready path_reg {model}(/versions/[^/]+)?/ready$",
+        f"  acl oip_version path_reg {model}/versions/[^/]+(/infer|/ready)?$",
+        f"  acl oip_versioned_infer path_reg {model}/versions/[^/]+/infer$",
+        "  acl oip_get var(txn.oip_get) -m found",
+        "  http-request set-var(txn.oip_get) bool(1) if METH_GET oip_metadata or METH_GET oip_ready",
+        "  http-request set-header X-OIP-Version %[path,field(6,/)] if oip_version oip_get or oip_versioned_infer",
+        "  http-request set-header X-OIP-Route metadata if oip_get oip_metadata",
+        "  http-request set-header X-OIP-Route ready if oip_get oip_ready",
+        "  http-request set-method POST if oip_get",
+        "  http-request set-path /v2/models/%[path,field(4,/)]/infer if oip_get or oip_versioned_infer",
     ]
 
 

@@ -65,11 +65,17 @@ class Server:
     # requests
 
     def request(
-        self, method: str, url: str, body: dict | bytes | None = None, token: str | None = None, timeout: float = 30
+        self,
+        method: str,
+        url: str,
+        body: dict | bytes | None = None,
+        token: str | None = None,
+        timeout: float = 30,
+        headers: dict[str, str] | None = None,
     ) -> tuple[int, dict | list | str, dict]:
         """(status, JSON or text body, headers); HTTP errors are returned, not raised."""
         data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
-        headers = {"Content-Type": "application/json"} if data is not None else {}
+        headers = ({"Content-Type": "application/json"} if data is not None else {}) | (headers or {})
         if token:
             headers["Authorization"] = f"Bearer {token}"
         req = urllib.request.Request(url, data=data, method=method, headers=headers)
