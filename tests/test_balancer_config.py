@@ -10,8 +10,8 @@ from training.serving import balancer
 from training.serving.balancer import Replica
 
 REPLICAS = [
-    Replica("r1", "127.0.0.1:18080", 1000, grpc="127.0.0.1:17070"),
-    Replica("r2", "10.0.0.2:18080", 500, tls=True, grpc="127.0.0.1:27070"),
+    Replica("r1", "127.0.0.1:18080", 1000),
+    Replica("r2", "10.0.0.2:18080", 500, tls=True),
 ]
 
 
@@ -22,9 +22,7 @@ def config(tmp_path):
     (tmp_path / balancer.CANARY_MAP).write_text("nw-sine 2\n")
     (tmp_path / balancer.SHARE_MAP).write_text("nw-sine 10\n")
     ca = ensure_certificates(tmp_path / "tls", ["10.0.0.2"]).ca
-    text = balancer.config_text(
-        tmp_path, tmp_path, "127.0.0.1:18999", "127.0.0.1:18998", REPLICAS, 10, ca=ca, grpc="127.0.0.1:18997"
-    )
+    text = balancer.config_text(tmp_path, tmp_path, "127.0.0.1:18999", "127.0.0.1:18998", REPLICAS, 10, ca=ca)
     (tmp_path / balancer.CONFIG).write_text(text)
     return tmp_path / balancer.CONFIG, text
 
@@ -56,19 +54,6 @@ def test_each_replica_gets_its_own_token_limit_and_retries_go_elsewhere(config):
         assert f"str({replica.name}),map(" in backend and "set-status 503 if { status 507 }" in backend
     assert "ssl verify required" in text.split("\nbackend r2-replica\n")[1]  # off loopback: TLS, verified
     assert "ssl" not in text.split("\nbackend r1-replica\n")[1].split("\nfrontend")[0]
-
-
-def test_grpc_has_a_front_door_of_its_own_with_the_same_token_and_follows_the_http_health_checks(config):
-    _, text = config
-    front = text.split("\nfrontend grpc\n")[1].split("\nbackend")[0]
-    assert "bind 127.0.0.1:18997 proto h2" in front and f"map({balancer.FRONT_MAP})" not in front
-    assert "http-request return status 401" in front and "front.map) -m found" in front
-    for replica in REPLICAS:
-        assert re.search(
-            rf"server {replica.name} unix@\S+/{replica.name}-grpc\.sock proto h2 track fleet/{replica.name}", text
-        )
-        backend = text.split(f"\nbackend {replica.name}-grpc-replica\n")[1].split("\nfrontend")[0]
-        assert f"str({replica.name}),map(" in backend and f"server {replica.name} {replica.grpc} proto h2" in backend
 
 
 def test_no_secret_is_written_into_the_configuration(config):

@@ -9,16 +9,15 @@ import urllib.request
 from collections import Counter
 from pathlib import Path
 
-import grpc
 import numpy as np
 import psutil
 import pytest
+import tritonclient.grpc
 import tritonclient.utils
 from champion_versions import new_champion_version
 from four_kinds import build_four_kinds
 from served_champions import SEQUENCES, XS
-from triton_clients import triton_http, triton_input
-from tritonclient.grpc import service_pb2
+from triton_clients import as_triton_inputs, triton_grpc, triton_http
 
 from benchmarks import faults
 from benchmarks.steady_load import SteadyLoad
@@ -27,7 +26,6 @@ from training.infra.processes import free_ports, pid_alive, wait_until
 from training.serving import balancer, canary, fleet, fleet_rollout, history, monitor
 from training.serving.archive import MODEL_CONFIG, archive_champions
 from training.serving.errors import AlreadyRunningError, ManagementError, StartupError
-from training.serving.torchserve import OIP_GRPC_SERVICE
 from training.tracking import mlflow_store, registry
 
 pytestmark = pytest.mark.e2e
@@ -65,14 +63,6 @@ def front_body(name):
 def oip_tensor(name, datatype, nested):
     array = np.array(nested)
     return {"name": name, "datatype": datatype, "shape": list(array.shape), "data": array.flatten().tolist()}
-
-
-def front_inputs(name):
-    """front_body(name) as tritonclient's tensors, sent in binary."""
-    types = {"FP32": np.float32, "INT64": np.int64, "BYTES": object}
-    tensors = front_body(name)["inputs"]
-    arrays = [np.array(t["data"], dtype=types[t["datatype"]]).reshape(t["shape"]) for t in tensors]
-    return [triton_input(t["name"], t["datatype"], array, True) for t, array in zip(tensors, arrays)]
 
 
 @pytest.fixture(scope="module")
@@ -136,11 +126,13 @@ def test_the_front_door_answers_every_oip_rest_route_torchserve_lacks(two, name)
     assert metadata == client.get_model_metadata(name, served, headers=headers)
     assert (metadata["name"], metadata["versions"]) == (name, [served])
     assert {t["name"] for t in metadata["inputs"]} >= {TENSORS[name]}
-    plain = client.infer(name, front_inputs(name), headers=headers).get_response()
-    pinned = client.infer(name, front_inputs(name), model_version=served, headers=headers).get_response()
+    plain = client.infer(name, as_triton_inputs(front_body(name)), headers=headers).get_response()
+    pinned = client.infer(
+        name, as_triton_inputs(front_body(name)), model_version=served, headers=headers
+    ).get_response()
     assert pinned["outputs"] == plain["outputs"] and pinned["model_version"] == served
     with pytest.raises(tritonclient.utils.InferenceServerException) as refused:
-        client.infer(name, front_inputs(name), model_version="999", headers=headers)
+        client.infer(name, as_triton_inputs(front_body(name)), model_version="999", headers=headers)
     assert refused.value.status() == "400" and f"it serves version {served}" in str(refused.value)
     assert version[0] == 404  # a POST to the metadata route is no OIP call: TorchServe's own 404
     # a client's own routing header is dropped at the front door: an inference is answered, not metadata
@@ -149,32 +141,41 @@ def test_the_front_door_answers_every_oip_rest_route_torchserve_lacks(two, name)
     assert status == 200 and body["outputs"], body
 
 
-def test_grpc_calls_go_through_the_front_door_with_the_fleets_token_to_every_replica(two):
-    """The Open Inference Protocol's gRPC (TorchServe's renamed service, typed contents) at the fleet's gRPC
-    address: the fleet's token in, each replica's own token out, answers as /predictions answers."""
+ATTENTION = {"nw-sine": "attention", "mha-adding": "pooling_weights", "s2s-dates": "alignment"}
+ATTENTION["pixel-digits"] = "pixel_attention"
+
+
+def test_tritonclient_grpc_calls_the_fleets_grpc_service_for_every_kind_through_the_front_door(two):
+    """The Open Inference Protocol's own gRPC service at the fleet's gRPC address (tritonclient, raw contents): the
+    fleet's token in, each replica's own token out; every call answered, the numbers /predictions gives."""
     front = fleet.front(Path(two.run_dir))
-    features = service_pb2.ModelInferRequest.InferInputTensor(name="features", datatype="FP32", shape=[3, 1])
-    features.contents.fp32_contents.extend(XS)
-    request = service_pb2.ModelInferRequest(model_name="nw-sine", inputs=[features])
-    before = {name: int(row["stot"]) for name, row in balancer.stats(two.balancer_dir, "fleet-grpc").items()}
-    with grpc.insecure_channel(two.grpc) as channel:
-        infer = channel.unary_unary(
-            f"{OIP_GRPC_SERVICE}/ModelInfer",
-            request_serializer=service_pb2.ModelInferRequest.SerializeToString,
-            response_deserializer=service_pb2.ModelInferResponse.FromString,
-        )
-        answers = [
-            infer(request, metadata=[("authorization", f"Bearer {front.token()}")], timeout=30) for _ in range(8)
-        ]
-        with pytest.raises(grpc.RpcError) as refused:
-            infer(request, metadata=[("authorization", f"Bearer {two.server(two.replicas[0]).token()}")], timeout=30)
-    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED  # a replica's own token is no use at the front
-    expected = front.predict("nw-sine", XS)[1]["predictions"]
-    for answer in answers:
-        (prediction,) = [o for o in answer.outputs if o.name == "prediction"]
-        assert agrees(list(prediction.contents.fp64_contents), expected)
-    after = {name: int(row["stot"]) for name, row in balancer.stats(two.balancer_dir, "fleet-grpc").items()}
+    client, headers = triton_grpc(front)
+    assert client.is_server_live(headers=headers) and client.is_server_ready(headers=headers)
+    before = {name: int(row["stot"]) for name, row in balancer.stats(two.balancer_dir).items()}
+    for name in INSTANCES:
+        served = front.predict(name, INSTANCES[name])[1]
+        assert client.is_model_ready(name, served["model"]["version"], headers=headers), name
+        metadata = client.get_model_metadata(name, headers=headers, as_json=True)
+        assert metadata["versions"] == [served["model"]["version"]] and metadata["inputs"], name
+        outputs = [tritonclient.grpc.InferRequestedOutput(o) for o in ("prediction", ATTENTION[name])]
+        if name == "pixel-digits":
+            outputs[0] = tritonclient.grpc.InferRequestedOutput("label")
+        for _ in range(3):
+            result = client.infer(name, as_triton_inputs(front_body(name), tritonclient.grpc), outputs=outputs,
+                                  headers=headers, model_version=served["model"]["version"])  # fmt: skip
+            assert result.as_numpy(ATTENTION[name]).shape[0] == len(INSTANCES[name]), name
+        got = result.as_numpy(outputs[0].name()).tolist()
+        expected = [p["label"] for p in served["predictions"]] if name == "pixel-digits" else served["predictions"]
+        if name == "s2s-dates":
+            assert [g.decode() for g in got] == expected
+        else:
+            assert agrees(got, expected), name
+    after = {name: int(row["stot"]) for name, row in balancer.stats(two.balancer_dir).items()}
     assert all(after[name] > before[name] for name in after), (before, after)  # both replicas answered
+    replica = {"authorization": f"Bearer {two.server(two.replicas[0]).token()}"}
+    with pytest.raises(tritonclient.utils.InferenceServerException) as refused:
+        client.infer("nw-sine", as_triton_inputs(front_body("nw-sine"), tritonclient.grpc), headers=replica)
+    assert refused.value.status() == "StatusCode.UNAUTHENTICATED"  # a replica's own token is no use at the front
 
 
 @pytest.mark.parametrize("header", [None, "Bearer wrong", "Basic {token}", "Bearer {replica}"])

@@ -8,7 +8,7 @@ import tritonclient.grpc
 import tritonclient.utils
 from documented import check_documented_curls
 from served_champions import SEQUENCES, XS
-from triton_clients import triton_http, triton_input, triton_outputs
+from triton_clients import triton_grpc, triton_http, triton_input, triton_outputs
 from tritonclient.grpc import service_pb2
 
 from handlers.contract import agrees
@@ -46,14 +46,26 @@ def test_the_open_inference_protocol_answers_as_predictions_do(served_champions)
     assert server.request("GET", f"{url}/health/ready")[0] != 200  # behind the same token
 
 
-def triton_inputs(name, binary):
-    """The instances of `name`'s /predictions reference as tritonclient tensors."""
+def reference_tensors(name):
+    """The instances of `name`'s /predictions reference as (tensor name, datatype, array)."""
     if name == "nw-sine":
-        return [triton_input("features", "FP32", np.array(XS, dtype=np.float32).reshape(-1, 1), binary)]
+        return [("features", "FP32", np.array(XS, dtype=np.float32).reshape(-1, 1))]
     padded = [sequence + [[0.0, 0.0]] * (9 - len(sequence)) for sequence in SEQUENCES]
     lengths = np.array([len(s) for s in SEQUENCES], dtype=np.int64)
-    sequences = triton_input("sequences", "FP32", np.array(padded, dtype=np.float32), binary)
-    return [sequences, triton_input("lengths", "INT64", lengths, binary)]
+    return [("sequences", "FP32", np.array(padded, dtype=np.float32)), ("lengths", "INT64", lengths)]
+
+
+def triton_inputs(name, binary):
+    """The reference instances as tritonclient's HTTP tensors."""
+    return [triton_input(*tensor, binary) for tensor in reference_tensors(name)]
+
+
+def grpc_inputs(name):
+    """The reference instances as tritonclient's gRPC tensors (raw contents)."""
+    return [
+        tritonclient.grpc.InferInput(tensor, list(array.shape), datatype).set_data_from_numpy(array)
+        for tensor, datatype, array in reference_tensors(name)
+    ]
 
 
 @pytest.mark.parametrize("binary", [True, False])
@@ -113,10 +125,74 @@ def test_tritonclient_http_calls_torchserve_has_no_route_for(served_champions):
     assert error.value.status() == "501"
 
 
-def test_tritonclient_grpc_finds_no_service_and_the_renamed_one_answers_its_messages(served_champions):
-    """tritonclient's gRPC client calls `inference.GRPCInferenceService`, which TorchServe 0.12 does not serve
-    (UNIMPLEMENTED for every call). Its messages, sent to TorchServe's renamed service with typed contents (its
-    `infer` sends raw_input_contents, which TorchServe drops), are answered: the same numbers as /predictions."""
+def test_tritonclient_grpc_gets_every_call_of_the_protocols_service_answered(served_champions):
+    """The protocol's own gRPC service (`inference.GRPCInferenceService` on `oip_grpc_port`, in front of the REST
+    side): live, ready, server and model metadata, model readiness, infer binary (raw contents) with attention,
+    the served version by name; the numbers /predictions gives."""
+    server, _ = served_champions
+    client, headers = triton_grpc(server)
+    assert client.is_server_live(headers=headers) and client.is_server_ready(headers=headers)
+    assert client.get_server_metadata(headers=headers, as_json=True)["version"] == "0.12.0"
+    attention = {"nw-sine": "attention", "mha-adding": "pooling_weights"}
+    for name, instances in (("nw-sine", XS), ("mha-adding", SEQUENCES)):
+        served = server.predict(name, instances)[1]
+        version = served["model"]["version"]
+        assert client.is_model_ready(name, headers=headers) and client.is_model_ready(name, version, headers=headers)
+        metadata = client.get_model_metadata(name, version, headers=headers, as_json=True)
+        assert (metadata["name"], metadata["versions"]) == (name, [version])
+        inputs = grpc_inputs(name)
+        outputs = [tritonclient.grpc.InferRequestedOutput(o) for o in ("prediction", attention[name])]
+        result = client.infer(name, inputs, outputs=outputs, model_version=version, headers=headers, request_id="q")
+        assert agrees(result.as_numpy("prediction").tolist(), served["predictions"]), name
+        assert np.allclose(result.as_numpy(attention[name]).sum(axis=1), 1.0, atol=1e-5), name
+        assert result.get_response().id == "q"
+        plain = client.infer(name, inputs, headers=headers).get_response()  # every prediction output
+        assert [o.name for o in plain.outputs] == ["prediction"]
+
+
+@pytest.mark.parametrize(
+    ("call", "code", "named"),
+    [
+        ("wrong datatype", "INVALID_ARGUMENT", "input 'features' has datatype \"BYTES\""),
+        ("unknown output", "INVALID_ARGUMENT", 'unknown output "weights"'),
+        ("another version", "INVALID_ARGUMENT", "it serves version"),
+        ("unknown model", "NOT_FOUND", "nw-nothing"),
+        ("too many instances", "RESOURCE_EXHAUSTED", "instances"),
+        ("no token", "UNAUTHENTICATED", "Token Authorization failed"),
+    ],
+)
+def test_a_bad_grpc_call_gets_the_protocols_status_naming_the_problem_and_costs_no_worker(
+    served_champions, call, code, named
+):
+    server, _ = served_champions
+    client, headers = triton_grpc(server)
+    workers = [w["pid"] for w in server.workers("nw-sine")]
+    values, datatype, model, version, output = np.array([[0.5]], dtype=np.float32), "FP32", "nw-sine", "", "prediction"
+    if call == "wrong datatype":
+        values, datatype = np.array([[b"x"]], dtype=object), "BYTES"
+    elif call == "unknown output":
+        output = "weights"
+    elif call == "another version":
+        version = "999"
+    elif call == "unknown model":
+        model = "nw-nothing"
+    elif call == "too many instances":
+        values = np.zeros((200_000, 1), dtype=np.float32)
+    elif call == "no token":
+        headers = {}
+    tensor = tritonclient.grpc.InferInput("features", list(values.shape), datatype).set_data_from_numpy(values)
+    outputs = [tritonclient.grpc.InferRequestedOutput(output)]
+    with pytest.raises(tritonclient.utils.InferenceServerException) as error:
+        client.infer(model, [tensor], outputs=outputs, model_version=version, headers=headers)
+    assert error.value.status() == f"StatusCode.{code}" and named in error.value.message(), error.value
+    assert [w["pid"] for w in server.workers("nw-sine")] == workers
+
+
+def test_torchserves_own_grpc_service_answers_its_messages_and_a_refusal_costs_no_worker(served_champions):
+    """TorchServe's own gRPC listener (loopback, unused by `make serve`'s clients) does not serve the protocol's
+    `inference.GRPCInferenceService` (UNIMPLEMENTED for every call). Its messages, sent to TorchServe's renamed
+    service with typed contents (tritonclient's `infer` sends raw_input_contents, which TorchServe drops), are
+    answered: the same numbers as /predictions."""
     server, _ = served_champions
     address = f"127.0.0.1:{read_properties(server.run_dir / 'config.properties')['grpc_inference_port']}"
     metadata = {"authorization": f"Bearer {server.token()}"}

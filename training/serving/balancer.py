@@ -57,7 +57,6 @@ class Replica:
     address: str  # host:port of its TorchServe inference listener
     maxconn: int  # requests in flight at once (its job queue); more wait at the balancer
     tls: bool = False  # off loopback: TLS, verified against the fleet's CA
-    grpc: str = ""  # host:port of its gRPC inference listener (the Open Inference Protocol), on loopback
 
 
 def error_body(error: str, detail: str) -> str:
@@ -73,10 +72,8 @@ def config_text(
     replicas: list[Replica],
     server_timeout_s: float,
     ca: Path | None = None,
-    grpc: str = "",
 ) -> str:
-    """haproxy.cfg for a fleet: `front`, `metrics` and `grpc` (the front door's gRPC listener, none if "") are
-    host:port; `sockets` holds each replica's Unix sockets."""
+    """haproxy.cfg for a fleet: `front` and `metrics` are host:port; `sockets` holds each replica's Unix sockets."""
     unauthorized = error_body("unauthorized", "send the fleet's token: Authorization: Bearer <token>")
     lines = [
         "global",
@@ -123,7 +120,6 @@ def config_text(
         "  http-check send meth GET uri /ping",
         "  http-check expect status 200",
         *(f"  server {r.name} unix@{sockets / r.name}.sock check {CHECK} maxconn {r.maxconn}" for r in replicas),
-        *grpc_front(folder, sockets, grpc, replicas, unauthorized),
         "frontend metrics",
         f"  bind {metrics}",
         "  http-request use-service prometheus-exporter if { path /metrics }",
@@ -144,16 +140,6 @@ def config_text(
             '  http-response set-status 503 if { status 500 } { res.body -m sub "Worker died" }',
             f"  server {r.name} {r.address}{tls}",
         ]
-        if grpc and r.grpc:  # its gRPC listener, reached the same way over HTTP/2 (h2c on loopback)
-            lines += [
-                f"frontend {r.name}-grpc",
-                f"  bind unix@{sockets / r.name}-grpc.sock mode 600 proto h2",
-                f"  default_backend {r.name}-grpc-replica",
-                f"backend {r.name}-grpc-replica",
-                "  retries 0",
-                f"  http-request set-header Authorization 'Bearer %[str({r.name}),map({folder / REPLICA_MAP})]'",
-                f"  server {r.name} {r.grpc} proto h2",
-            ]
     return "\n".join(lines) + "\n"
 
 
@@ -189,30 +175,6 @@ def oip_routes() -> list[str]:
     ]
 
 
-def grpc_front(folder: Path, sockets: Path, grpc: str, replicas: list[Replica], unauthorized: str) -> list[str]:
-    """The gRPC front door (HTTP/2 without TLS, on loopback): the same token, each replica's own gRPC listener
-    behind it, in rotation exactly while its HTTP listener is (`track`). A gRPC call that failed on a replica is
-    retried only when no answer began (gRPC carries its errors in an HTTP 200)."""
-    if not grpc:
-        return []
-    return [
-        "frontend grpc",
-        f"  bind {grpc} proto h2",
-        *token_check(folder, unauthorized),
-        f"  default_backend {FLEET}-grpc",
-        f"backend {FLEET}-grpc",
-        "  balance leastconn",
-        "  option redispatch 1",
-        "  retries 3",
-        "  retry-on conn-failure empty-response response-timeout 401 502 503 504",
-        *(
-            f"  server {r.name} unix@{sockets / r.name}-grpc.sock proto h2 track {FLEET}/{r.name} maxconn {r.maxconn}"
-            for r in replicas
-            if r.grpc
-        ),
-    ]
-
-
 def socket_folder(folder: Path) -> Path:
     """Where the replicas' Unix sockets live (0700): `<folder>/sock`, or a fresh private temp folder where that path
     is too long for a socket's (107 bytes)."""
@@ -240,7 +202,6 @@ def start(
     replica_tokens: dict[str, str],
     server_timeout_s: float = SERVER_TIMEOUT_S,
     ca: Path | None = None,
-    grpc: str = "",
 ) -> int:
     """Start HAProxy from `folder` (0700) and return its pid once the front door and the exporter listen."""
     binary = haproxy_binary()
@@ -250,7 +211,7 @@ def start(
         write_secret(folder / name, "")
     write_secret(folder / REPLICA_MAP, "".join(f"{name} {token}\n" for name, token in replica_tokens.items()))
     config = folder / CONFIG
-    text = config_text(folder, socket_folder(folder), front, metrics, replicas, server_timeout_s, ca, grpc)
+    text = config_text(folder, socket_folder(folder), front, metrics, replicas, server_timeout_s, ca)
     write_secret(config, text)
     checked = subprocess_check(binary, config)
     if checked:
@@ -359,7 +320,7 @@ def set_state(folder: Path, name: str, state: str) -> None:
 
 
 def stats(folder: Path, backend: str = FLEET) -> dict[str, dict[str, str]]:
-    """A backend's servers (the fleet's HTTP one by default; `fleet-grpc` the gRPC one), by name: HAProxy's
+    """A backend's servers (the fleet's by default), by name: HAProxy's
     `show stat` fields (status, scur, qcur, stot, wretr, ...)."""
     text = command(folder, "show stat").lstrip("# ")
     rows = csv.DictReader(io.StringIO(text))

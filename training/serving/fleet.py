@@ -24,15 +24,14 @@ from training.infra.certificates import ServerCertificate, ensure_certificates
 from training.infra.places import LOOPBACK, ROOT, SERVE_DIR
 from training.infra.private import owner_only
 from training.infra.processes import pid_alive, port_is_free, start_group, stop_tree, write_secret, write_whole
-from training.serving import balancer, history, serve
+from training.serving import balancer, history, oip_grpc, serve
 from training.serving.balancer import SERVER_TIMEOUT_S, Replica
 from training.serving.errors import AlreadyRunningError, NotRunningError, PortInUseError
 from training.serving.torchserve import CA_FILE, Server, read_properties, server_for
 
 FLEET_FILE, FRONT_TOKEN, BALANCER, KEEPER_LOG = "fleet.json", "front-token", "balancer", "keeper.log"
 TLS, TLS_NAME = "tls", ".fleet"  # the fleet's CA and replicas' certificate; r1.fleet: the name the balancer verifies
-LISTENERS = 5  # each replica's ports: inference, management, metrics, gRPC inference, gRPC management
-GRPC_INFERENCE = 3  # the index of its gRPC inference port among them (`serve.free_ports`' order)
+LISTENERS = len(serve.free_ports())  # each replica's ports (`serve.free_ports`)
 
 
 @dataclass
@@ -41,7 +40,6 @@ class FleetReplica:
     run_dir: str
     address: str  # host:port of its inference listener
     tls: bool = False  # off loopback: its listeners speak TLS with a certificate of the fleet's CA
-    grpc: str = ""  # host:port of its gRPC inference listener (on loopback)
 
     @property
     def host(self) -> str:
@@ -55,7 +53,7 @@ class Fleet:
     metrics: str  # host:port of the balancer's Prometheus exporter
     replicas: list[FleetReplica]
     keeper_pid: int = 0
-    grpc: str = ""  # host:port of the front door's gRPC listener (the Open Inference Protocol)
+    grpc: str = ""  # host:port of the Open Inference Protocol's gRPC service, in front of the front door
 
     @property
     def balancer_dir(self) -> Path:
@@ -87,7 +85,7 @@ def write(fleet: Fleet) -> None:
 
 def front(run_dir: Path = SERVE_DIR) -> Front:
     fleet = running(run_dir)
-    return Front(Path(run_dir), f"http://{fleet.front}", "", f"http://{fleet.metrics}")
+    return Front(Path(run_dir), f"http://{fleet.front}", "", f"http://{fleet.metrics}", grpc_address=fleet.grpc)
 
 
 def running(run_dir: Path = SERVE_DIR) -> Fleet:
@@ -131,7 +129,7 @@ def start(
     balancer.haproxy_binary()
     front_address = front_address or base_address("inference_address")
     metrics_address = metrics_address or base_address("metrics_address")
-    grpc_address = grpc_address or f"{LOOPBACK}:{read_properties(serve.BASE_CONFIG)['grpc_inference_port']}"
+    grpc_address = grpc_address or f"{LOOPBACK}:{read_properties(serve.BASE_CONFIG)[serve.OIP_GRPC_PORT]}"
     for address in (front_address, metrics_address, grpc_address):
         if not on_loopback(address.rsplit(":", 1)[0]):
             raise ValueError(f"the fleet's front door and exporter listen on loopback, not {address}")
@@ -156,18 +154,15 @@ def start(
                 shutil.copyfile(tls.ca, dirs[i] / CA_FILE)
             return serve.start(
                 models, dirs[i], model_store, own, overrides, timeout=timeout, quiet=True,
-                trust_unsigned=trust_unsigned, tracking_uri=tracking_uri, allow_older=allow_older,
+                trust_unsigned=trust_unsigned, tracking_uri=tracking_uri, allow_older=allow_older, grpc_front=False,
             )  # fmt: skip
 
         with ThreadPoolExecutor(replicas) as pool:
             servers = list(pool.map(start_replica, range(replicas)))
         fleet.replicas = [
-            FleetReplica(
-                names[i], str(dirs[i]), s.inference_url.split("://")[-1], not on_loopback(hosts[i]),
-                f"{LOOPBACK}:{ports[LISTENERS * i + GRPC_INFERENCE]}",
-            )
+            FleetReplica(names[i], str(dirs[i]), s.inference_url.split("://")[-1], not on_loopback(hosts[i]))
             for i, s in enumerate(servers)
-        ]  # fmt: skip
+        ]
         write(fleet)
         queue = int(read_properties(dirs[0] / "config.properties").get("job_queue_size", 100))
         token = secrets.token_urlsafe(32)
@@ -176,13 +171,15 @@ def start(
             fleet.balancer_dir,
             front_address,
             metrics_address,
-            [Replica(r.name, r.address, queue, r.tls, r.grpc) for r in fleet.replicas],
+            [Replica(r.name, r.address, queue, r.tls) for r in fleet.replicas],
             token,
             {r.name: s.token() for r, s in zip(fleet.replicas, servers)},
             server_timeout_s,
             tls.ca if tls else None,
-            grpc_address,
         )
+        # the Open Inference Protocol's gRPC service, in front of the front door (the same token, checked there)
+        grpc_front = oip_grpc.launch(run_dir, grpc_address, oip_grpc.Upstream(f"http://{front_address}", True))
+        oip_grpc.wait_listening(run_dir, grpc_front, grpc_address)
         if keep:
             fleet.keeper_pid = start_keeper(run_dir)
         write(fleet)
@@ -199,8 +196,8 @@ def on_loopback(host: str) -> bool:
 
 
 def tls_overrides(host: str, ports: dict[str, int], tls: ServerCertificate) -> dict[str, str]:
-    """A replica on `host`: its HTTP listeners there, in TLS with the fleet's certificate; gRPC stays on loopback
-    (the balancer fronts HTTP alone)."""
+    """A replica on `host`: its HTTP listeners there, in TLS with the fleet's certificate (TorchServe's own gRPC
+    listeners stay on loopback, unused: the fleet's gRPC service is in front of the front door)."""
     addresses = {key: f"https://{host}:{ports[key]}" for key in ("inference_address", "management_address",
                                                                   "metrics_address")}  # fmt: skip
     return addresses | {"certificate_file": str(tls.certificate), "private_key_file": str(tls.key)}
@@ -228,6 +225,7 @@ def stop(run_dir: Path = SERVE_DIR, quiet: bool = False) -> bool:
         return False
     if fleet.keeper_pid and pid_alive(fleet.keeper_pid):
         stop_tree(fleet.keeper_pid, timeout=10)
+    oip_grpc.stop(run_dir)
     balancer.stop(fleet.balancer_dir)
     for replica in fleet.replicas:
         serve.stop(Path(replica.run_dir), quiet=True)

@@ -18,7 +18,7 @@ import zipfile
 from pathlib import Path
 
 from training.infra import memory, processes
-from training.infra.places import ARCHIVES, SERVE_DIR, TORCHSERVE_CONFIG
+from training.infra.places import ARCHIVES, LOOPBACK, SERVE_DIR, TORCHSERVE_CONFIG
 from training.infra.private import owner_only
 from training.infra.processes import (
     pid_alive,
@@ -31,7 +31,7 @@ from training.infra.processes import (
     without_credentials,
 )
 from training.nn.integrity import REFUSAL  # what a worker logs when an archive fails its sha256 check
-from training.serving import history
+from training.serving import history, oip_grpc
 from training.serving.binding import check_bound
 from training.serving.errors import (
     AlreadyRunningError,
@@ -56,6 +56,7 @@ SOCKET_PATH_BYTES = 107  # sun_path, less its terminating zero
 BASE_CONFIG = TORCHSERVE_CONFIG
 METRICS_CONFIG = Path(__file__).with_name("metrics.yaml")
 LOG_CONFIG = Path(__file__).with_name("log4j2.xml")  # size-capped, rotating logs; nothing per request on stdout
+OIP_GRPC_PORT = "oip_grpc_port"  # config.properties: the Open Inference Protocol's gRPC service (not TorchServe's)
 
 
 # config
@@ -176,12 +177,14 @@ def start(
     trust_unsigned: bool = False,
     tracking_uri: str | None = None,
     allow_older: bool = False,
+    grpc_front: bool = True,
 ) -> Server:
     """Start TorchServe in the background from `run_dir` over the archives in `model_store`, and return once it
     is healthy with a ready worker per model. Each archive is verified (its signature and every member, and that the
     registry at `tracking_uri` names it its latest build of a version not older than `@serving` unless `allow_older`)
     and only the verified bytes are copied to the server's private store, which TorchServe reads. `log_size` caps
-    each log file before it rolls over ("10 MB"); `trust_unsigned` serves archives built before signing."""
+    each log file before it rolls over ("10 MB"); `trust_unsigned` serves archives built before signing;
+    `grpc_front` starts the Open Inference Protocol's gRPC service on `oip_grpc_port` (`oip_grpc.py`)."""
     check_java()
     model_store = Path(model_store).resolve()
     archives = sorted(p.stem for p in model_store.glob("*.mar"))
@@ -207,7 +210,18 @@ def start(
     history.start_anew(run_dir, started)  # a fresh store: no earlier release to roll back to
     config, properties = resolve_config(run_dir, served_store, archives, ports, overrides)
     check_ports_free(properties)
-    server = launch(run_dir, {name: f"{name}.mar" for name in names}, timeout, log_size)
+    # The Open Inference Protocol's own gRPC service, in front of this server's REST side (oip_grpc.py); it
+    # starts while TorchServe does. A fleet's replicas have none: the fleet's is in front of its balancer.
+    listen, front = f"{LOOPBACK}:{properties[OIP_GRPC_PORT]}", None
+    if grpc_front:
+        front = oip_grpc.launch(run_dir, listen, oip_grpc.Upstream(properties["inference_address"]))
+    try:
+        server = launch(run_dir, {name: f"{name}.mar" for name in names}, timeout, log_size)
+        if front is not None:
+            oip_grpc.wait_listening(run_dir, front, listen)
+    except BaseException:
+        stop(run_dir, quiet=True)
+        raise
     if not quiet:
         print_usage(server, names)
         for line in [line for _, notes in checked.values() for line in notes]:
@@ -283,6 +297,7 @@ def launch(run_dir: Path, models: dict[str, str], timeout: float, log_size: str 
 def free_ports() -> dict[str, int]:
     """A free loopback port for each of TorchServe's listeners: a second server runs beside the first."""
     keys = ["inference_address", "management_address", "metrics_address", "grpc_inference_port", "grpc_management_port"]
+    keys.append(OIP_GRPC_PORT)
     return dict(zip(keys, processes.free_ports(len(keys))))
 
 
@@ -369,6 +384,7 @@ def stop(run_dir: Path = RUN_DIR, quiet: bool = False, timeout: float = 30) -> b
     """Stop the server started from `run_dir` and return only when its whole process tree is gone
     (the launcher, Java and every worker): SIGTERM, a bounded wait, then SIGKILL."""
     run_dir = Path(run_dir)
+    oip_grpc.stop(run_dir)
     pid = running_pid(run_dir)
     if pid is None:
         if not quiet:

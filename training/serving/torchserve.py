@@ -34,6 +34,7 @@ class Server:
     management_url: str
     metrics_url: str
     ca: Path | None = None  # a replica off loopback speaks TLS: its certificate is verified against this CA
+    grpc_address: str = ""  # host:port of the Open Inference Protocol's gRPC service (none: "")
 
     # tokens
 
@@ -147,4 +148,5 @@ def server_for(run_dir: Path) -> Server:
         properties["management_address"],
         properties["metrics_address"],
         ca if "certificate_file" in properties and ca.exists() else None,
+        f"127.0.0.1:{properties['oip_grpc_port']}" if "oip_grpc_port" in properties else "",
     )
