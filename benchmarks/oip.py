@@ -2,8 +2,9 @@
 
 nw-sine and mha-adding (row 3's payloads), as shipped (batched), at concurrency 1 and 64: `/predictions` with
 `{"instances"}`; `/v2/models/<name>/infer` with JSON tensors and with binary tensors (tritonclient's default: the
-JSON header, then the raw little-endian bytes); and gRPC, TorchServe's renamed OIP service with typed contents (the
-only form it reads). Variants interleaved, each cell the median-throughput run of five. One load generator for
+JSON header, then the raw little-endian bytes); and gRPC, the protocol's own service (`make serve`'s front,
+`training/serving/oip_grpc.py`) with raw contents as tritonclient sends them. Variants interleaved, each cell the
+median-throughput run of five. One load generator for
 every HTTP variant (the asyncio one: wrk sends no binary body), grpc.aio with one channel for gRPC.
 """
 
@@ -19,7 +20,8 @@ from collections.abc import Callable
 from benchmarks.load import interleaved, load_of, median_run, summary
 from benchmarks.markdown import verdict
 from benchmarks.serving import PAYLOADS, default_variants, served, top_throughput, variants_table
-from training.serving.torchserve import OIP_GRPC_SERVICE, read_properties
+
+GRPC_SERVICE = "/inference.GRPCInferenceService"  # the protocol's own
 
 CONCURRENCY, QUICK_CONCURRENCY = (1, 64), (1, 16)
 REPEATS, SECONDS, WARMUP = 5, 3.0, 1.0
@@ -66,13 +68,13 @@ async def async_grpc_load(address: str, name: str, token: str, concurrency: int,
 
     request = service_pb2.ModelInferRequest(model_name=name)
     for tensor, datatype, shape, values in tensors(name):
-        entry = request.inputs.add(name=tensor, datatype=datatype, shape=shape)
-        entry.contents.fp32_contents.extend(values)
+        request.inputs.add(name=tensor, datatype=datatype, shape=shape)
+        request.raw_input_contents.append(struct.pack(f"<{len(values)}f", *values))
     latencies: list[float] = []
     errors = [0]
     async with grpc.aio.insecure_channel(address) as channel:
         infer = channel.unary_unary(
-            f"{OIP_GRPC_SERVICE}/ModelInfer",
+            f"{GRPC_SERVICE}/ModelInfer",
             request_serializer=service_pb2.ModelInferRequest.SerializeToString,
             response_deserializer=service_pb2.ModelInferResponse.FromString,
         )
@@ -81,9 +83,9 @@ async def async_grpc_load(address: str, name: str, token: str, concurrency: int,
         async def caller() -> None:
             while time.perf_counter() < deadline:
                 start = time.perf_counter()
-                try:  # a refusal arrives as OK with no outputs (TorchServe drops the status): an error too
+                try:
                     answer = await infer(request, metadata=(("authorization", f"Bearer {token}"),), timeout=30)
-                    errors[0] += not answer.outputs
+                    errors[0] += not answer.raw_output_contents
                 except grpc.aio.AioRpcError:
                     errors[0] += 1
                 latencies.append(time.perf_counter() - start)
@@ -97,7 +99,6 @@ def run(quick: bool = False) -> list[dict]:
     repeats, seconds, warmup = (1, 0.5, 0.3) if quick else (REPEATS, SECONDS, WARMUP)
     rows = []
     with served(quick, {"": default_variants()[""]}) as server:
-        grpc_address = f"127.0.0.1:{read_properties(server.run_dir / 'config.properties')['grpc_inference_port']}"
         for name, payload in PAYLOADS.items():
             oip_url, (binary, headers) = f"{server.inference_url}/v2/models/{name}/infer", binary_body(name)
             for concurrency in QUICK_CONCURRENCY if quick else CONCURRENCY:
@@ -106,7 +107,7 @@ def run(quick: bool = False) -> list[dict]:
                     "/predictions": http(f"{server.inference_url}/predictions/{name}", json.dumps(payload).encode()),
                     "OIP REST, JSON": http(oip_url, json_body(name)),
                     "OIP REST, binary": http(oip_url, binary, headers=headers),
-                    "OIP gRPC": functools.partial(grpc_load, grpc_address, name, server.token, concurrency),
+                    "OIP gRPC": functools.partial(grpc_load, server.grpc_address, name, server.token, concurrency),
                 }
                 for variant, results in interleaved(measures, repeats, seconds, warmup).items():
                     row = {"model": name, "variant": variant, "concurrency": concurrency, "repeats": repeats}
@@ -120,7 +121,8 @@ def section(rows: list[dict]) -> str:
         "",
         "One server, the champions as shipped (batched), row 3's instance per request: `/predictions` with "
         '`{"instances"}`, `/v2/models/<name>/infer` with JSON tensors and with binary ones (the binary tensor '
-        "extension, tritonclient's default), and gRPC (TorchServe's renamed OIP service, typed contents). The "
+        "extension, tritonclient's default), and gRPC (the protocol's own service, raw contents: the Python front "
+        "`make serve` starts, which passes each call to the binary REST route). The "
         "asyncio load generator for every HTTP variant (wrk sends no binary body), grpc.aio for gRPC; variants "
         "interleaved, each cell the median-throughput run of "
         f"{rows[0]['repeats'] if rows else REPEATS}.",

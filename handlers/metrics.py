@@ -24,7 +24,7 @@ NOVELTY, BEYOND_RANGE = "attention_novelty_instances_total", "attention_beyond_t
 DECLARED = {
     REQUESTS: ("counter", "Count", ["model_version", "route", "outcome", "protocol"]),
     INSTANCES: ("counter", "Count", ["model_version", "route", "outcome", "protocol"]),
-    BATCH_REQUESTS: ("histogram", "Count", ["model_version"]),
+    BATCH_REQUESTS: ("histogram", "Count", ["model_version", "protocols"]),  # protocols: contract, oip or both
     HANDLER_MS: ("histogram", "ms", ["model_version"]),
     BATCH_MMAC: ("histogram", "Count", ["model_version"]),
     NOVELTY: ("counter", "Count", ["model_version", "band"]),  # band: novelty.band_names()
@@ -55,8 +55,10 @@ def batch_figures(
         figures += [Figure(REQUESTS, requests, dimensions), Figure(INSTANCES, instances, dimensions)]
     version_only = {"model_version": version}
     mmac = sum(a.mmac for a in answers if a.status == 200)
+    protocols = sorted({answer.protocol for answer in answers}) or ["contract"]
+    mix = {"model_version": version, "protocols": protocols[0] if len(protocols) == 1 else "both"}
     figures += [
-        Figure(BATCH_REQUESTS, len(answers), version_only),
+        Figure(BATCH_REQUESTS, len(answers), mix),
         Figure(HANDLER_MS, seconds * 1000, version_only),
         Figure(BATCH_MMAC, mmac, version_only),
     ]

@@ -2,7 +2,9 @@
 
 import http.client
 import json
+import os
 import re
+import signal
 import time
 import urllib.error
 import urllib.request
@@ -23,7 +25,7 @@ from benchmarks import faults
 from benchmarks.steady_load import SteadyLoad
 from handlers.contract import agrees
 from training.infra.processes import free_ports, pid_alive, wait_until
-from training.serving import balancer, canary, fleet, fleet_rollout, history, monitor
+from training.serving import balancer, canary, fleet, fleet_rollout, history, monitor, oip_grpc
 from training.serving.archive import MODEL_CONFIG, archive_champions
 from training.serving.errors import AlreadyRunningError, ManagementError, StartupError
 from training.tracking import mlflow_store, registry
@@ -385,6 +387,22 @@ def test_a_fault_under_load_fails_no_request_and_the_replica_comes_back(two, fau
     assert outcome.failed == 0, (outcome.statuses, outcome.failures)
     assert outcome.requests > 500
     assert two.server(two.replicas[0]).health() == "Healthy"
+
+
+def test_the_keeper_starts_a_killed_grpc_front_again(two):
+    run_dir = Path(two.run_dir)
+    client, headers = triton_grpc(fleet.front(run_dir))
+    killed = int((run_dir / oip_grpc.PID_FILE).read_text())
+    os.kill(killed, signal.SIGKILL)
+
+    def back() -> bool:
+        try:
+            return int((run_dir / oip_grpc.PID_FILE).read_text()) != killed and client.is_server_live(headers=headers)
+        except tritonclient.utils.InferenceServerException:
+            return False
+
+    assert wait_until(back, 30, 0.5), (run_dir / fleet.KEEPER_LOG).read_text()[-2000:]
+    assert any(line.startswith("  gRPC") and "(running)" in line for line in fleet.status_lines(run_dir))
 
 
 def test_status_shows_each_replica_with_its_versions_and_load(two):

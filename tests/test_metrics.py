@@ -43,7 +43,8 @@ def test_a_batch_is_counted_by_route_and_outcome_with_its_fill_time_and_cost():
     assert count(REQUESTS, "predictions", "invalid instance") == 1
     assert count(REQUESTS, "explanations", "answered") == 1 and count(INSTANCES, "explanations", "answered") == 1
     version = (("model_version", "7"),)
-    assert figures[(BATCH_REQUESTS, version)] == 4 and figures[(HANDLER_MS, version)] == 12.0
+    assert figures[(BATCH_REQUESTS, (*version, ("protocols", "contract")))] == 4
+    assert figures[(HANDLER_MS, version)] == 12.0
     assert figures[(BATCH_MMAC, version)] == sum(a.mmac for a in answers if a.status == 200) > 0
 
 
@@ -81,3 +82,5 @@ def test_open_inference_protocol_requests_are_counted_apart_with_their_own_route
     assert count("predictions", "answered", "contract") == 1 and count("predictions", "answered", "oip") == 1
     assert count("metadata", "answered", "oip") == 1
     assert count("predictions", "invalid inference request", "oip") == 1
+    assert figures[(BATCH_MMAC, (("model_version", "7"),))] > 0
+    assert figures[(BATCH_REQUESTS, (("model_version", "7"), ("protocols", "both")))] == 4  # one batch, both

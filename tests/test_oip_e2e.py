@@ -1,6 +1,9 @@
 """The Open Inference Protocol (KServe v2) on the served champions: our own requests and `tritonclient`'s, over
 REST (JSON and binary tensors) and gRPC, against the same numbers as `/predictions`."""
 
+import json
+import time
+
 import grpc
 import numpy as np
 import pytest
@@ -11,6 +14,7 @@ from served_champions import SEQUENCES, XS
 from triton_clients import triton_grpc, triton_http, triton_input, triton_outputs
 from tritonclient.grpc import service_pb2
 
+from benchmarks.steady_load import SteadyLoad
 from handlers.contract import agrees
 from training.serving.torchserve import OIP_GRPC_SERVICE, read_properties
 
@@ -240,3 +244,70 @@ def test_the_documented_curl_calls_answer_as_documented(served_champions):
         assert answer["outputs"][0]["name"] == "prediction" and agrees(answer["outputs"][0]["data"], expected)
     ((request, answer),) = check_documented_curls(server, "mha-adding")
     assert [output["name"] for output in answer["outputs"]] == ["prediction", "pooling_weights"]
+
+
+def test_at_c64_the_two_protocols_share_batches_as_the_batch_fill_metric_shows(served_champions):
+    """OIP requests join TorchServe's dynamic batches beside /predictions: under a mixed load at concurrency 64,
+    `attention_batch_requests` counts batches holding both protocols; every request is answered."""
+    server, _ = served_champions
+    oip = {"inputs": [{"name": "features", "datatype": "FP32", "shape": [3, 1], "data": XS}]}
+    requests = [("/predictions/nw-sine", json.dumps({"instances": XS}).encode())]
+    requests.append(("/v2/models/nw-sine/infer", json.dumps(oip).encode()))
+    with SteadyLoad(server.inference_url, server.token(), requests, 64) as load:
+        time.sleep(3)
+    assert load.outcome.requests > 200 and load.outcome.failed == 0, load.outcome
+    status, text, _ = server.request("GET", f"{server.metrics_url}/metrics", token=server.token())
+    counts = [line for line in text.splitlines() if line.startswith("attention_batch_requests_count{")]
+    shared = [line for line in counts if 'protocols="both"' in line and 'ModelName="nw-sine"' in line]
+    assert status == 200 and shared and float(shared[0].rsplit(" ", 1)[1]) > 0, counts
+
+
+def hostile_grpc_requests():
+    """Malformed ModelInferRequests no client library would build: (what, request)."""
+    request = service_pb2.ModelInferRequest
+    tensor = service_pb2.ModelInferRequest.InferInputTensor
+
+    def features(datatype="FP32", shape=(1, 1)):
+        return tensor(name="features", datatype=datatype, shape=list(shape))
+
+    typed = features()
+    typed.contents.fp32_contents.extend([1.0, 2.0])  # two values for a shape of one
+    return [
+        ("raw contents for fewer inputs", request(model_name="nw-sine", inputs=[features(), features()],
+                                                  raw_input_contents=[b"\0" * 4])),
+        ("too few bytes", request(model_name="nw-sine", inputs=[features(shape=(2, 1))],
+                                  raw_input_contents=[b"\0" * 4])),
+        ("an unknown datatype", request(model_name="nw-sine", inputs=[features("XYZ")])),
+        ("a negative shape", request(model_name="nw-sine", inputs=[features(shape=(-1, 1))], raw_input_contents=[b""])),
+        ("a shape of 10^12 rows", request(model_name="nw-sine", inputs=[features(shape=(10**12, 1))],
+                                          raw_input_contents=[b"\0" * 4])),
+        ("typed data against its shape", request(model_name="nw-sine", inputs=[typed])),
+        ("cut-off BYTES", request(model_name="nw-sine", inputs=[features("BYTES")], raw_input_contents=[b"\x09\0"])),
+        ("no model name", request(inputs=[features()], raw_input_contents=[b"\0" * 4])),
+        ("a path for a name", request(model_name="../nw-sine", inputs=[features()], raw_input_contents=[b"\0" * 4])),
+        ("no inputs", request(model_name="nw-sine")),
+        ("random bytes", request(model_name="nw-sine", inputs=[features(shape=(3, 1))],
+                                 raw_input_contents=[bytes(range(7, 19))])),
+    ]  # fmt: skip
+
+
+def test_hostile_grpc_requests_are_refused_with_a_status_naming_them_and_cost_no_worker(served_champions):
+    server, _ = served_champions
+    workers = [w["pid"] for w in server.workers("nw-sine")]
+    metadata = [("authorization", f"Bearer {server.token()}")]
+    with grpc.insecure_channel(server.grpc_address) as channel:
+        infer = channel.unary_unary(
+            "/inference.GRPCInferenceService/ModelInfer",
+            request_serializer=service_pb2.ModelInferRequest.SerializeToString,
+            response_deserializer=service_pb2.ModelInferResponse.FromString,
+        )
+        for what, request in hostile_grpc_requests():
+            if what == "random bytes":  # twelve bytes are three FP32 values: a valid request, answered
+                assert len(infer(request, metadata=metadata, timeout=30).raw_output_contents) == 1
+                continue
+            with pytest.raises(grpc.RpcError) as refused:
+                infer(request, metadata=metadata, timeout=30)
+            code = refused.value.code()
+            assert code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND), (what, refused.value)
+            assert refused.value.details(), what
+    assert [w["pid"] for w in server.workers("nw-sine")] == workers and server.health() == "Healthy"

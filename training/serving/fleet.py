@@ -178,8 +178,7 @@ def start(
             tls.ca if tls else None,
         )
         # the Open Inference Protocol's gRPC service, in front of the front door (the same token, checked there)
-        grpc_front = oip_grpc.launch(run_dir, grpc_address, oip_grpc.Upstream(f"http://{front_address}", True))
-        oip_grpc.wait_listening(run_dir, grpc_front, grpc_address)
+        oip_grpc.start(run_dir, grpc_address, oip_grpc.Upstream(f"http://{front_address}", front_door=True))
         if keep:
             fleet.keeper_pid = start_keeper(run_dir)
         write(fleet)
@@ -246,7 +245,9 @@ def status_lines(run_dir: Path = SERVE_DIR) -> list[str]:
     else:
         note = f"  balancer    http://{fleet.front} (pid {pid_file_text(fleet.balancer_dir / balancer.PID_FILE)})"
     keeper = "running" if fleet.keeper_pid and pid_alive(fleet.keeper_pid) else "not running"
+    grpc = f"{fleet.grpc} ({'running' if oip_grpc.running(run_dir) else 'not running'})"
     lines = [f"fleet of {len(fleet.replicas)} replicas in {run_dir}", note, f"  keeper      {keeper}"]
+    lines.append(f"  gRPC        {grpc}")
     for replica in fleet.replicas:
         row = stats.get(replica.name, {})
         served = ", ".join(f"{n} v{v[-1]}" for n, v in sorted(history.load(Path(replica.run_dir)).items()))

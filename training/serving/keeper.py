@@ -1,7 +1,8 @@
 """The fleet's keeper (`python -m training keeper`, started by `make serve REPLICAS=N`): it restarts a replica whose
 TorchServe died, at the versions it served, and keeps every replica's token fresh at the balancer.
 
-TorchServe restarts a worker that dies; nothing restarts TorchServe itself. Each second the keeper looks at every
+TorchServe restarts a worker that dies; nothing restarts TorchServe itself, nor the fleet's gRPC front
+(`oip_grpc.py`), which the keeper starts again too. Each second the keeper looks at every
 replica: one whose process is gone is started again from its own run directory (`serve.restart`: its config, ports
 and verified store as they were), and the balancer is given its new token; the balancer's health checks put it back
 in rotation once it answers. A replica's token is refreshed (TorchServe's management API, with its API key) when
@@ -16,7 +17,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from training.serving import balancer, canary, fleet, serve
+from training.serving import balancer, canary, fleet, oip_grpc, serve
 from training.serving.errors import ServingError
 
 REFRESH_BEFORE = timedelta(minutes=10)
@@ -35,6 +36,12 @@ def keep(run_dir: Path, interval: float = 1.0) -> None:
                 look_after(state, replica, held)
             except (ServingError, OSError, KeyError, ValueError) as error:
                 log.warning("%s: %s", replica.name, error)
+        if not oip_grpc.running(run_dir):
+            log.warning("the gRPC front is not running; starting it again")
+            try:
+                oip_grpc.start(run_dir, state.grpc, oip_grpc.Upstream(f"http://{state.front}", front_door=True))
+            except (ServingError, OSError) as error:
+                log.warning("the gRPC front: %s", error)
         for running in canary.running_canaries(run_dir):
             if time.monotonic() - gated.get(running.name, 0.0) >= running.gate["interval_s"]:
                 gated[running.name] = time.monotonic()

@@ -303,6 +303,16 @@ def wait_listening(run_dir: Path, process: subprocess.Popen, listen: str, timeou
         raise StartupError(f"the gRPC front did not listen on {listen} within {timeout:.0f}s")
 
 
+def start(run_dir: Path, listen: str, upstream: Upstream) -> None:
+    """Start the front and return once it listens."""
+    wait_listening(run_dir, launch(run_dir, listen, upstream), listen)
+
+
+def running(run_dir: Path) -> bool:
+    pid_file = Path(run_dir) / PID_FILE
+    return pid_file.exists() and pid_alive(int(pid_file.read_text()))
+
+
 def stop(run_dir: Path) -> None:
     pid_file = Path(run_dir) / PID_FILE
     if pid_file.exists():

@@ -407,6 +407,8 @@ def print_usage(server: Server, names: list[str]) -> None:
     example = names[0]
     print(f"TorchServe is up: {', '.join(names)}")
     print(f"  inference   {server.inference_url}   metrics {server.metrics_url}/metrics")
+    if server.grpc_address:
+        print(f"  gRPC        {server.grpc_address}   (the Open Inference Protocol's service; the token as metadata)")
     print(f"  tokens      {server.run_dir / 'key_file.json'} (secret; expire, see README)")
     print("  token       .venv/bin/python -m training token --header-file   # writes .serve/auth-header (0600)")
     print(
