@@ -127,7 +127,7 @@ def render(status: int, body: dict, limits: Limits, headers: dict[str, str] | No
     if len(text) > limits.max_response_bytes:
         detail = f"the answer has {len(text):,} bytes; at most {limits.max_response_bytes:,}: send fewer instances"
         return error_answer(RequestError("response too large", detail, status=413))
-    return Answer(status, text, headers or {})
+    return Answer(status, text, headers or {}, payload=body)
 
 
 def error_answer(error: RequestError) -> Answer:

@@ -79,6 +79,7 @@ class Answer:
     beyond_range: int = 0  # answered: its instances with an input beyond the training data's range
     protocol: str = "contract"  # or "oip": the Open Inference Protocol (handlers/oip.py)
     route: str = ""  # what the request asked besides a prediction or an explanation: "metadata", "ready"
+    payload: dict | None = field(default=None, repr=False)  # a rendered success's body, kept to be re-framed (OIP)
 
 
 @dataclass
