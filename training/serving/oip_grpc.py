@@ -41,6 +41,9 @@ PID_FILE, LOG_FILE = "oip-grpc.pid", "oip-grpc.log"  # in the run directory; the
 HEADER = "Inference-Header-Content-Length"
 MESSAGE_BYTES = 16_000_000  # TorchServe's own cap on a request (config.properties max_request_size)
 TIMEOUT_S = 60  # config.properties default_response_timeout
+# Calls in flight at once: each holds a thread while the server behind answers (a batch's wait, milliseconds), so
+# this, not the CPU, bounds the front's throughput; idle threads cost only memory.
+THREADS = 128
 FORMATS = {"BOOL": "?", "INT8": "b", "INT16": "h", "INT32": "i", "INT64": "q", "UINT8": "B", "UINT16": "H"}
 FORMATS |= {"UINT32": "I", "UINT64": "Q", "FP16": "e", "FP32": "f", "FP64": "d"}
 # a typed tensor's contents field per datatype (the protocol's InferTensorContents)
@@ -265,7 +268,7 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
                 yield service_pb2.ModelStreamInferResponse(error_message=f"{refused.code.name}: {refused.message}")
 
 
-def serve(listen: str, upstream: Upstream, threads: int = 16) -> grpc.Server:
+def serve(listen: str, upstream: Upstream, threads: int = THREADS) -> grpc.Server:
     """The protocol's gRPC service on `listen` (host:port, loopback only), started."""
     host = listen.rsplit(":", 1)[0]
     if host != LOOPBACK:
@@ -327,8 +330,9 @@ def main() -> None:
     parser.add_argument("--listen", required=True, help="host:port (loopback)")
     parser.add_argument("--upstream", required=True, help="the REST side, http://127.0.0.1:port")
     parser.add_argument("--front-door", action="store_true", help="the upstream is a fleet's balancer")
+    parser.add_argument("--threads", type=int, default=THREADS, help="calls served at once")
     arguments = parser.parse_args()
-    server = serve(arguments.listen, Upstream(arguments.upstream, arguments.front_door))
+    server = serve(arguments.listen, Upstream(arguments.upstream, arguments.front_door), arguments.threads)
     stopped = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stopped.set())
