@@ -112,8 +112,9 @@ def build_champions(stores: dict, out_dir: Path) -> list[Path]:
 
 @pytest.fixture(scope="session")
 def served_champions(champions, tmp_path_factory):
-    """The champions served by one real TorchServe for the modules that only ask it (test_serving_e2e, test_oip_e2e):
-    (server, archives). Started from a shell holding a worker's credentials, which it must not pass on."""
+    """The champions served by one real TorchServe behind its front door, as `make serve` runs them, for the modules
+    that only ask it (test_serving_e2e, test_oip_e2e): (server, archives). Started from a shell holding a worker's
+    credentials, which it must not pass on."""
     from served_champions import CREDENTIALS
 
     from training.serving import serve
@@ -123,7 +124,8 @@ def served_champions(champions, tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         for name, value in CREDENTIALS.items():
             patch.setenv(name, value)
-        server = serve.start(run_dir=run_dir, model_store=store, ports=serve.free_ports(), quiet=True, tracking_uri=uri)
+        server = serve.start(run_dir=run_dir, model_store=store, ports=serve.free_ports(), quiet=True, tracking_uri=uri,
+                             front_door=True)  # as `make serve` runs it  # fmt: skip
     yield server, champions["archives"]
     serve.stop(server.run_dir, quiet=True)
 

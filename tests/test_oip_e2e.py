@@ -112,21 +112,26 @@ def test_tritonclient_http_bad_requests_raise_a_4xx_naming_the_tensor(served_cha
     assert server.health() == "Healthy"
 
 
-def test_tritonclient_http_calls_torchserve_has_no_route_for(served_champions):
-    """What still fails (docs/http-api.md): TorchServe 0.12 routes no per-model metadata, readiness or config,
-    and answers a versioned infer 501."""
+def test_tritonclient_http_gets_the_routes_torchserve_lacks_from_the_front_door(served_champions):
+    """Model metadata, per-model readiness and a version by name (TorchServe 0.12: 404, 404, 501) answered by the
+    single server's front door, as `make serve` runs it; TorchServe's own address still has none of them."""
     server, _ = served_champions
     client, headers = triton_http(server)
-    assert client.get_server_metadata(headers=headers)["version"] == "0.12.0"
-    assert client.is_model_ready("nw-sine", headers=headers) is False  # 404 read as "not ready"
-    for call in (client.get_model_metadata, client.get_model_config):
-        with pytest.raises(tritonclient.utils.InferenceServerException) as error:
-            call("nw-sine", headers=headers)
-        assert error.value.status() == "404", call
     version = server.predict("nw-sine", [1.0])[1]["model"]["version"]
+    assert client.get_server_metadata(headers=headers)["version"] == "0.12.0"
+    assert client.is_model_ready("nw-sine", headers=headers)
+    assert client.is_model_ready("nw-sine", version, headers=headers)
+    metadata = client.get_model_metadata("nw-sine", headers=headers)
+    assert metadata["versions"] == [version] and metadata["inputs"][0]["name"] == "features"
+    result = client.infer("nw-sine", triton_inputs("nw-sine", True), model_version=version, headers=headers)
+    assert agrees(result.as_numpy("prediction").tolist(), server.predict("nw-sine", XS)[1]["predictions"])
     with pytest.raises(tritonclient.utils.InferenceServerException) as error:
-        client.infer("nw-sine", triton_inputs("nw-sine", True), model_version=version, headers=headers)
-    assert error.value.status() == "501"
+        client.get_model_config("nw-sine", headers=headers)  # Triton's own extension, not the protocol's
+    assert error.value.status() == "404"
+    direct = read_properties(server.run_dir / "config.properties")["inference_address"]
+    assert direct != server.inference_url  # TorchServe's own, private, behind the front
+    status, _, _ = server.request("GET", f"{direct}/v2/models/nw-sine", token=server.token())
+    assert status == 404
 
 
 def test_tritonclient_grpc_gets_every_call_of_the_protocols_service_answered(served_champions):

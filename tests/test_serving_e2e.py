@@ -21,7 +21,7 @@ from served_champions import CREDENTIALS, SEQUENCES
 
 from training.infra import memory, places
 from training.infra.processes import free_port, process_tree, wait_until
-from training.serving import monitor, serve
+from training.serving import balancer, monitor, oip_grpc, serve
 from training.serving.errors import ArchiveMissingError, MissingProgramError
 
 pytestmark = pytest.mark.e2e
@@ -152,13 +152,17 @@ def test_model_registration_is_token_guarded_and_limited_to_the_model_store(serv
 
 def test_everything_binds_to_loopback(served_champions):
     server, _ = served_champions
+    fronts = [server.run_dir / serve.FRONT_DIR / balancer.PID_FILE, server.run_dir / oip_grpc.PID_FILE]
+    roots = [serve.running_pid(server.run_dir), *(int(pid_file.read_text()) for pid_file in fronts)]
     listening = [
         connection.laddr
-        for process in process_tree(serve.running_pid(server.run_dir))
+        for root in roots
+        for process in process_tree(root)
         for connection in process.net_connections(kind="inet")
         if connection.status == psutil.CONN_LISTEN
     ]
-    ports = {int(url.rsplit(":", 1)[1]) for url in (server.inference_url, server.management_url, server.metrics_url)}
+    urls = (server.inference_url, server.management_url, server.metrics_url, server.grpc_address)
+    ports = {int(url.rsplit(":", 1)[1]) for url in urls}  # the front door's and the gRPC front's among them
     assert ports <= {address.port for address in listening}, listening  # the server's own sockets, as bound
     assert all(loopback(address.ip) for address in listening), listening
     for token in (server.token(), None, "not-the-token"):  # TorchServe 0.12 checks no token here (docs/security.md)

@@ -21,7 +21,7 @@ from champion_versions import new_champion_version, registry_copy
 
 from training.infra.processes import process_tree
 from training.nn import load_checkpoint, save_checkpoint
-from training.serving import serve
+from training.serving import balancer, oip_grpc, serve
 from training.serving.archive import archive_champions
 from training.serving.deploy import deploy, served_copy
 from training.serving.errors import (
@@ -45,8 +45,9 @@ def running(model_store_copy, champions, tmp_path_factory):
     root = tmp_path_factory.mktemp("operations")
     store = model_store_copy(root / "archives")
     server = serve.start(
-        run_dir=root / "run", model_store=store, ports=free_ports(), quiet=True, tracking_uri=champions["tracking_uri"]
-    )
+        run_dir=root / "run", model_store=store, ports=free_ports(), quiet=True, tracking_uri=champions["tracking_uri"],
+        front_door=True,  # as `make serve` runs it: the rollouts' load crosses HAProxy
+    )  # fmt: skip
     yield server, store, root
     serve.stop(server.run_dir, quiet=True)
 
@@ -192,13 +193,14 @@ def test_stop_returns_when_the_whole_process_tree_is_gone_and_start_works_right_
 ):
     store, uri = model_store_copy(tmp_path / "archives"), champions["tracking_uri"]
     ports = free_ports()
-    start = dict(
-        models=["nw-sine"], run_dir=tmp_path / "run", model_store=store, ports=ports, quiet=True, tracking_uri=uri
-    )
+    start = dict(models=["nw-sine"], run_dir=tmp_path / "run", model_store=store, ports=ports, quiet=True,
+                 tracking_uri=uri, front_door=True)  # fmt: skip
     server = serve.start(**start)
     pid = serve.running_pid(server.run_dir)
     tree = [pid] + [p.pid for p in psutil.Process(pid).children(recursive=True)]
     assert len(tree) >= 3, "launcher, Java and at least one worker"
+    fronts = [server.run_dir / serve.FRONT_DIR / balancer.PID_FILE, server.run_dir / oip_grpc.PID_FILE]
+    tree += [int(pid_file.read_text()) for pid_file in fronts]  # HAProxy and the gRPC front
     assert serve.stop(server.run_dir, quiet=True)
     assert not [p for p in tree if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
     again = serve.start(**start)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import sys
 from pathlib import Path
 
@@ -125,9 +126,13 @@ def run_serve(args) -> int:
         return run_fleet(args, names)
     if args.hosts:
         raise ValueError("HOSTS names each replica's address: give REPLICAS=N (N > 1) with it")
+    front_door = shutil.which("haproxy") is not None
     start(
-        models=names, trust_unsigned=args.trust_unsigned, tracking_uri=args.tracking_uri, allow_older=args.allow_older
-    )
+        models=names, trust_unsigned=args.trust_unsigned, tracking_uri=args.tracking_uri, allow_older=args.allow_older,
+        front_door=front_door,
+    )  # fmt: skip
+    if not front_door:
+        print("  note        no HAProxy (`make haproxy`): /v2/models/<name>, its /ready and /versions/ answer 404")
     for served in sorted(private_store(RUN_DIR).glob("*.mar")):  # the verified copies the server reads
         version = str(archive_info(served)["version"])
         print(f"  registry    {served.stem}: {mark_serving(served.stem, version, args.tracking_uri)}")

@@ -4,6 +4,7 @@ ask, stop."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import optuna
 
@@ -68,7 +69,8 @@ def demo() -> int:
 
     names = [options.name for options in DEMO_TUNES]
     banner("serve")
-    server = serve.start(models=names, run_dir=serve.RUN_DIR / "demo", ports=serve.free_ports(), quiet=True)
+    server = serve.start(models=names, run_dir=serve.RUN_DIR / "demo", ports=serve.free_ports(), quiet=True,
+                         front_door=shutil.which("haproxy") is not None)  # as `make serve` runs it  # fmt: skip
     print(f"TorchServe is up on {server.inference_url} with {', '.join(names)}")
     try:
         ask(server)

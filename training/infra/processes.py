@@ -39,8 +39,10 @@ def free_ports(count: int, host: str = LOOPBACK) -> list[int]:
 
 
 def port_is_free(port: int, host: str = LOOPBACK) -> bool:
-    """Whether a server could bind `port` on `host` now."""
+    """Whether a server could bind `port` on `host` now. Servers bind with SO_REUSEADDR (HAProxy, Java, gRPC), so
+    the probe does too: connections of a server just stopped (TIME_WAIT) do not hold its port, a listener does."""
     with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError:

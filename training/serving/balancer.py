@@ -44,6 +44,11 @@ BUFFER_BYTES = 65536  # requests up to this size are held for a retry
 # A replica's answer is awaited this long before it is retried elsewhere: above the handler's budget for a batch
 # (handlers/types.py `Limits.batch_seconds`, 15 s, after which it answers 503 itself), so no answer is cut short.
 SERVER_TIMEOUT_S = 20
+# One server's front: above TorchServe's own default_response_timeout (60 s), which answers first.
+SINGLE_TIMEOUT_S = 70
+# Connections to TorchServe are kept and shared between clients' connections: one closed per client connection
+# would be a reset that TorchServe logs as an ERROR each time.
+REUSE, POOL = ["  http-reuse always"], "pool-low-conn 4 pool-max-conn 64"
 CHECK = "inter 500ms fastinter 250ms downinter 500ms fall 2 rise 2"
 
 
@@ -133,12 +138,13 @@ def config_text(
             f"  default_backend {r.name}-replica",
             f"backend {r.name}-replica",
             "  retries 0",
+            *REUSE,
             f"  http-request set-header Authorization 'Bearer %[str({r.name}),map({folder / REPLICA_MAP})]'",
             # A killed worker's requests (TorchServe answers them 507, or 500 "Worker died."): 503, retried elsewhere.
             "  http-response set-status 503 if { status 507 }",
             "  http-response wait-for-body time 1s if { status 500 }",
             '  http-response set-status 503 if { status 500 } { res.body -m sub "Worker died" }',
-            f"  server {r.name} {r.address}{tls}",
+            f"  server {r.name} {r.address}{tls} {POOL}",
         ]
     return "\n".join(lines) + "\n"
 
@@ -204,14 +210,64 @@ def start(
     ca: Path | None = None,
 ) -> int:
     """Start HAProxy from `folder` (0700) and return its pid once the front door and the exporter listen."""
-    binary = haproxy_binary()
+    haproxy_binary()
     private_dir(folder)
     write_secret(folder / FRONT_MAP, f"{front_token} client\n")
     for name in (CANARY_MAP, SHARE_MAP):
         write_secret(folder / name, "")
     write_secret(folder / REPLICA_MAP, "".join(f"{name} {token}\n" for name, token in replica_tokens.items()))
-    config = folder / CONFIG
     text = config_text(folder, socket_folder(folder), front, metrics, replicas, server_timeout_s, ca)
+    return run(folder, text, front, lambda: (folder / ADMIN).exists())
+
+
+def start_single(folder: Path, front: str, server: str, server_timeout_s: float = SINGLE_TIMEOUT_S) -> int:
+    """HAProxy as one TorchServe's front door (`make serve`): the Open Inference Protocol's REST routes TorchServe
+    lacks rewritten to the handler, everything else passed through unchanged, the client's token included
+    (TorchServe checks it; this front holds none)."""
+    haproxy_binary()
+    private_dir(folder)
+    return run(folder, single_config_text(front, server, server_timeout_s), front)
+
+
+def single_config_text(front: str, server: str, server_timeout_s: float) -> str:
+    """haproxy.cfg for one server: `front` and `server` are host:port."""
+    return "\n".join([
+        "global",
+        "  nbthread 1",
+        "  maxconn 4096",
+        f"  tune.bufsize {BUFFER_BYTES}",
+        "defaults",
+        "  mode http",
+        "  option http-keep-alive",
+        "  timeout connect 1s",
+        "  timeout client 120s",
+        "  timeout http-request 30s",
+        f"  timeout server {server_timeout_s:g}s",
+        *(
+            f"  http-error status {status} content-type application/json string {error_body(error, detail)}"
+            for status, error, detail in (
+                (502, "bad gateway", "TorchServe closed the connection without an answer"),
+                (503, "unavailable", "TorchServe is not answering: see `make status`"),
+                (504, "timeout", f"TorchServe did not answer within {server_timeout_s:g} s"),
+            )
+        ),
+        "frontend front",
+        f"  bind {front}",
+        *oip_routes(),
+        "  default_backend torchserve",
+        "backend torchserve",
+        *REUSE,
+        # a kept connection TorchServe closed meanwhile: the request again on a new one (inference has no side effects)
+        "  retries 2",
+        "  retry-on conn-failure empty-response",
+        f"  server torchserve {server} {POOL}",
+    ]) + "\n"  # fmt: skip
+
+
+def run(folder: Path, text: str, front: str, ready=lambda: True) -> int:
+    """Run HAProxy from `folder` over `text` (checked first) and return its pid once `front` listens."""
+    binary = haproxy_binary()
+    config = folder / CONFIG
     write_secret(config, text)
     checked = subprocess_check(binary, config)
     if checked:
@@ -225,7 +281,7 @@ def start(
             tail = (folder / LOG_FILE).read_text(errors="replace").strip().splitlines()[-3:]
             raise StartupError(f"HAProxy stopped during start-up: {' | '.join(tail)}")
 
-    if not wait_until(lambda: listening(front) and (folder / ADMIN).exists(), 15, interval=0.05, check=check):
+    if not wait_until(lambda: listening(front) and ready(), 15, interval=0.05, check=check):
         stop(folder)
         raise StartupError(f"HAProxy did not listen on {front} within 15 s; see {folder / LOG_FILE}")
     return process.pid

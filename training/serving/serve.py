@@ -31,7 +31,7 @@ from training.infra.processes import (
     without_credentials,
 )
 from training.nn.integrity import REFUSAL  # what a worker logs when an archive fails its sha256 check
-from training.serving import history, oip_grpc
+from training.serving import balancer, history, oip_grpc
 from training.serving.binding import check_bound
 from training.serving.errors import (
     AlreadyRunningError,
@@ -57,6 +57,8 @@ BASE_CONFIG = TORCHSERVE_CONFIG
 METRICS_CONFIG = Path(__file__).with_name("metrics.yaml")
 LOG_CONFIG = Path(__file__).with_name("log4j2.xml")  # size-capped, rotating logs; nothing per request on stdout
 OIP_GRPC_PORT = "oip_grpc_port"  # config.properties: the Open Inference Protocol's gRPC service (not TorchServe's)
+FRONT_ADDRESS = "front_address"  # the run's config.properties: where clients reach a front door (inference_address:
+FRONT_DIR = "front"  # TorchServe's own, private, behind it); the front's HAProxy runs from here
 
 
 # config
@@ -78,7 +80,7 @@ def resolve_config(
         properties[key] = f"http://127.0.0.1:{port}" if key.endswith("_address") else str(port)
     properties.update(overrides or {})
     path = run_dir / "config.properties"
-    path.write_text("".join(f"{k}={v}\n" for k, v in properties.items()))
+    write_properties(path, properties)
     return path, properties
 
 
@@ -151,6 +153,10 @@ def bound_bytes(
 # start / stop
 
 
+def write_properties(path: Path, properties: dict[str, str]) -> None:
+    path.write_text("".join(f"{k}={v}\n" for k, v in properties.items()))
+
+
 def check_java() -> None:
     java = shutil.which("java")
     if java is None:
@@ -178,13 +184,16 @@ def start(
     tracking_uri: str | None = None,
     allow_older: bool = False,
     grpc_front: bool = True,
+    front_door: bool = False,
 ) -> Server:
     """Start TorchServe in the background from `run_dir` over the archives in `model_store`, and return once it
     is healthy with a ready worker per model. Each archive is verified (its signature and every member, and that the
     registry at `tracking_uri` names it its latest build of a version not older than `@serving` unless `allow_older`)
     and only the verified bytes are copied to the server's private store, which TorchServe reads. `log_size` caps
     each log file before it rolls over ("10 MB"); `trust_unsigned` serves archives built before signing;
-    `grpc_front` starts the Open Inference Protocol's gRPC service on `oip_grpc_port` (`oip_grpc.py`)."""
+    `grpc_front` starts the Open Inference Protocol's gRPC service on `oip_grpc_port` (`oip_grpc.py`);
+    `front_door` puts HAProxy on the inference address (`make serve`), in front of TorchServe on a private port:
+    it answers the protocol's REST routes TorchServe lacks (`balancer.start_single`) and passes the rest through."""
     check_java()
     model_store = Path(model_store).resolve()
     archives = sorted(p.stem for p in model_store.glob("*.mar"))
@@ -209,16 +218,24 @@ def start(
         started[name] = str(archive_info(data)["version"])
     history.start_anew(run_dir, started)  # a fresh store: no earlier release to roll back to
     config, properties = resolve_config(run_dir, served_store, archives, ports, overrides)
+    if front_door:  # clients reach the configured inference address, TorchServe a private one behind it
+        properties[FRONT_ADDRESS] = properties["inference_address"]
+        properties["inference_address"] = f"http://{LOOPBACK}:{processes.free_port()}"
+        write_properties(config, properties)
     check_ports_free(properties)
     # The Open Inference Protocol's own gRPC service, in front of this server's REST side (oip_grpc.py); it
     # starts while TorchServe does. A fleet's replicas have none: the fleet's is in front of its balancer.
-    listen, front = f"{LOOPBACK}:{properties[OIP_GRPC_PORT]}", None
-    if grpc_front:
-        front = oip_grpc.launch(run_dir, listen, oip_grpc.Upstream(properties["inference_address"]))
+    listen, grpc_process = f"{LOOPBACK}:{properties[OIP_GRPC_PORT]}", None
+    rest = oip_grpc.Upstream(properties.get(FRONT_ADDRESS, properties["inference_address"]), front_door)
     try:
+        if front_door:
+            address = properties["inference_address"].split("://")[-1]
+            balancer.start_single(run_dir / FRONT_DIR, properties[FRONT_ADDRESS].split("://")[-1], address)
+        if grpc_front:
+            grpc_process = oip_grpc.launch(run_dir, listen, rest)
         server = launch(run_dir, {name: f"{name}.mar" for name in names}, timeout, log_size)
-        if front is not None:
-            oip_grpc.wait_listening(run_dir, front, listen)
+        if grpc_process is not None:
+            oip_grpc.wait_listening(run_dir, grpc_process, listen)
     except BaseException:
         stop(run_dir, quiet=True)
         raise
@@ -385,6 +402,7 @@ def stop(run_dir: Path = RUN_DIR, quiet: bool = False, timeout: float = 30) -> b
     (the launcher, Java and every worker): SIGTERM, a bounded wait, then SIGKILL."""
     run_dir = Path(run_dir)
     oip_grpc.stop(run_dir)
+    balancer.stop(run_dir / FRONT_DIR)
     pid = running_pid(run_dir)
     if pid is None:
         if not quiet:

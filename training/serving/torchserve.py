@@ -144,7 +144,7 @@ def server_for(run_dir: Path) -> Server:
     ca = Path(run_dir) / CA_FILE
     return Server(
         Path(run_dir),
-        properties["inference_address"],
+        properties.get("front_address", properties["inference_address"]),  # a front door's, where one runs
         properties["management_address"],
         properties["metrics_address"],
         ca if "certificate_file" in properties and ca.exists() else None,
