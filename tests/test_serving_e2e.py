@@ -337,3 +337,13 @@ def test_a_real_prometheus_counts_both_layers_exactly_and_sees_inputs_drift(serv
     finally:
         assert monitor.stop(watch)
     assert not psutil.pid_exists(prometheus) and not monitor.running_pid(watch)
+
+
+def test_status_shows_the_front_door_and_the_grpc_service_running(served_champions):
+    from training.cli import front_lines
+
+    server, _ = served_champions
+    assert front_lines(server) == [
+        "  front door  HAProxy, running",
+        f"  gRPC        {server.grpc_address} (running)",
+    ]

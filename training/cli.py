@@ -240,6 +240,8 @@ def run_status(args) -> int:
         return 0
     server = running_server(RUN_DIR)
     print(f"one TorchServe in {RUN_DIR}: {server.health()} at {server.inference_url}")
+    for line in front_lines(server):
+        print(line)
     for name in server.models():
         versions = ", ".join(
             f"v{v['modelVersion']}{' (default)' if v.get('isDefault', True) else ''}: "
@@ -249,6 +251,20 @@ def run_status(args) -> int:
         )
         print(f"  {name:<14} {versions}")
     return 0
+
+
+def front_lines(server) -> list[str]:
+    """Whether one server's front door and gRPC service run (`make serve` starts both)."""
+    from training.infra.processes import pid_alive
+    from training.serving import balancer, oip_grpc, serve
+
+    pid_file = server.run_dir / serve.FRONT_DIR / balancer.PID_FILE
+    front = pid_file.exists() and pid_alive(int(pid_file.read_text()))
+    lines = [f"  front door  {'HAProxy, running' if front else 'none: TorchServe answers on its own address'}"]
+    if server.grpc_address:
+        state = "running" if oip_grpc.running(server.run_dir) else "not running"
+        lines.append(f"  gRPC        {server.grpc_address} ({state})")
+    return lines
 
 
 def run_keeper(args) -> int:

@@ -48,7 +48,7 @@ SERVER_TIMEOUT_S = 20
 SINGLE_TIMEOUT_S = 70
 # Connections to TorchServe are kept and shared between clients' connections: one closed per client connection
 # would be a reset that TorchServe logs as an ERROR each time.
-REUSE, POOL = ["  http-reuse always"], "pool-low-conn 4 pool-max-conn 64"
+REUSE, POOL = ["  http-reuse always"], "pool-low-conn 4 pool-max-conn 64 pool-purge-delay 60s"
 CHECK = "inter 500ms fastinter 250ms downinter 500ms fall 2 rise 2"
 
 
