@@ -17,8 +17,8 @@ from training.fit.loop import evaluate
 from training.serving import binding
 from training.serving.archive import MODEL_CONFIG, Checks, archive_champion
 from training.serving.deploy import same_contents
-from training.serving.serve import archive_info, bound_bytes
 from training.serving.signing import SIGNATURE, rebuilt, sign_archive
+from training.serving.store import archive_info, bound_bytes
 from training.tracking import mlflow_store, model_log, registry, retest
 
 NAME = "nw-build"

@@ -127,7 +127,7 @@ def test_what_is_served_is_exactly_what_was_verified_even_with_an_entry_hidden_b
 
 
 def test_a_signed_archive_of_another_model_or_a_broken_manifest_is_refused(keys, tmp_path):
-    from training.serving.serve import verified_bytes
+    from training.serving.store import verified_bytes
 
     other = build(tmp_path / "nw-sine.mar", {**MEMBERS, "model_info.json": json.dumps({"name": "nw-other"}).encode()})
     signing.sign_archive(other)

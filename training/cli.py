@@ -91,7 +91,7 @@ def run_tracking_server_stop(args) -> int:
 
 def run_archive(args) -> int:
     from training.serving.archive import Checks, archive_champions
-    from training.serving.serve import archive_info
+    from training.serving.store import archive_info
 
     checks = Checks(args.data, args.unverified)
     built = archive_champions(
@@ -119,7 +119,8 @@ def run_score(args) -> int:
 
 def run_serve(args) -> int:
     from training.serving.deploy import mark_serving
-    from training.serving.serve import RUN_DIR, archive_info, private_store, start
+    from training.serving.serve import RUN_DIR, start
+    from training.serving.store import archive_info, private_store
 
     names = args.models.split(",") if args.models else None
     if args.replicas is not None and args.replicas > 1:
@@ -142,7 +143,7 @@ def run_serve(args) -> int:
 def run_fleet(args, names: list[str] | None) -> int:
     from training.serving import fleet
     from training.serving.deploy import mark_serving
-    from training.serving.serve import archive_info, private_store
+    from training.serving.store import archive_info, private_store
 
     started = fleet.start(
         args.replicas, names, trust_unsigned=args.trust_unsigned, tracking_uri=args.tracking_uri,

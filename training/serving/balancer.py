@@ -80,28 +80,14 @@ def config_text(
 ) -> str:
     """haproxy.cfg for a fleet: `front` and `metrics` are host:port; `sockets` holds each replica's Unix sockets."""
     unauthorized = error_body("unauthorized", "send the fleet's token: Authorization: Bearer <token>")
+    errors = {
+        502: "a replica closed the connection; retried on the others, none answered",
+        503: "no replica of the fleet is ready: see `make status`",
+        504: f"no replica answered within {server_timeout_s:g} s",
+    }
+    admin = f"  stats socket {folder / ADMIN} mode 600 level admin expose-fd listeners"
     lines = [
-        "global",
-        f"  stats socket {folder / ADMIN} mode 600 level admin expose-fd listeners",
-        "  nbthread 1",
-        "  maxconn 4096",
-        f"  tune.bufsize {BUFFER_BYTES}",
-        "defaults",
-        "  mode http",
-        "  timeout connect 1s",
-        "  timeout client 120s",
-        "  timeout http-request 30s",
-        "  timeout queue 60s",
-        f"  timeout server {server_timeout_s:g}s",
-        "  timeout check 1s",
-        *(
-            f"  http-error status {status} content-type application/json string {error_body(error, detail)}"
-            for status, error, detail in (
-                (502, "bad gateway", "a replica closed the connection; retried on the others, none answered"),
-                (503, "unavailable", "no replica of the fleet is ready: see `make status`"),
-                (504, "timeout", f"no replica answered within {server_timeout_s:g} s"),
-            )
-        ),
+        *settings(server_timeout_s, errors, admin),
         "frontend front",
         f"  bind {front}",
         *token_check(folder, unauthorized),
@@ -147,6 +133,33 @@ def config_text(
             f"  server {r.name} {r.address}{tls} {POOL}",
         ]
     return "\n".join(lines) + "\n"
+
+
+ERRORS = {502: "bad gateway", 503: "unavailable", 504: "timeout"}
+
+
+def settings(server_timeout_s: float, details: dict[int, str], *global_lines: str) -> list[str]:
+    """A configuration's global and defaults sections: limits, timeouts, and the errors HAProxy makes itself in the
+    serving contract's JSON, each with its `details`."""
+    return [
+        "global",
+        *global_lines,
+        "  nbthread 1",
+        "  maxconn 4096",
+        f"  tune.bufsize {BUFFER_BYTES}",
+        "defaults",
+        "  mode http",
+        "  timeout connect 1s",
+        "  timeout client 120s",
+        "  timeout http-request 30s",
+        "  timeout queue 60s",
+        f"  timeout server {server_timeout_s:g}s",
+        "  timeout check 1s",
+        *(
+            f"  http-error status {status} content-type application/json string {error_body(ERRORS[status], detail)}"
+            for status, detail in details.items()
+        ),
+    ]
 
 
 def token_check(folder: Path, unauthorized: str) -> list[str]:
@@ -231,26 +244,13 @@ def start_single(folder: Path, front: str, server: str, server_timeout_s: float 
 
 def single_config_text(front: str, server: str, server_timeout_s: float) -> str:
     """haproxy.cfg for one server: `front` and `server` are host:port."""
+    errors = {
+        502: "TorchServe closed the connection without an answer",
+        503: "TorchServe is not answering: see `make status`",
+        504: f"TorchServe did not answer within {server_timeout_s:g} s",
+    }
     return "\n".join([
-        "global",
-        "  nbthread 1",
-        "  maxconn 4096",
-        f"  tune.bufsize {BUFFER_BYTES}",
-        "defaults",
-        "  mode http",
-        "  option http-keep-alive",
-        "  timeout connect 1s",
-        "  timeout client 120s",
-        "  timeout http-request 30s",
-        f"  timeout server {server_timeout_s:g}s",
-        *(
-            f"  http-error status {status} content-type application/json string {error_body(error, detail)}"
-            for status, error, detail in (
-                (502, "bad gateway", "TorchServe closed the connection without an answer"),
-                (503, "unavailable", "TorchServe is not answering: see `make status`"),
-                (504, "timeout", f"TorchServe did not answer within {server_timeout_s:g} s"),
-            )
-        ),
+        *settings(server_timeout_s, errors),
         "frontend front",
         f"  bind {front}",
         *oip_routes(),

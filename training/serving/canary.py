@@ -30,7 +30,8 @@ from training.serving.deploy import register, release_copy, served_versions
 from training.serving.errors import ArchiveMissingError, ServingError
 from training.serving.fleet import Fleet, running
 from training.serving.rollback import verified_copy
-from training.serving.serve import ARCHIVES, RUN_DIR, archive_info, bound_bytes
+from training.serving.serve import ARCHIVES, RUN_DIR
+from training.serving.store import archive_info, bound_bytes
 
 RUNNING, ABORTED, PROMOTED = "running", "aborted", "promoted"
 

@@ -25,8 +25,9 @@ from pathlib import Path
 from training.infra.processes import wait_until
 from training.serving import history
 from training.serving.errors import ArchiveMissingError, ArchiveRefusedError, ManagementError, RolloutBusyError
-from training.serving.serve import ARCHIVES, RELEASES, RUN_DIR, archive_info, bound_bytes, private_store, running_server
+from training.serving.serve import ARCHIVES, RUN_DIR, running_server
 from training.serving.signing import member_digests
+from training.serving.store import RELEASES, archive_info, bound_bytes, private_store
 from training.serving.torchserve import Server
 from training.tracking import mlflow_store, registry
 

@@ -23,7 +23,8 @@ from training.serving.deploy import Rollout, mark_serving, roll, rollout_lock, s
 from training.serving.errors import ArchiveMissingError, ManagementError, ServingError
 from training.serving.fleet import Fleet, FleetReplica, running
 from training.serving.rollback import verified_copy
-from training.serving.serve import ARCHIVES, RUN_DIR, archive_info, bound_bytes
+from training.serving.serve import ARCHIVES, RUN_DIR
+from training.serving.store import archive_info, bound_bytes
 
 DRAIN_TIMEOUT_S = 60
 

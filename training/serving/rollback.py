@@ -15,7 +15,8 @@ from pathlib import Path
 from training.serving import history
 from training.serving.deploy import Rollout, roll, rollout_lock, served_copy, served_versions
 from training.serving.errors import ArchiveMissingError, ArchiveRefusedError, HistoryError
-from training.serving.serve import RUN_DIR, STORE, archive_info, running_server, verified_bytes
+from training.serving.serve import RUN_DIR, running_server
+from training.serving.store import STORE, archive_info, verified_bytes
 
 
 def rollback(

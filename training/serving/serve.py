@@ -6,15 +6,12 @@ logs, pid file and `key_file.json` (TorchServe's tokens: a secret).
 
 from __future__ import annotations
 
-import io
-import json
 import os
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
-import zipfile
 from pathlib import Path
 
 from training.infra import memory, processes
@@ -32,7 +29,6 @@ from training.infra.processes import (
 )
 from training.nn.integrity import REFUSAL  # what a worker logs when an archive fails its sha256 check
 from training.serving import balancer, history, oip_grpc
-from training.serving.binding import check_bound
 from training.serving.errors import (
     AlreadyRunningError,
     ArchiveMissingError,
@@ -42,15 +38,12 @@ from training.serving.errors import (
     PortInUseError,
     StartupError,
 )
-from training.serving.signing import SIGNATURE, ArchiveSignatureError, UnsignedArchiveError, rebuilt, verify_archive
+from training.serving.store import RELEASES, archive_info, bound_bytes, private_store
 from training.serving.torchserve import Server, read_properties, server_for
-from training.tracking import mlflow_store
 
 __all__ = ["RUN_DIR", "Server", "running_pid", "running_server", "server_for", "start", "stop"]
 
 RUN_DIR = SERVE_DIR
-STORE = "store"  # under the run directory: the verified archives TorchServe reads
-RELEASES = "releases"  # under the store: each rollout's verified copy, <name>-v<N>.mar
 AUTH_HEADER = "auth-header"  # `python -m training token --header-file`: for curl -H @.serve/auth-header
 SOCKET_PATH_BYTES = 107  # sun_path, less its terminating zero
 BASE_CONFIG = TORCHSERVE_CONFIG
@@ -101,53 +94,6 @@ def allowed_urls(model_store: Path, names: list[str]) -> str:
     store = re.escape(model_store.as_uri())
     alternatives = "|".join(re.escape(name) for name in sorted(names))
     return f"{store}/({alternatives})\\.mar,{store}/releases/({alternatives})-v[0-9]+\\.mar"
-
-
-def private_store(run_dir: Path, reset: bool = False) -> Path:
-    """The server's own model store (0700): verified copies of the archives it serves and their releases."""
-    store = run_dir / STORE
-    if reset and store.exists():
-        shutil.rmtree(store)
-    private_dir(store / RELEASES)
-    return private_dir(store)
-
-
-def archive_info(archive: Path | bytes) -> dict:
-    """model_info.json of an archive (a file, or its bytes): name, version, run id, sha256."""
-    with zipfile.ZipFile(io.BytesIO(archive) if isinstance(archive, bytes) else archive) as opened:
-        return json.loads(opened.read("model_info.json"))
-
-
-def verified_bytes(archive: Path, trust_unsigned: bool = False, built_as: str | None = None) -> bytes:
-    """The archive's bytes once its signature and every member are verified (read once: what was checked is
-    what gets served), and it was built as `built_as` (default: its file name; a release copy is named
-    `<name>-v<N>.mar`). Unsigned archives pass only with `trust_unsigned`."""
-    data = archive.read_bytes()
-    try:
-        verify_archive(data, str(archive))
-    except UnsignedArchiveError:
-        if not trust_unsigned:
-            raise
-    info = archive_info(data)
-    expected = built_as or archive.stem
-    recorded = info.get("archive", info.get("name"))  # archives from before variants named only the model
-    if recorded != expected:
-        raise ArchiveSignatureError(f"{archive} was built as {recorded!r}, not {expected!r}")
-    return rebuilt(data)
-
-
-def bound_bytes(
-    archive: Path, tracking_uri: str | None, trust_unsigned: bool = False, allow_older: bool = False
-) -> tuple[bytes, list[str]]:
-    """`verified_bytes`, once the registry at `tracking_uri` names them its latest build of their version
-    (`binding.py`; an unsigned archive served with `trust_unsigned` predates builds recorded in the registry), and the
-    lines to show about them."""
-    data = verified_bytes(archive, trust_unsigned)
-    with zipfile.ZipFile(io.BytesIO(data)) as opened:
-        if SIGNATURE not in opened.namelist():
-            return data, []
-    client = mlflow_store.configure(tracking_uri)
-    return data, check_bound(client, data, archive_info(data), str(archive), allow_older)
 
 
 # start / stop
