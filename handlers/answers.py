@@ -58,25 +58,22 @@ def agrees(a, b) -> bool:
     return a == b
 
 
-def chunks(values: list, counts: list[int], pad: object = None) -> list[list]:
-    """Cut a flat per-instance list into per-request chunks of `counts`; a short list is padded with `pad`."""
-    values = values + [pad] * (sum(counts) - len(values))
-    out, start = [], 0
-    for n in counts:
-        out.append(values[start : start + n])
-        start += n
-    return out
-
-
-def split_per_request(results: list, counts: list[int]) -> list[list | None]:
-    """Cut a flat list of per-instance results back into requests; a request left unfinished gets None."""
-    return [None if any(r is None for r in chunk) else chunk for chunk in chunks(results, counts)]
-
-
 def ran(results: list, scores: list, beyond: list[bool] | None, counts: list[int]) -> Ran:
-    """A group's flat per-instance results, novelty scores and beyond-range flags, cut back into requests."""
-    flags = chunks(beyond or [], counts, pad=False)
-    return Ran(split_per_request(results, counts), chunks(scores, counts), [sum(f) for f in flags])
+    """A group's flat per-instance results, novelty scores and beyond-range flags, cut back into requests: a
+    request left unfinished (short `results`, or a None among them) gets None; short `scores` are None, short
+    `beyond` False."""
+    n, beyond = sum(counts), beyond or []
+    results, scores = results + [None] * (n - len(results)), scores + [None] * (n - len(scores))
+    beyond = beyond + [False] * (n - len(beyond))
+    per_request, per_scores, per_beyond, start = [], [], [], 0
+    for count in counts:
+        end = start + count
+        chunk = results[start:end]
+        per_request.append(None if None in chunk else chunk)
+        per_scores.append(scores[start:end])
+        per_beyond.append(sum(beyond[start:end]))
+        start = end
+    return Ran(per_request, per_scores, per_beyond)
 
 
 class NoveltyScores:

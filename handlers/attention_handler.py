@@ -25,6 +25,7 @@ from training.nn import load_checkpoint
 from training.nn.integrity import verified_checkpoint
 
 logger = logging.getLogger(__name__)
+PHRASES = {status.value: status.phrase for status in HTTPStatus}
 PER_BATCH_NOISE = "Backend received inference at"  # TorchServe's worker logs this for every batch
 
 
@@ -86,10 +87,11 @@ class AttentionHandler(BaseHandler):
             seconds = time.perf_counter() - started
             figures = batch_figures(answers, explain, self.model_info["version"], seconds, self.novelty_reference)
             self.metrics.emit(getattr(context, "metrics", None), figures)
+        batch_size = str(len(data))
         for i, answer in enumerate(answers):
-            context.set_response_status(answer.status, HTTPStatus(answer.status).phrase, idx=i)
+            context.set_response_status(answer.status, PHRASES[answer.status], idx=i)
             context.set_response_content_type(i, "application/json")  # a binary answer's headers replace it
-            context.set_response_header(i, "X-Batch-Size", str(len(data)))
+            context.set_response_header(i, "X-Batch-Size", batch_size)
             for key, value in answer.headers.items():
                 context.set_response_header(i, key, value)
         return [answer.body for answer in answers]

@@ -117,13 +117,35 @@ def parse_request(raw: Any, adapter: Adapter, limits: Limits, explain: bool = Fa
 # respond
 
 
+STRICT_JSON = json.JSONEncoder(allow_nan=False, separators=(",", ":"))  # no NaN or Infinity, no spaces
+
+
 def render(status: int, body: dict, limits: Limits, headers: dict[str, str] | None = None) -> Answer:
     """Strict JSON (no NaN or Infinity) within the response budget, or an error that says which failed."""
     try:
-        text = json.dumps(body, allow_nan=False, separators=(",", ":"))
+        text = STRICT_JSON.encode(body)
     except ValueError:
-        error = RequestError("non-finite result", "the model produced NaN or infinity for this input", status=422)
-        return error_answer(error)
+        return non_finite()
+    return sized(status, text, body, limits, headers)
+
+
+def render_result(key: str, result: Any, model: tuple[dict, str], limits: Limits) -> Answer:
+    """`render` of {key: result, "model": info} with the model's part (info, its JSON) written once per batch."""
+    try:
+        text = f'{{"{key}":{STRICT_JSON.encode(result)},"model":{model[1]}}}'
+    except ValueError:
+        return non_finite()
+    return sized(200, text, {key: result, "model": model[0]}, limits)
+
+
+def non_finite() -> Answer:
+    return error_answer(
+        RequestError("non-finite result", "the model produced NaN or infinity for this input", status=422)
+    )
+
+
+def sized(status: int, text: str, body: dict, limits: Limits, headers: dict[str, str] | None = None) -> Answer:
+    """The rendered answer, or an error when it is over the response budget."""
     if len(text) > limits.max_response_bytes:
         detail = f"the answer has {len(text):,} bytes; at most {limits.max_response_bytes:,}: send fewer instances"
         return error_answer(RequestError("response too large", detail, status=413))
@@ -169,6 +191,7 @@ def answer_batch(
         detail = f"this batch already holds {limits.max_batch_mmac:,.0f} million multiply-adds of work"
         answers[i] = error_answer(over_capacity(detail))
     deadline = time.monotonic() + limits.batch_seconds
+    model = model_info, STRICT_JSON.encode(model_info)
     # One group per combination of options the admitted requests hold: none can fall between groups.
     for wants in sorted({(requests[i].explain, requests[i].heads) for i in admitted}):
         group = [i for i in admitted if (requests[i].explain, requests[i].heads) == wants]
@@ -183,7 +206,7 @@ def answer_batch(
             if result is None:
                 answers[i] = error_answer(over_capacity(f"the batch ran past {limits.batch_seconds:g} s"))
             else:
-                answers[i] = render(200, {key: result, "model": model_info}, limits)
+                answers[i] = render_result(key, result, model, limits)
                 answers[i].novelty, answers[i].beyond_range = novelty, beyond
     for i, request in requests.items():  # what the metrics count: instances and priced cost of parsed requests
         answers[i].instances, answers[i].mmac = request.count, request.cost.mmac

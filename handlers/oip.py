@@ -25,6 +25,7 @@ import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from .contract import answer_batch, decode_body, render
@@ -50,6 +51,11 @@ class TensorSpec:
     def metadata(self) -> dict:
         return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
 
+    @cached_property
+    def fixed(self) -> tuple[tuple[int, int], ...]:
+        """(axis, size) of each axis of a declared size."""
+        return tuple((axis, size) for axis, size in enumerate(self.shape) if size != -1)
+
 
 @dataclass(frozen=True)
 class OutputSpec:
@@ -65,6 +71,15 @@ class OipKind:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[OutputSpec, ...]
     instances: Callable[[dict[str, InputTensor]], list]
+
+    @cached_property
+    def specs(self) -> dict[str, TensorSpec]:
+        return {spec.name: spec for spec in self.inputs}
+
+    @cached_property
+    def predictions(self) -> tuple[OutputSpec, ...]:
+        """What a request that names no output gets: every output but attention."""
+        return tuple(o for o in self.outputs if not o.explained)
 
 
 @dataclass(frozen=True)
@@ -159,7 +174,7 @@ def parse_oip(body: dict, kind: OipKind) -> OipRequest:
 def parse_inputs(inputs: Any, kind: OipKind) -> dict[str, InputTensor]:
     if type(inputs) is not list or not inputs:
         raise invalid('"inputs" must be a non-empty list of tensors {"name", "datatype", "shape", "data"}')
-    specs = {spec.name: spec for spec in kind.inputs}
+    specs = kind.specs
     tensors: dict[str, InputTensor] = {}
     for i, tensor in enumerate(inputs):
         name = tensor.get("name") if isinstance(tensor, dict) else None
@@ -170,21 +185,25 @@ def parse_inputs(inputs: Any, kind: OipKind) -> dict[str, InputTensor]:
         if name in tensors:
             raise invalid(f"input '{name}' is given twice")
         tensors[name] = parse_tensor(tensor, specs[name])
-    missing = [name for name, spec in specs.items() if spec.required and name not in tensors]
-    if missing:
-        raise invalid(f"input '{missing[0]}' is missing")
+    if len(tensors) < len(specs):
+        missing = [name for name, spec in specs.items() if spec.required and name not in tensors]
+        if missing:
+            raise invalid(f"input '{missing[0]}' is missing")
     return tensors
 
 
 def parse_tensor(tensor: dict, spec: TensorSpec) -> InputTensor:
     """One input checked against its declaration: datatype, shape, data length and element types."""
     name, datatype, shape = spec.name, tensor.get("datatype"), tensor.get("shape")
-    if type(datatype) is not str or (datatype != spec.datatype and datatype not in spec.accepts):
+    if datatype != spec.datatype and (type(datatype) is not str or datatype not in spec.accepts):
         taken = " or ".join([spec.datatype, *sorted(spec.accepts)])
         raise invalid(f"input '{name}' has datatype {preview(datatype)}; this model takes {taken}")
-    if type(shape) is not list or not all(type(n) is int and n >= 0 for n in shape):
+    if type(shape) is not list or not set(map(type, shape)) <= {int} or min(shape, default=0) < 0:
         raise invalid(f"input '{name}' needs a shape: a list of sizes, each a non-negative integer")
-    if len(shape) != len(spec.shape) or any(want not in (-1, got) for got, want in zip(shape, spec.shape)):
+    fits = len(shape) == len(spec.shape)
+    for axis, size in spec.fixed if fits else ():
+        fits = fits and shape[axis] == size
+    if not fits:
         raise invalid(f"input '{name}' has shape {shape}; this model takes {list(spec.shape)} (-1: any size)")
     data = flattened(tensor.get("data"), len(shape), name)
     if len(data) != math.prod(shape):
@@ -222,7 +241,7 @@ def check_elements(data: list, datatype: str, name: str) -> None:
 def requested_outputs(outputs: Any, kind: OipKind) -> tuple[OutputSpec, ...]:
     """The outputs named, or every output but attention when none are."""
     if outputs is None:
-        return tuple(o for o in kind.outputs if not o.explained)
+        return kind.predictions
     known = {o.tensor.name: o for o in kind.outputs}
     if type(outputs) is not list or not outputs:
         raise invalid('"outputs" must be a non-empty list of {"name": ...}, or left out for every prediction output')

@@ -62,6 +62,8 @@ class TabularAdapter:
         # Raw training inputs and targets, for naming the most attended keys in explanations.
         self.keys = model.x_scaler.inverse(model.keys.detach())  # (K, D)
         self.key_low, self.key_high = self.keys.min(0).values, self.keys.max(0).values  # the training data's range
+        self.device = model.keys.device
+        self.pass_rows: dict[tuple[bool, bool], int] = {}  # (explain, heads) -> rows per forward pass
         if self.n_classes:
             self.values = [self.labels[c] for c in model.values.argmax(-1).tolist()]  # (K,) labels
         else:
@@ -123,8 +125,10 @@ class TabularAdapter:
 
     def rows_per_pass(self, explain: bool, heads: bool) -> int:
         """As many rows as one forward pass may hold, priced by the same `cost` that admitted the requests."""
-        per_row = self.cost(torch.zeros(1, self.n_features), explain, heads).mmac
-        return max(1, int(self.limits.max_pass_mmac / per_row))
+        if (explain, heads) not in self.pass_rows:
+            per_row = self.cost(torch.zeros(1, self.n_features), explain, heads).mmac
+            self.pass_rows[explain, heads] = max(1, int(self.limits.max_pass_mmac / per_row))
+        return self.pass_rows[explain, heads]
 
     def budget_hint(self) -> str:
         per_instance = self.cost(torch.zeros(1, self.n_features), explain=True, heads=False).mmac
@@ -133,16 +137,16 @@ class TabularAdapter:
     @torch.no_grad()
     def run(self, batch: list[list], explain: bool, heads: bool, deadline: float) -> Ran:
         rows = [row for request in batch for row in request]
-        x = torch.tensor(rows, dtype=torch.float64, device=self.model.keys.device)  # (N, D)
+        x = torch.tensor(rows, dtype=torch.float64, device=self.device)  # (N, D)
         rows_per_pass = self.rows_per_pass(explain, heads)
         results: list = []
         scores: list = []
         for start in range(0, len(x), rows_per_pass):
             if time.monotonic() > deadline:
                 break
-            inputs = Inputs(x[start : start + rows_per_pass])  # (n, D)
+            inputs = Inputs(x[start : start + rows_per_pass] if len(x) > rows_per_pass else x)  # (n, D)
             outputs = FAMILY.predict(self.model, inputs, need_weights=explain)  # (n,) or (n, C); weights (n, K)
-            predictions = [self.prediction(row) for row in outputs.out]
+            predictions = self.predictions(outputs.out)
             if explain:
                 results += [self.explanation(p, w) for p, w in zip(predictions, outputs.weights)]
             else:
@@ -151,15 +155,13 @@ class TabularAdapter:
         beyond = ((x < self.key_low) | (x > self.key_high)).any(-1).tolist()  # (N,)
         return ran(results, scores, beyond, [len(b) for b in batch])
 
-    def prediction(self, out: Tensor) -> Any:
-        """A number (regression), or the class label and probabilities (classification: `out` holds log p)."""
+    def predictions(self, out: Tensor) -> list:
+        """Per row, a number (regression), or the class label and probabilities (classification: `out` holds log p)."""
         if not self.n_classes:
-            return out.item()
-        probabilities = out.exp()
-        return {
-            "label": self.labels[int(probabilities.argmax())],
-            "probabilities": probabilities.round(decimals=PROBABILITY_DECIMALS).tolist(),
-        }
+            return out.tolist()
+        probabilities = out.exp()  # (n, C)
+        best, rounded = probabilities.argmax(-1).tolist(), probabilities.round(decimals=PROBABILITY_DECIMALS).tolist()
+        return [{"label": self.labels[k], "probabilities": p} for k, p in zip(best, rounded)]
 
     def explanation(self, prediction: Any, weights: Tensor) -> dict:
         """The prediction and as much of the training keys behind it as `explain_keys` reveals (module docstring)."""

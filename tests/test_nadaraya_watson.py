@@ -203,3 +203,66 @@ def test_a_trend_is_learned_with_the_kernel_or_fixed_with_it_and_only_for_regres
     assert "slope" not in dict(fixed.named_parameters()) and "slope" in dict(fixed.named_buffers())
     with pytest.raises(ValueError, match="linear trend is for regression"):
         NWConfig(in_features=3, n_classes=3, trend=True)
+
+
+@pytest.mark.parametrize("rank,prototypes,trend", [(0, False, False), (2, False, True), (0, True, False)])
+def test_the_kept_key_side_follows_every_change_of_the_model_and_answers_as_a_fresh_model(rank, prototypes, trend):
+    """Serving computes the keys' side of attention once (no gradient flows); an in-place change of the keys, the
+    kernel or the scaler, or a new tensor in their place, is computed afresh: as a model built from the same state."""
+    torch.manual_seed(0)
+    config = NWConfig(in_features=3, n_keys=40, rank=rank, prototypes=prototypes, trend=trend, bandwidth=1.5)
+    model = NadarayaWatson(config).eval()
+    rows = torch.randn(200 if prototypes else 40, 3)
+    model.x_scaler.fit(rows)
+    model.set_memory(rows, rows.sum(-1))
+    model.double()  # as served
+    queries = torch.randn(16, 3, dtype=torch.float64)
+
+    def fresh() -> NadarayaWatson:
+        twin = NadarayaWatson(config).double().eval()
+        twin.load_state_dict(model.state_dict())
+        return twin
+
+    changes = [
+        lambda: model.keys.add_(0.3),
+        lambda: (model.L if rank else model.w).mul_(1.7),
+        lambda: model.x_scaler.std.mul_(2.0),
+        lambda: model.values.neg_(),
+        lambda: new_keys(model, model.keys.detach() * 0.5),
+    ]
+    with torch.no_grad():
+        for change in [lambda: None, *changes]:
+            change()
+            twin = fresh()
+            for path in (model, twin):
+                assert path.key_side() is path.key_side()  # kept between passes while nothing changes
+            assert torch.allclose(model(queries)[0], twin(queries)[0], rtol=1e-9, atol=1e-9)
+            assert torch.allclose(model.nearest_key_distance(queries), twin.nearest_key_distance(queries), rtol=1e-9)
+
+
+def new_keys(model: NadarayaWatson, keys: torch.Tensor) -> None:
+    """Another tensor in the keys' place (a parameter where they are learned)."""
+    if isinstance(model.keys, torch.nn.Parameter):
+        model.keys = torch.nn.Parameter(keys)
+    else:
+        model.register_buffer("keys", keys)
+
+
+def test_while_training_the_key_side_carries_the_gradient_to_the_kernel():
+    model = random_nw(30, 2, False)
+    loss = model(torch.randn(8, 2))[0].square().sum()
+    loss.backward()
+    assert model.w.grad is not None and model.w.grad.abs().sum() > 0
+    assert model.kept_key_side is None  # nothing kept while a gradient flows
+
+
+@pytest.mark.parametrize("kernel", ["gaussian", "laplacian"])
+def test_nearest_key_distances_of_a_small_batch_and_a_large_one_agree(kernel):
+    """Exact differences for a small batch, cdist (its matrix product) for a large one: the same distances."""
+    torch.manual_seed(3)
+    model = NadarayaWatson(NWConfig(in_features=4, n_keys=500, kernel=kernel, bandwidth=0.8)).double().eval()
+    model.set_memory(torch.randn(500, 4, dtype=torch.float64), torch.randn(500, dtype=torch.float64))
+    queries = torch.randn(64, 4, dtype=torch.float64) * 2
+    one_by_one = torch.cat([model.nearest_key_distance(q[None]) for q in queries])  # 2,000 differences each
+    together = model.nearest_key_distance(queries)  # 128,000: past DIRECT_DISTANCE_ELEMENTS
+    assert torch.allclose(one_by_one, together, rtol=1e-6, atol=1e-9)

@@ -49,6 +49,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import novelty
+from .directions import initial_directions, least_squares
 from .family import Family, Inputs, Outputs
 from .prototypes import build_memory
 from .standardize import Standardize
@@ -56,6 +57,21 @@ from .standardize import Standardize
 logger = logging.getLogger(__name__)
 KERNELS = ("gaussian", "laplacian")
 FUSED_MAX_SCORE_ERROR = 1e-4  # rounding error of the expanded scores the fused path may carry
+DIRECT_DISTANCE_ELEMENTS = 1 << 16  # up to this many (query, key, feature) differences, distances without cdist
+
+
+@dataclass(frozen=True)
+class KeySide:
+    """What attention needs of the keys alone, in the kernel's view (`NadarayaWatson.key_side`)."""
+
+    centre: Tensor  # (D,) the keys' mean: the kernel is shift-invariant, and centring keeps the expansion precise
+    keys: Tensor  # (K, P) the projected centred keys, P(k - centre)
+    augmented: Tensor  # (K, W) the fused path's keys [k', -|k'|^2 / 2 (+ log count), 0, ...]
+    memory: Tensor  # (K, W) what attention pools, zero-padded to the same width W
+    columns: int  # V, the memory's own columns
+    radius: float  # the largest of the projected keys' norms
+    scale: Tensor  # raw queries x (Q, D) -> projected centred queries P(standardized x - centre): x * scale + shift
+    shift: Tensor  # (P,); with a linear map (rank), x @ scale + shift, scale (D, P)
 
 
 @dataclass
@@ -95,25 +111,6 @@ class NWConfig:
             raise ValueError("a linear trend is for regression (n_classes = 0)")
 
 
-def least_squares(keys: Tensor, values: Tensor, ridge: float = 1e-3) -> Tensor:
-    """The slope (D, V) of the keys' (K, D) ridge least-squares fit of the values (K,) or (K, V), intercept aside."""
-    n, d = keys.shape
-    x = keys - keys.mean(0)  # (K, D)
-    v = values.reshape(n, -1) - values.reshape(n, -1).mean(0)  # (K, V)
-    return torch.linalg.solve(x.T @ x + ridge * n * torch.eye(d, dtype=x.dtype, device=x.device), x.T @ v)
-
-
-def initial_directions(keys: Tensor, values: Tensor, ridge: float = 1e-3) -> Tensor:
-    """An orthonormal basis (D, D) of the input space, most telling directions first: those of the keys'
-    (ridge) least-squares fit of the values, then the principal directions of what they leave."""
-    d = keys.shape[1]
-    x = keys - keys.mean(0)  # (K, D)
-    fitted = torch.linalg.svd(least_squares(keys, values, ridge), full_matrices=False).U  # (D, min(D, V))
-    rest = x - x @ fitted @ fitted.T  # (K, D), the keys without the fitted directions
-    principal = torch.linalg.svd(rest, full_matrices=True).Vh[: d - fitted.shape[1]]  # (D - s, D)
-    return torch.linalg.qr(torch.cat([fitted, principal.T], dim=1)).Q.T  # (D, D), Gram-Schmidt in that order
-
-
 class NadarayaWatson(nn.Module):
     supports_bf16 = False  # exp of kernel scores needs float32 precision
 
@@ -133,6 +130,7 @@ class NadarayaWatson(nn.Module):
         self.make_memory(config.n_keys)
         self.x_scaler = Standardize(config.in_features)
         self.y_scaler = Standardize(1)
+        self.kept_key_side: tuple[list, KeySide] | None = None  # (what it was computed from, the key side)
 
     def make_memory(self, n_keys: int) -> None:
         config = self.config
@@ -238,25 +236,71 @@ class NadarayaWatson(nn.Module):
         return pred, torch.cat(weights) if need_weights else None
 
     def _attend(self, q: Tensor, exclude: Tensor | None, need_weights: bool) -> tuple[Tensor, Tensor | None]:
-        fused = self.config.fused and self.config.kernel == "gaussian" and not need_weights and self.fused_is_exact(q)
-        if self.config.prototypes and (exclude is not None or not fused):
+        fused, side = None, None
+        if self.config.fused and self.config.kernel == "gaussian" and not need_weights:
+            side = self.key_side()
+            qp = self.project(q - side.centre)  # (Q, P)
+            fused = qp if self.expansion_is_exact(qp, side) else None
+        if self.config.prototypes and (exclude is not None or fused is None):
             return self.attend_prototypes(q, exclude, need_weights)
         mask = None
         if exclude is not None:
             mask = torch.ones(q.shape[0], self.keys.shape[0], dtype=torch.bool, device=q.device)  # (Q, K)
             mask[torch.arange(q.shape[0], device=q.device), exclude] = False
-        if fused:
-            return self.readout(q, self.fused_attention(q, mask)), None
+        if fused is not None:
+            return self.readout(q, self.fused_attention(fused, side, mask)), None
         weights = F.softmax(self.scores(q, mask), dim=-1)  # (Q, K)
         return self.readout(q, weights @ self.memory()), weights if need_weights else None
+
+    def key_side(self) -> KeySide:
+        """The keys' side of attention. Kept while no gradient flows through it and the model's own tensors and its
+        input scaler's stay the same tensors, unchanged in place (serving: computed once); else computed per pass."""
+        tensors = [*self._parameters.values(), *self._buffers.values(), *self.x_scaler._buffers.values()]
+        if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+            return self.compute_key_side()
+        stamp = [(t.data_ptr(), t._version, t.dtype) for t in tensors]
+        if self.kept_key_side is None or self.kept_key_side[0] != stamp:
+            with torch.no_grad():
+                self.kept_key_side = (stamp, self.compute_key_side())
+        return self.kept_key_side[1]
+
+    def compute_key_side(self) -> KeySide:
+        centre = self.keys.mean(0)  # (D,)
+        k = self.project(self.keys - centre)  # (K, P)
+        bias = -(k**2).sum(-1, keepdim=True) / 2  # (K, 1); with prototypes + log count, folded into the key
+        if self.config.prototypes:
+            bias = bias + self.counts.log()[:, None]
+        augmented = torch.cat([k, bias], dim=-1)  # (K, P+1)
+        # One width for q, k and v (fused kernels need one head size): zero columns add nothing to q.k.
+        memory = self.memory()  # (K, V)
+        width = max(augmented.shape[1], memory.shape[1])
+        padded = F.pad(augmented, (0, width - augmented.shape[1])), F.pad(memory, (0, width - memory.shape[1]))
+        radius = float(k.detach().norm(dim=-1).max())
+        scaler = self.x_scaler
+        if self.config.rank:  # P(z) = z @ L.T with z = (x - mean) / std
+            scale = (self.L / scaler.std).T  # (D, r)
+        else:
+            scale = self.w / scaler.std  # (D,)
+        shift = -self.project(scaler.mean / scaler.std + centre)  # (P,)
+        return KeySide(centre, k, *padded, memory.shape[1], radius, scale, shift)
+
+    def project_raw(self, x: Tensor, side: KeySide) -> Tensor:
+        """Raw queries (Q, D) -> projected centred queries (Q, P) in one operation (what `_attend` projects)."""
+        if self.config.rank:
+            return torch.addmm(side.shift, x, side.scale)
+        return torch.addcmul(side.shift, x, side.scale)
 
     @torch.no_grad()
     def nearest_key_distance(self, x: Tensor) -> Tensor:
         """Raw queries (Q,) or (Q, D) -> (Q,) distance to the nearest key in the kernel's units (bandwidths):
-        the novelty score (`training/nn/novelty.py`). One (Q x K) distance matrix, the size of a pass's scores."""
-        queries = self.x_scaler(x.reshape(x.shape[0], self.config.in_features))  # (Q, D)
+        the novelty score (`training/nn/novelty.py`). Exact differences for a small batch, else cdist (one Q x K
+        matrix, the size of a pass's scores, by its matrix product past 25 rows): the two agree to ~1e-6 relative."""
+        side = self.key_side()
+        q = self.project_raw(x.reshape(x.shape[0], self.config.in_features), side)  # (Q, P)
         p = 2.0 if self.config.kernel == "gaussian" else 1.0
-        return torch.cdist(self.project(queries), self.project(self.keys), p=p).min(-1).values  # (Q,)
+        if q.numel() * len(side.keys) <= DIRECT_DISTANCE_ELEMENTS:
+            return torch.linalg.vector_norm(q[:, None, :] - side.keys[None], ord=p, dim=-1).amin(-1)  # (Q,)
+        return torch.cdist(q, side.keys, p=p).min(-1).values  # (Q,)
 
     def attend_prototypes(self, q: Tensor, exclude: Tensor | None, need_weights: bool) -> tuple[Tensor, Tensor | None]:
         """Attention over the prototypes from (Q x M) scores; with `exclude` (training rows' indices) each row's own
@@ -283,9 +327,9 @@ class NadarayaWatson(nn.Module):
     def prototype_scores(self, q: Tensor) -> Tensor:
         """Kernel scores (Q, M) of standardized queries against the prototypes, plus log count: one matrix product
         when its rounding error allows (as the fused path), else exact distances; never (Q x M x D)."""
-        centre = self.keys.detach().mean(0)
-        qp, kp = self.project(q - centre), self.project(self.keys - centre)
-        if self.config.kernel == "gaussian" and self.fused_is_exact(q):  # -|q - k|^2 / 2, expanded as the fused path
+        side = self.key_side()
+        qp, kp = self.project(q - side.centre), side.keys
+        if self.config.kernel == "gaussian" and self.expansion_is_exact(qp, side):  # -|q - k|^2 / 2, expanded
             s = qp @ kp.T - kp.square().sum(-1) / 2 - qp.square().sum(-1, keepdim=True) / 2
         elif self.config.kernel == "gaussian":
             s = -torch.cdist(qp, kp, compute_mode="donot_use_mm_for_euclid_dist").square() / 2
@@ -294,13 +338,15 @@ class NadarayaWatson(nn.Module):
         return s + self.counts.log()
 
     def fused_is_exact(self, q: Tensor) -> bool:
-        """Whether the expanded scores' rounding error (about eps x their size) is below FUSED_MAX_SCORE_ERROR."""
-        centre = self.keys.mean(0)
-        with torch.no_grad():
-            q_radius = self.project(q - centre).norm(dim=-1).max()
-            k_radius = self.project(self.keys - centre).norm(dim=-1).max()
-        size = q_radius * k_radius + k_radius**2 / 2
-        return bool(size * torch.finfo(q.dtype).eps < FUSED_MAX_SCORE_ERROR)
+        """Whether the expanded scores' rounding error for standardized queries (Q, D) is under the bound."""
+        side = self.key_side()
+        return self.expansion_is_exact(self.project(q - side.centre), side)
+
+    @staticmethod
+    def expansion_is_exact(qp: Tensor, side: KeySide) -> bool:
+        """The same for projected centred queries (Q, P): their error is about eps x |q'| |k'| + |k'|^2 / 2."""
+        size = float(qp.detach().norm(dim=-1).max()) * side.radius + side.radius**2 / 2
+        return size * torch.finfo(qp.dtype).eps < FUSED_MAX_SCORE_ERROR
 
     def scores(self, q: Tensor, mask: Tensor | None = None) -> Tensor:
         """Direct kernel scores (Q, K) for standardized queries (Q, D); materializes Q x K x D."""
@@ -312,33 +358,19 @@ class NadarayaWatson(nn.Module):
             s = -diff.abs().sum(-1)
         return s if mask is None else s.masked_fill(~mask, torch.finfo(s.dtype).min)
 
-    def fused_attention(self, q: Tensor, mask: Tensor | None = None) -> Tensor:
-        """Gaussian NW via scaled-dot-product attention on augmented queries/keys: pooled memory (Q, D) -> (Q, V)."""
-        # Centre on the keys' mean: the kernel is shift-invariant and the expansion keeps precision.
-        centre = self.keys.mean(0)
-        k = self.project(self.keys - centre)  # (K, D) or (K, r)
-        q = self.project(q - centre)  # (Q, D) or (Q, r)
-        q_aug = torch.cat([q, torch.ones_like(q[:, :1])], dim=-1)  # (Q, D+1)
-        bias = -(k**2).sum(-1, keepdim=True) / 2  # (K, 1); with prototypes + log count, folded into the key
-        if self.config.prototypes:
-            bias = bias + self.counts.log()[:, None]
-        k_aug = torch.cat([k, bias], dim=-1)  # (K, D+1)
-        # One width for q, k and v (fused kernels need one head size): zero columns add nothing to q.k.
-        v = self.memory()  # (K, V)
-        width = max(k_aug.shape[1], v.shape[1])
-        q_aug, k_aug = F.pad(q_aug, (0, width - q_aug.shape[1])), F.pad(k_aug, (0, width - k_aug.shape[1]))
-        v_aug = F.pad(v, (0, width - v.shape[1]))  # (K, W), values in the first V columns
+    def fused_attention(self, qp: Tensor, side: KeySide, mask: Tensor | None = None) -> Tensor:
+        """Gaussian NW via scaled-dot-product attention on augmented queries/keys: projected centred queries (Q, P)
+        -> pooled memory (Q, V)."""
+        width = side.augmented.shape[1]
+        q_aug = torch.cat([qp, torch.ones_like(qp[:, :1]), qp.new_zeros(len(qp), width - qp.shape[1] - 1)], -1)
         out = F.scaled_dot_product_attention(
             q_aug[None, None],
-            k_aug[None, None],
-            v_aug[None, None],
+            side.augmented[None, None],
+            side.memory[None, None],
             attn_mask=None if mask is None else mask[None, None],
             scale=1.0,
         )  # (1, 1, Q, W)
-        return out[0, 0, :, : v.shape[1]]  # (Q, V)
-
-
-# the family
+        return out[0, 0, :, : side.columns]
 
 
 def predict(

@@ -74,16 +74,19 @@ def band_names() -> list[str]:
     return [f"{low:g}-{high:g}" for low, high in zip(edges, edges[1:])] + [BEYOND]
 
 
+BAND_NAMES = band_names()
+
+
 def count_bands(scores: list[float], reference_points: list[float]) -> dict[str, int]:
     """How many scores fall in each band: the bands' edges in score units, then one bisection per score."""
     if len(reference_points) != REFERENCE_POINTS or not scores:
         return {}
     n = REFERENCE_POINTS - 1
-    edges = [reference_points[round(q * n)] for q in BANDS] + [reference_points[-1]]  # score at each band's edge
-    names = band_names()
+    edges = [reference_points[round(q * n)] for q in BANDS]  # the score at each band's lower edge
+    top, names, beyond = reference_points[-1], BAND_NAMES, len(BAND_NAMES) - 1
     counts: dict[str, int] = {}
     for score in scores:
         # Scores at or below the top reference fall in the bands; past it, or not a number, "beyond".
-        k = bisect.bisect_right(edges[:-1], score) if score <= edges[-1] else len(names) - 1
-        counts[names[k]] = counts.get(names[k], 0) + 1
+        name = names[bisect.bisect_right(edges, score) if score <= top else beyond]
+        counts[name] = counts.get(name, 0) + 1
     return counts
