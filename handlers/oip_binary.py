@@ -13,7 +13,6 @@ Bytes:    numbers little-endian, row-major; a BYTES element is a 4-byte little-e
 from __future__ import annotations
 
 import json
-import re
 import struct
 from typing import Any
 
@@ -52,7 +51,7 @@ def binary_body(raw: bytes, length: str, limits: Limits) -> dict:
     """The JSON header with each binary input's bytes read into its `data`; a `RequestError` says what does not
     add up."""
     check_body_size(raw, limits)
-    if not re.fullmatch(r"[0-9]{1,12}", length):
+    if not (length.isascii() and length.isdigit() and len(length) <= 12):
         raise invalid(f"the {HEADER} header is {length[:20]!r}; expected the JSON header's length in bytes")
     size = int(length)
     if size > len(raw):
