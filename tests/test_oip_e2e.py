@@ -16,6 +16,7 @@ from tritonclient.grpc import service_pb2
 
 from benchmarks.steady_load import SteadyLoad
 from handlers.contract import agrees
+from training.infra.processes import wait_until
 from training.serving.torchserve import OIP_GRPC_SERVICE, read_properties
 
 pytestmark = pytest.mark.e2e
@@ -261,10 +262,14 @@ def test_at_c64_the_two_protocols_share_batches_as_the_batch_fill_metric_shows(s
     with SteadyLoad(server.inference_url, server.token(), requests, 64) as load:
         time.sleep(3)
     assert load.outcome.requests > 200 and load.outcome.failed == 0, load.outcome
-    status, text, _ = server.request("GET", f"{server.metrics_url}/metrics", token=server.token())
-    counts = [line for line in text.splitlines() if line.startswith("attention_batch_requests_count{")]
-    shared = [line for line in counts if 'protocols="both"' in line and 'ModelName="nw-sine"' in line]
-    assert status == 200 and shared and float(shared[0].rsplit(" ", 1)[1]) > 0, counts
+
+    def shared() -> list[str]:  # the worker writes its figures within a second of each batch
+        status, text, _ = server.request("GET", f"{server.metrics_url}/metrics", token=server.token())
+        counts = [line for line in text.splitlines() if line.startswith("attention_batch_requests_count{")]
+        both = [line for line in counts if 'protocols="both"' in line and 'ModelName="nw-sine"' in line]
+        return [line for line in both if float(line.rsplit(" ", 1)[1]) > 0] if status == 200 else []
+
+    assert wait_until(lambda: bool(shared()), 10, 0.25), shared()
 
 
 def hostile_grpc_requests():

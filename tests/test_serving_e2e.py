@@ -9,6 +9,7 @@ import time
 import urllib.error
 import urllib.request
 import zipfile
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import pytest
 from mlflow import MlflowClient
 from served_champions import CREDENTIALS, SEQUENCES
 
+from handlers.metrics import FLUSH_SECONDS
 from training.infra import memory, places
 from training.infra.processes import free_port, process_tree, wait_until
 from training.serving import balancer, monitor, oip_grpc, serve
@@ -249,6 +251,18 @@ def scrape(server) -> dict[tuple[str, frozenset], float]:
     return samples
 
 
+def settled(read: Callable[[], dict]) -> dict:
+    """What `read` gives once two reads a flush apart agree: every figure a worker held has gone out."""
+    last = read()
+    for _ in range(20):
+        time.sleep(FLUSH_SECONDS + 0.5)
+        now = read()
+        if now == last:
+            return now
+        last = now
+    raise AssertionError(f"the figures kept moving: {last}")
+
+
 def test_the_handlers_metrics_reach_prometheus_by_route_and_outcome(served_champions):
     server, _ = served_champions
 
@@ -258,8 +272,8 @@ def test_the_handlers_metrics_reach_prometheus_by_route_and_outcome(served_champ
             v for (name, labels), v in scrape(server).items() if name == "attention_requests_total" and want <= labels
         )
 
-    before = {key: requests(*key) for key in [("predictions", "answered"), ("predictions", "invalid instance")]}
-    before[("explanations", "answered")] = requests("explanations", "answered")
+    keys = [("predictions", "answered"), ("predictions", "invalid instance"), ("explanations", "answered")]
+    before = settled(lambda: {key: requests(*key) for key in keys})  # earlier tests' figures held in the worker
     for _ in range(3):
         assert server.predict("nw-sine", [1.0, 2.0])[0] == 200
     for _ in range(2):
