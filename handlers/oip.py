@@ -29,10 +29,10 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
-from .contract import STRICT_JSON, answer_batch, decode_body, non_finite, sized
+from .contract import STRICT_JSON, answer_batch, decode_body, sized
 from .errors import RequestError
 from .numbers import NUMBER_TYPES, preview
-from .oip_binary import HEADER, binary_answer, binary_body, binary_outputs
+from .oip_binary import HEADER, binary_answer, binary_blobs, binary_body, binary_outputs
 from .types import Adapter, Answer, Limits
 
 FLOATS = frozenset({"FP32", "FP64"})
@@ -294,17 +294,18 @@ def oip_answer(answer: Answer, request: OipRequest, limits: Limits, model_info: 
     for output in request.outputs:
         data, shape = stacked([output.take(prediction, explanation) for prediction, explanation in pairs])
         tensors.append({"name": output.tensor.name, "datatype": output.tensor.datatype, "shape": shape, "data": data})
-    oip = frame(model_info, request.id)
-    if request.binary:
-        try:
-            return carried(binary_answer(oip | {"outputs": tensors}, request.binary, limits), answer)
-        except RequestError as error:
-            return oip_error(error, model_info, request.id)
+    blobs = binary_blobs(tensors, request.binary) if request.binary else None
     try:
         text = oip_text(model_info, request.id, tensors)
     except ValueError:
-        text = None
-    rendered = sized(200, text, None, limits) if text is not None else non_finite()
+        detail = "the model produced NaN or infinity for this input"
+        return oip_error(RequestError("non-finite result", detail, status=422), model_info, request.id)
+    if blobs is not None:
+        try:
+            return carried(binary_answer(text, blobs, limits), answer)
+        except RequestError as error:
+            return oip_error(error, model_info, request.id)
+    rendered = sized(200, text, None, limits)
     if rendered.status != 200:
         refusal = RequestError(*json.loads(rendered.body).values(), status=rendered.status)
         return oip_error(refusal, model_info, request.id)

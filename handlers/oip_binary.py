@@ -16,7 +16,7 @@ import json
 import struct
 from typing import Any
 
-from .contract import check_body_size, decode_body, render
+from .contract import check_body_size, decode_body
 from .errors import RequestError
 from .types import Answer, Limits
 
@@ -134,18 +134,20 @@ def packed(data: list, datatype: str) -> bytes:
     return struct.pack(f"<{len(data)}{FORMATS[datatype]}", *data)
 
 
-def binary_answer(oip: dict, binary: frozenset[str], limits: Limits) -> Answer:
-    """The answer with the outputs named in `binary` as raw bytes after its JSON, within the response budget; a
-    `RequestError` when it is not."""
+def binary_blobs(tensors: list[dict], binary: frozenset[str]) -> list[bytes]:
+    """The outputs named in `binary` as raw bytes, in output order; each such tensor's `data` becomes its
+    `parameters.binary_data_size`."""
     blobs = []
-    for tensor in oip["outputs"]:
+    for tensor in tensors:
         if tensor["name"] in binary:
             blobs.append(packed(tensor.pop("data"), tensor["datatype"]))
             tensor["parameters"] = {"binary_data_size": len(blobs[-1])}
-    header = render(200, oip, limits)
-    if header.status != 200:
-        raise RequestError(*json.loads(header.body).values(), status=header.status)
-    text = header.body.encode()
+    return blobs
+
+
+def binary_answer(header: str, blobs: list[bytes], limits: Limits) -> Answer:
+    """The answer's JSON `header` then the blobs, within the response budget; a `RequestError` when it is not."""
+    text = header.encode()
     size = len(text) + sum(map(len, blobs))
     if size > limits.max_response_bytes:
         detail = f"the answer has {size:,} bytes; at most {limits.max_response_bytes:,}: send fewer instances"
