@@ -139,16 +139,26 @@ def render_result(key: str, result: Any, model: tuple[dict, str], limits: Limits
 
 
 def non_finite() -> Answer:
-    return error_answer(
-        RequestError("non-finite result", "the model produced NaN or infinity for this input", status=422)
-    )
+    return error_answer(non_finite_error())
+
+
+def non_finite_error() -> RequestError:
+    return RequestError("non-finite result", "the model produced NaN or infinity for this input", status=422)
+
+
+def check_response_size(size: int, limits: Limits) -> None:
+    """Refuses an answer of `size` bytes over the response budget."""
+    if size > limits.max_response_bytes:
+        detail = f"the answer has {size:,} bytes; at most {limits.max_response_bytes:,}: send fewer instances"
+        raise RequestError("response too large", detail, status=413)
 
 
 def sized(status: int, text: str, body: dict, limits: Limits, headers: dict[str, str] | None = None) -> Answer:
     """The rendered answer, or an error when it is over the response budget."""
-    if len(text) > limits.max_response_bytes:
-        detail = f"the answer has {len(text):,} bytes; at most {limits.max_response_bytes:,}: send fewer instances"
-        return error_answer(RequestError("response too large", detail, status=413))
+    try:
+        check_response_size(len(text), limits)
+    except RequestError as error:
+        return error_answer(error)
     return Answer(status, text, headers or {}, payload=body)
 
 

@@ -20,16 +20,15 @@ asked for, refused naming the served one when it is another).
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cache, cached_property
 from typing import Any
 
-from .contract import STRICT_JSON, answer_batch, decode_body, sized
+from .contract import STRICT_JSON, answer_batch, check_response_size, decode_body, non_finite_error
 from .errors import RequestError
 from .numbers import NUMBER_TYPES, preview
 from .oip_binary import HEADER, binary_answer, binary_blobs, binary_body, binary_outputs
@@ -298,18 +297,17 @@ def oip_answer(answer: Answer, request: OipRequest, limits: Limits, model_info: 
     try:
         text = oip_text(model_info, request.id, tensors)
     except ValueError:
-        detail = "the model produced NaN or infinity for this input"
-        return oip_error(RequestError("non-finite result", detail, status=422), model_info, request.id)
-    if blobs is not None:
-        try:
-            return carried(binary_answer(text, blobs, limits), answer)
-        except RequestError as error:
-            return oip_error(error, model_info, request.id)
-    rendered = sized(200, text, None, limits)
-    if rendered.status != 200:
-        refusal = RequestError(*json.loads(rendered.body).values(), status=rendered.status)
-        return oip_error(refusal, model_info, request.id)
-    return carried(rendered, answer)
+        return oip_error(non_finite_error(), model_info, request.id)
+    try:
+        oip = binary_answer(text, blobs, limits) if blobs is not None else json_answer(text, limits)
+    except RequestError as error:
+        return oip_error(error, model_info, request.id)
+    return carried(oip, answer)
+
+
+def json_answer(text: str, limits: Limits) -> Answer:
+    check_response_size(len(text), limits)
+    return Answer(200, text, {})
 
 
 def oip_text(model_info: dict, request_id: str | None, tensors: list[dict]) -> str:
@@ -319,7 +317,7 @@ def oip_text(model_info: dict, request_id: str | None, tensors: list[dict]) -> s
     return frame_head(model_info["name"], model_info["version"]) + rest[1:]
 
 
-@functools.cache
+@cache
 def frame_head(name: str, version: str) -> str:
     """An answer's frame up to its id: {"model_name":…,"model_version":…,"""
     return STRICT_JSON.encode({"model_name": name, "model_version": version})[:-1] + ","

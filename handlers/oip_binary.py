@@ -16,7 +16,7 @@ import json
 import struct
 from typing import Any
 
-from .contract import check_body_size, decode_body
+from .contract import check_body_size, check_response_size, decode_body
 from .errors import RequestError
 from .types import Answer, Limits
 
@@ -148,9 +148,6 @@ def binary_blobs(tensors: list[dict], binary: frozenset[str]) -> list[bytes]:
 def binary_answer(header: str, blobs: list[bytes], limits: Limits) -> Answer:
     """The answer's JSON `header` then the blobs, within the response budget; a `RequestError` when it is not."""
     text = header.encode()
-    size = len(text) + sum(map(len, blobs))
-    if size > limits.max_response_bytes:
-        detail = f"the answer has {size:,} bytes; at most {limits.max_response_bytes:,}: send fewer instances"
-        raise RequestError("response too large", detail, status=413)
+    check_response_size(len(text) + sum(map(len, blobs)), limits)
     headers = {HEADER: str(len(text)), "content-type": CONTENT_TYPE}
     return Answer(200, b"".join([text, *blobs]), headers)

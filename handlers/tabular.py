@@ -34,10 +34,10 @@ from .answers import (
     EXPLANATION_BYTES,
     KEY_FEATURE_BYTES,
     NUMBER_ANSWER_BYTES,
-    PROBABILITY_DECIMALS,
     TOP_KEY_BYTES,
     WEIGHT_DECIMALS,
     NoveltyScores,
+    class_answers,
     ran,
 )
 from .errors import RequestError
@@ -144,7 +144,7 @@ class TabularAdapter:
         for start in range(0, len(x), rows_per_pass):
             if time.monotonic() > deadline:
                 break
-            inputs = Inputs(x[start : start + rows_per_pass] if len(x) > rows_per_pass else x)  # (n, D)
+            inputs = Inputs(x[start : start + rows_per_pass])  # (n, D)
             outputs = FAMILY.predict(self.model, inputs, need_weights=explain)  # (n,) or (n, C); weights (n, K)
             predictions = self.predictions(outputs.out)
             if explain:
@@ -156,12 +156,9 @@ class TabularAdapter:
         return ran(results, scores, beyond, [len(b) for b in batch])
 
     def predictions(self, out: Tensor) -> list:
-        """Per row, a number (regression), or the class label and probabilities (classification: `out` holds log p)."""
-        if not self.n_classes:
-            return out.tolist()
-        probabilities = out.exp()  # (n, C)
-        best, rounded = probabilities.argmax(-1).tolist(), probabilities.round(decimals=PROBABILITY_DECIMALS).tolist()
-        return [{"label": self.labels[k], "probabilities": p} for k, p in zip(best, rounded)]
+        """Per row, a number (regression), or the class label and probabilities (classification: `out` holds log p,
+        whose softmax is p)."""
+        return out.tolist() if not self.n_classes else class_answers(out, self.labels)
 
     def explanation(self, prediction: Any, weights: Tensor) -> dict:
         """The prediction and as much of the training keys behind it as `explain_keys` reveals (module docstring)."""

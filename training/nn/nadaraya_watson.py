@@ -70,8 +70,6 @@ class KeySide:
     memory: Tensor  # (K, W) what attention pools, zero-padded to the same width W
     columns: int  # V, the memory's own columns
     radius: float  # the largest of the projected keys' norms
-    scale: Tensor  # raw queries x (Q, D) -> projected centred queries P(standardized x - centre): x * scale + shift
-    shift: Tensor  # (P,); with a linear map (rank), x @ scale + shift, scale (D, P)
 
 
 @dataclass
@@ -253,9 +251,9 @@ class NadarayaWatson(nn.Module):
         return self.readout(q, weights @ self.memory()), weights if need_weights else None
 
     def key_side(self) -> KeySide:
-        """The keys' side of attention. Kept while no gradient flows through it and the model's own tensors and its
-        input scaler's stay the same tensors, unchanged in place (serving: computed once); else computed per pass."""
-        tensors = [*self._parameters.values(), *self._buffers.values(), *self.x_scaler._buffers.values()]
+        """The keys' side of attention. Kept while no gradient flows through it and the model's own tensors stay the
+        same tensors, unchanged in place (serving: computed once); else computed per pass."""
+        tensors = [*self._parameters.values(), *self._buffers.values()]
         if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
             return self.compute_key_side()
         stamp = [(t.data_ptr(), t._version, t.dtype) for t in tensors]
@@ -275,20 +273,7 @@ class NadarayaWatson(nn.Module):
         memory = self.memory()  # (K, V)
         width = max(augmented.shape[1], memory.shape[1])
         padded = F.pad(augmented, (0, width - augmented.shape[1])), F.pad(memory, (0, width - memory.shape[1]))
-        radius = float(k.detach().norm(dim=-1).max())
-        scaler = self.x_scaler
-        if self.config.rank:  # P(z) = z @ L.T with z = (x - mean) / std
-            scale = (self.L / scaler.std).T  # (D, r)
-        else:
-            scale = self.w / scaler.std  # (D,)
-        shift = -self.project(scaler.mean / scaler.std + centre)  # (P,)
-        return KeySide(centre, k, *padded, memory.shape[1], radius, scale, shift)
-
-    def project_raw(self, x: Tensor, side: KeySide) -> Tensor:
-        """Raw queries (Q, D) -> projected centred queries (Q, P) in one operation (what `_attend` projects)."""
-        if self.config.rank:
-            return torch.addmm(side.shift, x, side.scale)
-        return torch.addcmul(side.shift, x, side.scale)
+        return KeySide(centre, k, *padded, memory.shape[1], float(k.detach().norm(dim=-1).max()))
 
     @torch.no_grad()
     def nearest_key_distance(self, x: Tensor) -> Tensor:
@@ -296,7 +281,7 @@ class NadarayaWatson(nn.Module):
         the novelty score (`training/nn/novelty.py`). Exact differences for a small batch, else cdist (one Q x K
         matrix, the size of a pass's scores, by its matrix product past 25 rows): the two agree to ~1e-6 relative."""
         side = self.key_side()
-        q = self.project_raw(x.reshape(x.shape[0], self.config.in_features), side)  # (Q, P)
+        q = self.project(self.x_scaler(x.reshape(x.shape[0], self.config.in_features)) - side.centre)  # (Q, P)
         p = 2.0 if self.config.kernel == "gaussian" else 1.0
         if q.numel() * len(side.keys) <= DIRECT_DISTANCE_ELEMENTS:
             return torch.linalg.vector_norm(q[:, None, :] - side.keys[None], ord=p, dim=-1).amin(-1)  # (Q,)
