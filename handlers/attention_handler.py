@@ -16,6 +16,7 @@ import torch
 from ts.torch_handler.base_handler import BaseHandler
 
 import training.nn
+from handlers import worker_io
 from handlers.contract import Limits, adapter_for, answer_batch
 from handlers.errors import WarmUpError
 from handlers.metrics import MetricsSink, batch_figures
@@ -64,13 +65,15 @@ class AttentionHandler(BaseHandler):
         if warm_up[0].status != 200:
             raise WarmUpError(f"the model does not answer its own example: {warm_up[0].body}")
         self.metrics = MetricsSink() if self.limits.metrics else None
+        buffered = self.limits.buffered_reads and worker_io.install()
         self.initialized = True
         # Where the code came from: the archive's own copy, never a repository checkout.
         logger.info(
-            "loaded %s version %s (sha256 verified) on %s; code from %s and %s",
+            "loaded %s version %s (sha256 verified) on %s, requests read %s; code from %s and %s",
             info["name"],
             info["version"],
             self.device,
+            "through a buffer" if buffered else "field by field",
             os.path.dirname(os.path.abspath(__file__)),
             os.path.dirname(os.path.abspath(training.nn.__file__)),
         )
@@ -90,7 +93,7 @@ class AttentionHandler(BaseHandler):
         batch_size = str(len(data))
         for i, answer in enumerate(answers):
             context.set_response_status(answer.status, PHRASES[answer.status], idx=i)
-            context.set_response_content_type(i, "application/json")  # a binary answer's headers replace it
+            context.set_response_content_type(i, answer.content_type)
             context.set_response_header(i, "X-Batch-Size", batch_size)
             for key, value in answer.headers.items():
                 context.set_response_header(i, key, value)

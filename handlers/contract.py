@@ -26,6 +26,7 @@ from .answers import agrees
 from .errors import RequestError
 from .images import ImageAdapter
 from .sequences import SequenceAdapter
+from .strict_json import dumps, loads
 from .tabular import TabularAdapter
 from .text import TextAdapter
 from .types import Adapter, Answer, Limits, Request
@@ -62,7 +63,7 @@ def decode_body(raw: Any, limits: Limits) -> dict:
             raise RequestError("invalid body", "the body is not UTF-8 text") from None
     if isinstance(raw, str):
         try:
-            raw = json.loads(raw)
+            raw = loads(raw)
         except json.JSONDecodeError as error:
             raise RequestError("invalid JSON", f"the body is not valid JSON ({error})") from None
         except RecursionError:
@@ -117,29 +118,17 @@ def parse_request(raw: Any, adapter: Adapter, limits: Limits, explain: bool = Fa
 # respond
 
 
-STRICT_JSON = json.JSONEncoder(allow_nan=False, separators=(",", ":"))  # no NaN or Infinity, no spaces
-
-
-def render(status: int, body: dict, limits: Limits, headers: dict[str, str] | None = None) -> Answer:
-    """Strict JSON (no NaN or Infinity) within the response budget, or an error that says which failed."""
+def render_result(key: str, result: Any, model_json: str, limits: Limits) -> Answer:
+    """{key: result, "model": info} as strict JSON (no NaN or Infinity) within the response budget, or an error that
+    says which failed; the model's part (`model_json`) written once per batch."""
     try:
-        text = STRICT_JSON.encode(body)
+        text = f'{{"{key}":{dumps(result)},"model":{model_json}}}'
+        check_response_size(len(text), limits)
+    except RequestError as error:  # (a ValueError too: first)
+        return error_answer(error)
     except ValueError:
-        return non_finite()
-    return sized(status, text, body, limits, headers)
-
-
-def render_result(key: str, result: Any, model: tuple[dict, str], limits: Limits) -> Answer:
-    """`render` of {key: result, "model": info} with the model's part (info, its JSON) written once per batch."""
-    try:
-        text = f'{{"{key}":{STRICT_JSON.encode(result)},"model":{model[1]}}}'
-    except ValueError:
-        return non_finite()
-    return sized(200, text, {key: result, "model": model[0]}, limits)
-
-
-def non_finite() -> Answer:
-    return error_answer(non_finite_error())
+        return error_answer(non_finite_error())
+    return Answer(200, text, {})
 
 
 def non_finite_error() -> RequestError:
@@ -153,13 +142,9 @@ def check_response_size(size: int, limits: Limits) -> None:
         raise RequestError("response too large", detail, status=413)
 
 
-def sized(status: int, text: str, body: dict, limits: Limits, headers: dict[str, str] | None = None) -> Answer:
-    """The rendered answer, or an error when it is over the response budget."""
-    try:
-        check_response_size(len(text), limits)
-    except RequestError as error:
-        return error_answer(error)
-    return Answer(status, text, headers or {}, payload=body)
+def unrendered(result: Any) -> Answer:
+    """A success whose result another protocol writes (`Request.rendered`)."""
+    return Answer(200, "", {}, payload=result)
 
 
 def error_answer(error: RequestError) -> Answer:
@@ -182,26 +167,37 @@ def admit(requests: dict[int, Request], limits: Limits) -> tuple[list[int], list
     return sorted(admitted), refused
 
 
+def request_or_refusal(raw: Any, adapter: Adapter, limits: Limits, explain: bool) -> Request | RequestError:
+    """`parse_request`, its refusal returned: what the request gets wrong, or a bug's 500 (that request alone fails;
+    the worker and the batch go on)."""
+    try:
+        return parse_request(raw, adapter, limits, explain)
+    except RequestError as error:
+        return error
+    except Exception as error:
+        return RequestError("internal error", f"{type(error).__name__}: {error}", status=500)
+
+
 def answer_batch(
     bodies: list[Any], explain: list[bool], adapter: Adapter, limits: Limits, model_info: dict
 ) -> list[Answer]:
     """One answer per request. A bad request fails alone; the valid ones share forward passes
-    (predictions, explanations, and explanations with per-head weights run apart)."""
+    (predictions, explanations, and explanations with per-head weights run apart). A body may be a `Request`
+    another protocol parsed already (its own `explain` counts then)."""
     answers: list[Answer | None] = [None] * len(bodies)
     requests: dict[int, Request] = {}
     for i, raw in enumerate(bodies):
-        try:
-            requests[i] = parse_request(raw, adapter, limits, explain[i])
-        except RequestError as error:
-            answers[i] = error_answer(error)
-        except Exception as error:  # a bug: this request fails alone, the worker and the batch go on
-            answers[i] = error_answer(RequestError("internal error", f"{type(error).__name__}: {error}", status=500))
+        parsed = raw if type(raw) is Request else request_or_refusal(raw, adapter, limits, explain[i])
+        if type(parsed) is Request:
+            requests[i] = parsed
+        else:
+            answers[i] = error_answer(parsed)
     admitted, refused = admit(requests, limits)
     for i in refused:
         detail = f"this batch already holds {limits.max_batch_mmac:,.0f} million multiply-adds of work"
         answers[i] = error_answer(over_capacity(detail))
     deadline = time.monotonic() + limits.batch_seconds
-    model = model_info, STRICT_JSON.encode(model_info)
+    model_json = dumps(model_info)
     # One group per combination of options the admitted requests hold: none can fall between groups.
     for wants in sorted({(requests[i].explain, requests[i].heads) for i in admitted}):
         group = [i for i in admitted if (requests[i].explain, requests[i].heads) == wants]
@@ -216,8 +212,9 @@ def answer_batch(
             if result is None:
                 answers[i] = error_answer(over_capacity(f"the batch ran past {limits.batch_seconds:g} s"))
             else:
-                answers[i] = render_result(key, result, model, limits)
-                answers[i].novelty, answers[i].beyond_range = novelty, beyond
+                answer = render_result(key, result, model_json, limits) if requests[i].rendered else unrendered(result)
+                answer.novelty, answer.beyond_range = novelty, beyond
+                answers[i] = answer
     for i, request in requests.items():  # what the metrics count: instances and priced cost of parsed requests
         answers[i].instances, answers[i].mmac = request.count, request.cost.mmac
     return answers

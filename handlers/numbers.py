@@ -11,6 +11,7 @@ import json
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import cached_property
 from itertools import chain
 from typing import Any
 
@@ -66,6 +67,26 @@ class Bounds:
     def from_scaler(cls, scaler, max_abs_z: float, names: list[str] | None = None, statistics: bool = True) -> Bounds:
         mean, std = scaler.mean.detach().double().cpu(), scaler.std.detach().double().cpu()
         return cls(mean - max_abs_z * std, mean + max_abs_z * std, max_abs_z, tuple(names or ()), statistics=statistics)
+
+    @cached_property
+    def edges(self) -> tuple[tuple[float, float], ...]:
+        """(low, high) per feature, as Python floats."""
+        return tuple(zip(self.low.tolist(), self.high.tolist()))
+
+    def contains(self, values: list, width: int) -> bool:
+        """Whether `values`, numbers in row-major rows of `width` features, all lie within the range: in C, no tensor
+        (the common case of `check`). False for NaN, infinity or an integer too large for a float, which `check` then
+        names."""
+        try:
+            if not math.isfinite(sum(values)):  # NaN and infinity carry through a sum
+                return False
+        except OverflowError:
+            return False
+        for feature, (low, high) in enumerate(self.edges):
+            column = values[feature::width]
+            if column and (min(column) < low or max(column) > high):
+                return False
+        return True
 
     def check(self, values: Tensor, where: str) -> None:
         """`values` (..., D) float64; raise naming the first value out of range (NaN/inf included: the

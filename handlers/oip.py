@@ -28,10 +28,17 @@ from dataclasses import dataclass
 from functools import cache, cached_property
 from typing import Any
 
-from .contract import STRICT_JSON, answer_batch, check_response_size, decode_body, non_finite_error
+from .contract import (
+    answer_batch,
+    check_response_size,
+    decode_body,
+    non_finite_error,
+    request_or_refusal,
+)
 from .errors import RequestError
 from .numbers import NUMBER_TYPES, preview
-from .oip_binary import HEADER, binary_answer, binary_blobs, binary_body, binary_outputs
+from .oip_binary import CONTENT_TYPE, HEADER, binary_answer, binary_blobs, binary_body, binary_outputs
+from .strict_json import dumps
 from .types import Adapter, Answer, Limits
 
 FLOATS = frozenset({"FP32", "FP64"})
@@ -55,6 +62,14 @@ class TensorSpec:
     def fixed(self) -> tuple[tuple[int, int], ...]:
         """(axis, size) of each axis of a declared size."""
         return tuple((axis, size) for axis, size in enumerate(self.shape) if size != -1)
+
+    def fits(self, shape: list[int]) -> bool:
+        if len(shape) != len(self.shape):
+            return False
+        for axis, size in self.fixed:
+            if shape[axis] != size:
+                return False
+        return True
 
 
 @dataclass(frozen=True)
@@ -91,6 +106,8 @@ class InputTensor:
 
     def rows(self) -> list:
         """The data nested by the shape after the batch dimension."""
+        if len(self.shape) == 2 and self.shape[0] == 1:  # one row: the usual request
+            return [self.data]
         nested = self.data
         for size in reversed(self.shape[1:]):
             nested = [nested[i : i + size] for i in range(0, len(nested), size)] if size else []
@@ -99,7 +116,7 @@ class InputTensor:
 
 @dataclass(slots=True)  # as InputTensor
 class OipRequest:
-    body: dict  # the contract's body
+    instances: list  # the contract's instances
     explain: bool
     outputs: tuple[OutputSpec, ...]
     id: str | None
@@ -123,9 +140,23 @@ ROUTE, VERSION, LENGTH = ROUTE_HEADER.lower(), VERSION_HEADER.lower(), HEADER.lo
 ROUTES = ("infer", "metadata", "ready")
 
 
-def lowered(headers: dict[str, Any] | None) -> dict[str, str]:
-    """A request's text headers by lower-case name: whatever case the client or the front door wrote them in."""
-    return {k.lower(): v for k, v in headers.items() if type(v) is str} if headers else {}
+def ours(headers: dict[str, Any] | None) -> dict[str, str]:
+    """This module's headers (`LENGTH`, `ROUTE`, `VERSION`) among a request's, by lower-case name, whatever case the
+    client or the front door wrote them in; text values only."""
+    if not headers:
+        return {}
+    names = tuple(headers)
+    found = OUR_NAMES.get(names)
+    if found is None:  # a set of names not seen yet (clients send the same few sets): looked through once
+        found = tuple((name, name.lower()) for name in names if type(name) is str and name.lower() in OURS)
+        if len(OUR_NAMES) < MAX_NAME_SETS:
+            OUR_NAMES[names] = found
+    return {lower: headers[name] for name, lower in found if type(headers[name]) is str}
+
+
+OURS = frozenset({ROUTE, VERSION, LENGTH})
+OUR_NAMES: dict[tuple, tuple[tuple[str, str], ...]] = {}  # a request's header names -> ours among them
+MAX_NAME_SETS = 1024
 
 
 def routed(route: str | None, version: str | None, kind: OipKind, model_info: dict) -> Answer | None:
@@ -157,18 +188,22 @@ def invalid(detail: str, status: int = 400) -> RequestError:
 
 
 def parse_oip(body: dict, kind: OipKind) -> OipRequest:
-    """The OIP body as the contract's body, with the outputs asked for; a `RequestError` names the tensor."""
+    """The OIP body as the contract's instances, with the outputs asked for; a `RequestError` names the tensor."""
     request_id = body.get("id")
     if request_id is not None and type(request_id) is not str:
         raise invalid('"id" must be a string')
-    if not isinstance(body.get("parameters", {}), dict):
+    if type(body.get("parameters", NO_PARAMETERS)) is not dict:  # JSON objects decode as dicts
         raise invalid('"parameters" must be an object')
     tensors = parse_inputs(body.get("inputs"), kind)
     outputs = requested_outputs(body.get("outputs"), kind)
-    instances = kind.instances(tensors)
-    binary = binary_outputs(body, [o.tensor.name for o in outputs])
-    explain = any(o.explained for o in outputs)
-    return OipRequest({"instances": instances}, explain, outputs, request_id, kind.inputs[0].name, binary)
+    binary = binary_outputs(body, [o.tensor.name for o in outputs]) if BINARY_FIELDS & body.keys() else NO_BINARY
+    explain = outputs is not kind.predictions and any(o.explained for o in outputs)
+    return OipRequest(kind.instances(tensors), explain, outputs, request_id, kind.inputs[0].name, binary)
+
+
+NO_PARAMETERS: dict = {}
+NO_BINARY: frozenset[str] = frozenset()
+BINARY_FIELDS = frozenset({"parameters", "outputs"})  # where binary outputs are asked for
 
 
 def parse_inputs(inputs: Any, kind: OipKind) -> dict[str, InputTensor]:
@@ -198,24 +233,31 @@ def parse_tensor(tensor: dict, spec: TensorSpec) -> InputTensor:
     if datatype != spec.datatype and (type(datatype) is not str or datatype not in spec.accepts):
         taken = " or ".join([spec.datatype, *sorted(spec.accepts)])
         raise invalid(f"input '{name}' has datatype {preview(datatype)}; this model takes {taken}")
-    if type(shape) is not list or not set(map(type, shape)) <= {int} or min(shape, default=0) < 0:
+    if type(shape) is not list or not set(map(type, shape)) <= SIZES or min(shape, default=0) < 0:
         raise invalid(f"input '{name}' needs a shape: a list of sizes, each a non-negative integer")
-    fits = len(shape) == len(spec.shape)
-    for axis, size in spec.fixed if fits else ():
-        fits = fits and shape[axis] == size
-    if not fits:
+    if not spec.fits(shape):
         raise invalid(f"input '{name}' has shape {shape}; this model takes {list(spec.shape)} (-1: any size)")
-    data = flattened(tensor.get("data"), len(shape), name)
+    data = tensor.get("data")
+    if type(data) is not list:
+        raise invalid(f"input '{name}' needs its data as a list")
+    elements = set(map(type, data))
+    if list in elements and len(shape) > 1:
+        data = flattened(data, len(shape), name)
+        elements = set(map(type, data))
     if len(data) != math.prod(shape):
         raise invalid(f"input '{name}' has shape {shape}, {math.prod(shape)} values, but {len(data)} values of data")
-    check_elements(data, datatype, name)
+    taken, called = ELEMENT_TYPES.get(datatype, NUMBERS)
+    if not elements <= taken:
+        wrong = next(i for i, v in enumerate(data) if type(v) not in taken)
+        raise invalid(f"input '{name}' data[{wrong}] is {json.dumps(data[wrong])[:40]}; {datatype} takes {called}")
     return InputTensor(name, datatype, tuple(shape), data)
 
 
-def flattened(data: Any, depth: int, name: str) -> list:
-    """Row-major data, flat or nested up to the shape's rank."""
-    if type(data) is not list:
-        raise invalid(f"input '{name}' needs its data as a list")
+SIZES = frozenset({int})
+
+
+def flattened(data: list, depth: int, name: str) -> list:
+    """Data nested up to the shape's rank, in row-major order."""
     for _ in range(depth - 1):
         types = set(map(type, data))
         if list not in types:
@@ -226,16 +268,8 @@ def flattened(data: Any, depth: int, name: str) -> list:
     return data
 
 
-ELEMENT_TYPES = {"BYTES": ({str}, "strings"), **{t: ({int}, "integers") for t in INTEGERS}}
-NUMBERS = (set(NUMBER_TYPES), "numbers")
-
-
-def check_elements(data: list, datatype: str, name: str) -> None:
-    taken, called = ELEMENT_TYPES.get(datatype, NUMBERS)
-    if set(map(type, data)) <= taken:  # the usual case, at C speed
-        return
-    wrong = next(i for i, v in enumerate(data) if type(v) not in taken)
-    raise invalid(f"input '{name}' data[{wrong}] is {json.dumps(data[wrong])[:40]}; {datatype} takes {called}")
+ELEMENT_TYPES = {"BYTES": (frozenset({str}), "strings"), **{t: (frozenset({int}), "integers") for t in INTEGERS}}
+NUMBERS = (frozenset(NUMBER_TYPES), "numbers")
 
 
 def requested_outputs(outputs: Any, kind: OipKind) -> tuple[OutputSpec, ...]:
@@ -264,12 +298,17 @@ def stacked(rows: list) -> tuple[list, list[int]]:
     padded with zeros to the longest (a sequence's weights past its length)."""
     shape = [len(rows)]
     level = rows
-    while level and all(type(item) is list for item in level):
-        shape.append(max(len(item) for item in level))
+    while level and set(map(type, level)) == LISTS:
+        shape.append(max(map(len, level)))
         level = [value for item in level for value in item]
     if len(shape) == 1:
         return rows, shape
+    if len(level) == math.prod(shape):  # not ragged
+        return level, shape
     return [value for row in rows for value in padded(row, shape[1:])], shape
+
+
+LISTS = {list}
 
 
 def padded(row: list, shape: list[int]) -> list:
@@ -280,55 +319,60 @@ def padded(row: list, shape: list[int]) -> list:
 
 
 def oip_answer(answer: Answer, request: OipRequest, limits: Limits, model_info: dict) -> Answer:
-    """The contract's answer as OIP: output tensors on success, `{"error"}` naming the input otherwise."""
-    body = answer.payload if answer.payload is not None else json.loads(answer.body)
+    """The contract's answer as OIP: output tensors on success, `{"error"}` naming the input otherwise. A success
+    is the contract's unrendered answer (`Request.rendered`), written here in OIP form."""
     if answer.status != 200:
-        detail = re.sub(r"\binstances\[", f"{request.main_input}[", body.get("detail", ""))
-        refusal = oip_error(RequestError(body["error"], detail, answer.status, answer.headers), model_info, request.id)
+        body = json.loads(answer.body)
+        error = RequestError(body["error"], body.get("detail", ""), answer.status, answer.headers)
+        refusal = oip_refusal(error, request, model_info)
         refusal.outcome = answer.outcome  # the contract's own outcome, as the metrics count it
-        return carried(refusal, answer)
-    results = body["explanations"] if request.explain else body["predictions"]
-    pairs = [(r["prediction"], r) if request.explain else (r, {}) for r in results]
+        return refusal
+    results = answer.payload
     tensors = []
     for output in request.outputs:
-        data, shape = stacked([output.take(prediction, explanation) for prediction, explanation in pairs])
+        if request.explain:
+            rows = [output.take(result["prediction"], result) for result in results]
+        else:
+            rows = [output.take(result, NOTHING) for result in results]
+        data, shape = stacked(rows)
         tensors.append({"name": output.tensor.name, "datatype": output.tensor.datatype, "shape": shape, "data": data})
     blobs = binary_blobs(tensors, request.binary) if request.binary else None
     try:
         text = oip_text(model_info, request.id, tensors)
     except ValueError:
         return oip_error(non_finite_error(), model_info, request.id)
+    body, headers = (text, answer.headers) if blobs is None else binary_answer(text, blobs)
+    if blobs is not None:
+        answer.content_type = CONTENT_TYPE
     try:
-        oip = binary_answer(text, blobs, limits) if blobs is not None else json_answer(text, limits)
+        check_response_size(len(body), limits)  # strict JSON is ASCII: characters are bytes
     except RequestError as error:
         return oip_error(error, model_info, request.id)
-    return carried(oip, answer)
+    answer.body, answer.headers, answer.payload, answer.protocol = body, headers, None, "oip"  # figures stay
+    return answer
 
 
-def json_answer(text: str, limits: Limits) -> Answer:
-    check_response_size(len(text), limits)
-    return Answer(200, text, {})
+NOTHING: dict = {}  # an unexplained result's explanation
+
+
+def oip_refusal(error: RequestError, request: OipRequest, model_info: dict) -> Answer:
+    """The contract's refusal in OIP form, naming the OIP input where the contract named its instances."""
+    detail = re.sub(r"\binstances\[", f"{request.main_input}[", error.detail)
+    renamed = RequestError(error.error, detail, error.status, error.headers)
+    return oip_error(renamed, model_info, request.id)
 
 
 def oip_text(model_info: dict, request_id: str | None, tensors: list[dict]) -> str:
-    """The answer's strict JSON, as `render` writes `frame(...) | {"outputs": tensors}`, its model's part written once
-    per model: one encoder call per answer, where each costs ~1 µs however small (a ValueError on NaN or infinity)."""
-    rest = STRICT_JSON.encode({"id": request_id or "", "outputs": tensors})  # {"id":…,"outputs":[…]}
+    """`frame(...) | {"outputs": tensors}` as strict JSON, its model's part written once per model: one encoder
+    call per answer (a ValueError on NaN or infinity)."""
+    rest = dumps({"id": request_id or "", "outputs": tensors})  # {"id":…,"outputs":[…]}
     return frame_head(model_info["name"], model_info["version"]) + rest[1:]
 
 
 @cache
 def frame_head(name: str, version: str) -> str:
     """An answer's frame up to its id: {"model_name":…,"model_version":…,"""
-    return STRICT_JSON.encode({"model_name": name, "model_version": version})[:-1] + ","
-
-
-def carried(oip: Answer, answer: Answer) -> Answer:
-    """What the metrics read off the contract's answer, kept on its OIP form."""
-    oip.instances, oip.mmac = answer.instances, answer.mmac
-    oip.novelty, oip.beyond_range = answer.novelty, answer.beyond_range
-    oip.protocol = "oip"
-    return oip
+    return dumps({"model_name": name, "model_version": version})[:-1] + ","
 
 
 def frame(model_info: dict, request_id: str | None) -> dict:
@@ -363,7 +407,7 @@ def answer_any(
     refused: dict[int, Answer] = {}
     contract_bodies, explained = list(bodies), list(explain)
     for i, raw in enumerate(bodies):
-        given = lowered(headers[i]) if headers else {}
+        given = ours(headers[i]) if headers else {}
         length, route, version = given.get(LENGTH), given.get(ROUTE), given.get(VERSION)
         forced = route is not None or version is not None
         if forced and (answer := routed(route, version, kind, model_info)) is not None:
@@ -379,10 +423,16 @@ def answer_any(
         if not (forced or is_oip(body)):
             continue
         try:
-            requests[i] = parse_oip(body, kind)
-            contract_bodies[i], explained[i] = requests[i].body, requests[i].explain
+            request = parse_oip(body, kind)
         except RequestError as error:
             refused[i] = oip_error(error, model_info, given_id(body))
+            continue
+        parsed = request_or_refusal({"instances": request.instances}, adapter, limits, request.explain)
+        if type(parsed) is RequestError:
+            refused[i] = oip_refusal(parsed, request, model_info)
+            continue
+        parsed.rendered = False  # answered in OIP form by `oip_answer`
+        requests[i], contract_bodies[i], explained[i] = request, parsed, request.explain
     pending = [i for i in range(len(bodies)) if i not in refused]
     pending_bodies, pending_explain = [contract_bodies[i] for i in pending], [explained[i] for i in pending]
     answered = answer_batch(pending_bodies, pending_explain, adapter, limits, model_info)

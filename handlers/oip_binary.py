@@ -16,9 +16,9 @@ import json
 import struct
 from typing import Any
 
-from .contract import check_body_size, check_response_size, decode_body
+from .contract import check_body_size, decode_body
 from .errors import RequestError
-from .types import Answer, Limits
+from .types import Limits
 
 HEADER = "Inference-Header-Content-Length"
 CONTENT_TYPE = "application/octet-stream"
@@ -37,6 +37,7 @@ FORMATS = {
     "FP32": "f",
     "FP64": "d",
 }
+SIZES = {datatype: struct.calcsize(element) for datatype, element in FORMATS.items()}
 LENGTH = struct.Struct("<I")
 
 
@@ -56,7 +57,7 @@ def binary_body(raw: bytes, length: str, limits: Limits) -> dict:
     size = int(length)
     if size > len(raw):
         raise invalid(f"the {HEADER} header says {size} bytes of JSON; the body has {len(raw)} bytes")
-    body = decode_body(bytes(raw[:size]), limits)
+    body = decode_body(raw[:size], limits)
     offset = size
     inputs = body.get("inputs")
     for i, tensor in enumerate(inputs if type(inputs) is list else []):
@@ -84,7 +85,7 @@ def unpacked(blob: bytes, datatype: Any, name: str) -> list:
         return strings(blob, name)
     if type(datatype) is not str or datatype not in FORMATS:
         raise invalid(f"input '{name}' has datatype {json.dumps(datatype)[:20]}; no binary form is known for it")
-    element = struct.calcsize(FORMATS[datatype])
+    element = SIZES[datatype]
     if len(blob) % element:
         raise invalid(f"input '{name}' has {len(blob)} bytes, not a whole number of {element}-byte {datatype} values")
     return list(struct.unpack(f"<{len(blob) // element}{FORMATS[datatype]}", blob))
@@ -114,6 +115,8 @@ def binary_outputs(body: dict, names: list[str]) -> frozenset[str]:
     default = body.get("parameters", {}).get("binary_data_output", False)
     if type(default) is not bool:
         raise invalid('"parameters" binary_data_output must be true or false')
+    if "outputs" not in body:
+        return frozenset(names) if default else frozenset()
     asked: dict[str, bool] = {}
     for output in body.get("outputs") or []:
         parameters = output.get("parameters", {}) if isinstance(output, dict) else {}
@@ -145,9 +148,8 @@ def binary_blobs(tensors: list[dict], binary: frozenset[str]) -> list[bytes]:
     return blobs
 
 
-def binary_answer(header: str, blobs: list[bytes], limits: Limits) -> Answer:
-    """The answer's JSON `header` then the blobs, within the response budget; a `RequestError` when it is not."""
+def binary_answer(header: str, blobs: list[bytes]) -> tuple[bytes, dict[str, str]]:
+    """The answer's body (its JSON `header`, then the blobs) and its HTTP headers (besides its content type,
+    `CONTENT_TYPE`)."""
     text = header.encode()
-    check_response_size(len(text) + sum(map(len, blobs)), limits)
-    headers = {HEADER: str(len(text)), "content-type": CONTENT_TYPE}
-    return Answer(200, b"".join([text, *blobs]), headers)
+    return b"".join([text, *blobs]), {HEADER: str(len(text))}

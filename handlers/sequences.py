@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from itertools import chain
 from typing import Any
 
 import torch
@@ -70,7 +71,11 @@ class SequenceAdapter:
             raise RequestError("sequence too long", detail, status=413)
         if self.names and any(type(step) is dict for step in item):
             item = [by_name(s, self.names, f"{where}[{t}]") if type(s) is dict else s for t, s in enumerate(item)]
-        if not is_table(item, self.n_features):  # the common case passes this one cheap check
+        if is_table(item, self.n_features):  # the common case: numbers within range, checked without a tensor
+            flat = list(chain.from_iterable(item))
+            if self.bounds.contains(flat, self.n_features):
+                return torch.tensor(flat, dtype=torch.float64).view(len(item), self.n_features)
+        else:
             for t, step in enumerate(item):
                 self.check_step(step, f"{where}[{t}]")
         x = to_tensor(item, where)

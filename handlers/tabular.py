@@ -41,7 +41,7 @@ from .answers import (
     ran,
 )
 from .errors import RequestError
-from .numbers import Bounds, all_numbers, by_name, is_number, preview, to_tensor
+from .numbers import Bounds, all_numbers, by_name, is_number, is_table, preview, to_tensor
 from .types import Cost, Limits, Ran
 
 
@@ -84,14 +84,25 @@ class TabularAdapter:
 
     def parse(self, instances: list) -> list[list]:
         """Rows of numbers within the accepted range; tensors are built once per batch in `run`."""
-        rows = [self.parse_vector(item, f"instances[{i}]") for i, item in enumerate(instances)]
-        if not all(self.in_range(row) for row in rows):  # plain Python for the common case: no tensor per request
+        if is_table(instances, self.n_features):  # lists of numbers of the right length: checked in C
+            rows = instances
+        elif self.n_features == 1 and all_numbers(instances):  # numbers, for a 1-D model
+            rows = [[value] for value in instances]
+        else:  # objects by feature name, or something to name as wrong
+            rows = [self.parse_vector(item, f"instances[{i}]") for i, item in enumerate(instances)]
+        if not self.in_range(rows):
             self.bounds.check(to_tensor(rows, "instances"), "instances")  # names the offending value
         return rows
 
-    def in_range(self, row: list) -> bool:
-        # Exact for any int or float (huge integers, NaN and infinity compare False).
-        return all(low <= v <= high for v, low, high in zip(row, self.low, self.high))
+    def in_range(self, rows: list[list]) -> bool:
+        """Plain Python for the common case, no tensor per request; exact for any int or float (huge integers,
+        NaN and infinity compare False)."""
+        low, high = self.low, self.high
+        for row in rows:
+            for value, least, most in zip(row, low, high):
+                if not least <= value <= most:
+                    return False
+        return True
 
     def parse_vector(self, item: Any, where: str) -> list:
         """A number (1-D models), a list of `n_features` numbers, or an object of numbers by feature name."""

@@ -29,6 +29,7 @@ class Limits:
     # (which rows, by index and file row, and their weights) or "none" (the prediction alone).
     explain_keys: str = "values"
     metrics: bool = True  # the handler's metrics (handlers/metrics.py); off only to measure what they cost
+    buffered_reads: bool = True  # the worker reads requests through a buffer (handlers/worker_io.py); off to measure
 
     def __post_init__(self) -> None:
         if self.explain_keys not in EXPLAIN_KEYS:
@@ -65,6 +66,7 @@ class Request:
     explain: bool
     heads: bool
     cost: Cost
+    rendered: bool = True  # False: its answer keeps the result as `payload`, for another protocol to write (OIP)
 
 
 @dataclass
@@ -72,6 +74,7 @@ class Answer:
     status: int
     body: str | bytes  # strict JSON; bytes: JSON then binary tensors (handlers/oip_binary.py)
     headers: dict[str, str]
+    content_type: str = "application/json"  # a binary OIP answer's: application/octet-stream
     outcome: str = "answered"  # or the contract's error name ("invalid instance", "over capacity", ...)
     instances: int = 0  # how many the request held, once parsed
     mmac: float = 0.0  # its priced cost, once parsed
@@ -79,7 +82,7 @@ class Answer:
     beyond_range: int = 0  # answered: its instances with an input beyond the training data's range
     protocol: str = "contract"  # or "oip": the Open Inference Protocol (handlers/oip.py)
     route: str = ""  # what the request asked besides a prediction or an explanation: "metadata", "ready"
-    payload: dict | None = field(default=None, repr=False)  # a rendered success's body, kept to be re-framed (OIP)
+    payload: Any = field(default=None, repr=False)  # an unrendered success's result (`Request.rendered`), for OIP
 
 
 @dataclass

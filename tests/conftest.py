@@ -30,6 +30,17 @@ def pytest_configure(config):
 LONGEST_FIRST = ("test_benchmarks.py", "test_scale_out.py")
 
 
+@pytest.fixture(autouse=True)
+def worker_reads_left_as_found():
+    """A handler initialized in a test installs its buffered reads in this process (`handlers/worker_io.py`):
+    undone after each test, so that every test starts with TorchServe's own."""
+    from ts.protocol import otf_message_handler
+
+    found = otf_message_handler._retrieve_buffer
+    yield
+    otf_message_handler._retrieve_buffer = found
+
+
 def pytest_collection_modifyitems(items):
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order

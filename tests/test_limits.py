@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from handlers.contract import Limits, adapter_for, agrees, answer_batch, render
+from handlers.contract import Limits, adapter_for, agrees, answer_batch, render_result
 from training.nn import NWConfig, SequenceConfig, build_model, save_checkpoint
 from training.nn.integrity import ArchiveIntegrityError, verified_checkpoint
 
@@ -164,10 +164,12 @@ def test_predictions_and_explanations_agree_over_the_whole_accepted_range(trend)
 
 
 def test_answers_are_strict_json_or_a_named_error():
-    answer = render(200, {"predictions": [float("nan")]}, Limits())
+    answer = render_result("predictions", [float("nan")], "{}", Limits())
     assert answer.status == 422 and json.loads(answer.body)["error"] == "non-finite result"
-    big = render(200, {"predictions": [0.5] * 1000}, Limits(max_response_bytes=100))
+    big = render_result("predictions", [0.5] * 1000, "{}", Limits(max_response_bytes=100))
     assert big.status == 413
+    fine = render_result("predictions", [0.5, 1], '{"name":"m"}', Limits())
+    assert fine.status == 200 and json.loads(fine.body) == {"predictions": [0.5, 1], "model": {"name": "m"}}
 
 
 def test_a_body_over_the_byte_budget_is_a_json_413():

@@ -12,6 +12,8 @@ from handlers.answers import NoveltyScores
 from handlers.attention_handler import AttentionHandler
 from handlers.contract import Limits, adapter_for, answer_batch
 from handlers.metrics import BEYOND_RANGE, NOVELTY, batch_figures
+from handlers.oip import answer_any
+from handlers.oip_kinds import oip_kind
 from training.data import dates
 from training.data.datasets import Split
 from training.fit.novelty_reference import novelty_reference, novelty_scores
@@ -78,17 +80,24 @@ def test_the_handler_scores_every_kind_as_its_training_reference_does(kind, tmp_
 
 
 def test_far_queries_are_counted_beyond_the_reference_and_the_training_range():
+    """Through either protocol: an OIP request's instances are counted as a contract request's are."""
     model = nw_model()
     reference = novelty_reference(model, Split(torch.linspace(0, 5, 41), torch.zeros(41)))
     limits = Limits()
     adapter = adapter_for(model, limits)
-    bodies = [json.dumps({"instances": [1.0, 2.0]}).encode(), json.dumps({"instances": [50.0, -30.0]}).encode()]
-    answers = answer_batch(bodies, [False, False], adapter, limits, INFO)
+    far = {"name": "features", "datatype": "FP32", "shape": [3, 1], "data": [60.0, -40.0, 1.5]}
+    bodies = [
+        json.dumps({"instances": [1.0, 2.0]}).encode(),
+        json.dumps({"instances": [50.0, -30.0]}).encode(),
+        json.dumps({"inputs": [far]}).encode(),
+    ]
+    answers, explained = answer_any(bodies, [False] * 3, adapter, oip_kind(adapter), limits, INFO)
+    assert [a.status for a in answers] == [200] * 3 and answers[2].protocol == "oip"
     figures = {
-        (f.name, f.dimensions.get("band")): f.value for f in batch_figures(answers, [False] * 2, "1", 0, reference)
+        (f.name, f.dimensions.get("band")): f.value for f in batch_figures(answers, explained, "1", 0, reference)
     }
-    assert figures[(NOVELTY, "beyond")] == 2 and figures[(BEYOND_RANGE, None)] == 2
-    assert sum(v for (name, _), v in figures.items() if name == NOVELTY) == 4
+    assert figures[(NOVELTY, "beyond")] == 4 and figures[(BEYOND_RANGE, None)] == 4
+    assert sum(v for (name, _), v in figures.items() if name == NOVELTY) == 7
 
 
 def test_a_failure_to_score_novelty_is_logged_once_and_the_answer_goes_out(monkeypatch, caplog, tmp_path):

@@ -73,7 +73,7 @@ def test_binary_inputs_and_outputs_give_the_json_numbers(kind):
     for answer in answers:
         assert answer.status == 200, answer.body
         same(tensors(answer), expected)
-    assert answers[0].headers["content-type"] == "application/octet-stream" and HEADER not in answers[1].headers
+    assert answers[0].content_type == "application/octet-stream" and HEADER not in answers[1].headers
     header = json.loads(answers[0].body[: int(answers[0].headers[HEADER])])
     assert all("data" not in o and o["parameters"]["binary_data_size"] > 0 for o in header["outputs"])
 

@@ -125,6 +125,7 @@ def test_workers_run_the_archived_code_not_the_checkout(served_champions):
     log = (server.run_dir / "logs" / "model_log.log").read_text()
     loaded = [line for line in log.splitlines() if "code from" in line]
     assert loaded, "the handler logs where its code came from"
+    assert all("requests read through a buffer" in line for line in loaded), "handlers/worker_io.py is installed"
     checkout = str(places.ROOT)
     for line in loaded:
         sources = line.split("code from ", 1)[1].split(" and ")
