@@ -37,8 +37,8 @@ from .contract import (
 )
 from .errors import RequestError
 from .numbers import NUMBER_TYPES, preview
-from .oip_binary import CONTENT_TYPE, HEADER, binary_answer, binary_blobs, binary_body, binary_outputs
-from .strict_json import dumps
+from .oip_binary import CONTENT_TYPE, HEADER, binary_answer, binary_body, binary_outputs, packed
+from .strict_json import dumps, dumps_text
 from .types import Adapter, Answer, Limits
 
 FLOATS = frozenset({"FP32", "FP64"})
@@ -62,6 +62,11 @@ class TensorSpec:
     def fixed(self) -> tuple[tuple[int, int], ...]:
         """(axis, size) of each axis of a declared size."""
         return tuple((axis, size) for axis, size in enumerate(self.shape) if size != -1)
+
+    @cached_property
+    def head(self) -> str:
+        """An answer's tensor up to its shape's values: {"name":…,"datatype":…,"shape":"""
+        return dumps({"name": self.name, "datatype": self.datatype, "shape": 0})[:-2]
 
     def fits(self, shape: list[int]) -> bool:
         if len(shape) != len(self.shape):
@@ -327,22 +332,28 @@ def oip_answer(answer: Answer, request: OipRequest, limits: Limits, model_info: 
         refusal = oip_refusal(error, request, model_info)
         refusal.outcome = answer.outcome  # the contract's own outcome, as the metrics count it
         return refusal
-    results = answer.payload
-    tensors = []
+    results, tensors, blobs = answer.payload, [], []
     for output in request.outputs:
         if request.explain:
             rows = [output.take(result["prediction"], result) for result in results]
         else:
             rows = [output.take(result, NOTHING) for result in results]
         data, shape = stacked(rows)
-        tensors.append({"name": output.tensor.name, "datatype": output.tensor.datatype, "shape": shape, "data": data})
-    blobs = binary_blobs(tensors, request.binary) if request.binary else None
-    try:
-        text = oip_text(model_info, request.id, tensors)
-    except ValueError:
-        return oip_error(non_finite_error(), model_info, request.id)
-    body, headers = (text, answer.headers) if blobs is None else binary_answer(text, blobs)
-    if blobs is not None:
+        spec, sizes = output.tensor, ",".join(map(str, shape))
+        try:
+            if spec.name not in request.binary:
+                tensors.append(f'{spec.head}[{sizes}],"data":{dumps(data)}}}')  # a ValueError on NaN or infinity
+                continue
+            if spec.datatype in FLOATS and not all(map(math.isfinite, data)):
+                raise ValueError("non-finite")
+        except ValueError:
+            return oip_error(non_finite_error(), model_info, request.id)
+        blobs.append(packed(data, spec.datatype))
+        tensors.append(f'{spec.head}[{sizes}],"parameters":{{"binary_data_size":{len(blobs[-1])}}}}}')
+    head = frame_head(model_info["name"], model_info["version"])
+    text = f'{head}"id":{dumps_text(request.id or "")},"outputs":[{",".join(tensors)}]}}'
+    body, headers = (text, answer.headers) if not blobs else binary_answer(text, blobs)
+    if blobs:
         answer.content_type = CONTENT_TYPE
     try:
         check_response_size(len(body), limits)  # strict JSON is ASCII: characters are bytes
@@ -360,13 +371,6 @@ def oip_refusal(error: RequestError, request: OipRequest, model_info: dict) -> A
     detail = re.sub(r"\binstances\[", f"{request.main_input}[", error.detail)
     renamed = RequestError(error.error, detail, error.status, error.headers)
     return oip_error(renamed, model_info, request.id)
-
-
-def oip_text(model_info: dict, request_id: str | None, tensors: list[dict]) -> str:
-    """`frame(...) | {"outputs": tensors}` as strict JSON, its model's part written once per model: one encoder
-    call per answer (a ValueError on NaN or infinity)."""
-    rest = dumps({"id": request_id or "", "outputs": tensors})  # {"id":…,"outputs":[…]}
-    return frame_head(model_info["name"], model_info["version"]) + rest[1:]
 
 
 @cache

@@ -137,17 +137,6 @@ def packed(data: list, datatype: str) -> bytes:
     return struct.pack(f"<{len(data)}{FORMATS[datatype]}", *data)
 
 
-def binary_blobs(tensors: list[dict], binary: frozenset[str]) -> list[bytes]:
-    """The outputs named in `binary` as raw bytes, in output order; each such tensor's `data` becomes its
-    `parameters.binary_data_size`."""
-    blobs = []
-    for tensor in tensors:
-        if tensor["name"] in binary:
-            blobs.append(packed(tensor.pop("data"), tensor["datatype"]))
-            tensor["parameters"] = {"binary_data_size": len(blobs[-1])}
-    return blobs
-
-
 def binary_answer(header: str, blobs: list[bytes]) -> tuple[bytes, dict[str, str]]:
     """The answer's body (its JSON `header`, then the blobs) and its HTTP headers (besides its content type,
     `CONTENT_TYPE`)."""

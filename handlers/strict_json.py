@@ -33,6 +33,11 @@ def dumps(value: Any) -> str:
     return "".join(_ENCODE(value, 0))
 
 
+def dumps_text(text: str) -> str:
+    """A string as strict JSON (ASCII, escaped): `STRICT.encode(text)`."""
+    return encoder.encode_basestring_ascii(text)
+
+
 def loads(text: str) -> Any:
     """`json.loads(text)`, its errors included."""
     try:

@@ -10,8 +10,8 @@ from test_agreement import INFO, KINDS
 from test_handler import MockContext, make_model_dir
 
 from handlers.attention_handler import AttentionHandler
-from handlers.contract import Limits, adapter_for, agrees, answer_batch
-from handlers.oip import answer_any, metadata, stacked
+from handlers.contract import Limits, adapter_for, agrees, answer_batch, unrendered
+from handlers.oip import answer_any, metadata, oip_answer, parse_oip, stacked
 from handlers.oip_kinds import oip_kind
 
 FRAME = {"model_name": INFO["name"], "model_version": INFO["version"], "id": ""}  # a refusal's, no id given
@@ -261,3 +261,19 @@ def test_a_routed_request_for_another_version_or_route_is_refused_the_protocols_
     refusal = json.loads(answer.body)
     assert answer.status == 400 and named in refusal["error"], refusal
     assert refusal["model_name"] == INFO["name"] and refusal["outputs"] == [] and answer.protocol == "oip"
+
+
+@pytest.mark.parametrize("binary", [False, True], ids=["json", "binary"])
+@pytest.mark.parametrize("number", [math.nan, math.inf])
+def test_a_non_finite_result_is_refused_as_in_predictions_in_either_form(number, binary):
+    """A model whose answer holds NaN or infinity gets the contract's 422, whether its output goes as JSON or bytes."""
+    adapter, kind, instances = served("nw-regression")
+    body = oip_body("nw-regression", instances[:2]) | {"id": "r1"}
+    if binary:
+        body["parameters"] = {"binary_data_output": True}
+    request = parse_oip(body, kind)
+    answer = oip_answer(unrendered([0.5, number]), request, adapter.limits, INFO)
+    refusal = json.loads(answer.body)
+    assert answer.status == 422 and refusal["error"].startswith("non-finite result") and refusal["id"] == "r1"
+    fine = oip_answer(unrendered([0.5, 1.5]), parse_oip(body, kind), adapter.limits, INFO)
+    assert fine.status == 200 and fine.content_type == ("application/octet-stream" if binary else "application/json")
