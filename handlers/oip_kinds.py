@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from .images import ImageAdapter
-from .oip import FLOATS, INTEGERS, InputTensor, OipKind, OutputSpec, TensorSpec, invalid
+from .oip_tensors import FLOATS, INTEGERS, InputTensor, OipKind, OutputSpec, TensorSpec, invalid
 from .sequences import SequenceAdapter
 from .tabular import TabularAdapter
 from .text import TextAdapter

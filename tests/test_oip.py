@@ -11,8 +11,9 @@ from test_handler import MockContext, make_model_dir
 
 from handlers.attention_handler import AttentionHandler
 from handlers.contract import Limits, adapter_for, agrees, answer_batch, unrendered
-from handlers.oip import answer_any, metadata, oip_answer, parse_oip, stacked
+from handlers.oip import answer_any, metadata, oip_answer, stacked
 from handlers.oip_kinds import oip_kind
+from handlers.oip_tensors import parse_oip
 
 FRAME = {"model_name": INFO["name"], "model_version": INFO["version"], "id": ""}  # a refusal's, no id given
 
