@@ -57,23 +57,9 @@ ROUTE, VERSION, LENGTH = ROUTE_HEADER.lower(), VERSION_HEADER.lower(), HEADER.lo
 ROUTES = ("infer", "metadata", "ready")
 
 
-def ours(headers: dict[str, Any] | None) -> dict[str, str]:
-    """This module's headers (`LENGTH`, `ROUTE`, `VERSION`) among a request's, by lower-case name, whatever case the
-    client or the front door wrote them in; text values only."""
-    if not headers:
-        return {}
-    names = tuple(headers)
-    found = OUR_NAMES.get(names)
-    if found is None:  # a set of names not seen yet (clients send the same few sets): looked through once
-        found = tuple((name, name.lower()) for name in names if type(name) is str and name.lower() in OURS)
-        if len(OUR_NAMES) < MAX_NAME_SETS:
-            OUR_NAMES[names] = found
-    return {lower: headers[name] for name, lower in found if type(headers[name]) is str}
-
-
-OURS = frozenset({ROUTE, VERSION, LENGTH})
-OUR_NAMES: dict[tuple, tuple[tuple[str, str], ...]] = {}  # a request's header names -> ours among them
-MAX_NAME_SETS = 1024
+def lowered(headers: dict[str, Any] | None) -> dict[str, str]:
+    """A request's text headers by lower-case name: whatever case the client or the front door wrote them in."""
+    return {k.lower(): v for k, v in headers.items() if type(v) is str} if headers else {}
 
 
 def routed(route: str | None, version: str | None, kind: OipKind, model_info: dict) -> Answer | None:
@@ -145,16 +131,16 @@ def oip_answer(answer: Answer, request: OipRequest, limits: Limits, model_info: 
             rows = [output.take(result, NOTHING) for result in results]
         data, shape = stacked(rows)
         spec, sizes = output.tensor, ",".join(map(str, shape))
-        try:
-            if spec.name not in request.binary:
-                tensors.append(f'{spec.head}[{sizes}],"data":{dumps(data)}}}')  # a ValueError on NaN or infinity
-                continue
+        if spec.name in request.binary:  # raw bytes could carry NaN or infinity; JSON refuses them, and so does this
             if spec.datatype in FLOATS and not all(map(math.isfinite, data)):
-                raise ValueError("non-finite")
-        except ValueError:
+                return oip_error(non_finite_error(), model_info, request.id)
+            blobs.append(packed(data, spec.datatype))
+            tensors.append(f'{spec.head}[{sizes}],"parameters":{{"binary_data_size":{len(blobs[-1])}}}}}')
+            continue
+        try:
+            tensors.append(f'{spec.head}[{sizes}],"data":{dumps(data)}}}')
+        except ValueError:  # NaN or infinity
             return oip_error(non_finite_error(), model_info, request.id)
-        blobs.append(packed(data, spec.datatype))
-        tensors.append(f'{spec.head}[{sizes}],"parameters":{{"binary_data_size":{len(blobs[-1])}}}}}')
     head = frame_head(model_info["name"], model_info["version"])
     text = f'{head}"id":{dumps_text(request.id or "")},"outputs":[{",".join(tensors)}]}}'
     body, headers = (text, answer.headers) if not blobs else binary_answer(text, blobs)
@@ -216,7 +202,7 @@ def answer_any(
     refused: dict[int, Answer] = {}
     contract_bodies, explained = list(bodies), list(explain)
     for i, raw in enumerate(bodies):
-        given = ours(headers[i]) if headers else {}
+        given = lowered(headers[i]) if headers else {}
         length, route, version = given.get(LENGTH), given.get(ROUTE), given.get(VERSION)
         forced = route is not None or version is not None
         if forced and (answer := routed(route, version, kind, model_info)) is not None:

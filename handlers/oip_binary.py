@@ -109,14 +109,17 @@ def strings(blob: bytes, name: str) -> list[str]:
     return items
 
 
+NONE: frozenset[str] = frozenset()
+
+
 def binary_outputs(body: dict, names: list[str]) -> frozenset[str]:
     """Which of the outputs to send in binary: each output's own `binary_data`, else the request's
     `binary_data_output`, else none."""
     default = body.get("parameters", {}).get("binary_data_output", False)
     if type(default) is not bool:
         raise invalid('"parameters" binary_data_output must be true or false')
-    if "outputs" not in body:
-        return frozenset(names) if default else frozenset()
+    if "outputs" not in body:  # the usual request: the request's choice for every output
+        return frozenset(names) if default else NONE
     asked: dict[str, bool] = {}
     for output in body.get("outputs") or []:
         parameters = output.get("parameters", {}) if isinstance(output, dict) else {}

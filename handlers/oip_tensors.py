@@ -115,18 +115,13 @@ def parse_oip(body: dict, kind: OipKind) -> OipRequest:
     request_id = body.get("id")
     if request_id is not None and type(request_id) is not str:
         raise invalid('"id" must be a string')
-    if type(body.get("parameters", NO_PARAMETERS)) is not dict:  # JSON objects decode as dicts
+    if not isinstance(body.get("parameters", {}), dict):
         raise invalid('"parameters" must be an object')
     tensors = parse_inputs(body.get("inputs"), kind)
     outputs = requested_outputs(body.get("outputs"), kind)
-    binary = binary_outputs(body, [o.tensor.name for o in outputs]) if BINARY_FIELDS & body.keys() else NO_BINARY
-    explain = outputs is not kind.predictions and any(o.explained for o in outputs)
+    binary = binary_outputs(body, [o.tensor.name for o in outputs])
+    explain = any(o.explained for o in outputs)
     return OipRequest(kind.instances(tensors), explain, outputs, request_id, kind.inputs[0].name, binary)
-
-
-NO_PARAMETERS: dict = {}
-NO_BINARY: frozenset[str] = frozenset()
-BINARY_FIELDS = frozenset({"parameters", "outputs"})  # where binary outputs are asked for
 
 
 def parse_inputs(inputs: Any, kind: OipKind) -> dict[str, InputTensor]:

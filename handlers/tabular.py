@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import time
+from itertools import chain
 from typing import Any
 
 import torch
@@ -58,7 +59,6 @@ class TabularAdapter:
         self.labels = config.class_labels or list(range(config.n_classes))
         statistics = limits.explain_keys == "values"  # a refusal states the range's numbers only where values leave
         self.bounds = Bounds.from_scaler(model.x_scaler, limits.max_abs_z, self.names, statistics=statistics)
-        self.low, self.high = self.bounds.low.tolist(), self.bounds.high.tolist()
         # Raw training inputs and targets, for naming the most attended keys in explanations.
         self.keys = model.x_scaler.inverse(model.keys.detach())  # (K, D)
         self.key_low, self.key_high = self.keys.min(0).values, self.keys.max(0).values  # the training data's range
@@ -84,25 +84,17 @@ class TabularAdapter:
 
     def parse(self, instances: list) -> list[list]:
         """Rows of numbers within the accepted range; tensors are built once per batch in `run`."""
-        if is_table(instances, self.n_features):  # lists of numbers of the right length: checked in C
-            rows = instances
-        elif self.n_features == 1 and all_numbers(instances):  # numbers, for a 1-D model
-            rows = [[value] for value in instances]
-        else:  # objects by feature name, or something to name as wrong
-            rows = [self.parse_vector(item, f"instances[{i}]") for i, item in enumerate(instances)]
-        if not self.in_range(rows):
+        if self.n_features == 1 and all_numbers(instances):  # numbers, for a 1-D model
+            rows, values = [[value] for value in instances], instances
+        else:
+            if is_table(instances, self.n_features):  # lists of numbers of the right length: checked in C
+                rows = instances
+            else:  # objects by feature name, or something to name as wrong
+                rows = [self.parse_vector(item, f"instances[{i}]") for i, item in enumerate(instances)]
+            values = list(chain.from_iterable(rows))
+        if not self.bounds.contains(values, self.n_features):  # no tensor per request
             self.bounds.check(to_tensor(rows, "instances"), "instances")  # names the offending value
         return rows
-
-    def in_range(self, rows: list[list]) -> bool:
-        """Plain Python for the common case, no tensor per request; exact for any int or float (huge integers,
-        NaN and infinity compare False)."""
-        low, high = self.low, self.high
-        for row in rows:
-            for value, least, most in zip(row, low, high):
-                if not least <= value <= most:
-                    return False
-        return True
 
     def parse_vector(self, item: Any, where: str) -> list:
         """A number (1-D models), a list of `n_features` numbers, or an object of numbers by feature name."""

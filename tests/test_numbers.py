@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from handlers.errors import RequestError
-from handlers.numbers import Bounds
+from handlers.numbers import FEW_VALUES, Bounds
 
 BOUNDS = Bounds(torch.tensor([-1.0, 0.0, 10.0], dtype=torch.float64), torch.tensor([1.0, 5.0, 20.0]).double(), 6.0)
 
@@ -51,3 +51,10 @@ def test_what_no_float_holds_or_no_model_takes_is_left_to_check(odd):
 
 def test_the_edges_themselves_are_inside():
     assert BOUNDS.contains([-1.0, 0, 10, 1, 5.0, 20], 3) and BOUNDS.contains([], 3)
+
+
+@pytest.mark.parametrize("odd", [math.nan, math.inf, -math.inf, 10**400, -(10**400), 1e308], ids=lambda v: str(v)[:12])
+def test_what_no_float_holds_is_left_to_check_past_the_few_values_compared_one_by_one(odd):
+    values = [0.0, 1.0, 15.0] * 4 + [0.5, odd, 12.0]
+    assert len(values) > FEW_VALUES and not BOUNDS.contains(values, 3)
+    assert BOUNDS.contains(values[:-3], 3)
